@@ -1,0 +1,67 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Test hooks (a cheap Argon2id cost, a settable clock) exist only in debug
+// builds, which are what the test suite runs; release builds cannot be
+// weakened through the environment.
+let testHooks: [SwiftSetting] = [.define("TALLYFY_TEST_HOOKS", .when(configuration: .debug))]
+
+let package = Package(
+    name: "tallyfy-vault",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "TallyfyVault", targets: ["TallyfyVault"]),
+        .executable(name: "tallyfy-vault", targets: ["tallyfy-vault"]),
+        .executable(name: "tallyfy-emulator", targets: ["tallyfy-emulator"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"]), .brew(["libsodium"])]
+        ),
+        .target(
+            name: "TallyfyVault",
+            dependencies: [
+                "CSodium",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: testHooks
+        ),
+        .executableTarget(
+            name: "tallyfy-vault",
+            dependencies: [
+                "TallyfyVault",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: testHooks
+        ),
+        .executableTarget(
+            name: "tallyfy-emulator",
+            dependencies: [
+                "CSodium",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
+        ),
+        .testTarget(
+            name: "TallyfyVaultTests",
+            dependencies: ["TallyfyVault"],
+            resources: [.copy("Vectors")],
+            swiftSettings: testHooks
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: [
+                "TallyfyVault",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: testHooks
+        ),
+    ]
+)

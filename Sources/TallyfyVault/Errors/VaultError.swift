@@ -1,0 +1,58 @@
+/// The one error type the library throws to its callers.
+///
+/// Each error carries a kind that maps to the exit statuses of CONTRACT.md, a
+/// message that says what failed, and an optional hint that says what to do
+/// next. Neither text ever contains a secret or a token: messages are built
+/// from names, paths and statuses only, never from secret values or from a
+/// server's response body.
+public struct VaultError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, in the categories of CONTRACT.md's exit statuses.
+    public enum Kind: Sendable, Equatable {
+        /// Bad arguments or input (64).
+        case usage
+        /// The vault is corrupt, truncated or tampered with (65).
+        case corrupt
+        /// The vault or a key file does not exist (66).
+        case notFound
+        /// Tallyfy could not be reached, or answered 5xx after retries (69).
+        case unavailable
+        /// An I/O error reading or writing a file (74).
+        case io
+        /// Try again later: the vault lock timed out, or Tallyfy answered 429 (75).
+        case tryLater
+        /// Refused: wrong key, `invalid_client`, unsafe file permissions (77).
+        case refused
+        /// Configuration: no credentials, no unlock source, no valid token with `--no-refresh` (78).
+        case configuration
+    }
+
+    public let kind: Kind
+    /// What failed: lower-case, no trailing period, never a secret.
+    public let message: String
+    /// What to do next, when there is something useful to say.
+    public let hint: String?
+
+    public init(_ kind: Kind, _ message: String, hint: String? = nil) {
+        self.kind = kind
+        self.message = message
+        self.hint = hint
+    }
+
+    /// The process exit status CONTRACT.md assigns to this kind of failure.
+    public var exitStatus: Int32 {
+        switch kind {
+        case .usage: 64
+        case .corrupt: 65
+        case .notFound: 66
+        case .unavailable: 69
+        case .io: 74
+        case .tryLater: 75
+        case .refused: 77
+        case .configuration: 78
+        }
+    }
+
+    public var description: String {
+        hint.map { "\(message) (\($0))" } ?? message
+    }
+}

@@ -1,0 +1,71 @@
+import Foundation
+
+/// A token ready to hand to a child, with what the child needs beside it.
+public struct TokenGrant: Sendable, Equatable {
+    public var profile: String
+    public var orgID: String
+    public var apiURL: String
+    public var token: String
+    public var expiresAt: Date
+    /// The user the token acts as, or `nil` for the application token.
+    public var user: String?
+
+    public init(profile: String, orgID: String, apiURL: String, token: String, expiresAt: Date, user: String?) {
+        self.profile = profile
+        self.orgID = orgID
+        self.apiURL = apiURL
+        self.token = token
+        self.expiresAt = expiresAt
+        self.user = user
+    }
+}
+
+/// The variables of CONTRACT.md's "The child's environment", built from a
+/// grant and the parent's environment.
+public enum ChildEnvironment {
+    /// Names in the order CONTRACT.md lists them.
+    public static let tokenVariable = "TALLYFY_TOKEN"
+    public static let execMarker = "TALLYFY_VAULT_EXEC"
+
+    /// Variables that carried unlock material: never passed on.
+    public static let removed: Set<String> = [UnlockSources.passphraseVariable]
+
+    /// The variables `exec` sets and `export` prints, in a stable order.
+    public static func variables(for grant: TokenGrant) -> [(name: String, value: String)] {
+        [
+            ("TALLYFY_TOKEN", grant.token),
+            ("TALLYFY_API_TOKEN", grant.token),
+            ("TALLYFY_ORG_ID", grant.orgID),
+            ("TALLYFY_API_URL", grant.apiURL),
+            ("TALLYFY_TOKEN_EXPIRES_AT", rfc3339(grant.expiresAt)),
+            (execMarker, grant.profile),
+        ]
+    }
+
+    /// The child's whole environment: the parent's, less unlock material and
+    /// stale values of our variables, plus the grant's variables.
+    public static func build(parent: [String: String], grant: TokenGrant) -> [String: String] {
+        var environment = parent.filter { !removed.contains($0.key) }
+        for (name, value) in variables(for: grant) { environment[name] = value }
+        return environment
+    }
+
+    /// Refuses `exec` inside `exec`: the inner one would see a token variable
+    /// and a marker, and nesting usually means a wrapper script ran twice.
+    public static func refuseNesting(_ parent: [String: String]) throws {
+        if let profile = parent[execMarker], !profile.isEmpty {
+            throw VaultError(.usage,
+                "already running under `tallyfy-vault exec` (profile \"\(profile)\"); nesting is refused",
+                hint: "use the TALLYFY_TOKEN this process already has, or run the inner command with `env -u TALLYFY_VAULT_EXEC` if you mean it")
+        }
+    }
+
+    /// RFC 3339 in UTC, whole seconds: `2026-12-06T04:25:05Z`.
+    public static func rfc3339(_ date: Date) -> String {
+        var time = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
+            Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
+    }
+}

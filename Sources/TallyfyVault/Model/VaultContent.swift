@@ -1,0 +1,86 @@
+import Foundation
+
+/// What the vault holds, decrypted: one entry per profile.
+///
+/// This is the sealed "root" of the file. User tokens are not in here: each
+/// is a record sealed on its own (see `UserTokenRecord`), so that finding one
+/// user's token in a vault of ten thousand does not decrypt and parse them all.
+public struct VaultContent: Codable, Sendable, Equatable {
+    public var profiles: [String: Profile]
+
+    public init(profiles: [String: Profile] = [:]) {
+        self.profiles = profiles
+    }
+}
+
+/// One credential set: a Tallyfy organization and the client issued for it.
+public struct Profile: Codable, Sendable, Equatable {
+    public var orgID: String
+    public var clientID: String
+    /// The client secret. It lives in a `String` only while the vault is open.
+    public var clientSecret: String
+    public var tokenURL: String
+    public var apiURL: String
+    /// When the secret was set or last rotated; `check` warns when it is old.
+    public var secretSetAt: Date
+    /// The current application token, if one was obtained.
+    public var applicationToken: SealedToken?
+
+    public init(
+        orgID: String, clientID: String, clientSecret: String, tokenURL: String, apiURL: String,
+        secretSetAt: Date, applicationToken: SealedToken? = nil
+    ) {
+        self.orgID = orgID
+        self.clientID = clientID
+        self.clientSecret = clientSecret
+        self.tokenURL = tokenURL
+        self.apiURL = apiURL
+        self.secretSetAt = secretSetAt
+        self.applicationToken = applicationToken
+    }
+}
+
+/// A bearer token and when it stops being valid.
+public struct SealedToken: Codable, Sendable, Equatable {
+    public var value: String
+    public var expiresAt: Date
+    public var obtainedAt: Date
+
+    public init(value: String, expiresAt: Date, obtainedAt: Date) {
+        self.value = value
+        self.expiresAt = expiresAt
+        self.obtainedAt = obtainedAt
+    }
+}
+
+/// A user-scoped token, sealed as its own record.
+public struct UserTokenRecord: Codable, Sendable, Equatable {
+    public var profile: String
+    /// The email as Tallyfy knows it; lookups ignore case.
+    public var email: String
+    public var token: SealedToken
+
+    public init(profile: String, email: String, token: SealedToken) {
+        self.profile = profile
+        self.email = email
+        self.token = token
+    }
+}
+
+/// The JSON coding used for every sealed body, fixed so that other
+/// implementations can read it (SECURITY.md): sorted keys, dates as Unix
+/// seconds.
+enum SealedJSON {
+    static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .secondsSince1970
+        return encoder
+    }
+
+    static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        return decoder
+    }
+}

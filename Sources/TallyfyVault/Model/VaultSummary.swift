@@ -1,0 +1,34 @@
+import Foundation
+
+/// The non-secret summary kept in the clear in the vault header, so that a
+/// cron job can warn about expiry without holding any key.
+///
+/// It reveals profile names, when tokens expire, how many user tokens each
+/// profile has and when the secret was set: nothing that would let anyone call
+/// Tallyfy. It is part of the header, which is authenticated as associated
+/// data of the sealed root, so any change to it is detected as soon as the
+/// vault is opened with a key.
+public struct VaultSummary: Codable, Sendable, Equatable {
+    public var profiles: [String: ProfileSummary]
+
+    public init(profiles: [String: ProfileSummary] = [:]) {
+        self.profiles = profiles
+    }
+}
+
+/// What `check` needs to know about one profile, without its secrets.
+public struct ProfileSummary: Codable, Sendable, Equatable {
+    public var secretSetAt: Date
+    public var applicationTokenExpiresAt: Date?
+    public var userTokenCount: Int
+    public var earliestUserTokenExpiresAt: Date?
+
+    public init(
+        secretSetAt: Date, applicationTokenExpiresAt: Date?, userTokenCount: Int, earliestUserTokenExpiresAt: Date?
+    ) {
+        self.secretSetAt = secretSetAt
+        self.applicationTokenExpiresAt = applicationTokenExpiresAt
+        self.userTokenCount = userTokenCount
+        self.earliestUserTokenExpiresAt = earliestUserTokenExpiresAt
+    }
+}

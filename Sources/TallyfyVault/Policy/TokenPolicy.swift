@@ -1,0 +1,37 @@
+import Foundation
+
+/// When a sealed token is good enough to hand out, and when it must be renewed.
+public enum TokenPolicy {
+    /// `--min-ttl` when neither the flag nor `TALLYFY_VAULT_MIN_TTL` is given.
+    public static let defaultMinimumLifetime: TimeInterval = 3600
+
+    /// Usable without contacting Tallyfy: at least `minimumLifetime` left.
+    public static func isFresh(_ token: SealedToken?, minimumLifetime: TimeInterval, now: Date) -> Bool {
+        guard let token else { return false }
+        return token.expiresAt.timeIntervalSince(now) >= minimumLifetime
+    }
+
+    /// Not yet expired: what `--no-refresh` settles for.
+    public static func isValid(_ token: SealedToken?, now: Date) -> Bool {
+        guard let token else { return false }
+        return token.expiresAt > now
+    }
+
+    /// Inside the lock, after reading the vault again: take the sealed token
+    /// when it is fresh, or when another process renewed it since we looked
+    /// (`seen` is what we read before waiting for the lock). That second rule
+    /// is what makes a refresh single-flight even when `--min-ttl` is longer
+    /// than Tallyfy's lifetime would allow.
+    public static func canReuse(_ token: SealedToken?, seen: SealedToken?, minimumLifetime: TimeInterval, now: Date) -> Bool {
+        if isFresh(token, minimumLifetime: minimumLifetime, now: now) { return true }
+        guard let token, token != seen else { return false }
+        return isValid(token, now: now)
+    }
+
+    /// The minimum lifetime from `--min-ttl`, else `TALLYFY_VAULT_MIN_TTL`, else 1h.
+    public static func minimumLifetime(option: String?, environment: [String: String]) throws -> TimeInterval {
+        if let option { return try DurationText.parse(option) }
+        if let value = environment["TALLYFY_VAULT_MIN_TTL"], !value.isEmpty { return try DurationText.parse(value) }
+        return defaultMinimumLifetime
+    }
+}

@@ -1,0 +1,42 @@
+import Foundation
+
+/// What `status` shows, read from the clear summary and slot table only.
+public struct VaultStatus: Sendable, Encodable {
+    public struct ProfileStatus: Sendable, Encodable {
+        public var name: String
+        public var applicationTokenExpiresAt: String?
+        public var applicationTokenLeft: String?
+        public var userTokenCount: Int
+        public var earliestUserTokenExpiresAt: String?
+        public var earliestUserTokenLeft: String?
+        public var secretSetAt: String
+        public var secretAge: String
+    }
+
+    public var vault: String
+    public var slots: [SlotInfo]
+    public var profiles: [ProfileStatus]
+
+    public static func read(store: VaultStore, now: Date) throws -> VaultStatus {
+        let summary = try store.summary()
+        let slots = try store.slots()
+        let rfc = ChildEnvironment.rfc3339
+        let profiles = summary.profiles.sorted { $0.key < $1.key }.map { name, profile in
+            ProfileStatus(
+                name: name,
+                applicationTokenExpiresAt: profile.applicationTokenExpiresAt.map(rfc),
+                applicationTokenLeft: profile.applicationTokenExpiresAt.map { Lifetime.describe($0, now: now) },
+                userTokenCount: profile.userTokenCount,
+                earliestUserTokenExpiresAt: profile.earliestUserTokenExpiresAt.map(rfc),
+                earliestUserTokenLeft: profile.earliestUserTokenExpiresAt.map { Lifetime.describe($0, now: now) },
+                secretSetAt: rfc(profile.secretSetAt),
+                secretAge: DurationText.format(now.timeIntervalSince(profile.secretSetAt)))
+        }
+        return VaultStatus(vault: store.path, slots: slots, profiles: profiles)
+    }
+}
+
+/// `--format text|json` for commands that have just those two.
+public enum FormatTextJSON: String, Sendable, CaseIterable {
+    case text, json
+}

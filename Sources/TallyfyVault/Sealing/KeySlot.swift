@@ -1,0 +1,96 @@
+import Foundation
+
+/// One way to open the vault: the data key wrapped under a key derived from
+/// a passphrase (Argon2id) or from a key file (keyed BLAKE2b).
+///
+/// Several slots wrap the same data key, as LUKS does, so one vault can be
+/// opened by an operator's passphrase and by a server's key file alike.
+struct KeySlot: Sendable, Equatable {
+    enum Kind: UInt8, Sendable {
+        case passphrase = 1
+        case keyFile = 2
+    }
+
+    static let saltLength = 16
+    static let wrappedKeyLength = 32 + 16
+    static let maxLabelLength = 64
+
+    var kind: Kind
+    var label: String
+    var salt: [UInt8]
+    /// Argon2id cost; zero for key-file slots.
+    var opsLimit: UInt64
+    var memLimit: UInt64
+    var nonce: [UInt8]
+    var wrappedKey: [UInt8]
+
+    /// Associated data binding a wrapped key to its slot's kind and salt.
+    private var associatedData: [UInt8] {
+        Array("TFYVAULT-slot-v1".utf8) + [kind.rawValue] + salt
+    }
+
+    /// A new slot that wraps `dataKey` under `secret`.
+    static func make(
+        wrapping dataKey: borrowing SecretBytes, with secret: UnlockSecret, label: String, kdf: KDFLevel
+    ) throws -> KeySlot {
+        let kind: Kind = secret.kind == .keyFile ? .keyFile : .passphrase
+        let (ops, mem): (UInt64, UInt64) = kind == .passphrase ? kdf.parameters : (0, 0)
+        var slot = KeySlot(
+            kind: kind, label: label, salt: Sodium.randomBytes(saltLength), opsLimit: ops, memLimit: mem,
+            nonce: Sodium.randomBytes(Sodium.aeadNonceBytes), wrappedKey: [])
+        let slotKey = try slot.deriveKey(from: secret)
+        slot.wrappedKey = dataKey.withUnsafeBytes { Sodium.seal($0, key: slotKey, nonce: slot.nonce, associatedData: slot.associatedData) }
+        return slot
+    }
+
+    /// Whether `secret` is the kind of thing this slot takes.
+    func accepts(_ secret: UnlockSecret) -> Bool {
+        (kind == .keyFile) == (secret.kind == .keyFile)
+    }
+
+    /// The data key, or `nil` when `secret` does not open this slot.
+    func unwrap(with secret: UnlockSecret) throws -> SecretBytes? {
+        guard accepts(secret) else { return nil }
+        let slotKey = try deriveKey(from: secret)
+        guard let key = Sodium.open(wrappedKey, key: slotKey, nonce: nonce, associatedData: associatedData),
+            key.count == Sodium.aeadKeyBytes
+        else { return nil }
+        return key
+    }
+
+    private func deriveKey(from secret: UnlockSecret) throws -> SecretBytes {
+        switch kind {
+        case .keyFile:
+            return secret.bytes.withUnsafeBytes { keyFileBytes in
+                Sodium.keyedHash(
+                    outputBytes: Sodium.aeadKeyBytes, key: keyFileBytes,
+                    message: Array("TFYVAULT-keyfile-v1".utf8) + salt)
+            }
+        case .passphrase:
+            guard let key = Sodium.argon2id(passphrase: secret.bytes, salt: salt, opsLimit: opsLimit, memLimit: memLimit)
+            else {
+                throw VaultError(
+                    .io, "could not allocate \(memLimit / 1_048_576) MiB for the passphrase key derivation",
+                    hint: "free memory, or add a slot with `keys add --kdf interactive`")
+            }
+            return key
+        }
+    }
+}
+
+/// What may be shown about an unlock slot: never key material.
+public struct SlotInfo: Sendable, Equatable, Codable {
+    public var label: String
+    /// "passphrase" or "key-file".
+    public var kind: String
+    /// Argon2id cost of a passphrase slot.
+    public var opsLimit: UInt64?
+    public var memLimitBytes: UInt64?
+
+    init(_ slot: KeySlot) {
+        label = slot.label
+        kind = slot.kind == .keyFile ? "key-file" : "passphrase"
+        opsLimit = slot.kind == .passphrase ? slot.opsLimit : nil
+        memLimitBytes = slot.kind == .passphrase ? slot.memLimit : nil
+    }
+}

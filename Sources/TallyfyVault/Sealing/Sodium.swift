@@ -1,0 +1,153 @@
+import CSodium
+import Foundation
+
+/// The few libsodium primitives the vault uses, wrapped so that no other file
+/// touches C pointers for cryptography.
+///
+/// Every function checks libsodium's return code; a failure is either a
+/// corrupt input (`VaultError.corrupt`) or, for operations that cannot fail on
+/// valid input, a programming error.
+enum Sodium {
+    /// `sodium_init()` runs once, on first use, and is safe from any thread.
+    static let ready: Void = {
+        guard sodium_init() >= 0 else { fatalError("libsodium could not be initialised") }
+    }()
+
+    static let aeadKeyBytes = Int(crypto_aead_xchacha20poly1305_ietf_KEYBYTES)  // 32
+    static let aeadNonceBytes = Int(crypto_aead_xchacha20poly1305_ietf_NPUBBYTES)  // 24
+    static let aeadTagBytes = Int(crypto_aead_xchacha20poly1305_ietf_ABYTES)  // 16
+
+    /// Fresh random bytes from the operating system's generator.
+    static func randomBytes(_ count: Int) -> [UInt8] {
+        _ = ready
+        var bytes = [UInt8](repeating: 0, count: count)
+        bytes.withUnsafeMutableBytes { randombytes_buf($0.baseAddress!, count) }
+        return bytes
+    }
+
+    /// XChaCha20-Poly1305 (IETF) encryption; returns ciphertext || tag.
+    static func seal(
+        _ plaintext: UnsafeRawBufferPointer, key: borrowing SecretBytes, nonce: [UInt8], associatedData: some ContiguousBytes
+    ) -> [UInt8] {
+        _ = ready
+        precondition(nonce.count == aeadNonceBytes && key.count == aeadKeyBytes)
+        var out = [UInt8](repeating: 0, count: plaintext.count + aeadTagBytes)
+        var outLength: UInt64 = 0
+        associatedData.withUnsafeBytes { ad in
+            key.withUnsafeBytes { k in
+                let rc = crypto_aead_xchacha20poly1305_ietf_encrypt(
+                    &out, &outLength,
+                    plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(plaintext.count),
+                    ad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(ad.count),
+                    nil, nonce, k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                precondition(rc == 0, "xchacha20poly1305 encryption cannot fail on valid input")
+            }
+        }
+        return out
+    }
+
+    /// XChaCha20-Poly1305 decryption into guarded memory; `nil` when the tag
+    /// does not verify (wrong key, or the bytes or associated data changed).
+    static func open(
+        _ ciphertext: some ContiguousBytes, key: borrowing SecretBytes, nonce: some ContiguousBytes,
+        associatedData: some ContiguousBytes
+    ) -> SecretBytes? {
+        _ = ready
+        let sealedLength = ciphertext.withUnsafeBytes { $0.count }
+        guard sealedLength >= aeadTagBytes else { return nil }
+        var plain = SecretBytes(count: sealedLength - aeadTagBytes)
+        let rc = plain.withUnsafeMutableBytes { p in
+            ciphertext.withUnsafeBytes { c in
+                nonce.withUnsafeBytes { n in
+                    associatedData.withUnsafeBytes { ad in
+                        key.withUnsafeBytes { k in
+                            precondition(n.count == aeadNonceBytes && k.count == aeadKeyBytes)
+                            var plainLength: UInt64 = 0
+                            return crypto_aead_xchacha20poly1305_ietf_decrypt(
+                                p.baseAddress?.assumingMemoryBound(to: UInt8.self), &plainLength, nil,
+                                c.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(c.count),
+                                ad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(ad.count),
+                                n.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                        }
+                    }
+                }
+            }
+        }
+        if rc != 0 { return nil }
+        return plain
+    }
+
+    /// Keyed BLAKE2b (`crypto_generichash`) into guarded memory.
+    static func keyedHash(outputBytes: Int, key: UnsafeRawBufferPointer, message: some ContiguousBytes) -> SecretBytes {
+        _ = ready
+        var out = SecretBytes(count: outputBytes)
+        out.withUnsafeMutableBytes { o in
+            message.withUnsafeBytes { m in
+                let rc = crypto_generichash(
+                    o.baseAddress!.assumingMemoryBound(to: UInt8.self), outputBytes,
+                    m.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(m.count),
+                    key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count)
+                precondition(rc == 0, "crypto_generichash cannot fail on valid sizes")
+            }
+        }
+        return out
+    }
+
+    /// Argon2id v1.3 (`crypto_pwhash`) of a passphrase into a 32-byte key.
+    /// Returns `nil` only when libsodium cannot get the memory it was asked for.
+    static func argon2id(
+        passphrase: borrowing SecretBytes, salt: [UInt8], opsLimit: UInt64, memLimit: UInt64
+    ) -> SecretBytes? {
+        _ = ready
+        precondition(salt.count == Int(crypto_pwhash_SALTBYTES))
+        var key = SecretBytes(count: aeadKeyBytes)
+        let rc = key.withUnsafeMutableBytes { k in
+            passphrase.withUnsafeBytes { p in
+                crypto_pwhash(
+                    k.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(k.count),
+                    p.baseAddress!.assumingMemoryBound(to: CChar.self), UInt64(p.count),
+                    salt, opsLimit, Int(memLimit), crypto_pwhash_ALG_ARGON2ID13)
+            }
+        }
+        if rc != 0 { return nil }
+        return key
+    }
+
+    /// ISO/IEC 7816-4 padding (`sodium_pad`) to a multiple of `blockSize`,
+    /// into guarded memory.
+    static func pad(_ content: some ContiguousBytes, blockSize: Int) -> SecretBytes {
+        _ = ready
+        let length = content.withUnsafeBytes { $0.count }
+        let paddedLength = (length / blockSize + 1) * blockSize
+        var out = SecretBytes(count: paddedLength)
+        out.withUnsafeMutableBytes { o in
+            content.withUnsafeBytes { bytes in
+                if length > 0 { o.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: length) }
+            }
+            var resultLength = 0
+            let rc = sodium_pad(
+                &resultLength, o.baseAddress!.assumingMemoryBound(to: UInt8.self), length, blockSize, o.count)
+            precondition(rc == 0 && resultLength == paddedLength)
+        }
+        return out
+    }
+
+    /// The length of the content before `sodium_pad` padding, or `nil` when
+    /// the padding is malformed.
+    static func unpaddedLength(_ bytes: borrowing SecretBytes, blockSize: Int) -> Int? {
+        _ = ready
+        return bytes.withUnsafeBytes { b in
+            guard b.count > 0, b.count % blockSize == 0 else { return nil }
+            var length = 0
+            let rc = sodium_unpad(&length, b.baseAddress!.assumingMemoryBound(to: UInt8.self), b.count, blockSize)
+            return rc == 0 ? length : nil
+        }
+    }
+
+    /// Constant-time comparison, for anything derived from secrets.
+    static func equal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        _ = ready
+        return a.count == b.count && (a.count == 0 || sodium_memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0)
+    }
+}

@@ -1,0 +1,345 @@
+import Foundation
+
+/// An opened vault: the data key, the decrypted root, and the user-token
+/// records still sealed until one is asked for.
+///
+/// This type does all the cryptography of the format; `VaultStore` moves its
+/// bytes to and from disk. Mutations change only memory until `sealed()`
+/// produces the new file bytes.
+public final class UnlockedVault: @unchecked Sendable {
+    private var dataKey: SecretBox
+    private var indexKey: SecretBox
+    private(set) var slots: [KeySlot] { didSet { modificationCount += 1 } }
+    /// The decrypted root: profiles, credentials, application tokens.
+    public var content: VaultContent { didSet { modificationCount += 1 } }
+    private var records: [SealedRecord] { didSet { modificationCount += 1 } }
+    /// Grows with every change, so a store writes only when something changed.
+    private(set) var modificationCount = 0
+    /// Slot indices that the secrets given to `open` opened.
+    private(set) var openedSlots: Set<Int>
+
+    private init(dataKey box: SecretBox, slots: [KeySlot], content: VaultContent, records: [SealedRecord], openedSlots: Set<Int>) {
+        self.dataKey = box
+        indexKey = Self.deriveIndexKey(box)
+        self.slots = slots
+        self.content = content
+        self.records = records
+        self.openedSlots = openedSlots
+    }
+
+    /// A new, empty vault with a fresh random data key and one slot.
+    public static func create(secret: UnlockSecret, label: String, kdf: KDFLevel) throws -> UnlockedVault {
+        let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
+        let slot = try KeySlot.make(wrapping: key, with: secret, label: label, kdf: kdf)
+        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: [], openedSlots: [0])
+    }
+
+    /// Opens the vault bytes with the first secret that fits a slot; every
+    /// given secret is tried against every slot of its kind, so `rekey` knows
+    /// which slots it can wrap again.
+    ///
+    /// Throws `.refused` when no secret opens any slot, `.corrupt` when a slot
+    /// opens but the body does not authenticate.
+    static func open(_ parsed: ParsedVault, with secrets: [UnlockSecret]) throws -> UnlockedVault {
+        var dataKey: SecretBox? = nil
+        var opened: Set<Int> = []
+        for secret in secrets {
+            for (index, slot) in parsed.slots.enumerated() where slot.accepts(secret) && !opened.contains(index) {
+                if let key = try slot.unwrap(with: secret) {
+                    opened.insert(index)
+                    if dataKey == nil { dataKey = SecretBox(key) }
+                    break
+                }
+            }
+        }
+        guard let keyBox = dataKey else { throw Self.wrongSecretError(secrets, slots: parsed.slots) }
+
+        var associatedData = Data(parsed.headerBytes)
+        associatedData.append(parsed.indexBytes)
+        guard let padded = Sodium.open(parsed.rootSealed, key: keyBox.bytes, nonce: parsed.rootNonce, associatedData: associatedData) else {
+            throw VaultError(.corrupt, "the vault was modified or damaged: its sealed body does not authenticate",
+                hint: ByteReader.restoreHint)
+        }
+        let content: VaultContent = try decodePadded(padded, what: "sealed body")
+        return UnlockedVault(dataKey: keyBox, slots: parsed.slots, content: content, records: parsed.records, openedSlots: opened)
+    }
+
+    private static func wrongSecretError(_ secrets: [UnlockSecret], slots: [KeySlot]) -> VaultError {
+        let origins = secrets.map(\.origin).joined(separator: ", ")
+        let kinds = Set(slots.map(\.kind))
+        if secrets.allSatisfy({ $0.kind == .keyFile }) && !kinds.contains(.keyFile) {
+            return VaultError(.refused, "this vault has no key-file slot, so \(origins) cannot open it",
+                hint: "unlock it with its passphrase (--passphrase-file or the prompt)")
+        }
+        if secrets.allSatisfy({ $0.kind == .passphrase }) && !kinds.contains(.passphrase) {
+            return VaultError(.refused, "this vault has no passphrase slot, so \(origins) cannot open it",
+                hint: "unlock it with its key file (--key-file)")
+        }
+        return VaultError(.refused, "wrong passphrase or key: \(origins) opens none of the vault's key slots",
+            hint: "check which key file or passphrase this vault was made with (`tallyfy-vault keys list` shows its slots)")
+    }
+
+    // MARK: - Producing the file
+
+    /// The complete file bytes for the current state, sealed with a fresh
+    /// nonce for the root. Unchanged user-token records are copied as they are.
+    public func sealed() throws -> Data {
+        let header = try ParsedVault.encodeHeader(slots: slots, summary: summary())
+        let index = ParsedVault.encodeIndex(records)
+        let padded = try Self.paddedJSON(content)
+
+        let nonce = Sodium.randomBytes(Sodium.aeadNonceBytes)
+        let root = padded.withUnsafeBytes {
+            Sodium.seal($0, key: dataKey.bytes, nonce: nonce, associatedData: header + index)
+        }
+        var out = Data(capacity: header.count + index.count + 28 + root.count + records.reduce(0) { $0 + $1.bytes.count })
+        out.append(contentsOf: header)
+        out.append(contentsOf: index)
+        out.append(contentsOf: nonce)
+        var length = ByteWriter()
+        length.u32(UInt32(root.count))
+        out.append(contentsOf: length.bytes)
+        out.append(contentsOf: root)
+        for record in records { out.append(record.bytes) }
+        return out
+    }
+
+    /// The clear-text summary that `check` reads without a key.
+    public func summary() -> VaultSummary {
+        var profiles: [String: ProfileSummary] = [:]
+        for (name, profile) in content.profiles {
+            let tag = profileTag(name)
+            var count = 0
+            var earliest: Int64? = nil
+            for record in records where record.entry.profileTag == tag {
+                count += 1
+                earliest = min(earliest ?? .max, record.entry.expiresAt)
+            }
+            profiles[name] = ProfileSummary(
+                secretSetAt: profile.secretSetAt, applicationTokenExpiresAt: profile.applicationToken?.expiresAt,
+                userTokenCount: count, earliestUserTokenExpiresAt: earliest.map { Date(timeIntervalSince1970: TimeInterval($0)) })
+        }
+        return VaultSummary(profiles: profiles)
+    }
+
+    // MARK: - User-token records
+
+    /// The sealed user token of `email` in `profile`, opening only that record.
+    public func userToken(profile: String, email: String) throws -> UserTokenRecord? {
+        let locator = locator(profile: profile, email: email)
+        guard let record = records.first(where: { $0.entry.locator == locator }) else { return nil }
+        return try openRecord(record)
+    }
+
+    /// Every user token of `profile`, opened one by one (for listing and checks).
+    public func userTokens(profile: String) throws -> [UserTokenRecord] {
+        let tag = profileTag(profile)
+        return try records.filter { $0.entry.profileTag == tag }.map(openRecord)
+            .sorted { $0.email.lowercased() < $1.email.lowercased() }
+    }
+
+    /// How many user tokens `profile` has, without opening them.
+    public func userTokenCount(profile: String) -> Int {
+        let tag = profileTag(profile)
+        return records.reduce(0) { $0 + ($1.entry.profileTag == tag ? 1 : 0) }
+    }
+
+    /// Seals `record`, replacing any earlier token of the same user.
+    public func setUserToken(_ record: UserTokenRecord) throws {
+        let locator = locator(profile: record.profile, email: record.email)
+        let padded = try Self.paddedJSON(record)
+        let nonce = Sodium.randomBytes(Sodium.aeadNonceBytes)
+        let sealed = padded.withUnsafeBytes {
+            Sodium.seal($0, key: dataKey.bytes, nonce: nonce, associatedData: VaultFormat.recordAssociatedPrefix + locator)
+        }
+        let entry = IndexEntry(
+            locator: locator, profileTag: profileTag(record.profile),
+            expiresAt: Int64(record.token.expiresAt.timeIntervalSince1970.rounded(.down)),
+            sealedLength: UInt32(sealed.count), tag: Array(sealed.suffix(Sodium.aeadTagBytes)))
+        let newRecord = SealedRecord(entry: entry, bytes: Data(nonce + sealed))
+        if let position = records.firstIndex(where: { $0.entry.locator == locator }) {
+            records[position] = newRecord
+        } else {
+            records.append(newRecord)
+        }
+    }
+
+    /// Drops the user token of `email`; `false` when there was none.
+    @discardableResult
+    public func removeUserToken(profile: String, email: String) -> Bool {
+        let locator = locator(profile: profile, email: email)
+        let before = records.count
+        records.removeAll { $0.entry.locator == locator }
+        return records.count != before
+    }
+
+    /// Drops a profile and every user token that belongs to it.
+    public func removeProfile(_ name: String) {
+        content.profiles[name] = nil
+        let tag = profileTag(name)
+        records.removeAll { $0.entry.profileTag == tag }
+    }
+
+    private func openRecord(_ record: SealedRecord) throws -> UserTokenRecord {
+        let bytes = record.bytes
+        let nonce = bytes.prefix(Sodium.aeadNonceBytes)
+        let sealed = bytes.dropFirst(Sodium.aeadNonceBytes)
+        guard Array(sealed.suffix(Sodium.aeadTagBytes)) == record.entry.tag,
+            let padded = Sodium.open(
+                sealed, key: dataKey.bytes, nonce: nonce,
+                associatedData: VaultFormat.recordAssociatedPrefix + record.entry.locator)
+        else {
+            throw VaultError(.corrupt, "the vault was modified or damaged: a user-token record does not authenticate",
+                hint: ByteReader.restoreHint)
+        }
+        let decoded: UserTokenRecord = try Self.decodePadded(padded, what: "user-token record")
+        guard locator(profile: decoded.profile, email: decoded.email) == record.entry.locator else {
+            throw VaultError(.corrupt, "the vault was modified or damaged: a user-token record is out of place",
+                hint: ByteReader.restoreHint)
+        }
+        return decoded
+    }
+
+    // MARK: - Slots and keys
+
+    /// The unlock slots, without any key material.
+    public var slotList: [SlotInfo] { slots.map(SlotInfo.init) }
+
+    /// A label not used yet, such as "passphrase-2".
+    public func unusedLabel(for kind: UnlockSecret.Kind) -> String {
+        let base = kind == .keyFile ? "key-file" : "passphrase"
+        if !slots.contains(where: { $0.label == base }) { return base }
+        return (2...).lazy.map { "\(base)-\($0)" }.first { label in !self.slots.contains { $0.label == label } }!
+    }
+
+    /// Adds a slot that opens the vault with `secret`.
+    public func addSlot(secret: UnlockSecret, label: String, kdf: KDFLevel) throws {
+        try Self.checkLabel(label)
+        guard !slots.contains(where: { $0.label == label }) else {
+            throw VaultError(.usage, "a key slot labelled \"\(label)\" exists already", hint: "choose another --label")
+        }
+        guard slots.count < VaultFormat.maxSlots else {
+            throw VaultError(.usage, "the vault has \(slots.count) key slots, the most it can hold",
+                hint: "remove one with `tallyfy-vault keys remove LABEL`")
+        }
+        for slot in slots where slot.kind == .keyFile && secret.kind == .keyFile {
+            if try slot.unwrap(with: secret) != nil {
+                throw VaultError(.usage, "this key file already opens the vault (slot \"\(slot.label)\")")
+            }
+        }
+        slots.append(try KeySlot.make(wrapping: dataKey.bytes, with: secret, label: label, kdf: kdf))
+    }
+
+    /// Removes the slot labelled `label`; the last slot can't go.
+    public func removeSlot(label: String) throws {
+        guard let position = slots.firstIndex(where: { $0.label == label }) else {
+            throw VaultError(.usage, "no key slot is labelled \"\(label)\"", hint: "`tallyfy-vault keys list` shows the labels")
+        }
+        guard slots.count > 1 else {
+            throw VaultError(.usage, "\"\(label)\" is the vault's only key slot; removing it would lock the vault for good",
+                hint: "add another first with `tallyfy-vault keys add`")
+        }
+        slots.remove(at: position)
+        openedSlots = Set(openedSlots.compactMap { $0 == position ? nil : ($0 > position ? $0 - 1 : $0) })
+    }
+
+    /// A new data key: every slot that `secrets` opens is wrapped again (with
+    /// a fresh salt), every user-token record re-sealed. Slots no given secret
+    /// opens can't be re-wrapped; they are refused unless `dropOthers`.
+    public func rekey(secrets: [UnlockSecret], kdf: KDFLevel? = nil, dropOthers: Bool) throws {
+        var newSlots: [KeySlot] = []
+        var unreachable: [String] = []
+        let newKey = SecretBytes.random(count: Sodium.aeadKeyBytes)
+        for slot in slots {
+            var rewrapped: KeySlot? = nil
+            for secret in secrets where slot.accepts(secret) {
+                if try slot.unwrap(with: secret) != nil {
+                    let level = kdf ?? KDFLevel.matching(opsLimit: slot.opsLimit, memLimit: slot.memLimit)
+                    rewrapped = try KeySlot.make(wrapping: newKey, with: secret, label: slot.label, kdf: level)
+                    break
+                }
+            }
+            if let rewrapped { newSlots.append(rewrapped) } else { unreachable.append(slot.label) }
+        }
+        if !unreachable.isEmpty && !dropOthers {
+            throw VaultError(.usage,
+                "rekey needs every slot's key, and none was given for: \(unreachable.map { "\"\($0)\"" }.joined(separator: ", "))",
+                hint: "give those key files or passphrases as well, or pass --drop-other-slots to remove them")
+        }
+        guard !newSlots.isEmpty else {
+            throw VaultError(.refused, "none of the given keys opens a slot of this vault")
+        }
+        let opened = try records.map(openRecord)
+        let oldKey = dataKey
+        dataKey = SecretBox(newKey)
+        indexKey = Self.deriveIndexKey(dataKey)
+        slots = newSlots
+        openedSlots = Set(newSlots.indices)
+        records = []
+        do {
+            for record in opened { try setUserToken(record) }
+        } catch {
+            dataKey = oldKey
+            throw error
+        }
+    }
+
+    static func checkLabel(_ label: String) throws {
+        guard !label.isEmpty, label.utf8.count <= KeySlot.maxLabelLength,
+            !label.contains(where: { $0.isNewline || $0 == "\0" })
+        else {
+            throw VaultError(.usage, "a slot label must be 1 to \(KeySlot.maxLabelLength) bytes on one line")
+        }
+    }
+
+    // MARK: - Keyed names
+
+    private static func deriveIndexKey(_ dataKey: SecretBox) -> SecretBox {
+        SecretBox(dataKey.bytes.withUnsafeBytes {
+            Sodium.keyedHash(outputBytes: 32, key: $0, message: Array("TFYVAULT-index-key-v1".utf8))
+        })
+    }
+
+    private func keyedName(_ parts: [String], length: Int) -> [UInt8] {
+        let message = Array(parts.joined(separator: "\0").utf8)
+        return indexKey.bytes.withUnsafeBytes { key in
+            Sodium.keyedHash(outputBytes: length, key: key, message: message).withUnsafeBytes { Array($0) }
+        }
+    }
+
+    func locator(profile: String, email: String) -> [UInt8] {
+        keyedName(["user", profile, email.lowercased()], length: 16)
+    }
+
+    func profileTag(_ profile: String) -> [UInt8] {
+        keyedName(["profile", profile], length: 8)
+    }
+
+    /// `value` as padded JSON in guarded memory; the encoder's plain copy is wiped.
+    private static func paddedJSON(_ value: some Encodable) throws -> SecretBytes {
+        var json = try SealedJSON.encoder().encode(value)
+        defer { json.wipe() }
+        return Sodium.pad(json, blockSize: VaultFormat.padBlock)
+    }
+
+    private static func decodePadded<T: Decodable>(_ padded: borrowing SecretBytes, what: String) throws -> T {
+        guard let length = Sodium.unpaddedLength(padded, blockSize: VaultFormat.padBlock) else {
+            throw VaultError(.corrupt, "the vault's \(what) has broken padding", hint: ByteReader.restoreHint)
+        }
+        let decoded = padded.withUnsafeBytes { bytes -> T? in
+            let json = Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: bytes.baseAddress!), count: length, deallocator: .none)
+            return try? SealedJSON.decoder().decode(T.self, from: json)
+        }
+        guard let decoded else {
+            throw VaultError(.corrupt, "the vault's \(what) is not the expected JSON", hint: ByteReader.restoreHint)
+        }
+        return decoded
+    }
+}
+
+extension KDFLevel {
+    /// The named level whose cost a slot was made with, so `rekey` keeps it.
+    static func matching(opsLimit: UInt64, memLimit: UInt64) -> KDFLevel {
+        allCases.first { $0.parameters == (opsLimit, memLimit) } ?? .moderate
+    }
+}

@@ -1,0 +1,210 @@
+import Foundation
+
+/// The vault file format, version 1, exactly as SECURITY.md documents it.
+///
+/// ```
+/// header   magic "TFYVAULT" | version u16 | header length u32 | slot count u8 | slots | summary length u32 | summary JSON
+/// index    record count u32 | count × (locator 16 | profile tag 8 | expires-at i64 | sealed length u32 | tag 16)
+/// root     nonce 24 | sealed length u32 | sealed root (padded JSON + tag), AD = header ‖ index
+/// records  count × (nonce 24 | sealed record (padded JSON + tag)), AD = "TFYVAULT-record-v1" ‖ locator
+/// ```
+/// All integers are little-endian. The index is authenticated through the
+/// root's associated data and pins each record's tag, so a record can be
+/// opened alone yet cannot be swapped, replayed or dropped unnoticed.
+enum VaultFormat {
+    static let magic = Array("TFYVAULT".utf8)
+    static let version: UInt16 = 1
+    static let maxSlots = 32
+    static let maxSummaryLength = 1 << 20
+    static let maxRootLength = 64 << 20
+    static let maxRecordLength = 1 << 20
+    static let maxRecords = 1_000_000
+    /// Bodies are padded to a multiple of this, so the file's size does not
+    /// give away the exact length of a secret.
+    static let padBlock = 256
+    static let recordAssociatedPrefix = Array("TFYVAULT-record-v1".utf8)
+}
+
+/// One row of the clear-text index: where a sealed user-token record is and
+/// what is needed to find and check it without opening the others.
+struct IndexEntry: Sendable, Equatable {
+    static let byteLength = 16 + 8 + 8 + 4 + 16
+
+    /// Keyed hash of (profile, email): finds a record without revealing whose it is.
+    var locator: [UInt8]
+    /// Keyed hash of the profile name: which records belong to one profile.
+    var profileTag: [UInt8]
+    /// The token's expiry, Unix seconds, for the keyless summary.
+    var expiresAt: Int64
+    /// Length of the sealed record (ciphertext and tag), without its nonce.
+    var sealedLength: UInt32
+    /// The record's Poly1305 tag, pinned here so the root authenticates it.
+    var tag: [UInt8]
+}
+
+/// A sealed user-token record as it sits in the file: opened only on demand.
+struct SealedRecord: Sendable {
+    var entry: IndexEntry
+    /// Nonce followed by ciphertext and tag.
+    var bytes: Data
+}
+
+/// A vault file split into its parts, with nothing decrypted yet.
+struct ParsedVault: Sendable {
+    var slots: [KeySlot]
+    var summary: VaultSummary
+    /// The exact header bytes, which the root authenticates.
+    var headerBytes: Data
+    var indexBytes: Data
+    var rootNonce: Data
+    var rootSealed: Data
+    var records: [SealedRecord]
+}
+
+extension ParsedVault {
+    /// Splits `data` into its parts, checking every length against the
+    /// limits above. Throws `.corrupt` for anything that is not a well-formed
+    /// version-1 vault.
+    init(parsing data: Data) throws {
+        var reader = ByteReader(data)
+        let magic = (try? reader.bytes(VaultFormat.magic.count, "magic")) ?? []
+        guard magic == VaultFormat.magic else {
+            throw VaultError(.corrupt, "this is not a tallyfy-vault file (its first bytes are not TFYVAULT)",
+                hint: "check the --vault path")
+        }
+        let version = try reader.u16("header")
+        guard version == VaultFormat.version else {
+            throw VaultError(.corrupt, "vault format version \(version) is not supported (this tallyfy-vault reads version \(VaultFormat.version))",
+                hint: "open it with the tallyfy-vault release that wrote it")
+        }
+        let headerLength = Int(try reader.u32("header"))
+        guard headerLength <= data.count else {
+            throw VaultError(.corrupt, "the vault file is truncated (in the header)", hint: ByteReader.restoreHint)
+        }
+        let slotCount = Int(try reader.u8("header"))
+        guard (1...VaultFormat.maxSlots).contains(slotCount) else {
+            throw VaultError(.corrupt, "the vault header is damaged (\(slotCount) key slots)", hint: ByteReader.restoreHint)
+        }
+        slots = try (0..<slotCount).map { _ in try KeySlot.read(from: &reader) }
+        let summaryLength = Int(try reader.u32("summary"))
+        guard summaryLength <= VaultFormat.maxSummaryLength else {
+            throw VaultError(.corrupt, "the vault header is damaged (summary length)", hint: ByteReader.restoreHint)
+        }
+        let summaryBytes = try reader.raw(summaryLength, "summary")
+        guard reader.offset == headerLength else {
+            throw VaultError(.corrupt, "the vault header is damaged (its length does not add up)", hint: ByteReader.restoreHint)
+        }
+        headerBytes = data[data.startIndex..<data.startIndex + headerLength]
+        guard let summary = try? SealedJSON.decoder().decode(VaultSummary.self, from: summaryBytes) else {
+            throw VaultError(.corrupt, "the vault header is damaged (summary)", hint: ByteReader.restoreHint)
+        }
+        self.summary = summary
+
+        let indexStart = reader.offset
+        let recordCount = Int(try reader.u32("index"))
+        guard recordCount <= VaultFormat.maxRecords, recordCount * IndexEntry.byteLength <= reader.remaining else {
+            throw VaultError(.corrupt, "the vault file is truncated (in the index)", hint: ByteReader.restoreHint)
+        }
+        var entries: [IndexEntry] = []
+        entries.reserveCapacity(recordCount)
+        for _ in 0..<recordCount {
+            let entry = IndexEntry(
+                locator: try reader.bytes(16, "index"), profileTag: try reader.bytes(8, "index"),
+                expiresAt: try reader.i64("index"), sealedLength: try reader.u32("index"), tag: try reader.bytes(16, "index"))
+            guard entry.sealedLength >= UInt32(Sodium.aeadTagBytes), entry.sealedLength <= VaultFormat.maxRecordLength else {
+                throw VaultError(.corrupt, "the vault index is damaged", hint: ByteReader.restoreHint)
+            }
+            entries.append(entry)
+        }
+        indexBytes = data[data.startIndex + indexStart..<data.startIndex + reader.offset]
+
+        rootNonce = try reader.raw(Sodium.aeadNonceBytes, "sealed body")
+        let rootLength = Int(try reader.u32("sealed body"))
+        guard rootLength >= Sodium.aeadTagBytes, rootLength <= VaultFormat.maxRootLength else {
+            throw VaultError(.corrupt, "the vault's sealed body is damaged", hint: ByteReader.restoreHint)
+        }
+        rootSealed = try reader.raw(rootLength, "sealed body")
+
+        records = try entries.map { entry in
+            SealedRecord(entry: entry, bytes: try reader.raw(Sodium.aeadNonceBytes + Int(entry.sealedLength), "user-token records"))
+        }
+        guard reader.remaining == 0 else {
+            throw VaultError(.corrupt, "the vault file has \(reader.remaining) unexpected bytes at its end", hint: ByteReader.restoreHint)
+        }
+    }
+
+    /// The header bytes for `slots` and `summary`.
+    static func encodeHeader(slots: [KeySlot], summary: VaultSummary) throws -> [UInt8] {
+        let summaryBytes = try SealedJSON.encoder().encode(summary)
+        var body = ByteWriter()
+        body.u8(UInt8(slots.count))
+        for slot in slots { slot.write(to: &body) }
+        body.u32(UInt32(summaryBytes.count))
+        body.raw(summaryBytes)
+
+        var header = ByteWriter()
+        header.raw(VaultFormat.magic)
+        header.u16(VaultFormat.version)
+        header.u32(UInt32(VaultFormat.magic.count + 2 + 4 + body.bytes.count))
+        header.raw(body.bytes)
+        return header.bytes
+    }
+
+    static func encodeIndex(_ records: [SealedRecord]) -> [UInt8] {
+        var index = ByteWriter()
+        index.bytes.reserveCapacity(4 + records.count * IndexEntry.byteLength)
+        index.u32(UInt32(records.count))
+        for record in records {
+            let entry = record.entry
+            index.raw(entry.locator)
+            index.raw(entry.profileTag)
+            index.i64(entry.expiresAt)
+            index.u32(entry.sealedLength)
+            index.raw(entry.tag)
+        }
+        return index.bytes
+    }
+}
+
+extension KeySlot {
+    static func read(from reader: inout ByteReader) throws -> KeySlot {
+        guard let kind = Kind(rawValue: try reader.u8("key slot")) else {
+            throw VaultError(.corrupt, "the vault header has a key slot of an unknown kind", hint: ByteReader.restoreHint)
+        }
+        let labelLength = Int(try reader.u8("key slot"))
+        guard let label = String(data: try reader.raw(labelLength, "key slot"), encoding: .utf8), !label.isEmpty else {
+            throw VaultError(.corrupt, "the vault header has a damaged key slot label", hint: ByteReader.restoreHint)
+        }
+        let salt = try reader.bytes(saltLength, "key slot")
+        var ops: UInt64 = 0
+        var mem: UInt64 = 0
+        if kind == .passphrase {
+            ops = try reader.u64("key slot")
+            mem = try reader.u64("key slot")
+            guard (KDFLevel.minOpsLimit...KDFLevel.maxOpsLimit).contains(ops),
+                (KDFLevel.minMemLimit...KDFLevel.maxMemLimit).contains(mem)
+            else {
+                throw VaultError(.corrupt, "key slot \"\(label)\" asks for an Argon2id cost outside the accepted limits (at most \(KDFLevel.maxOpsLimit) passes and \(KDFLevel.maxMemLimit >> 20) MiB)",
+                    hint: "the file was damaged or crafted; restore it from a backup")
+            }
+        }
+        return KeySlot(
+            kind: kind, label: label, salt: salt, opsLimit: ops, memLimit: mem,
+            nonce: try reader.bytes(Sodium.aeadNonceBytes, "key slot"),
+            wrappedKey: try reader.bytes(wrappedKeyLength, "key slot"))
+    }
+
+    func write(to writer: inout ByteWriter) {
+        let labelBytes = Array(label.utf8)
+        writer.u8(kind.rawValue)
+        writer.u8(UInt8(labelBytes.count))
+        writer.raw(labelBytes)
+        writer.raw(salt)
+        if kind == .passphrase {
+            writer.u64(opsLimit)
+            writer.u64(memLimit)
+        }
+        writer.raw(nonce)
+        writer.raw(wrappedKey)
+    }
+}

@@ -1,0 +1,46 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An exclusive `flock` on the vault's sidecar lock file.
+///
+/// The lock lives on `VAULT.lock`, not on the vault itself, because the vault
+/// is replaced by rename on every write: a lock on the old inode would not
+/// exclude a writer that opened the new one. The lock file holds no data.
+final class FileLock {
+    private let descriptor: Int32
+
+    /// Waits up to `timeout` for the lock, polling, so a hung holder gives
+    /// `.tryLater` (exit 75) instead of hanging the caller.
+    init(path: String, timeout: Duration) throws {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw VaultError(.io, "could not open the lock file \(path): \(String(cString: strerror(errno)))",
+                hint: "check that the vault's folder is writable")
+        }
+        let deadline = ContinuousClock.now + timeout
+        var pause = Duration.milliseconds(2)
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else {
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                throw VaultError(.io, "could not lock \(path): \(reason)")
+            }
+            guard ContinuousClock.now < deadline else {
+                close(fd)
+                throw VaultError(.tryLater, "the vault is locked by another tallyfy-vault process (waited \(timeout))",
+                    hint: "try again later; if no other process is running, check what holds \(path)")
+            }
+            usleep(UInt32(pause.components.attoseconds / 1_000_000_000_000))
+            pause = min(pause * 2, .milliseconds(50))
+        }
+        descriptor = fd
+    }
+
+    deinit {
+        flock(descriptor, LOCK_UN)
+        close(descriptor)
+    }
+}

@@ -1,0 +1,169 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Permission checks and durable writes: the "On disk" rules of DESIGN.md.
+enum FileSafety {
+    /// Refuses a file that the group or others can read or write, as ssh does
+    /// with private keys, and says which `chmod` fixes it.
+    static func requirePrivate(_ info: stat, _ path: String, what: String) throws {
+        if info.st_mode & 0o077 != 0 {
+            throw VaultError(.refused,
+                "\(what) \(path) is accessible by other users (mode \(String(info.st_mode & 0o777, radix: 8)))",
+                hint: "run `chmod 600 \(path)` and check who may have read it")
+        }
+    }
+
+    /// Opens `path` for reading after checking, on the open descriptor (no
+    /// race with a rename), that only its owner can access it.
+    static func openPrivate(_ path: String, what: String) throws -> (descriptor: Int32, size: Int) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw missingOrUnreadable(path, what: what) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            close(fd)
+            throw missingOrUnreadable(path, what: what)
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw VaultError(.io, "\(what) \(path) is not a regular file")
+        }
+        do { try requirePrivate(info, path, what: what) } catch {
+            close(fd)
+            throw error
+        }
+        return (fd, Int(info.st_size))
+    }
+
+    /// Reads a private file, mapped rather than copied, so a large vault costs
+    /// only the pages a lookup touches. The vault is replaced by rename, never
+    /// written in place, so the mapping stays valid.
+    static func readPrivate(_ path: String, what: String) throws -> Data {
+        let (fd, size) = try openPrivate(path, what: what)
+        defer { close(fd) }
+        guard size > 0 else { return Data() }
+        guard let pointer = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), pointer != MAP_FAILED else {
+            throw VaultError(.io, "could not read \(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        return Data(bytesNoCopy: pointer, count: size, deallocator: .custom { munmap($0, $1) })
+    }
+
+    /// Reads a small private file (a key file, a passphrase file) straight
+    /// into guarded memory.
+    static func readSecretFile(_ path: String, what: String, maxLength: Int) throws -> SecretBytes {
+        let (fd, size) = try openPrivate(path, what: what)
+        defer { close(fd) }
+        guard size <= maxLength else {
+            throw VaultError(.usage, "\(what) \(path) is \(size) bytes, more than the \(maxLength) expected")
+        }
+        var buffer = SecretBytes(count: size)
+        let complete = buffer.withUnsafeMutableBytes { bytes -> Bool in
+            var offset = 0
+            while offset < size {
+                let n = read(fd, bytes.baseAddress! + offset, size - offset)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return false }
+                offset += n
+            }
+            return true
+        }
+        guard complete else { throw VaultError(.io, "could not read \(what) \(path)") }
+        return buffer
+    }
+
+    /// A folder others could write to lets them swap the vault: refused.
+    static func requireSafeDirectory(_ path: String) throws {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return }
+        if info.st_mode & 0o022 != 0 && info.st_mode & S_ISVTX == 0 {
+            throw VaultError(.refused,
+                "the vault's folder \(path) is writable by other users (mode \(String(info.st_mode & 0o777, radix: 8)))",
+                hint: "run `chmod 700 \(path)`")
+        }
+    }
+
+    static func missingOrUnreadable(_ path: String, what: String) -> VaultError {
+        let code = errno
+        if code == ENOENT {
+            return VaultError(.notFound, "\(what) \(path) does not exist",
+                hint: what == "the vault" ? "create one with `tallyfy-vault init`, or point --vault / TALLYFY_VAULT_FILE at it" : nil)
+        }
+        return VaultError(.io, "could not read \(what) \(path): \(String(cString: strerror(code)))")
+    }
+
+    /// Creates `directory` (and parents) with mode 0700 when missing.
+    static func makeDirectory(_ directory: String) throws {
+        guard !FileManager.default.fileExists(atPath: directory) else { return }
+        do {
+            try FileManager.default.createDirectory(
+                atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw VaultError(.io, "could not create the folder \(directory)", hint: "check its parent's permissions")
+        }
+    }
+
+    /// Writes `data` to a new temporary file beside `path`, `fsync`s it,
+    /// renames it over `path` and `fsync`s the folder: a crash at any moment
+    /// leaves either the old file or the new one. With `exclusive`, an
+    /// existing `path` is never replaced (link instead of rename).
+    static func atomicReplace(_ path: String, with data: Data, mode: mode_t = 0o600, exclusive: Bool = false) throws {
+        let url = URL(fileURLWithPath: path)
+        let directory = url.deletingLastPathComponent().path
+        var template = Array("\(directory)/.\(url.lastPathComponent).tmp-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        if fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        guard fd >= 0 else {
+            throw VaultError(.io, "could not create a temporary file in \(directory): \(String(cString: strerror(errno)))",
+                hint: "check that the folder exists and is writable, and that the disk is not full")
+        }
+        let temporary = String(cString: template)
+        var committed = false
+        defer {
+            if !committed { unlink(temporary) }
+        }
+        func fail(_ step: String) -> VaultError {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            return VaultError(.io, "could not \(step) \(path): \(reason)", hint: "the vault was left as it was; check free space and permissions")
+        }
+        guard fchmod(fd, mode) == 0 else { throw fail("set the mode of") }
+        let written = data.withUnsafeBytes { buffer -> Bool in
+            var offset = 0
+            while offset < buffer.count {
+                let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if n < 0 { if errno == EINTR { continue }; return false }
+                offset += n
+            }
+            return true
+        }
+        guard written else { throw fail("write") }
+        guard fsync(fd) == 0 else { throw fail("flush") }
+        close(fd)
+        if exclusive {
+            guard link(temporary, path) == 0 else {
+                let code = errno
+                throw code == EEXIST
+                    ? VaultError(.usage, "\(path) exists already; refusing to overwrite it", hint: "choose another path, or move the old file away first")
+                    : VaultError(.io, "could not create \(path): \(String(cString: strerror(code)))")
+            }
+        } else {
+            guard rename(temporary, path) == 0 else {
+                throw VaultError(.io, "could not replace \(path): \(String(cString: strerror(errno)))", hint: "the vault was left as it was")
+            }
+            committed = true
+        }
+        syncDirectory(directory)
+    }
+
+    /// `fsync` on the folder makes the rename itself durable.
+    static func syncDirectory(_ directory: String) {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+    }
+}
+

@@ -1,0 +1,115 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The vault file on disk: where it is, how it is read without a lock, and
+/// how it is changed under the lock with an atomic replace.
+///
+/// Readers never lock: a writer replaces the file by rename, so a reader sees
+/// the old vault or the new one. Writers take an exclusive `flock` on
+/// `VAULT.lock`, read the vault again under it (another process may have
+/// changed it meanwhile), apply their change and replace the file. A failed
+/// or refused change writes nothing: the file stays byte-for-byte as it was.
+public struct VaultStore: Sendable {
+    public let path: String
+    /// How long a writer waits for another process's lock before giving up (75).
+    public var lockTimeout: Duration
+
+    public init(path: String, lockTimeout: Duration = .seconds(10)) {
+        self.path = path
+        self.lockTimeout = lockTimeout
+    }
+
+    /// `$XDG_DATA_HOME/tallyfy-vault/vault`, or `~/.local/share/tallyfy-vault/vault`.
+    public static func defaultPath(environment: [String: String]) -> String {
+        if let data = environment["XDG_DATA_HOME"], data.hasPrefix("/") {
+            return data + "/tallyfy-vault/vault"
+        }
+        let home = environment["HOME"] ?? NSHomeDirectory()
+        return home + "/.local/share/tallyfy-vault/vault"
+    }
+
+    var lockPath: String { path + ".lock" }
+    var directory: String { URL(fileURLWithPath: path).deletingLastPathComponent().path }
+
+    public var exists: Bool { FileManager.default.fileExists(atPath: path) }
+
+    /// Creates a new vault file; refuses to replace an existing one.
+    public func create(_ vault: UnlockedVault) throws {
+        try requireAbsent()
+        try FileSafety.makeDirectory(directory)
+        try FileSafety.requireSafeDirectory(directory)
+        let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        try FileSafety.atomicReplace(path, with: try vault.sealed(), exclusive: true)
+        withExtendedLifetime(lock) {}
+    }
+
+    /// Refuses when a vault is already at `path`: `init` never overwrites.
+    public func requireAbsent() throws {
+        if exists {
+            throw VaultError(.usage, "a vault exists already at \(path); refusing to overwrite it",
+                hint: "use it as it is, choose another --vault path, or move the old file away first")
+        }
+    }
+
+    /// The file split into its parts, nothing decrypted; refuses a vault that
+    /// other users can read.
+    func parsed() throws -> ParsedVault {
+        try FileSafety.requireSafeDirectory(directory)
+        return try ParsedVault(parsing: try FileSafety.readPrivate(path, what: "the vault"))
+    }
+
+    /// Fails as opening would (missing, unreadable, other users' access)
+    /// without reading the file, so no one is prompted for a passphrase to
+    /// open a vault that isn't there.
+    public func checkAccess() throws {
+        try FileSafety.requireSafeDirectory(directory)
+        close(try FileSafety.openPrivate(path, what: "the vault").descriptor)
+    }
+
+    /// The unlock slots as the clear header lists them, readable with no key.
+    public func slots() throws -> [SlotInfo] {
+        try parsed().slots.map(SlotInfo.init)
+    }
+
+    /// The clear-text summary, readable with no key (for `check`).
+    public func summary() throws -> VaultSummary {
+        try parsed().summary
+    }
+
+    /// Opens the vault for reading, without a lock.
+    public func open(with secrets: [UnlockSecret]) throws -> UnlockedVault {
+        try UnlockedVault.open(try parsed(), with: secrets)
+    }
+
+    /// Changes the vault under the lock: re-reads and opens it, runs `change`,
+    /// and replaces the file only when `change` returns without throwing and
+    /// modified something.
+    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) throws -> T) throws -> T {
+        let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        defer { withExtendedLifetime(lock) {} }
+        let vault = try open(with: secrets)
+        let before = vault.modificationCount
+        let result = try change(vault)
+        if vault.modificationCount != before { try write(vault) }
+        return result
+    }
+
+    /// The asynchronous form of `update`, for changes that talk to Tallyfy
+    /// while holding the lock (that is what makes refreshes single-flight).
+    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) async throws -> T) async throws -> T {
+        let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        defer { withExtendedLifetime(lock) {} }
+        let vault = try open(with: secrets)
+        let before = vault.modificationCount
+        let result = try await change(vault)
+        if vault.modificationCount != before { try write(vault) }
+        return result
+    }
+
+    private func write(_ vault: UnlockedVault) throws {
+        try FileSafety.atomicReplace(path, with: try vault.sealed())
+    }
+}

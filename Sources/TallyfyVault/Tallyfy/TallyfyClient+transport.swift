@@ -1,0 +1,245 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One of the three calls the vault makes, described for retries and messages.
+struct Endpoint: Sendable {
+    /// For messages: "the token request", "the user creation request", …
+    let what: String
+    let url: URL
+    /// Whether a request that may already have reached the server (it timed
+    /// out or the connection dropped after sending) may be sent again: true
+    /// for token requests, which only mint another token; false for user
+    /// creation, which is not idempotent.
+    let afterSendRetryIsSafe: Bool
+    /// Which statuses are worth another attempt.
+    let retryableStatus: @Sendable (UInt) -> Bool
+
+    /// `host:port` for messages; IPv6 hosts in brackets.
+    var hostPort: String {
+        var host = url.host ?? "?"
+        if host.contains(":"), !host.hasPrefix("[") { host = "[\(host)]" }
+        let port = url.port ?? (url.scheme?.lowercased() == "http" ? 80 : 443)
+        return "\(host):\(port)"
+    }
+}
+
+/// An answer that needs no further attempt: a success, or a status that a
+/// retry would not change.
+struct Reply: Sendable {
+    let status: UInt
+    let contentType: String?
+    let body: Data
+
+    var isSuccess: Bool { (200...299).contains(status) }
+
+    /// `503 Service Unavailable`: the code and the standard phrase, never the
+    /// phrase the server sent.
+    var statusText: String { Self.statusText(status) }
+
+    static func statusText(_ status: UInt) -> String {
+        let phrase = HTTPResponseStatus(statusCode: Int(status)).reasonPhrase
+        return phrase.isEmpty ? "HTTP \(status)" : "\(status) \(phrase)"
+    }
+
+    /// The media type only (`text/html`), reduced to token characters.
+    var contentTypeText: String {
+        guard let contentType else { return "none" }
+        let media = contentType.split(separator: ";").first.map(String.init) ?? ""
+        let cleaned = media.trimmingCharacters(in: .whitespaces).lowercased()
+            .filter { $0.isASCII && ($0.isLetter || $0.isNumber || "/+-._".contains($0)) }
+        return cleaned.isEmpty ? "none" : String(cleaned.prefix(64))
+    }
+}
+
+/// What went wrong below HTTP, and whether the request can have reached the server.
+enum TransportFailure: Equatable {
+    /// No byte of the request left this machine: always safe to retry.
+    case beforeSending(String)
+    /// The request may have been received (timeout, dropped connection).
+    case afterSending(String)
+    /// Will not get better by retrying (TLS certificate, invalid request).
+    case permanent(String)
+}
+
+extension TallyfyClient {
+    /// Sends `request` under the retry policy and returns the first answer
+    /// that needs no further attempt. Throws `VaultError` for transport
+    /// failures and for retryable statuses once attempts run out.
+    func send(_ request: HTTPClientRequest, to endpoint: Endpoint) async throws -> Reply {
+        try await withRetries(policy: retry, sleep: sleep) { _ in
+            try await self.attempt(request, to: endpoint)
+        }
+    }
+
+    /// One attempt. Transient problems are thrown as `TransientFailure`.
+    private func attempt(_ request: HTTPClientRequest, to endpoint: Endpoint) async throws -> Reply {
+        let status: UInt
+        let headers: HTTPHeaders
+        var body = Data()
+        do {
+            let response = try await http.execute(request, timeout: Self.timeAmount(requestTimeout))
+            status = response.status.code
+            headers = response.headers
+            do {
+                let buffer = try await response.body.collect(upTo: Self.maxBodyBytes)
+                body = Data(buffer.readableBytesView)
+            } catch is NIOTooManyBytesError {
+                body = Data()  // far too long for any answer we parse: treated as unparseable
+            }
+        } catch {
+            try Task.checkCancellation()
+            throw transportError(error, endpoint: endpoint)
+        }
+
+        if endpoint.retryableStatus(status) {
+            let retryAfter = headers.first(name: "Retry-After")
+            let what = endpoint.what
+            let policy = retry
+            throw TransientFailure(retryAfter: retryAfter) { attempts in
+                Self.statusAfterRetries(status: status, what: what, attempts: attempts, retryAfter: retryAfter, policy: policy)
+            }
+        }
+        return Reply(status: status, contentType: headers.first(name: "Content-Type"), body: body)
+    }
+
+    /// The error for a 429 or 5xx that persisted through every attempt (or
+    /// whose `Retry-After` was longer than we wait).
+    static func statusAfterRetries(status: UInt, what: String, attempts: Int, retryAfter: String?, policy: RetryPolicy) -> VaultError {
+        let tries = attempts == 1 ? "1 attempt" : "\(attempts) attempts"
+        let message = "Tallyfy answered \(Reply.statusText(status)) to \(what) after \(tries)"
+        guard status == 429 else {
+            return VaultError(.unavailable, message, hint: "Tallyfy may be down or overloaded; try again later")
+        }
+        let asked = retryAfter.flatMap { RetryPolicy.parseRetryAfter($0, now: Date()) }
+        let hint: String
+        if let asked {
+            let seconds = Int(asked.rounded(.up))
+            if asked > RetryPolicy.seconds(policy.maxRetryAfter) {
+                hint = "Tallyfy asked to wait \(seconds) s (Retry-After), longer than the vault waits; try again after that"
+            } else {
+                hint = "Tallyfy asked to wait \(seconds) s (Retry-After); try again after that"
+            }
+        } else {
+            hint = "Tallyfy is rate-limiting this client (no Retry-After given); wait a minute and try again"
+        }
+        return VaultError(.tryLater, message, hint: hint)
+    }
+
+    /// Turns an AsyncHTTPClient / NIO error into either a `TransientFailure`
+    /// (to retry) or a final `VaultError`, by whether the request may have
+    /// reached the server and whether the endpoint tolerates a repeat.
+    private func transportError(_ error: Error, endpoint: Endpoint) -> Error {
+        let failure = Self.classify(error, timeout: requestTimeout)
+        let hostPort = endpoint.hostPort
+        let reachHint = "check the network, that Tallyfy (or the emulator) is reachable at that address, "
+            + "and the profile's URLs (`tallyfy-vault credentials show`)"
+        switch failure {
+        case .beforeSending(let reason):
+            return TransientFailure(retryAfter: nil) { attempts in
+                let tries = attempts == 1 ? "" : " after \(attempts) attempts"
+                return VaultError(.unavailable, "could not reach Tallyfy at \(hostPort) (\(reason))\(tries)", hint: reachHint)
+            }
+        case .afterSending(let reason) where endpoint.afterSendRetryIsSafe:
+            let what = endpoint.what
+            return TransientFailure(retryAfter: nil) { attempts in
+                let tries = attempts == 1 ? "" : " after \(attempts) attempts"
+                return VaultError(.unavailable, "\(what) to Tallyfy at \(hostPort) failed (\(reason))\(tries)", hint: reachHint)
+            }
+        case .afterSending(let reason):
+            return VaultError(
+                .unavailable,
+                "\(endpoint.what) to Tallyfy at \(hostPort) failed (\(reason)); it was not repeated because it may have been carried out",
+                hint: "check whether it took effect (e.g. whether the user now exists) before trying again"
+            )
+        case .permanent(let reason):
+            return VaultError(.unavailable, "could not talk to Tallyfy at \(hostPort) (\(reason))", hint: reachHint)
+        }
+    }
+
+    /// Sorts an error from the HTTP stack. Descriptions are built from error
+    /// kinds, never from request or response content.
+    static func classify(_ error: Error, timeout: Duration) -> TransportFailure {
+        let seconds = RetryPolicy.seconds(timeout)
+        let timeoutText = seconds == seconds.rounded() ? "\(Int(seconds)) s" : String(format: "%.1f s", seconds)
+
+        if let error = error as? HTTPClientError {
+            switch error {
+            case .connectTimeout: return .beforeSending("connection timed out")
+            case .tlsHandshakeTimeout: return .beforeSending("TLS handshake timed out")
+            case .getConnectionFromPoolTimeout: return .beforeSending("timed out waiting for a connection")
+            case .socksHandshakeTimeout, .httpProxyHandshakeTimeout: return .beforeSending("proxy handshake timed out")
+            case .readTimeout, .deadlineExceeded: return .afterSending("no answer within \(timeoutText)")
+            case .writeTimeout: return .afterSending("timed out sending the request")
+            case .remoteConnectionClosed: return .afterSending("the server closed the connection")
+            default: return .permanent("HTTP client error: \(error.shortDescription)")
+            }
+        }
+        if let error = error as? NIOConnectionError {
+            if let first = error.connectionErrors.first {
+                return .beforeSending(connectReason(first.error))
+            }
+            if error.dnsAError != nil || error.dnsAAAAError != nil {
+                return .beforeSending("could not resolve the host name")
+            }
+            return .beforeSending("could not connect")
+        }
+        if let error = error as? ChannelError {
+            switch error {
+            case .connectTimeout: return .beforeSending("connection timed out")
+            case .ioOnClosedChannel, .eof, .outputClosed, .inputClosed, .alreadyClosed:
+                return .afterSending("the connection was closed")
+            default: return .permanent("connection error")
+            }
+        }
+        if let error = error as? IOError {
+            switch error.errnoCode {
+            case ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL:
+                return .beforeSending(connectReason(error))
+            case ECONNRESET, EPIPE, ECONNABORTED:
+                return .afterSending("the connection was reset")
+            case ETIMEDOUT:
+                return .afterSending("the connection timed out")
+            default:
+                return .permanent("I/O error: \(String(cString: strerror(error.errnoCode)))")
+            }
+        }
+        if error is SocketAddressError {
+            return .beforeSending("could not resolve the host name")
+        }
+        let typeName = String(reflecting: type(of: error))
+        if typeName.hasPrefix("NIOSSL.") {
+            let description = String(describing: error).lowercased()
+            if description.contains("certificate") || description.contains("verify") {
+                return .permanent("TLS certificate verification failed")
+            }
+            return .permanent("TLS handshake failed")
+        }
+        return .permanent("unexpected network error: \(typeName)")
+    }
+
+    /// A short reason for a failed connection attempt: "connection refused".
+    private static func connectReason(_ error: Error) -> String {
+        if let error = error as? IOError {
+            switch error.errnoCode {
+            case ECONNREFUSED: return "connection refused"
+            case ENETUNREACH: return "network unreachable"
+            case EHOSTUNREACH: return "host unreachable"
+            case ETIMEDOUT: return "connection timed out"
+            default: return String(cString: strerror(error.errnoCode))
+            }
+        }
+        if let error = error as? ChannelError, case .connectTimeout = error { return "connection timed out" }
+        if error is SocketAddressError { return "could not resolve the host name" }
+        return "could not connect"
+    }
+}

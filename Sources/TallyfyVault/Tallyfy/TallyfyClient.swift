@@ -1,0 +1,259 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// Talks to Tallyfy's OAuth token endpoint and its application API.
+///
+/// It owns a dedicated `HTTPClient` (not `HTTPClient.shared`) so its
+/// timeouts, its refusal to follow redirects (a redirected token request
+/// would carry the client secret elsewhere) and its connection-retry
+/// behaviour are ours alone. Retries happen here, in one place, under a
+/// `RetryPolicy`, and only where they are safe; every failure becomes a
+/// `VaultError` whose message names the host, the status or the cause and
+/// never contains a secret, a token or a server's body.
+///
+/// Call `shutdown()` when done (AsyncHTTPClient requires it); as a safety
+/// net the underlying client is also shut down, without waiting, when this
+/// object is released.
+public final class TallyfyClient: Sendable {
+    let http: HTTPClient
+    /// How long one attempt may take, from sending to the last byte of the answer.
+    let requestTimeout: Duration
+    let retry: RetryPolicy
+    /// How the client waits between attempts; tests substitute a recorder.
+    let sleep: @Sendable (Duration) async throws -> Void
+
+    /// The environment variable that overrides `requestTimeout`, in seconds
+    /// (e.g. `2` or `0.5`). It exists so tests against a deliberately slow
+    /// server finish quickly, and lets users with slow links allow more time.
+    /// Values that are not a positive number are ignored.
+    public static let timeoutEnvironmentVariable = "TALLYFY_VAULT_HTTP_TIMEOUT"
+
+    /// The largest answer body read; anything longer is not a token answer.
+    static let maxBodyBytes = 1 << 20
+
+    /// - Parameters:
+    ///   - connectTimeout: how long establishing a connection (TCP and TLS) may take.
+    ///   - requestTimeout: how long each attempt may take in all; overridden
+    ///     by `TALLYFY_VAULT_HTTP_TIMEOUT` (seconds) when that is set.
+    ///   - retry: when to try again after a failure that may be transient.
+    public convenience init(
+        connectTimeout: Duration = .seconds(5),
+        requestTimeout: Duration = .seconds(30),
+        retry: RetryPolicy = .standard
+    ) {
+        self.init(
+            connectTimeout: connectTimeout,
+            requestTimeout: requestTimeout,
+            retry: retry,
+            environment: ProcessInfo.processInfo.environment,
+            sleep: { try await Task.sleep(for: $0) }
+        )
+    }
+
+    init(
+        connectTimeout: Duration,
+        requestTimeout: Duration,
+        retry: RetryPolicy,
+        environment: [String: String],
+        sleep: @escaping @Sendable (Duration) async throws -> Void
+    ) {
+        let request = Self.timeoutOverride(environment[Self.timeoutEnvironmentVariable]) ?? requestTimeout
+        // A connect timeout longer than the whole attempt would never fire.
+        let connect = min(connectTimeout, request)
+
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: Self.timeAmount(connect), read: Self.timeAmount(request))
+        // A redirect would replay the client secret or a bearer token to
+        // wherever the Location points, possibly over plain HTTP: never.
+        configuration.redirectConfiguration = .disallow
+        // AsyncHTTPClient would otherwise keep re-trying a refused
+        // connection until the request deadline; our policy decides instead.
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.decompression = .disabled
+
+        self.http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+        self.requestTimeout = request
+        self.retry = retry
+        self.sleep = sleep
+    }
+
+    deinit {
+        // Safety net: AsyncHTTPClient traps in debug builds when a client is
+        // released without being shut down. This is a no-op after `shutdown()`.
+        http.shutdown { _ in }
+    }
+
+    /// Closes connections and releases the underlying HTTP client. Call it
+    /// once you are done; requests made afterwards fail.
+    public func shutdown() async {
+        try? await http.shutdown()
+    }
+
+    /// Seconds from `TALLYFY_VAULT_HTTP_TIMEOUT`, when positive and sane.
+    static func timeoutOverride(_ value: String?) -> Duration? {
+        guard let text = value?.trimmingCharacters(in: .whitespaces), !text.isEmpty,
+              let seconds = Double(text), seconds.isFinite, seconds > 0, seconds <= 86_400
+        else { return nil }
+        return .nanoseconds(Int64((seconds * 1e9).rounded()))
+    }
+
+    static func timeAmount(_ duration: Duration) -> TimeAmount {
+        let parts = duration.components
+        return .nanoseconds(parts.seconds * 1_000_000_000 + parts.attoseconds / 1_000_000_000)
+    }
+
+    // MARK: - The client-credentials flow
+
+    /// Runs the OAuth 2.0 client-credentials flow: `POST {tokenURL}` with
+    /// `grant_type=client_credentials`, the client ID and secret and
+    /// `scope=*`, form-encoded. `now` is when the request is made; the
+    /// token's expiry counts from it (`expires_in`, or the JWT `exp` if
+    /// earlier), which errs on the side of renewing early.
+    ///
+    /// Errors: `.refused` (77) for `invalid_client` and other rejected
+    /// credentials; `.configuration` (78) for a request Tallyfy calls
+    /// malformed; `.tryLater` (75) for 429; `.unavailable` (69) when Tallyfy
+    /// cannot be reached, keeps answering 5xx, or answers something that is
+    /// not a token.
+    public func applicationToken(tokenURL: URL, clientID: String, clientSecret: String, now: Date) async throws -> IssuedToken {
+        let url = try EndpointURL.validate(tokenURL.absoluteString, name: "token URL")
+        let endpoint = Endpoint(
+            what: "the token request", url: url, afterSendRetryIsSafe: true,
+            retryableStatus: RetryPolicy.isRetryable(status:)
+        )
+        var request = HTTPClientRequest(url: url.absoluteString)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        request.headers.add(name: "Accept", value: "application/json")
+        request.headers.add(name: "User-Agent", value: Self.userAgent)
+        let form = FormEncoding.encode([
+            ("grant_type", "client_credentials"),
+            ("client_id", clientID),
+            ("client_secret", clientSecret),
+            ("scope", "*"),
+        ])
+        request.body = .bytes(ByteBuffer(string: form))
+
+        let reply = try await send(request, to: endpoint)
+        if reply.isSuccess {
+            return try token(from: reply, endpoint: endpoint, receivedAt: now)
+        }
+        throw tokenEndpointError(reply, endpoint: endpoint)
+    }
+
+    /// Maps a non-2xx answer of the token endpoint to a `VaultError`: the
+    /// RFC 6749 §5.2 error codes by name, anything else by status.
+    func tokenEndpointError(_ reply: Reply, endpoint: Endpoint) -> VaultError {
+        let credentialsHint = "check the profile's client ID and secret with `tallyfy-vault credentials show`; "
+            + "store the right ones with `tallyfy-vault credentials set` or `tallyfy-vault rotate-secret`"
+        switch errorCode(in: reply.body) {
+        case "invalid_client":
+            return VaultError(.refused, "Tallyfy refused the client credentials (invalid_client)", hint: credentialsHint)
+        case let code? where code == "invalid_grant" || code == "unauthorized_client":
+            return VaultError(
+                .refused, "Tallyfy refused the token request (\(code))",
+                hint: "this client may not be allowed the client-credentials grant; ask Tallyfy Support to check the client"
+            )
+        case let code? where ["unsupported_grant_type", "invalid_scope", "invalid_request"].contains(code):
+            return VaultError(
+                .configuration, "Tallyfy rejected the token request (\(code))",
+                hint: "check that the profile's token URL points at Tallyfy's OAuth token endpoint "
+                    + "(default https://go.tallyfy.com/oauth/token)"
+            )
+        default:
+            break
+        }
+        switch reply.status {
+        case 401:
+            return VaultError(.refused, "Tallyfy refused the client credentials (\(reply.statusText))", hint: credentialsHint)
+        case 403:
+            return VaultError(.refused, "Tallyfy refused the token request (\(reply.statusText))", hint: credentialsHint)
+        case 400...499:
+            return VaultError(
+                .configuration, "Tallyfy answered \(reply.statusText) to the token request at \(endpoint.hostPort)",
+                hint: "check the profile's token URL (default https://go.tallyfy.com/oauth/token) with `tallyfy-vault credentials show`"
+            )
+        default:
+            return unexpectedStatus(reply, endpoint: endpoint)
+        }
+    }
+
+    // MARK: - Shared pieces
+
+    static let userAgent = "tallyfy-vault"
+
+    /// Parses a token answer, or reports an unexpected response without
+    /// ever echoing the body.
+    func token(from reply: Reply, endpoint: Endpoint, receivedAt: Date) throws -> IssuedToken {
+        guard let parsed = TokenResponse.decode(reply.body) else {
+            throw unexpectedResponse(reply, endpoint: endpoint,
+                                     detail: "the body is not a JSON token answer with a Bearer access_token and a positive expires_in")
+        }
+        guard let issued = parsed.issued(receivedAt: receivedAt) else {
+            throw unexpectedResponse(reply, endpoint: endpoint,
+                                     detail: "the answer says neither in expires_in nor in the token when it expires")
+        }
+        return issued
+    }
+
+    func unexpectedResponse(_ reply: Reply, endpoint: Endpoint, detail: String) -> VaultError {
+        VaultError(
+            .unavailable,
+            "Tallyfy answered with an unexpected response (HTTP \(reply.status), content-type \(reply.contentTypeText))",
+            hint: "\(detail) (in answer to \(endpoint.what) at \(endpoint.hostPort)); "
+                + "check that the URL points at Tallyfy and not at a proxy or login page, or try again later"
+        )
+    }
+
+    /// A status no rule covers: a redirect, an odd 1xx/2xx, a 5xx that was not retried.
+    func unexpectedStatus(_ reply: Reply, endpoint: Endpoint) -> VaultError {
+        if (300...399).contains(reply.status) {
+            return VaultError(
+                .unavailable,
+                "Tallyfy answered \(endpoint.what) at \(endpoint.hostPort) with a redirect (\(reply.statusText)), which the vault does not follow",
+                hint: "use the final URL in the profile (`tallyfy-vault credentials set`), with https://"
+            )
+        }
+        return VaultError(
+            .unavailable,
+            "Tallyfy answered \(reply.statusText) to \(endpoint.what) at \(endpoint.hostPort)",
+            hint: "try again later; if it persists, check the profile's URLs with `tallyfy-vault credentials show`"
+        )
+    }
+}
+
+/// `application/x-www-form-urlencoded` as browsers and `URLSearchParams`
+/// write it: every byte but ASCII letters, digits and `*-._` percent-encoded
+/// from UTF-8, space as `+`. A secret may hold `&`, `=`, `+`, spaces or
+/// any Unicode and still arrive intact.
+enum FormEncoding {
+    static func encode(_ pairs: [(String, String)]) -> String {
+        pairs.map { "\(encodeComponent($0.0))=\(encodeComponent($0.1))" }.joined(separator: "&")
+    }
+
+    static func encodeComponent(_ value: String) -> String {
+        var out = ""
+        out.reserveCapacity(value.utf8.count)
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "*"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"):
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            case UInt8(ascii: " "):
+                out.append("+")
+            default:
+                out.append(percentEscape(byte))
+            }
+        }
+        return out
+    }
+}
+
+/// `%XX` with upper-case hex, as RFC 3986 recommends.
+func percentEscape(_ byte: UInt8) -> String {
+    let digits = Array("0123456789ABCDEF")
+    return "%" + String(digits[Int(byte >> 4)]) + String(digits[Int(byte & 0x0F)])
+}

@@ -1,0 +1,64 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Reads a secret from the controlling terminal with echo off.
+///
+/// It talks to `/dev/tty`, not to standard input, so `cmd | tallyfy-vault …`
+/// still prompts the person at the keyboard; with no terminal (cron, CI) it
+/// fails at once with what to set instead.
+public enum TerminalPrompt {
+    static let maxLength = 4096
+
+    /// A passphrase; with `confirm`, asked twice and compared.
+    public static func passphrase(prompt: String, confirm: Bool) throws -> UnlockSecret {
+        let first = try readSecret(prompt: prompt)
+        guard first.count > 0 else { throw VaultError(.usage, "the passphrase is empty") }
+        if confirm {
+            let second = try readSecret(prompt: "Repeat it: ")
+            let same = first.withUnsafeBytes { a in second.withUnsafeBytes { b in Sodium.equal(a, b) } }
+            guard same else { throw VaultError(.usage, "the two passphrases differ; nothing was changed") }
+        }
+        return UnlockSecret(kind: .passphrase, bytes: first, origin: "the passphrase typed at the prompt")
+    }
+
+    /// One line typed without echo, in guarded memory.
+    public static func readSecret(prompt: String) throws -> SecretBytes {
+        let fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        guard fd >= 0, isatty(fd) == 1 else {
+            if fd >= 0 { close(fd) }
+            throw VaultError(.configuration, "no key or passphrase was given, and there is no terminal to ask on",
+                hint: "give --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, or a systemd credential tallyfy-vault.key")
+        }
+        defer { close(fd) }
+        var saved = termios()
+        tcgetattr(fd, &saved)
+        var quiet = saved
+        quiet.c_lflag &= ~tcflag_t(ECHO)
+        quiet.c_lflag |= tcflag_t(ICANON)
+        tcsetattr(fd, TCSAFLUSH, &quiet)
+        defer {
+            tcsetattr(fd, TCSAFLUSH, &saved)
+            _ = write(fd, "\n", 1)
+        }
+        _ = prompt.withCString { write(fd, $0, strlen($0)) }
+
+        var buffer = SecretBytes(count: maxLength)
+        let length = buffer.withUnsafeMutableBytes { bytes -> Int in
+            var count = 0
+            var byte: UInt8 = 0
+            while count < bytes.count {
+                let n = read(fd, &byte, 1)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 || byte == UInt8(ascii: "\n") { break }
+                bytes[count] = byte
+                count += 1
+            }
+            byte = 0
+            return count
+        }
+        return buffer.prefix(length)
+    }
+}

@@ -1,0 +1,88 @@
+import Foundation
+
+/// Where the key or passphrase that opens the vault comes from.
+///
+/// CONTRACT.md's order: `--key-file`, `--passphrase-file`,
+/// `TALLYFY_VAULT_PASSPHRASE`, `$CREDENTIALS_DIRECTORY/tallyfy-vault.key`
+/// (systemd `LoadCredential=`), then a no-echo prompt on the terminal. Every
+/// non-interactive source that is present is collected, in that order, and
+/// the first that opens a slot wins; the prompt is used only when there is
+/// none, and without a terminal the answer is an error at once, never a hang.
+public struct UnlockSources: Sendable {
+    public var keyFile: String?
+    public var passphraseFile: String?
+    public var environment: [String: String]
+
+    public init(keyFile: String?, passphraseFile: String?, environment: [String: String]) {
+        self.keyFile = keyFile
+        self.passphraseFile = passphraseFile
+        self.environment = environment
+    }
+
+    /// The variable that may carry a passphrase; removed from every child.
+    public static let passphraseVariable = "TALLYFY_VAULT_PASSPHRASE"
+    static let systemdCredentialName = "tallyfy-vault.key"
+    static let maxPassphraseFileLength = 64 * 1024
+
+    /// The non-interactive secrets that are present, in contract order.
+    public func available() throws -> [UnlockSecret] {
+        var secrets: [UnlockSecret] = []
+        if let keyFile { secrets.append(try Self.readKeyFile(keyFile)) }
+        if let passphraseFile { secrets.append(try Self.readPassphraseFile(passphraseFile)) }
+        if let passphrase = environment[Self.passphraseVariable], !passphrase.isEmpty {
+            secrets.append(UnlockSecret(kind: .passphrase, bytes: Self.guarded(passphrase), origin: Self.passphraseVariable))
+        }
+        if let directory = environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty {
+            let path = directory + "/" + Self.systemdCredentialName
+            if FileManager.default.fileExists(atPath: path) {
+                secrets.append(try Self.readKeyFile(path, origin: "the systemd credential \(Self.systemdCredentialName)"))
+            }
+        }
+        return secrets
+    }
+
+    /// The secrets to open an existing vault with: the available ones, or
+    /// else one passphrase typed at the terminal.
+    public func secretsToOpen() throws -> [UnlockSecret] {
+        let secrets = try available()
+        if !secrets.isEmpty { return secrets }
+        return [try TerminalPrompt.passphrase(prompt: "Vault passphrase: ", confirm: false)]
+    }
+
+    /// The one secret a new vault (or a new slot) is made for: the first
+    /// available source, or a passphrase typed twice.
+    public func secretToCreate(what: String) throws -> UnlockSecret {
+        if let first = try available().first { return first }
+        return try TerminalPrompt.passphrase(prompt: "New passphrase for \(what): ", confirm: true)
+    }
+
+    /// A key file: exactly 32 bytes, readable by its owner only.
+    public static func readKeyFile(_ path: String, origin: String? = nil) throws -> UnlockSecret {
+        let bytes = try FileSafety.readSecretFile(path, what: "the key file", maxLength: 4096)
+        guard bytes.count == UnlockSecret.keyFileLength else {
+            throw VaultError(.usage, "\(path) is not a tallyfy-vault key file (it has \(bytes.count) bytes, a key file has \(UnlockSecret.keyFileLength))",
+                hint: "make one with `tallyfy-vault keygen PATH`")
+        }
+        return UnlockSecret(kind: .keyFile, bytes: bytes, origin: origin ?? "key file \(path)")
+    }
+
+    /// A passphrase file: its first line, without the line ending.
+    public static func readPassphraseFile(_ path: String) throws -> UnlockSecret {
+        let bytes = try FileSafety.readSecretFile(path, what: "the passphrase file", maxLength: maxPassphraseFileLength)
+        let lineLength = bytes.withUnsafeBytes { raw -> Int in
+            var end = raw.firstIndex(of: UInt8(ascii: "\n")) ?? raw.count
+            if end > 0 && raw[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+            return end
+        }
+        guard lineLength > 0 else {
+            throw VaultError(.usage, "the passphrase file \(path) is empty (its first line holds the passphrase)")
+        }
+        return UnlockSecret(kind: .passphrase, bytes: bytes.prefix(lineLength), origin: "passphrase file \(path)")
+    }
+
+    static func guarded(_ text: String) -> SecretBytes {
+        var copy = Array(text.utf8)
+        defer { copy.wipe() }
+        return SecretBytes(copying: copy)
+    }
+}

@@ -1,0 +1,230 @@
+import Foundation
+
+/// The endpoints the emulator counts and can inject faults into, named as
+/// in `GET /__emulator/counts` and the `endpoint` field of a fault.
+enum Endpoint: String, CaseIterable, Sendable {
+    case token
+    case usersCreate = "users.create"
+    case usersToken = "users.token"
+    case me
+}
+
+/// An accepted OAuth client: its organization and every secret currently
+/// accepted (two during a rotation).
+struct Client: Sendable {
+    var id: String
+    var org: String
+    var secrets: [String]
+}
+
+/// A provisioned user of one organization.
+struct User: Sendable {
+    var id: String
+    var email: String
+    var firstName: String
+    var lastName: String
+    var role: String
+    var timezone: String
+
+    var json: [String: Any] {
+        ["id": id, "email": email, "first_name": firstName, "last_name": lastName,
+         "role": role, "timezone": timezone]
+    }
+}
+
+/// A failure queued through `POST /__emulator/faults`.
+struct Fault: Sendable, Equatable {
+    enum Kind: String, Sendable {
+        /// Answer `status` with a JSON error body.
+        case status
+        /// Answer 429 with a `Retry-After` header.
+        case rateLimit = "rate-limit"
+        /// Sleep `delayMs`, then serve the request normally.
+        case delay
+        /// Answer 200 with a truncated JSON body.
+        case brokenJSON = "broken-json"
+        /// Answer 502 (or `status`) with an HTML error page, as a proxy would.
+        case html
+    }
+
+    /// An endpoint name, or nil for "*" (every endpoint).
+    var endpoint: Endpoint?
+    var kind: Kind
+    var status: Int?
+    var retryAfter: Int?
+    var delayMs: Int?
+    /// How many more requests it applies to; nil = until cleared.
+    var remaining: Int?
+
+    func applies(to endpoint: Endpoint) -> Bool {
+        self.endpoint == nil || self.endpoint == endpoint
+    }
+
+    /// Parses the admin JSON `{"endpoint":…,"kind":…,"status":…,"retryAfter":…,"delayMs":…,"times":…}`.
+    /// Returns a message for the admin caller when the JSON is not a valid fault.
+    static func parse(_ object: [String: Any]) -> Result<Fault, FaultError> {
+        let endpointName = object["endpoint"] as? String ?? "*"
+        let endpoint: Endpoint?
+        if endpointName == "*" {
+            endpoint = nil
+        } else if let known = Endpoint(rawValue: endpointName) {
+            endpoint = known
+        } else {
+            return .failure(FaultError("unknown endpoint \"\(endpointName)\"; use one of token, users.create, users.token, me, *"))
+        }
+        guard let kindName = object["kind"] as? String else {
+            return .failure(FaultError("missing \"kind\"; use one of status, rate-limit, delay, broken-json, html"))
+        }
+        guard let kind = Kind(rawValue: kindName) else {
+            return .failure(FaultError("unknown kind \"\(kindName)\"; use one of status, rate-limit, delay, broken-json, html"))
+        }
+        func integer(_ key: String) throws(FaultError) -> Int? {
+            guard let value = object[key], !(value is NSNull) else { return nil }
+            guard let number = value as? Int else { throw FaultError("\"\(key)\" must be an integer") }
+            return number
+        }
+        var fault = Fault(endpoint: endpoint, kind: kind)
+        do throws(FaultError) {
+            fault.status = try integer("status")
+            fault.retryAfter = try integer("retryAfter")
+            fault.delayMs = try integer("delayMs")
+            fault.remaining = try integer("times")
+        } catch {
+            return .failure(error)
+        }
+        if let status = fault.status, !(100...599).contains(status) {
+            return .failure(FaultError("\"status\" must be between 100 and 599"))
+        }
+        if let times = fault.remaining, times < 1 {
+            return .failure(FaultError("\"times\" must be at least 1 (omit it for every request)"))
+        }
+        if let delay = fault.delayMs, delay < 0 {
+            return .failure(FaultError("\"delayMs\" must not be negative"))
+        }
+        if let retryAfter = fault.retryAfter, retryAfter < 0 {
+            return .failure(FaultError("\"retryAfter\" must not be negative"))
+        }
+        return .success(fault)
+    }
+}
+
+struct FaultError: Error, Sendable {
+    var message: String
+    init(_ message: String) { self.message = message }
+}
+
+/// Fixed settings of one emulator run, shared by every request.
+struct EmulatorSettings: Sendable {
+    var appTokenTTL: Int
+    var userTokenTTL: Int
+    var signer: JWTSigner
+}
+
+/// Everything that changes while the emulator runs: clients, users, request
+/// counts and queued faults.
+///
+/// An actor, because tests fire dozens of concurrent requests (50 `tallyfy-vault`
+/// processes at once) and the counts must add up exactly.
+actor EmulatorState {
+    /// The organizations served, in the order given (the first is the default
+    /// organization of a client given without one).
+    let orgs: [String]
+    private var clients: [String: Client]
+    /// org → lowercased email → user.
+    private var users: [String: [String: User]] = [:]
+    private var counts: [Endpoint: Int] = [:]
+    private var faults: [Fault] = []
+
+    init(orgs: [String], clients: [Client]) {
+        self.orgs = orgs
+        var byID: [String: Client] = [:]
+        for client in clients {
+            // Two entries with one ID add up: both secrets are accepted.
+            byID[client.id, default: Client(id: client.id, org: client.org, secrets: [])]
+                .secrets.append(contentsOf: client.secrets)
+        }
+        self.clients = byID
+    }
+
+    func serves(org: String) -> Bool { orgs.contains(org) }
+
+    /// Records that a request reached `endpoint` and takes the fault that
+    /// applies to it, if any: the first queued fault for that endpoint (or
+    /// "*"), which is used up after its `times`.
+    func arrive(at endpoint: Endpoint) -> Fault? {
+        counts[endpoint, default: 0] += 1
+        guard let index = faults.firstIndex(where: { $0.applies(to: endpoint) }) else { return nil }
+        let fault = faults[index]
+        if let remaining = fault.remaining {
+            if remaining <= 1 {
+                faults.remove(at: index)
+            } else {
+                faults[index].remaining = remaining - 1
+            }
+        }
+        return fault
+    }
+
+    /// The client when `secret` is one of its accepted secrets. Every secret
+    /// is compared (in constant time), so timing does not tell which matched.
+    func authenticate(clientID: String, secret: String) -> Client? {
+        guard let client = clients[clientID] else {
+            // Spend the same work as for a known client with one secret.
+            _ = ConstantTime.equal(secret, "")
+            return nil
+        }
+        var matched = false
+        for accepted in client.secrets where ConstantTime.equal(secret, accepted) {
+            matched = true
+        }
+        return matched ? client : nil
+    }
+
+    enum CreateOutcome: Sendable {
+        case created(User)
+        case exists
+    }
+
+    /// Adds a user unless the email (case-insensitively) is taken in `org`.
+    func createUser(org: String, email: String, firstName: String, lastName: String,
+                    role: String, timezone: String) -> CreateOutcome {
+        let key = email.lowercased()
+        if users[org]?[key] != nil { return .exists }
+        let user = User(id: RandomID.hex(byteCount: 8), email: email, firstName: firstName,
+                        lastName: lastName, role: role, timezone: timezone)
+        users[org, default: [:]][key] = user
+        return .created(user)
+    }
+
+    func user(org: String, email: String) -> User? {
+        users[org]?[email.lowercased()]
+    }
+
+    /// Every endpoint with its count, zeros included.
+    func countsSnapshot() -> [String: Int] {
+        Dictionary(uniqueKeysWithValues: Endpoint.allCases.map { ($0.rawValue, counts[$0, default: 0]) })
+    }
+
+    func reset() {
+        counts = [:]
+        faults = []
+    }
+
+    /// Queues a fault; returns how many are queued now.
+    func add(_ fault: Fault) -> Int {
+        faults.append(fault)
+        return faults.count
+    }
+
+    func clearFaults() { faults = [] }
+
+    /// Replaces the accepted secrets of a client, creating it (in `org`, or
+    /// the first organization) when it is new.
+    func setSecrets(clientID: String, secrets: [String], org: String?) -> Client {
+        var client = clients[clientID] ?? Client(id: clientID, org: org ?? orgs[0], secrets: [])
+        client.secrets = secrets
+        if let org { client.org = org }
+        clients[clientID] = client
+        return client
+    }
+}

@@ -1,0 +1,78 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+extension CheckFormat: ExpressibleByArgument {}
+
+/// `check`: the cron / monitoring check, with Nagios exit statuses.
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Warn before tokens expire and when the secret is old (Nagios statuses 0/1/2/3).",
+        discussion: """
+            Reads the vault's clear summary, so it needs no key; when a key is given (not prompted for), \
+            the summary is also verified against the sealed content. Text output is empty when all is OK, \
+            so cron mails only problems. --refresh renews what is inside the warning window first (needs a key). \
+            Exit: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: ArgumentHelp("Warn when a token has less than this left (default 48h application, 14d user).", valueName: "DURATION"))
+    var warnBefore: String?
+    @Option(help: ArgumentHelp("Critical when a token has less than this left (default 12h).", valueName: "DURATION"))
+    var criticalBefore: String?
+    @Option(help: ArgumentHelp("Warn when the client secret is older than this (default 90d).", valueName: "DURATION"))
+    var secretMaxAge: String?
+    @Flag(help: "Renew what is inside the warning window first, then report what is left.")
+    var refresh = false
+    @Option(help: "text, json or prometheus.") var format: CheckFormat = .text
+    @Option(help: ArgumentHelp("Write the output to this file atomically (for node_exporter's textfile collector).", valueName: "FILE"))
+    var output: String?
+
+    func run() throws {
+        let report = evaluate()
+        let text = try format.render(report)
+        if let output {
+            try VaultCheck.writeReport(text, to: output)
+        } else if !text.isEmpty {
+            Output.line(text)
+        }
+        throw ExitCode(report.status.rawValue)
+    }
+
+    /// Every failure becomes part of the report (UNKNOWN at worst), never an
+    /// exit status outside 0–3.
+    private func evaluate() -> HealthCheck.Report {
+        let now = VaultClock.now()
+        let thresholds: HealthCheck.Thresholds
+        do {
+            thresholds = HealthCheck.Thresholds(
+                warnBefore: try warnBefore.map(DurationText.parse), criticalBefore: try criticalBefore.map(DurationText.parse),
+                secretMaxAge: try secretMaxAge.map(DurationText.parse))
+        } catch {
+            return HealthCheck.unknown((error as? VaultError)?.description ?? "bad arguments", now: now)
+        }
+        let profiles = global.explicitProfile.map { [$0] }
+        var refreshProblems: [HealthCheck.Problem] = []
+        do {
+            try global.store.checkAccess()
+            let secrets: [UnlockSecret]
+            if refresh {
+                ProcessHardening.protect()
+                secrets = try global.sources.secretsToOpen()
+                let broker = TokenBroker(store: global.store, secrets: secrets, environment: global.environment)
+                refreshProblems = try runBlocking { await broker.renewExpiring(profiles: profiles, thresholds: thresholds) }
+            } else {
+                secrets = try global.sources.available()
+            }
+            try VaultCheck.verifySummary(store: global.store, secrets: secrets)
+            var report = HealthCheck.evaluate(try global.store.summary(), profiles: profiles, thresholds: thresholds, now: now)
+            report.problems = refreshProblems + report.problems
+            report.status = report.problems.map(\.status).max() ?? .ok
+            return report
+        } catch let error as VaultError {
+            return HealthCheck.unknown(error.message, now: now)
+        } catch {
+            return HealthCheck.unknown("the vault could not be read", now: now)
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// `credentials set|show|remove`: a profile's client credentials.
+struct Credentials: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Store, show or remove the client credentials of a profile.",
+        subcommands: [Set.self, Show.self, Remove.self])
+
+    struct Set: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Store the client ID and secret Tallyfy Support issued.",
+            discussion: "The secret is read from a no-echo prompt, or from standard input with --secret-stdin; never from the command line.")
+        @OptionGroup var global: GlobalOptions
+
+        @Option(help: "The Tallyfy organization ID.") var org: String
+        @Option(help: "The client ID.") var clientId: String
+        @Flag(help: "Read the client secret from standard input.") var secretStdin = false
+        @Option(help: ArgumentHelp("OAuth token endpoint (default \(TallyfyVault.Credentials.defaultTokenURL)).", valueName: "URL"))
+        var tokenUrl: String?
+        @Option(help: ArgumentHelp("API base URL (default \(TallyfyVault.Credentials.defaultAPIURL)).", valueName: "URL"))
+        var apiUrl: String?
+
+        func run() throws {
+            let secrets = try global.secretsToOpen()
+            // Check what can be checked before asking for the secret.
+            _ = try tokenUrl.map { try EndpointURL.validate($0, name: "token URL") }
+            _ = try apiUrl.map { try EndpointURL.validate($0, name: "API URL") }
+            let clientSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "Client secret: ")
+            let profile = global.profileName
+            try global.store.update(with: secrets) { vault in
+                try TallyfyVault.Credentials.set(
+                    in: vault, profile: profile, orgID: org, clientID: clientId, secret: clientSecret,
+                    tokenURL: tokenUrl, apiURL: apiUrl, now: VaultClock.now())
+            }
+            Output.note("stored the credentials of profile \"\(profile)\"; run `tallyfy-vault login` to check them")
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a profile's credentials, the secret masked.")
+        @OptionGroup var global: GlobalOptions
+
+        func run() throws {
+            let vault = try global.store.open(with: try global.secretsToOpen())
+            let profile = try TokenBroker.profile(global.profileName, in: vault)
+            Output.line(Table.render([
+                ["profile", global.profileName],
+                ["org", profile.orgID],
+                ["client id", profile.clientID],
+                ["client secret", "******** (set \(ChildEnvironment.rfc3339(profile.secretSetAt)))"],
+                ["token url", profile.tokenURL],
+                ["api url", profile.apiURL],
+            ]))
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a profile's credentials and its tokens.")
+        @OptionGroup var global: GlobalOptions
+
+        func run() throws {
+            let profile = global.profileName
+            try global.store.update(with: try global.secretsToOpen()) { try TallyfyVault.Credentials.remove(from: $0, profile: profile) }
+            Output.note("removed profile \"\(profile)\" and its tokens")
+        }
+    }
+}

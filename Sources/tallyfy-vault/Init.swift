@@ -1,0 +1,30 @@
+import ArgumentParser
+import TallyfyVault
+
+extension KDFLevel: ExpressibleByArgument {}
+
+/// `init`: create an empty vault for the given key file or passphrase.
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create an empty vault, unlocked by the given key file or passphrase.",
+        discussion: "Refuses to overwrite an existing vault. With no key source, prompts for a new passphrase twice.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "Argon2id cost of a passphrase slot: interactive, moderate or sensitive.")
+    var kdf: KDFLevel = .moderate
+
+    @Option(help: "A label for the first unlock slot.")
+    var label: String?
+
+    func run() throws {
+        ProcessHardening.protect()
+        let store = global.store
+        try store.requireAbsent()  // before prompting for a passphrase that would be wasted
+        let secret = try global.sources.secretToCreate(what: "the new vault")
+        let vault = try UnlockedVault.create(
+            secret: secret, label: label ?? (secret.kind == .keyFile ? "key-file" : "passphrase"), kdf: kdf)
+        try store.create(vault)
+        Output.note("created an empty vault at \(store.path), unlocked by \(secret.origin)")
+    }
+}

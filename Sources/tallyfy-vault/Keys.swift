@@ -1,0 +1,73 @@
+import ArgumentParser
+import TallyfyVault
+
+/// `keys list|add|remove`: the vault's unlock slots.
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List, add or remove the passphrases and key files that open the vault.",
+        subcommands: [List.self, Add.self, Remove.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the unlock slots (needs no key).")
+        @OptionGroup var global: GlobalOptions
+
+        func run() throws {
+            let rows = try global.store.slots().map { slot in
+                [slot.label, slot.kind, slot.opsLimit.map { "argon2id, \($0) passes, \((slot.memLimitBytes ?? 0) >> 20) MiB" } ?? ""]
+            }
+            Output.line(Table.render([["LABEL", "KIND", "KDF"]] + rows))
+        }
+    }
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add a key file or passphrase that opens the vault.",
+            discussion: "With neither --new-key-file nor --new-passphrase-file, prompts for a new passphrase twice.")
+        @OptionGroup var global: GlobalOptions
+
+        @Option(help: ArgumentHelp("A key file (from `keygen`) that will open the vault.", valueName: "PATH"))
+        var newKeyFile: String?
+
+        @Option(help: ArgumentHelp("A file whose first line is the new passphrase.", valueName: "PATH"))
+        var newPassphraseFile: String?
+
+        @Option(help: "A label for the new slot (default: key-file or passphrase, numbered).")
+        var label: String?
+
+        @Option(help: "Argon2id cost of a new passphrase slot.")
+        var kdf: KDFLevel = .moderate
+
+        func validate() throws {
+            if newKeyFile != nil && newPassphraseFile != nil {
+                throw ValidationError("give --new-key-file or --new-passphrase-file, not both")
+            }
+        }
+
+        func run() throws {
+            let secrets = try global.secretsToOpen()
+            let newSecret: UnlockSecret =
+                if let newKeyFile { try UnlockSources.readKeyFile(newKeyFile) }
+                else if let newPassphraseFile { try UnlockSources.readPassphraseFile(newPassphraseFile) }
+                else { try TerminalPrompt.passphrase(prompt: "New passphrase for the vault: ", confirm: true) }
+            let added = try global.store.update(with: secrets) { vault in
+                let slotLabel = label ?? vault.unusedLabel(for: newSecret.kind)
+                try vault.addSlot(secret: newSecret, label: slotLabel, kdf: kdf)
+                return slotLabel
+            }
+            Output.note("added key slot \"\(added)\"")
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove an unlock slot; the last one can't be removed.")
+        @OptionGroup var global: GlobalOptions
+
+        @Argument(help: "The label of the slot, as `keys list` shows it.")
+        var label: String
+
+        func run() throws {
+            try global.store.update(with: try global.secretsToOpen()) { try $0.removeSlot(label: label) }
+            Output.note("removed key slot \"\(label)\"; the key or passphrase it held no longer opens this vault (older copies of the file still open with it: run `rekey` if it leaked)")
+        }
+    }
+}

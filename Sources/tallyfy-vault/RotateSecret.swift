@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// `rotate-secret`: replace the client secret, proven first.
+struct RotateSecret: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replace the client secret: the new one is proven by obtaining a token with it, then sealed.",
+        discussion: """
+            The new secret comes from a no-echo prompt (asked twice) or standard input (--secret-stdin). \
+            On any failure nothing changes. --no-verify seals it unproven (for when Tallyfy is down). \
+            This rotates the Tallyfy client secret; to change the vault's own keys use `keys` and `rekey`.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Read the new client secret from standard input.") var secretStdin = false
+    @Flag(help: "Seal the new secret without proving it against Tallyfy first.") var noVerify = false
+
+    func run() throws {
+        let broker = try global.broker()
+        let newSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "New client secret: ")
+        if !secretStdin {
+            let again = try TallyfyVault.Credentials.readSecret(fromStandardInput: false, prompt: "Repeat it: ")
+            guard again == newSecret else { throw VaultError(.usage, "the two secrets differ; nothing was changed") }
+        }
+        let profile = global.profileName
+        let verify = !noVerify
+        let token = try runBlocking { try await broker.rotateSecret(profile: profile, newSecret: newSecret, verify: verify) }
+        if let token {
+            Output.note("rotated the client secret of profile \"\(profile)\"; the new secret obtained a token valid until \(ChildEnvironment.rfc3339(token.expiresAt))")
+        } else {
+            Output.note("rotated the client secret of profile \"\(profile)\" WITHOUT verifying it; run `tallyfy-vault login` once Tallyfy is reachable")
+        }
+    }
+}

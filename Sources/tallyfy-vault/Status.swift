@@ -1,0 +1,40 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+extension FormatTextJSON: ExpressibleByArgument {}
+
+/// `status`: profiles, tokens, expiry, secret age, slots. Needs no key.
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show profiles, tokens and their expiry, secret age and unlock slots; never a secret.",
+        discussion: "Reads only the vault's clear summary, so it needs no key.")
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "text or json.") var format: FormatTextJSON = .text
+
+    func run() throws {
+        let report = try VaultStatus.read(store: global.store, now: VaultClock.now())
+        switch format {
+        case .json:
+            Output.line(try Output.json(report))
+        case .text:
+            var rows = [["PROFILE", "TOKEN", "EXPIRES", "LEFT"]]
+            for profile in report.profiles {
+                rows.append([profile.name, "application", profile.applicationTokenExpiresAt ?? "-", profile.applicationTokenLeft ?? "none sealed"])
+                if profile.userTokenCount > 0 {
+                    rows.append([profile.name, "users (\(profile.userTokenCount)), earliest",
+                        profile.earliestUserTokenExpiresAt ?? "-", profile.earliestUserTokenLeft ?? "-"])
+                }
+                rows.append([profile.name, "client secret", "set \(profile.secretSetAt)", "\(profile.secretAge) old"])
+            }
+            Output.line("vault: \(report.vault)")
+            Output.line("unlock slots: " + report.slots.map { "\($0.label) (\($0.kind))" }.joined(separator: ", "))
+            if report.profiles.isEmpty {
+                Output.line("no profiles yet: `tallyfy-vault credentials set --org ORG_ID --client-id ID`")
+            } else {
+                Output.line(Table.render(rows))
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// The `tallyfy-vault` command: parses, hands off to the library, prints.
+@main
+struct TallyfyVaultCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tallyfy-vault",
+        abstract: "Keep Tallyfy client credentials and tokens sealed; hand valid tokens to the programs that need them.",
+        discussion: """
+            Unlock order: --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, \
+            $CREDENTIALS_DIRECTORY/tallyfy-vault.key, then a prompt on the terminal.
+            """,
+        subcommands: [
+            Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
+            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self,
+        ]
+    )
+
+    /// ArgumentParser's own `main`, with the library's errors printed the
+    /// CONTRACT.md way: `tallyfy-vault: ` on standard error, a hint line, and
+    /// the matching exit status.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as VaultError {
+            Output.fail(error.message, hint: error.hint, status: error.exitStatus)
+        } catch let error as LaunchError {
+            Output.fail(error.message, hint: error.hint, status: error.status)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

@@ -1,0 +1,50 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// `token`: print a valid bearer token.
+struct TokenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token",
+        abstract: "Print a valid bearer token, refreshing it first when less than --min-ttl is left.",
+        discussion: """
+            --format helper prints {"token":"…","expiresInSeconds":N}, the contract of the official \
+            Tallyfy CLI's auth.apiKeyHelper.
+            """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case raw, json, helper }
+
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var options: TokenOptions
+    @Option(help: "raw, json or helper.") var format: Format = .raw
+
+    struct HelperOutput: Encodable {
+        var token: String
+        var expiresInSeconds: Int
+    }
+
+    struct JSONOutput: Encodable {
+        var token: String
+        var expiresAt: String
+        var expiresInSeconds: Int
+        var profile: String
+        var orgId: String
+        var apiUrl: String
+        var user: String?
+    }
+
+    func run() throws {
+        let grant = try options.grant(global)
+        let left = max(0, Int(grant.expiresAt.timeIntervalSince(VaultClock.now()).rounded(.down)))
+        switch format {
+        case .raw:
+            Output.line(grant.token)
+        case .helper:
+            Output.line(try Output.json(HelperOutput(token: grant.token, expiresInSeconds: left)))
+        case .json:
+            Output.line(try Output.json(JSONOutput(
+                token: grant.token, expiresAt: ChildEnvironment.rfc3339(grant.expiresAt), expiresInSeconds: left,
+                profile: grant.profile, orgId: grant.orgID, apiUrl: grant.apiURL, user: grant.user)))
+        }
+    }
+}

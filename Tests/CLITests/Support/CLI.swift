@@ -1,0 +1,114 @@
+import Foundation
+import Testing
+
+/// What one run of the real `tallyfy-vault` binary produced.
+struct RunResult: Sendable {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+
+    /// For `#expect` messages: never print a secret-bearing value in tests,
+    /// so this shows the status and standard error only.
+    var brief: String { "status \(status), stderr: \(stderr)" }
+}
+
+/// Runs a build product as a child process and collects its output.
+func runProcess(
+    _ executable: URL, _ arguments: [String], environment: [String: String], stdin: String? = nil,
+    currentDirectory: URL? = nil
+) throws -> RunResult {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    process.environment = environment
+    if let currentDirectory { process.currentDirectoryURL = currentDirectory }
+    let out = Pipe()
+    let err = Pipe()
+    let input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    // Read both pipes concurrently so a chatty child never blocks on a full pipe.
+    nonisolated(unsafe) var errData = Data()
+    let reader = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
+    reader.start()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    while !reader.isFinished { usleep(1000) }
+    return RunResult(
+        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// A throwaway home for one test: a private folder, a key file, a vault
+/// path, and the environment every run gets (no inherited TALLYFY_*, the
+/// cheap Argon2id cost of debug builds).
+final class Sandbox: @unchecked Sendable {
+    let root: URL
+    var environment: [String: String]
+
+    init() throws {
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("tv-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        environment = [
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            "HOME": root.path,
+            "TALLYFY_VAULT_TEST_KDF": "fast",
+            "TALLYFY_VAULT_FILE": root.appendingPathComponent("vault").path,
+            "TALLYFY_VAULT_HTTP_TIMEOUT": "3",
+        ]
+    }
+
+    deinit { try? FileManager.default.removeItem(at: root) }
+
+    var vaultPath: String { root.appendingPathComponent("vault").path }
+    var keyPath: String { root.appendingPathComponent("key").path }
+    func path(_ name: String) -> String { root.appendingPathComponent(name).path }
+
+    /// Runs `tallyfy-vault` with this sandbox's environment plus `extra`.
+    @discardableResult
+    func run(_ arguments: [String], stdin: String? = nil, env extra: [String: String] = [:]) throws -> RunResult {
+        try runProcess(BuildProducts.vault, arguments, environment: environment.merging(extra) { $1 }, stdin: stdin)
+    }
+
+    /// Runs and requires status 0.
+    @discardableResult
+    func ok(_ arguments: [String], stdin: String? = nil, env extra: [String: String] = [:],
+        sourceLocation: SourceLocation = #_sourceLocation) throws -> RunResult {
+        let result = try run(arguments, stdin: stdin, env: extra)
+        #expect(result.status == 0, "\(arguments.first ?? ""): \(result.brief)", sourceLocation: sourceLocation)
+        return result
+    }
+
+    /// A key file and an empty vault unlocked by it; the key file is then
+    /// the default unlock source of every run.
+    func initWithKeyFile() throws {
+        try ok(["keygen", keyPath])
+        environment["TALLYFY_VAULT_KEY_FILE"] = keyPath
+        try ok(["init"])
+    }
+
+    func vaultBytes() throws -> Data { try Data(contentsOf: URL(fileURLWithPath: vaultPath)) }
+
+    func write(_ text: String, to name: String, mode: Int = 0o600) throws -> String {
+        let path = path(name)
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        return path
+    }
+
+    /// Runs a command that must be refused with `status`, and checks the vault
+    /// file is byte-for-byte what it was.
+    @discardableResult
+    func refused(_ arguments: [String], status: Int32, stdin: String? = nil, env extra: [String: String] = [:],
+        sourceLocation: SourceLocation = #_sourceLocation) throws -> RunResult {
+        let before = try? vaultBytes()
+        let result = try run(arguments, stdin: stdin, env: extra)
+        #expect(result.status == status, "\(arguments.joined(separator: " ")): \(result.brief)", sourceLocation: sourceLocation)
+        #expect(result.stderr.hasPrefix("tallyfy-vault: "), "error text: \(result.stderr)", sourceLocation: sourceLocation)
+        #expect((try? vaultBytes()) == before, "the vault changed after a refused \(arguments.first ?? "")", sourceLocation: sourceLocation)
+        return result
+    }
+}

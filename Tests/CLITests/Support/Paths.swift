@@ -1,0 +1,27 @@
+import Foundation
+
+/// Where the build products under test live.
+///
+/// `swift test` builds every product into the same folder as the test runner
+/// (`.build/debug`), so the real binaries are found beside it;
+/// `TALLYFY_TEST_BIN_DIR` overrides that for a different build folder.
+enum BuildProducts {
+    static let directory: URL = {
+        if let dir = ProcessInfo.processInfo.environment["TALLYFY_TEST_BIN_DIR"] {
+            return URL(fileURLWithPath: dir)
+        }
+        var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        // The runner may be `…/debug/tallyfy-vaultPackageTests.xctest` or a
+        // file inside a bundle; walk up to the folder that holds the products.
+        while url.path != "/" {
+            url.deleteLastPathComponent()
+            if FileManager.default.fileExists(atPath: url.appendingPathComponent("tallyfy-vault").path) {
+                return url
+            }
+        }
+        fatalError("tallyfy-vault binary not found beside the test runner; run `swift build` first")
+    }()
+
+    static var vault: URL { directory.appendingPathComponent("tallyfy-vault") }
+    static var emulator: URL { directory.appendingPathComponent("tallyfy-emulator") }
+}
