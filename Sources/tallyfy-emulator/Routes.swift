@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import ServiceLifecycle
 
 /// An answer that ends a request early (bad header, invalid token, …).
 ///
@@ -95,7 +96,15 @@ struct EmulatorRoutes: Sendable {
         }
         switch fault.kind {
         case .delay:
-            try await Task.sleep(for: .milliseconds(fault.delayMs ?? 1000))
+            // Cut short when the emulator is asked to stop, so a long delay
+            // cannot hold up a graceful shutdown.
+            let milliseconds = fault.delayMs ?? 1000
+            let slept = try? await cancelWhenGracefulShutdown {
+                try await Task.sleep(for: .milliseconds(milliseconds))
+            }
+            if slept == nil {
+                return Reply.json(.serviceUnavailable, ["error": "shutting_down"])
+            }
             return nil
         case .status:
             let code = fault.status ?? 503

@@ -18,6 +18,10 @@ struct TallyfyVaultCommand: ParsableCommand {
         ]
     )
 
+    /// Declared here too so the global options may come before the
+    /// subcommand (`tallyfy-vault --profile x token`) as well as after it.
+    @OptionGroup var global: GlobalOptions
+
     /// ArgumentParser's own `main`, with the library's errors printed the
     /// CONTRACT.md way: `tallyfy-vault: ` on standard error, a hint line, and
     /// the matching exit status.

@@ -189,11 +189,11 @@ public final class TallyfyClient: Sendable {
     func token(from reply: Reply, endpoint: Endpoint, receivedAt: Date) throws -> IssuedToken {
         guard let parsed = TokenResponse.decode(reply.body) else {
             throw unexpectedResponse(reply, endpoint: endpoint,
-                                     detail: "the body is not a JSON token answer with a Bearer access_token and a positive expires_in")
+                                     detail: "no JSON token with a Bearer access_token and a positive expires_in")
         }
         guard let issued = parsed.issued(receivedAt: receivedAt) else {
             throw unexpectedResponse(reply, endpoint: endpoint,
-                                     detail: "the answer says neither in expires_in nor in the token when it expires")
+                                     detail: "neither expires_in nor the token says when it expires")
         }
         return issued
     }
@@ -202,7 +202,7 @@ public final class TallyfyClient: Sendable {
         VaultError(
             .unavailable,
             "Tallyfy answered with an unexpected response (HTTP \(reply.status), content-type \(reply.contentTypeText))",
-            hint: "\(detail) (in answer to \(endpoint.what) at \(endpoint.hostPort)); "
+            hint: "the answer to \(endpoint.what) at \(endpoint.hostPort) was not usable: \(detail); "
                 + "check that the URL points at Tallyfy and not at a proxy or login page, or try again later"
         )
     }
