@@ -1,0 +1,309 @@
+import Foundation
+import Testing
+
+/// End-to-end tests of the real `tallyfy-emulator` binary over HTTP.
+@Suite("tallyfy-emulator")
+struct EmulatorTests {
+    static let client = (id: "client-1", secret: "s3cret:with:colons")
+    static let org = "org-test"
+
+    /// The headers every Tallyfy API call carries.
+    static func apiHeaders(_ token: String?) -> [String: String] {
+        var headers = ["X-Tallyfy-Client": "APIClient", "Accept": "application/json"]
+        if let token { headers["Authorization"] = "Bearer \(token)" }
+        return headers
+    }
+
+    static func credentials(_ client: (id: String, secret: String) = client) -> [String: String] {
+        ["grant_type": "client_credentials", "client_id": client.id, "client_secret": client.secret, "scope": "*"]
+    }
+
+    /// Obtains an application token or fails the test.
+    static func appToken(_ emulator: Emulator, _ client: (id: String, secret: String) = client) async throws -> String {
+        let reply = try await emulator.send(.POST, emulator.tokenURL, form: credentials(client))
+        try reply.expect(200)
+        return try #require(reply.json["access_token"] as? String)
+    }
+
+    static func createUser(_ emulator: Emulator, token: String, _ body: [String: Any]) async throws -> Emulator.Reply {
+        try await emulator.send(.POST, "/api/applications/\(org)/users", headers: apiHeaders(token),
+                                json: try JSONSerialization.data(withJSONObject: body))
+    }
+
+    @Test func applicationTokenIsIssuedAndAcceptedByMe() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client], appTokenTTL: 3600)
+        defer { emulator.stop() }
+
+        let reply = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
+        try reply.expect(200)
+        #expect(reply.json["token_type"] as? String == "Bearer")
+        #expect(reply.json["expires_in"] as? Int == 3600)
+        let token = try #require(reply.json["access_token"] as? String)
+        #expect(token.split(separator: ".").count == 3)
+
+        let me = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
+        try me.expect(200)
+        #expect(me.json["kind"] as? String == "application")
+        #expect(me.json["client_id"] as? String == Self.client.id)
+        #expect(me.json["org"] as? String == Self.org)
+        #expect(me.json["email"] == nil)
+        let expiresAt = try #require(me.json["expires_at"] as? Int)
+        let expected = Int(Date().timeIntervalSince1970) + 3600
+        #expect(abs(expiresAt - expected) <= 5)
+
+        // Two tokens in the same second still differ (random jti).
+        let second = try await Self.appToken(emulator)
+        #expect(second != token)
+    }
+
+    @Test func wrongSecretIsInvalidClient() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+
+        let wrong = try await emulator.send(.POST, emulator.tokenURL,
+                                            form: Self.credentials((Self.client.id, "not-the-secret")))
+        #expect(wrong.status == 401)
+        #expect(wrong.json["error"] as? String == "invalid_client")
+        #expect(wrong.json["error_description"] as? String == "Client authentication failed")
+
+        let unknown = try await emulator.send(.POST, emulator.tokenURL,
+                                              form: Self.credentials(("nobody", Self.client.secret)))
+        #expect(unknown.status == 401)
+        #expect(unknown.json["error"] as? String == "invalid_client")
+
+        var badGrant = Self.credentials()
+        badGrant["grant_type"] = "password"
+        let grant = try await emulator.send(.POST, emulator.tokenURL, form: badGrant)
+        #expect(grant.status == 400)
+        #expect(grant.json["error"] as? String == "unsupported_grant_type")
+
+        let missing = try await emulator.send(.POST, emulator.tokenURL,
+                                              form: ["grant_type": "client_credentials", "client_id": Self.client.id])
+        #expect(missing.status == 400)
+        #expect(missing.json["error"] as? String == "invalid_request")
+    }
+
+    @Test func invalidUserFieldsAreListed() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+
+        let reply = try await Self.createUser(emulator, token: token, [
+            "first_name": String(repeating: "x", count: 33),
+            "email": "not an email",
+            "role": "owner",
+            "timezone": "Mars/Olympus_Mons",
+        ])
+        #expect(reply.status == 422)
+        let errors = try #require(reply.json["errors"] as? [String: [String]])
+        #expect(Set(errors.keys) == ["first_name", "last_name", "email", "role", "timezone"])
+
+        for email in ["a@b", "@example.com", "a@@example.com", "a b@example.com", "a@example.com."] {
+            let bad = try await Self.createUser(emulator, token: token,
+                                                ["first_name": "A", "last_name": "B", "email": email])
+            #expect(bad.status == 422, "\(email) should be refused")
+        }
+    }
+
+    @Test func userIsCreatedOnceThenConflicts() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+
+        let created = try await Self.createUser(emulator, token: token, [
+            "first_name": "Ada", "last_name": "Lovelace", "email": "Ada@Example.com",
+            "role": "admin", "timezone": "Europe/London",
+        ])
+        try created.expect(201)
+        let data = try #require(created.json["data"] as? [String: Any])
+        #expect(data["email"] as? String == "Ada@Example.com")
+        #expect(data["role"] as? String == "admin")
+        #expect(data["timezone"] as? String == "Europe/London")
+        #expect((data["id"] as? String)?.isEmpty == false)
+
+        let duplicate = try await Self.createUser(emulator, token: token, [
+            "first_name": "Ada", "last_name": "L", "email": "ada@example.COM",
+        ])
+        #expect(duplicate.status == 409)
+        #expect(duplicate.json["error"] as? String == "user_exists")
+
+        // The user token, by a percent-encoded email in another case.
+        let userToken = try await emulator.send(
+            .POST, "/api/applications/\(Self.org)/users/ada%40example.com/token", headers: Self.apiHeaders(token))
+        try userToken.expect(200)
+        #expect(userToken.json["expires_in"] as? Int == 7_776_000)
+        let bearer = try #require(userToken.json["access_token"] as? String)
+        let me = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(bearer))
+        try me.expect(200)
+        #expect(me.json["kind"] as? String == "user")
+        #expect(me.json["email"] as? String == "Ada@Example.com")
+
+        // A user token may not provision users.
+        let forbidden = try await Self.createUser(emulator, token: bearer,
+                                                  ["first_name": "B", "last_name": "C", "email": "b@example.com"])
+        #expect(forbidden.status == 403)
+    }
+
+    @Test func unknownUserHasNoToken() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+
+        let reply = try await emulator.send(
+            .POST, "/api/applications/\(Self.org)/users/ghost%40example.com/token", headers: Self.apiHeaders(token))
+        #expect(reply.status == 404)
+        #expect(reply.json["error"] as? String == "user_not_found")
+    }
+
+    @Test func apiCallsNeedTheClientHeaderAValidTokenAndTheirOrg() async throws {
+        let emulator = try await Emulator.start(orgs: [Self.org, "org-other"], clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+        let me = "/api/organizations/\(Self.org)/me"
+
+        let noHeader = try await emulator.send(.GET, me, headers: ["Authorization": "Bearer \(token)"])
+        #expect(noHeader.status == 400)
+        #expect(noHeader.json["error"] as? String == "missing X-Tallyfy-Client header")
+
+        let noToken = try await emulator.send(.GET, me, headers: Self.apiHeaders(nil))
+        #expect(noToken.status == 401)
+        #expect(noToken.json["error"] as? String == "invalid_token")
+
+        // Change the first character of the signature (the last one may carry
+        // only padding bits): forged.
+        var parts = token.split(separator: ".").map(String.init)
+        let first = parts[2].removeFirst()
+        parts[2] = (first == "A" ? "B" : "A") + parts[2]
+        let forged = parts.joined(separator: ".")
+        let forgedReply = try await emulator.send(.GET, me, headers: Self.apiHeaders(forged))
+        #expect(forgedReply.status == 401)
+
+        let otherOrg = try await emulator.send(.GET, "/api/organizations/org-other/me", headers: Self.apiHeaders(token))
+        #expect(otherOrg.status == 403)
+
+        let unknownOrg = try await emulator.send(.GET, "/api/organizations/org-nope/me", headers: Self.apiHeaders(token))
+        #expect(unknownOrg.status == 404)
+    }
+
+    @Test func expiredTokenIsRefused() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client], appTokenTTL: 1)
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+        try await Task.sleep(for: .milliseconds(2200))
+
+        let reply = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
+        #expect(reply.status == 401)
+        #expect(reply.json["error"] as? String == "invalid_token")
+    }
+
+    @Test func injectedFailureHappensOnceThenTheEndpointWorks() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "status", status: 503, times: 1))
+
+        let failed = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
+        #expect(failed.status == 503)
+        let succeeded = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
+        #expect(succeeded.status == 200)
+
+        // Faults for other endpoints do not touch this one; several apply in order.
+        try await emulator.inject(["endpoint": "me", "kind": "status", "status": 500])
+        try await emulator.inject(["endpoint": "token", "kind": "broken-json", "times": 1])
+        try await emulator.inject(["endpoint": "*", "kind": "html", "times": 1])
+        let broken = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
+        #expect(broken.status == 200)
+        #expect(broken.text == #"{"access_token": "abc"#)
+        let html = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
+        #expect(html.status == 502)
+        #expect(html.header("Content-Type")?.hasPrefix("text/html") == true)
+        _ = try await Self.appToken(emulator)  // both one-off faults are used up
+
+        let failing = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(nil))
+        #expect(failing.status == 500)  // the "me" fault stays until cleared
+        try await emulator.clearFaults()
+        let token = try await Self.appToken(emulator)
+        let me = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
+        #expect(me.status == 200)
+    }
+
+    @Test func rateLimitCarriesRetryAfter() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "rate-limit", retryAfter: 7, times: 1))
+
+        let limited = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
+        #expect(limited.status == 429)
+        #expect(limited.header("Retry-After") == "7")
+    }
+
+    @Test func delayIsServedLate() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 800, times: 1))
+
+        let started = Date()
+        let reply = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
+        #expect(reply.status == 200)
+        #expect(Date().timeIntervalSince(started) >= 0.75)
+    }
+
+    @Test func countsEveryRequestWhateverItsOutcome() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        #expect(try await emulator.counts() == ["token": 0, "users.create": 0, "users.token": 0, "me": 0])
+
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "status", status: 503, times: 1))
+        _ = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())  // fault
+        _ = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials(("x", "y")))  // 401
+        let token = try await Self.appToken(emulator)
+        _ = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: [:])  // 400
+        _ = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
+        _ = try await Self.createUser(emulator, token: token, [:])  // 422
+        _ = try await emulator.send(.POST, "/api/applications/\(Self.org)/users/x%40y.z/token",
+                                    headers: Self.apiHeaders(token))  // 404
+
+        // Concurrent requests all count.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<20 {
+                group.addTask { _ = try await Self.appToken(emulator) }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await emulator.counts() == ["token": 23, "users.create": 1, "users.token": 1, "me": 2])
+
+        try await emulator.reset()
+        #expect(try await emulator.counts() == ["token": 0, "users.create": 0, "users.token": 0, "me": 0])
+    }
+
+    @Test func rotationAcceptsBothSecretsUntilTheOldIsRetired() async throws {
+        let old = (id: "client-r", secret: "old-secret")
+        let new = (id: "client-r", secret: "new-secret")
+        let emulator = try await Emulator.start(clients: [old, new])
+        defer { emulator.stop() }
+
+        _ = try await Self.appToken(emulator, old)
+        _ = try await Self.appToken(emulator, new)
+
+        try await emulator.setSecrets(client: "client-r", secrets: [new.secret])
+        let retired = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials(old))
+        #expect(retired.status == 401)
+        _ = try await Self.appToken(emulator, new)
+    }
+
+    @Test func stopsCleanlyOnSIGTERM() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        _ = try await Self.appToken(emulator)
+        #expect(emulator.stop() == 0)
+        #expect(!emulator.isRunning)
+    }
+
+    @Test func refusesANonLoopbackHost() throws {
+        let result = try Emulator.run(arguments: ["--host", "0.0.0.0", "--port", "0"])
+        #expect(result.status == 64)
+        #expect(result.stderr.contains("loopback"))
+        #expect(result.stdout.isEmpty)
+
+        let other = try Emulator.run(arguments: ["--host", "192.168.1.10", "--port", "0"])
+        #expect(other.status == 64)
+    }
+}
