@@ -115,9 +115,14 @@ struct FaultError: Error, Sendable {
 
 /// Fixed settings of one emulator run, shared by every request.
 struct EmulatorSettings: Sendable {
-    var appTokenTTL: Int
-    var userTokenTTL: Int
     var signer: JWTSigner
+}
+
+/// Token lifetimes in seconds; `PUT /__emulator/ttl` changes them at run time,
+/// so a test can seal a short-lived token and then have the refresh get a long one.
+struct TokenLifetimes: Sendable, Codable {
+    var app: Int
+    var user: Int
 }
 
 /// Everything that changes while the emulator runs: clients, users, request
@@ -134,9 +139,11 @@ actor EmulatorState {
     private var users: [String: [String: User]] = [:]
     private var counts: [Endpoint: Int] = [:]
     private var faults: [Fault] = []
+    private(set) var lifetimes: TokenLifetimes
 
-    init(orgs: [String], clients: [Client]) {
+    init(orgs: [String], clients: [Client], lifetimes: TokenLifetimes) {
         self.orgs = orgs
+        self.lifetimes = lifetimes
         var byID: [String: Client] = [:]
         for client in clients {
             // Two entries with one ID add up: both secrets are accepted.
@@ -226,5 +233,13 @@ actor EmulatorState {
         if let org { client.org = org }
         clients[clientID] = client
         return client
+    }
+}
+
+extension EmulatorState {
+    func setLifetimes(app: Int?, user: Int?) -> TokenLifetimes {
+        if let app { lifetimes.app = app }
+        if let user { lifetimes.user = user }
+        return lifetimes
     }
 }

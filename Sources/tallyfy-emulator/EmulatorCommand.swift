@@ -80,8 +80,9 @@ struct EmulatorCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("tallyfy-emulator: warning: no --client or --clients-file given; every token request will fail with invalid_client\n".utf8))
         }
 
-        let state = EmulatorState(orgs: orgs, clients: clients)
-        let settings = EmulatorSettings(appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL, signer: JWTSigner())
+        let state = EmulatorState(
+            orgs: orgs, clients: clients, lifetimes: TokenLifetimes(app: appTokenTTL, user: userTokenTTL))
+        let settings = EmulatorSettings(signer: JWTSigner())
         let router = Router()
         EmulatorRoutes(state: state, settings: settings).register(on: router)
 

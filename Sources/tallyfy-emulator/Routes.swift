@@ -68,6 +68,7 @@ struct EmulatorRoutes: Sendable {
             return Reply.json(.ok, ["ok": true])
         }
         router.put("/__emulator/clients/:id", use: setClientSecrets)
+        router.put("/__emulator/ttl", use: setLifetimes)
     }
 
     // MARK: Counting, faults and refusals
@@ -154,9 +155,9 @@ struct EmulatorRoutes: Sendable {
                 "error_description": "Client authentication failed",
             ])
         }
-        let token = issue(kind: .application, subject: client.id, org: client.org,
-                          clientID: client.id, ttl: settings.appTokenTTL)
-        return Reply.json(.ok, ["token_type": "Bearer", "expires_in": settings.appTokenTTL, "access_token": token])
+        let ttl = await state.lifetimes.app
+        let token = issue(kind: .application, subject: client.id, org: client.org, clientID: client.id, ttl: ttl)
+        return Reply.json(.ok, ["token_type": "Bearer", "expires_in": ttl, "access_token": token])
     }
 
     // MARK: POST /api/applications/{org}/users
@@ -248,9 +249,10 @@ struct EmulatorRoutes: Sendable {
             return Reply.json(.notFound, ["error": "user_not_found",
                                           "message": "No user with this email in this organization."])
         }
+        let ttl = await state.lifetimes.user
         let token = issue(kind: .user, subject: user.email, org: claims.org,
-                          clientID: claims.client_id, ttl: settings.userTokenTTL)
-        return Reply.json(.ok, ["token_type": "Bearer", "expires_in": settings.userTokenTTL, "access_token": token])
+                          clientID: claims.client_id, ttl: ttl)
+        return Reply.json(.ok, ["token_type": "Bearer", "expires_in": ttl, "access_token": token])
     }
 
     // MARK: GET /api/organizations/{org}/me
@@ -397,5 +399,20 @@ struct EmulatorRoutes: Sendable {
         }
         let client = await state.setSecrets(clientID: clientID, secrets: secrets, org: org)
         return Reply.json(.ok, ["client_id": client.id, "org": client.org, "secrets": client.secrets.count])
+    }
+
+    /// `PUT /__emulator/ttl` `{"app":SECONDS,"user":SECONDS}` (either may be left out).
+    private func setLifetimes(_ request: Request, _ context: Context) async throws -> Response {
+        let data = try? await Self.body(request, context)
+        guard let data, let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            return Reply.json(.badRequest, ["error": #"the body must be {"app":SECONDS,"user":SECONDS}"#])
+        }
+        let app = object["app"] as? Int
+        let user = object["user"] as? Int
+        guard app ?? 1 > 0, user ?? 1 > 0 else {
+            return Reply.json(.badRequest, ["error": "lifetimes must be positive whole seconds"])
+        }
+        let lifetimes = await state.setLifetimes(app: app, user: user)
+        return Reply.json(.ok, ["app": lifetimes.app, "user": lifetimes.user])
     }
 }

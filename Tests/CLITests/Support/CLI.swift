@@ -6,6 +6,8 @@ struct RunResult: Sendable {
     var status: Int32
     var stdout: String
     var stderr: String
+    /// The pid of the process started (an `exec` child keeps it).
+    var pid: Int32 = 0
 
     /// For `#expect` messages: never print a secret-bearing value in tests,
     /// so this shows the status and standard error only.
@@ -40,7 +42,7 @@ func runProcess(
     while !reader.isFinished { usleep(1000) }
     return RunResult(
         status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-        stderr: String(decoding: errData, as: UTF8.self))
+        stderr: String(decoding: errData, as: UTF8.self), pid: process.processIdentifier)
 }
 
 /// A throwaway home for one test: a private folder, a key file, a vault

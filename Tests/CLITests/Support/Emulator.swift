@@ -200,6 +200,14 @@ final class Emulator: @unchecked Sendable {
         try await send(.POST, "/__emulator/reset").expect(200)
     }
 
+    /// Changes the lifetimes of tokens issued from now on.
+    func setLifetimes(app: Int? = nil, user: Int? = nil) async throws {
+        var body: [String: Int] = [:]
+        body["app"] = app
+        body["user"] = user
+        try await send(.PUT, "/__emulator/ttl", json: try JSONSerialization.data(withJSONObject: body)).expect(200)
+    }
+
     /// Replaces the secrets `client` is accepted with (e.g. to retire the old one after a rotation).
     func setSecrets(client: String, secrets: [String]) async throws {
         let id = client.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? client

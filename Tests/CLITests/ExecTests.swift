@@ -1,0 +1,164 @@
+import Foundation
+import Testing
+
+/// `exec` and `export` end to end: the real binary, the real emulator.
+@Suite struct ExecTests {
+    let secret = "cs-\(UUID().uuidString)"
+
+    /// A sandbox whose vault holds credentials for a fresh emulator, logged in.
+    private func loggedIn(appTokenTTL: Int? = nil) async throws -> (Sandbox, Emulator) {
+        let emulator = try await Emulator.start(clients: [("client-test", secret)], appTokenTTL: appTokenTTL)
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.ok(["login"])
+        return (sandbox, emulator)
+    }
+
+    private func lines(_ text: String) -> [String] {
+        text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init).filter { !$0.isEmpty }
+    }
+
+    @Test func argumentsPassThroughExactly() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        let odd = ["a b", "", "$HOME", "--flag", "-x", "--", "it's", "*", "new\nline", "--help"]
+        let result = try sandbox.ok(["exec", "--", "/bin/sh", "-c", "for a; do printf '[%s]\\n' \"$a\"; done", "sh"] + odd)
+        #expect(result.stdout == odd.map { "[\($0)]\n" }.joined())
+    }
+
+    @Test func theChildsStatusIsTheStatus() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        #expect(try sandbox.run(["exec", "--", "true"]).status == 0)
+        #expect(try sandbox.run(["exec", "--", "sh", "-c", "exit 42"]).status == 42)
+        let missing = try sandbox.run(["exec", "--", "no-such-command-\(UUID().uuidString)"])
+        #expect(missing.status == 127, "\(missing.brief)")
+        #expect(missing.stderr.contains("command not found"))
+        let script = try sandbox.write("#!/bin/sh\necho hi\n", to: "not-executable", mode: 0o600)
+        let notExecutable = try sandbox.run(["exec", "--", script])
+        #expect(notExecutable.status == 126, "\(notExecutable.brief)")
+        let noCommand = try sandbox.run(["exec"])
+        #expect(noCommand.status == 64, "\(noCommand.brief)")
+    }
+
+    @Test func theChildKeepsThePid() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        let result = try sandbox.ok(["exec", "--", "sh", "-c", "echo $$"])
+        #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == String(result.pid))
+    }
+
+    @Test func theChildGetsEveryVariableAndNoUnlockMaterial() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        let passphrase = "pp-\(UUID().uuidString)"
+        let passFile = try sandbox.write(passphrase + "\n", to: "pass")
+        try sandbox.ok(["keys", "add", "--new-passphrase-file", passFile])
+        let token = try JSONSerialization.jsonObject(with: Data(try sandbox.ok(["token", "--format", "json"]).stdout.utf8)) as! [String: Any]
+        let result = try sandbox.ok(["exec", "--", "env"], env: [
+            "TALLYFY_VAULT_KEY_FILE": "", "TALLYFY_VAULT_PASSPHRASE": passphrase, "TALLYFY_TOKEN": "stale", "TALLYFY_ORG_ID": "stale",
+        ])
+        var child: [String: String] = [:]
+        for line in lines(result.stdout) {
+            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
+            if parts.count == 2 { child[parts[0]] = parts[1] }
+        }
+        #expect(child["TALLYFY_TOKEN"] == token["token"] as? String)
+        #expect(child["TALLYFY_API_TOKEN"] == token["token"] as? String)
+        #expect(child["TALLYFY_ORG_ID"] == "org-test")
+        #expect(child["TALLYFY_API_URL"] == emulator.apiURL)
+        #expect(child["TALLYFY_TOKEN_EXPIRES_AT"] == token["expiresAt"] as? String)
+        #expect(child["TALLYFY_VAULT_EXEC"] == "default")
+        #expect(child["TALLYFY_VAULT_PASSPHRASE"] == nil)
+        #expect(!result.stdout.contains(passphrase))
+        #expect(!result.stdout.contains(secret))
+        // The token really works against the API.
+        let me = try await emulator.send(.GET, "/api/organizations/org-test/me",
+            headers: ["Authorization": "Bearer \(child["TALLYFY_TOKEN"] ?? "")", "X-Tallyfy-Client": "APIClient"])
+        #expect(me.status == 200)
+    }
+
+    @Test func nestedExecIsRefused() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        let result = try sandbox.run(["exec", "--", BuildProducts.vault.path, "exec", "--", "true"])
+        #expect(result.status == 64, "\(result.brief)")
+        #expect(result.stderr.contains("already running under `tallyfy-vault exec`"))
+    }
+
+    @Test func aTokenTooCloseToExpiryIsRenewedAndSealed() async throws {
+        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 120)
+        defer { _ = emulator.stop() }
+        let before = try sandbox.vaultBytes()
+        let first = try sandbox.ok(["exec", "--min-ttl", "1m", "--", "printenv", "TALLYFY_TOKEN"]).stdout
+        #expect(try await emulator.counts()["token"] == 1, "a fresh token was renewed")
+        #expect(try sandbox.vaultBytes() == before, "the fast path wrote to the vault")
+        let renewed = try sandbox.ok(["exec", "--min-ttl", "5m", "--", "printenv", "TALLYFY_TOKEN"]).stdout
+        #expect(try await emulator.counts()["token"] == 2)
+        #expect(renewed != first)
+        // Sealed: the next fast-path call hands out the renewed token.
+        #expect(try sandbox.ok(["exec", "--min-ttl", "1m", "--", "printenv", "TALLYFY_TOKEN"]).stdout == renewed)
+    }
+
+    @Test func noRefreshWithAnExpiredTokenIs78() async throws {
+        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 1)
+        defer { _ = emulator.stop() }
+        try await Task.sleep(for: .milliseconds(1500))
+        let result = try sandbox.refused(["exec", "--no-refresh", "--", "true"], status: 78)
+        #expect(result.stderr.contains("--no-refresh"))
+        #expect(try await emulator.counts()["token"] == 1)
+    }
+
+    @Test func userTokensAreHandedOutAndRenewedThroughTheApplicationToken() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        try sandbox.ok(["users", "create", "--email", "ann@example.com", "--first-name", "Ann", "--last-name", "Lee"])
+        let result = try sandbox.ok(["exec", "--user", "ann@example.com", "--", "printenv", "TALLYFY_TOKEN"])
+        let token = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let me = try await emulator.send(.GET, "/api/organizations/org-test/me",
+            headers: ["Authorization": "Bearer \(token)", "X-Tallyfy-Client": "APIClient"])
+        #expect(me.json["email"] as? String == "ann@example.com")
+        #expect(try await emulator.counts()["users.token"] == 1)
+        // Sealed: the second exec costs no request.
+        #expect(try sandbox.ok(["exec", "--user", "ann@example.com", "--", "printenv", "TALLYFY_TOKEN"]).stdout == result.stdout)
+        #expect(try await emulator.counts()["users.token"] == 1)
+    }
+
+    @Test func fiftyConcurrentExecsMakeOneTokenRequest() async throws {
+        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 1)
+        defer { _ = emulator.stop() }
+        try await Task.sleep(for: .milliseconds(1500))  // the sealed token has expired
+        try await emulator.setLifetimes(app: 604_800)
+        try await emulator.reset()
+        let results = try await withThrowingTaskGroup(of: RunResult.self) { group in
+            for _ in 0..<50 {
+                group.addTask { try sandbox.run(["exec", "--", "printenv", "TALLYFY_TOKEN"]) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.allSatisfy { $0.status == 0 }, "\(results.filter { $0.status != 0 }.map(\.brief))")
+        #expect(Set(results.map(\.stdout)).count == 1, "the children got different tokens")
+        #expect(try await emulator.counts()["token"] == 1)
+    }
+
+    @Test func exportFormatsRoundTrip() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let sh = try sandbox.ok(["export", "--format", "sh"]).stdout
+        let file = try sandbox.write(sh, to: "exported.sh")
+        let evaluated = try runProcess(URL(fileURLWithPath: "/bin/sh"),
+            ["-c", "eval \"$(cat \"$1\")\"; printf '%s|%s|%s' \"$TALLYFY_TOKEN\" \"$TALLYFY_ORG_ID\" \"$TALLYFY_VAULT_EXEC\"", "sh", file],
+            environment: ["PATH": "/usr/bin:/bin"])
+        #expect(evaluated.stdout == "\(token)|org-test|default")
+        let json = try sandbox.ok(["export", "--format", "json"]).stdout
+        let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: String]
+        #expect(object?["TALLYFY_TOKEN"] == token)
+        #expect(object?.count == 6)
+        let dotenv = try sandbox.ok(["export", "--format", "dotenv"]).stdout
+        #expect(dotenv.contains("TALLYFY_TOKEN='\(token)'"))
+        #expect(dotenv.contains("TALLYFY_ORG_ID='org-test'"))
+    }
+}
