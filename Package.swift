@@ -49,6 +49,15 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
+        // Builds large vaults through the library for benchmarks and scale
+        // tests; not a user-facing product.
+        .executableTarget(
+            name: "tallyfy-vault-fixture",
+            dependencies: [
+                "TallyfyVault",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .testTarget(
             name: "TallyfyVaultTests",
             dependencies: ["TallyfyVault"],

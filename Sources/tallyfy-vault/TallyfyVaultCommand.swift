@@ -33,8 +33,16 @@ struct TallyfyVaultCommand: ParsableCommand {
             Output.fail(error.message, hint: error.hint, status: error.exitStatus)
         } catch let error as LaunchError {
             Output.fail(error.message, hint: error.hint, status: error.status)
+        } catch let status as ExitCode {
+            Glibc.exit(status.rawValue)  // `check` ends with its Nagios status
         } catch {
-            exit(withError: error)
+            // --help and --version print to standard output and succeed; every
+            // parsing error gets the contract's prefix and status 64.
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            Output.fail(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message,
+                hint: "see `tallyfy-vault help` for the commands and their options", status: code.rawValue)
         }
     }
 }

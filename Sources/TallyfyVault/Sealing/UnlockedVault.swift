@@ -146,6 +146,29 @@ public final class UnlockedVault: @unchecked Sendable {
 
     /// Seals `record`, replacing any earlier token of the same user.
     public func setUserToken(_ record: UserTokenRecord) throws {
+        try setUserTokens([record])
+    }
+
+    /// Seals many records in one pass (one scan of the index, not one per record).
+    public func setUserTokens(_ newRecords: [UserTokenRecord]) throws {
+        var positions: [[UInt8]: Int] = [:]
+        if newRecords.count > 1 {
+            for (position, record) in records.enumerated() { positions[record.entry.locator] = position }
+        }
+        for record in newRecords {
+            let sealed = try seal(record)
+            let locator = sealed.entry.locator
+            let position = newRecords.count > 1 ? positions[locator] : records.firstIndex { $0.entry.locator == locator }
+            if let position {
+                records[position] = sealed
+            } else {
+                positions[locator] = records.count
+                records.append(sealed)
+            }
+        }
+    }
+
+    private func seal(_ record: UserTokenRecord) throws -> SealedRecord {
         let locator = locator(profile: record.profile, email: record.email)
         let padded = try Self.paddedJSON(record)
         let nonce = Sodium.randomBytes(Sodium.aeadNonceBytes)
@@ -156,12 +179,7 @@ public final class UnlockedVault: @unchecked Sendable {
             locator: locator, profileTag: profileTag(record.profile),
             expiresAt: Int64(record.token.expiresAt.timeIntervalSince1970.rounded(.down)),
             sealedLength: UInt32(sealed.count), tag: Array(sealed.suffix(Sodium.aeadTagBytes)))
-        let newRecord = SealedRecord(entry: entry, bytes: Data(nonce + sealed))
-        if let position = records.firstIndex(where: { $0.entry.locator == locator }) {
-            records[position] = newRecord
-        } else {
-            records.append(newRecord)
-        }
+        return SealedRecord(entry: entry, bytes: Data(nonce + sealed))
     }
 
     /// Drops the user token of `email`; `false` when there was none.
@@ -277,7 +295,7 @@ public final class UnlockedVault: @unchecked Sendable {
         openedSlots = Set(newSlots.indices)
         records = []
         do {
-            for record in opened { try setUserToken(record) }
+            try setUserTokens(opened)
         } catch {
             dataKey = oldKey
             throw error

@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// Builds large vaults through the library, for benchmarks and scale tests:
+/// ten thousand user tokens without ten thousand HTTP calls. Not installed
+/// for users; `tools/bench` and the tests run it.
+@main
+struct FixtureCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tallyfy-vault-fixture",
+        abstract: "Fill a vault with fake user tokens (benchmarks and tests only).",
+        subcommands: [AddUsers.self, PlaintextSize.self])
+
+    struct Target: ParsableArguments {
+        @Option var vault: String
+        @Option var keyFile: String
+        @Option var profile = "default"
+
+        func secrets() throws -> [UnlockSecret] { [try UnlockSources.readKeyFile(keyFile)] }
+    }
+
+    struct AddUsers: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Seal COUNT fake user tokens user0@example.com … in one write; --replace re-seals user0 only.")
+        @OptionGroup var target: Target
+        @Option var count: Int
+        @Flag(help: "Seal one new token for user0@example.com (a single-record write).") var replace = false
+
+        func run() throws {
+            let profile = target.profile
+            let total = replace ? 1 : count
+            try VaultStore(path: target.vault).update(with: try target.secrets()) { vault in
+                let now = Date()
+                try vault.setUserTokens((0..<total).map { index in
+                    UserTokenRecord(
+                        profile: profile, email: "user\(index)@example.com",
+                        token: SealedToken(value: Self.fakeToken(), expiresAt: now.addingTimeInterval(7_776_000), obtainedAt: now))
+                })
+            }
+        }
+
+        /// A random token of the size the emulator's JWTs have (~400 bytes).
+        static func fakeToken() -> String {
+            let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+            return String((0..<400).map { _ in alphabet.randomElement()! })
+        }
+    }
+
+    struct PlaintextSize: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the plaintext JSON size of everything sealed.")
+        @OptionGroup var target: Target
+
+        func run() throws {
+            let vault = try VaultStore(path: target.vault).open(with: try target.secrets())
+            let encoder = JSONEncoder()
+            var bytes = try encoder.encode(vault.content).count
+            for profile in vault.content.profiles.keys {
+                for record in try vault.userTokens(profile: profile) { bytes += try encoder.encode(record).count }
+            }
+            print("plaintext JSON bytes: \(bytes)")
+        }
+    }
+}
