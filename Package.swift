@@ -58,6 +58,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The library example shown in README.md; a test checks README.md
+        // quotes it verbatim, builds it and runs it against the emulator.
+        .executableTarget(
+            name: "tallyfy-vault-example",
+            dependencies: ["TallyfyVault"]
+        ),
         .testTarget(
             name: "TallyfyVaultTests",
             dependencies: ["TallyfyVault"],

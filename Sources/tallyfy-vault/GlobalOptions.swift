@@ -32,7 +32,7 @@ struct GlobalOptions: ParsableArguments {
         profile ?? environment["TALLYFY_VAULT_PROFILE"].flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    var store: VaultStore { VaultStore(path: vaultPath) }
+    var store: VaultStore { VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment)) }
 
     var sources: UnlockSources {
         UnlockSources(

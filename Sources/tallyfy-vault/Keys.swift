@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import TallyfyVault
 
 /// `keys list|add|remove`: the vault's unlock slots.
@@ -13,7 +14,7 @@ struct Keys: ParsableCommand {
 
         func run() throws {
             let rows = try global.store.slots().map { slot in
-                [slot.label, slot.kind, slot.opsLimit.map { "argon2id, \($0) passes, \((slot.memLimitBytes ?? 0) >> 20) MiB" } ?? ""]
+                [slot.label, slot.kind, slot.opsLimit.map { "argon2id, \($0) passes, \(ByteCountFormatter.string(fromByteCount: Int64(slot.memLimitBytes ?? 0), countStyle: .memory))" } ?? ""]
             }
             Output.line(Table.render([["LABEL", "KIND", "KDF"]] + rows))
         }

@@ -288,7 +288,9 @@ public final class UnlockedVault: @unchecked Sendable {
             throw VaultError(.refused, "none of the given keys opens a slot of this vault")
         }
         let opened = try records.map(openRecord)
-        let oldKey = dataKey
+        // Re-sealing may throw halfway: keep everything it touches, so the
+        // object is never left half old, half new.
+        let previous = (dataKey, indexKey, slots, openedSlots, records)
         dataKey = SecretBox(newKey)
         indexKey = Self.deriveIndexKey(dataKey)
         slots = newSlots
@@ -297,14 +299,14 @@ public final class UnlockedVault: @unchecked Sendable {
         do {
             try setUserTokens(opened)
         } catch {
-            dataKey = oldKey
+            (dataKey, indexKey, slots, openedSlots, records) = previous
             throw error
         }
     }
 
     static func checkLabel(_ label: String) throws {
         guard !label.isEmpty, label.utf8.count <= KeySlot.maxLabelLength,
-            !label.contains(where: { $0.isNewline || $0 == "\0" })
+            !label.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) })
         else {
             throw VaultError(.usage, "a slot label must be 1 to \(KeySlot.maxLabelLength) bytes on one line")
         }

@@ -95,7 +95,11 @@ extension ParsedVault {
             throw VaultError(.corrupt, "the vault header is damaged (its length does not add up)", hint: ByteReader.restoreHint)
         }
         headerBytes = data[data.startIndex..<data.startIndex + headerLength]
-        guard let summary = try? SealedJSON.decoder().decode(VaultSummary.self, from: summaryBytes) else {
+        // Names from the clear header reach terminals and Prometheus labels
+        // before any key has authenticated them: only well-formed ones pass.
+        guard let summary = try? SealedJSON.decoder().decode(VaultSummary.self, from: summaryBytes),
+            summary.profiles.keys.allSatisfy({ (try? Credentials.checkProfileName($0)) != nil })
+        else {
             throw VaultError(.corrupt, "the vault header is damaged (summary)", hint: ByteReader.restoreHint)
         }
         self.summary = summary
@@ -172,7 +176,9 @@ extension KeySlot {
             throw VaultError(.corrupt, "the vault header has a key slot of an unknown kind", hint: ByteReader.restoreHint)
         }
         let labelLength = Int(try reader.u8("key slot"))
-        guard let label = String(data: try reader.raw(labelLength, "key slot"), encoding: .utf8), !label.isEmpty else {
+        guard let label = String(data: try reader.raw(labelLength, "key slot"), encoding: .utf8),
+            (try? UnlockedVault.checkLabel(label)) != nil
+        else {
             throw VaultError(.corrupt, "the vault header has a damaged key slot label", hint: ByteReader.restoreHint)
         }
         let salt = try reader.bytes(saltLength, "key slot")

@@ -17,9 +17,21 @@ public struct VaultStore: Sendable {
     /// How long a writer waits for another process's lock before giving up (75).
     public var lockTimeout: Duration
 
-    public init(path: String, lockTimeout: Duration = .seconds(10)) {
+    public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout) {
         self.path = path
         self.lockTimeout = lockTimeout
+    }
+
+    public static let defaultLockTimeout: Duration = .seconds(10)
+
+    /// `TALLYFY_VAULT_LOCK_TIMEOUT`: seconds (fractions allowed, 0 = fail at
+    /// once) a writer waits for the lock; the default when unset or not a
+    /// non-negative number.
+    public static func lockTimeout(environment: [String: String]) -> Duration {
+        guard let text = environment["TALLYFY_VAULT_LOCK_TIMEOUT"], let seconds = Double(text),
+            seconds.isFinite, seconds >= 0, seconds <= 86_400
+        else { return defaultLockTimeout }
+        return .milliseconds(Int64((seconds * 1000).rounded()))
     }
 
     /// `$XDG_DATA_HOME/tallyfy-vault/vault`, or `~/.local/share/tallyfy-vault/vault`.
