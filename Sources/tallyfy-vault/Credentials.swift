@@ -23,10 +23,10 @@ struct Credentials: ParsableCommand {
         var apiUrl: String?
 
         func run() throws {
+            // Check what can be checked before asking for a key or the secret.
+            try TallyfyVault.Credentials.validate(
+                profile: global.profileName, orgID: org, clientID: clientId, tokenURL: tokenUrl, apiURL: apiUrl)
             let secrets = try global.secretsToOpen()
-            // Check what can be checked before asking for the secret.
-            _ = try tokenUrl.map { try EndpointURL.validate($0, name: "token URL") }
-            _ = try apiUrl.map { try EndpointURL.validate($0, name: "API URL") }
             let clientSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "Client secret: ")
             let profile = global.profileName
             try global.store.update(with: secrets) { vault in

@@ -13,13 +13,9 @@ public enum Credentials {
         in vault: UnlockedVault, profile profileName: String, orgID: String, clientID: String, secret: String,
         tokenURL: String?, apiURL: String?, now: Date
     ) throws {
-        try checkIdentifier(orgID, name: "--org")
-        try checkIdentifier(clientID, name: "--client-id")
-        try checkProfileName(profileName)
+        try validate(profile: profileName, orgID: orgID, clientID: clientID, tokenURL: tokenURL, apiURL: apiURL)
         let tokenURL = tokenURL ?? defaultTokenURL
         let apiURL = apiURL ?? defaultAPIURL
-        _ = try EndpointURL.validate(tokenURL, name: "token URL")
-        _ = try EndpointURL.validate(apiURL, name: "API URL")
         guard !secret.isEmpty else { throw VaultError(.usage, "the client secret is empty; nothing was changed") }
         guard !secret.contains(where: { $0.isNewline }) else {
             throw VaultError(.usage, "the client secret spans several lines; give it on one line")
@@ -30,6 +26,15 @@ public enum Credentials {
         vault.content.profiles[profileName] = Profile(
             orgID: orgID, clientID: clientID, clientSecret: secret, tokenURL: tokenURL, apiURL: trimmedSlash(apiURL),
             secretSetAt: now, applicationToken: nil)
+    }
+
+    /// Everything but the secret, checked before anyone is asked for the secret.
+    public static func validate(profile: String, orgID: String, clientID: String, tokenURL: String?, apiURL: String?) throws {
+        try checkProfileName(profile)
+        try checkIdentifier(orgID, name: "--org")
+        try checkIdentifier(clientID, name: "--client-id")
+        _ = try EndpointURL.validate(tokenURL ?? defaultTokenURL, name: "token URL")
+        _ = try EndpointURL.validate(apiURL ?? defaultAPIURL, name: "API URL")
     }
 
     /// Removes a profile and its user tokens; `.usage` when there is none.
