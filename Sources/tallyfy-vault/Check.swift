@@ -32,7 +32,14 @@ struct Check: ParsableCommand {
         let report = evaluate()
         let text = try format.render(report)
         if let output {
-            try VaultCheck.writeReport(text, to: output)
+            // A report that can't be written is UNKNOWN too: never an exit
+            // status outside 0–3, and a line for cron to mail.
+            do {
+                try VaultCheck.writeReport(text, to: output)
+            } catch {
+                Output.line("UNKNOWN: " + ((error as? VaultError)?.description ?? "could not write \(output)"))
+                throw ExitCode(HealthCheck.Status.unknown.rawValue)
+            }
         } else if !text.isEmpty {
             Output.line(text)
         }

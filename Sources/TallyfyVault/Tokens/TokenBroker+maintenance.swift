@@ -46,17 +46,21 @@ extension TokenBroker {
         } catch {
             return [HealthCheck.Problem(status: .unknown, profile: nil, kind: "vault", message: "could not open the vault to refresh")]
         }
+        // A token inside the critical window is renewed too, even when
+        // `--critical-before` is longer than `--warn-before`.
+        let renewApplication = max(thresholds.warnApplication, thresholds.critical)
+        let renewUser = max(thresholds.warnUser, thresholds.critical)
         for name in profiles ?? vault.content.profiles.keys.sorted() {
             guard vault.content.profiles[name] != nil else { continue }
             do {
-                _ = try await grant(TokenRequest(profile: name, minimumLifetime: thresholds.warnApplication))
+                _ = try await grant(TokenRequest(profile: name, minimumLifetime: renewApplication))
             } catch {
                 failures.append(Self.refreshProblem(error, profile: name, what: "the application token"))
                 continue
             }
             let now = VaultClock.now(environment: environment)
             let expiring = (try? vault.userTokens(profile: name))?.filter {
-                $0.token.expiresAt.timeIntervalSince(now) <= thresholds.warnUser
+                $0.token.expiresAt.timeIntervalSince(now) <= renewUser
             } ?? []
             for record in expiring {
                 do {
