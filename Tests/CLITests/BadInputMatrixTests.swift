@@ -195,8 +195,7 @@ import Testing
         defer { _ = emulator.stop() }
         let sandbox = try Sandbox()
         try sandbox.initWithKeyFile()
-        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.storeCredentials(for: emulator, secret: secret)
         if item.category == "exec" || item.category == "signal" { try sandbox.ok(["login"]) }
         sandbox.environment["MATRIX_TOKEN_URL"] = emulator.tokenURL
         sandbox.environment["MATRIX_API_URL"] = emulator.apiURL

@@ -10,8 +10,7 @@ import Testing
         let emulator = try await Emulator.start(clients: [("client-test", secret)], appTokenTTL: appTokenTTL)
         let sandbox = try Sandbox()
         try sandbox.initWithKeyFile()
-        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.storeCredentials(for: emulator, secret: secret)
         try sandbox.ok(["login"])
         return (sandbox, emulator)
     }

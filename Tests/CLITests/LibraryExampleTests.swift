@@ -19,8 +19,7 @@ import Testing
         defer { _ = emulator.stop() }
         let sandbox = try Sandbox()
         try sandbox.initWithKeyFile()
-        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.storeCredentials(for: emulator, secret: secret)
         // No login: the example's first call renews the token and seals it.
         let result = try runProcess(
             BuildProducts.directory.appendingPathComponent("tallyfy-vault-example"), [], environment: sandbox.environment)

@@ -93,6 +93,12 @@ final class Sandbox: @unchecked Sendable {
         try ok(["init"])
     }
 
+    /// Stores credentials for a client of `emulator`; the secret goes on stdin, never argv.
+    func storeCredentials(for emulator: Emulator, secret: String, client: String = "client-test", org: String = "org-test") throws {
+        try ok(["credentials", "set", "--org", org, "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+    }
+
     func vaultBytes() throws -> Data { try Data(contentsOf: URL(fileURLWithPath: vaultPath)) }
 
     func write(_ text: String, to name: String, mode: Int = 0o600) throws -> String {
