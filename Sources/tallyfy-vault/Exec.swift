@@ -16,7 +16,10 @@ struct Exec: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @OptionGroup var options: TokenOptions
 
-    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The command and its arguments, after --.", valueName: "COMMAND"))
+    // Everything after `--` is the command, exactly; options before it are
+    // ours (including the global ones, which `.captureForPassthrough` would
+    // swallow).
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "COMMAND"))
     var command: [String] = []
 
     func run() throws {

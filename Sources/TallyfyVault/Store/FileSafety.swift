@@ -23,8 +23,9 @@ enum FileSafety {
         guard fd >= 0 else { throw missingOrUnreadable(path, what: what) }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
+            let error = missingOrUnreadable(path, what: what)  // before close() can change errno
             close(fd)
-            throw missingOrUnreadable(path, what: what)
+            throw error
         }
         guard info.st_mode & S_IFMT == S_IFREG else {
             close(fd)
@@ -155,6 +156,19 @@ enum FileSafety {
             committed = true
         }
         syncDirectory(directory)
+    }
+
+    /// Removes temporary files that a killed writer left beside `path`. Each
+    /// is a complete sealed copy of an older vault (openable with keys that
+    /// were removed since), so they must not pile up. Only writers holding
+    /// the vault lock create them, so a caller holding the lock may remove them.
+    static func removeTemporaries(of path: String) {
+        let url = URL(fileURLWithPath: path)
+        let prefix = ".\(url.lastPathComponent).tmp-"
+        let directory = url.deletingLastPathComponent().path
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
+            unlink(directory + "/" + name)
+        }
     }
 
     /// `fsync` on the folder makes the rename itself durable.

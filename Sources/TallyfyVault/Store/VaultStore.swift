@@ -122,6 +122,7 @@ public struct VaultStore: Sendable {
     }
 
     private func write(_ vault: UnlockedVault) throws {
+        FileSafety.removeTemporaries(of: path)
         try FileSafety.atomicReplace(path, with: try vault.sealed())
     }
 }
