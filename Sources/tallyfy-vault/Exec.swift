@@ -23,12 +23,17 @@ struct Exec: ParsableCommand {
     var command: [String] = []
 
     func run() throws {
-        let arguments = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !arguments.isEmpty else {
+        guard !command.isEmpty else {
             throw ValidationError("no command to run: write it after --, as in `tallyfy-vault exec -- ./sync`")
         }
-        try ChildEnvironment.refuseNesting(global.environment)
-        let grant = try options.grant(global)
-        try ProcessReplacement.execute(arguments, environment: ChildEnvironment.build(parent: global.environment, grant: grant))
+        try Self.launch(command, context: global.context, selection: options.selection)
+    }
+
+    /// Everything `exec` does after parsing; the fast path in `ExecFastPath`
+    /// comes straight here.
+    static func launch(_ arguments: [String], context: CommandContext, selection: TokenSelection) throws -> Never {
+        try ChildEnvironment.refuseNesting(context.environment)
+        let grant = try selection.grant(context)
+        try ProcessReplacement.execute(arguments, environment: ChildEnvironment.build(parent: context.environment, grant: grant))
     }
 }

@@ -16,23 +16,43 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Unlock with the first line of a file (TALLYFY_VAULT_PASSPHRASE_FILE).", valueName: "PATH"))
     var passphraseFile: String?
 
-    var environment: [String: String] { ProcessInfo.processInfo.environment }
+    var context: CommandContext {
+        CommandContext(vault: vault, profile: profile, keyFile: keyFile, passphraseFile: passphraseFile)
+    }
+
+    var environment: [String: String] { context.environment }
+    var vaultPath: String { context.vaultPath }
+    var profileName: String { context.profileName }
+    var explicitProfile: String? { context.explicitProfile }
+    var store: VaultStore { context.store }
+    var sources: UnlockSources { context.sources }
+    func secretsToOpen() throws -> [UnlockSecret] { try context.secretsToOpen() }
+    func broker() throws -> TokenBroker { try context.broker() }
+}
+
+/// The global settings as plain values, whichever parser found them: the
+/// `exec` fast path builds one by hand, every other command through
+/// `GlobalOptions`. Options win over their variables.
+struct CommandContext {
+    var vault: String?
+    var profile: String?
+    var keyFile: String?
+    var passphraseFile: String?
+    var environment: [String: String] = ProcessInfo.processInfo.environment
 
     var vaultPath: String {
-        vault ?? environment["TALLYFY_VAULT_FILE"].flatMap { $0.isEmpty ? nil : $0 } ?? VaultStore.defaultPath(environment: environment)
+        vault ?? nonEmpty("TALLYFY_VAULT_FILE") ?? VaultStore.defaultPath(environment: environment)
     }
 
-    var profileName: String {
-        profile ?? environment["TALLYFY_VAULT_PROFILE"].flatMap { $0.isEmpty ? nil : $0 } ?? "default"
-    }
+    var profileName: String { explicitProfile ?? "default" }
 
     /// The profile when one was named (flag or variable), for commands that
     /// otherwise cover every profile.
-    var explicitProfile: String? {
-        profile ?? environment["TALLYFY_VAULT_PROFILE"].flatMap { $0.isEmpty ? nil : $0 }
-    }
+    var explicitProfile: String? { profile ?? nonEmpty("TALLYFY_VAULT_PROFILE") }
 
-    var store: VaultStore { VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment)) }
+    var store: VaultStore {
+        VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment))
+    }
 
     var sources: UnlockSources {
         UnlockSources(

@@ -13,18 +13,27 @@ struct TokenOptions: ParsableArguments {
     @Flag(help: "Never contact Tallyfy: use the sealed token while it has not expired, else exit 78.")
     var noRefresh = false
 
-    func request(profile: String, environment: [String: String]) throws -> TokenRequest {
-        TokenRequest(
-            profile: profile, user: user,
-            minimumLifetime: try TokenPolicy.minimumLifetime(option: minTtl, environment: environment),
-            allowRefresh: !noRefresh)
+    var selection: TokenSelection { TokenSelection(user: user, minTTL: minTtl, noRefresh: noRefresh) }
+
+    func grant(_ global: GlobalOptions) throws -> TokenGrant {
+        try selection.grant(global.context)
     }
+}
+
+/// Whose token and how fresh, as plain values (see `CommandContext`).
+struct TokenSelection {
+    var user: String?
+    var minTTL: String?
+    var noRefresh = false
 
     /// The token: from the vault when fresh (no HTTP client, no event loop),
     /// else renewed from Tallyfy.
-    func grant(_ global: GlobalOptions) throws -> TokenGrant {
-        let request = try request(profile: global.profileName, environment: global.environment)
-        let broker = try global.broker()
+    func grant(_ context: CommandContext) throws -> TokenGrant {
+        let request = TokenRequest(
+            profile: context.profileName, user: user,
+            minimumLifetime: try TokenPolicy.minimumLifetime(option: minTTL, environment: context.environment),
+            allowRefresh: !noRefresh)
+        let broker = try context.broker()
         if let grant = try broker.sealedGrant(request) { return grant }
         return try runBlocking { try await broker.renewedGrant(request) }
     }

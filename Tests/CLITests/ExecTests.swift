@@ -27,6 +27,29 @@ import Testing
         #expect(result.stdout == odd.map { "[\($0)]\n" }.joined())
     }
 
+    /// A plain `exec` is recognised without ArgumentParser (for speed); every
+    /// other spelling goes through ArgumentParser. Both must behave alike.
+    @Test func theFastPathAndArgumentParserAgree() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        let expected = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"]).stdout
+        let spellings: [[String]] = [
+            ["--vault", sandbox.vaultPath, "exec", "--min-ttl", "1m", "--", "printenv", "TALLYFY_TOKEN"],
+            ["exec", "--vault=\(sandbox.vaultPath)", "--min-ttl=1m", "--no-refresh", "--", "printenv", "TALLYFY_TOKEN"],
+            ["exec", "--profile", "default", "--key-file", sandbox.keyPath, "--", "printenv", "TALLYFY_TOKEN"],
+        ]
+        for arguments in spellings {
+            #expect(try sandbox.ok(arguments).stdout == expected, "\(arguments)")
+        }
+        // Not the fast path's grammar: ArgumentParser answers.
+        let unknown = try sandbox.run(["exec", "--bogus", "--", "true"])
+        #expect(unknown.status == 64 && unknown.stderr.contains("Unknown option '--bogus'"), "\(unknown.brief)")
+        let help = try sandbox.run(["exec", "--help"])
+        #expect(help.status == 0 && help.stdout.contains("USAGE"), "\(help.brief)")
+        let badTTL = try sandbox.run(["exec", "--min-ttl", "soon", "--", "true"])
+        #expect(badTTL.status == 64 && badTTL.stderr.contains("is not a duration"), "\(badTTL.brief)")
+    }
+
     @Test func theChildsStatusIsTheStatus() async throws {
         let (sandbox, emulator) = try await loggedIn()
         defer { _ = emulator.stop() }

@@ -65,7 +65,12 @@ extension ParsedVault {
     /// Splits `data` into its parts, checking every length against the
     /// limits above. Throws `.corrupt` for anything that is not a well-formed
     /// version-1 vault.
-    init(parsing data: Data) throws {
+    ///
+    /// With `readSummary` false the clear summary is skipped (and `summary`
+    /// left empty): opening with a key needs only its bytes, which the root
+    /// authenticates as part of the header, and decoding it is a large share
+    /// of the `exec` fast path.
+    init(parsing data: Data, readSummary: Bool = true) throws {
         var reader = ByteReader(data)
         let magic = (try? reader.bytes(VaultFormat.magic.count, "magic")) ?? []
         guard magic == VaultFormat.magic else {
@@ -97,12 +102,16 @@ extension ParsedVault {
         headerBytes = data[data.startIndex..<data.startIndex + headerLength]
         // Names from the clear header reach terminals and Prometheus labels
         // before any key has authenticated them: only well-formed ones pass.
-        guard let summary = try? SealedJSON.decoder().decode(VaultSummary.self, from: summaryBytes),
-            summary.profiles.keys.allSatisfy({ (try? Credentials.checkProfileName($0)) != nil })
-        else {
-            throw VaultError(.corrupt, "the vault header is damaged (summary)", hint: ByteReader.restoreHint)
+        if readSummary {
+            guard let summary = try? SealedJSON.decoder().decode(VaultSummary.self, from: summaryBytes),
+                summary.profiles.keys.allSatisfy({ (try? Credentials.checkProfileName($0)) != nil })
+            else {
+                throw VaultError(.corrupt, "the vault header is damaged (summary)", hint: ByteReader.restoreHint)
+            }
+            self.summary = summary
+        } else {
+            summary = VaultSummary()
         }
-        self.summary = summary
 
         let indexStart = reader.offset
         let recordCount = Int(try reader.u32("index"))

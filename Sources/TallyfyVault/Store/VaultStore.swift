@@ -68,9 +68,9 @@ public struct VaultStore: Sendable {
 
     /// The file split into its parts, nothing decrypted; refuses a vault that
     /// other users can read.
-    func parsed() throws -> ParsedVault {
+    func parsed(readSummary: Bool = true) throws -> ParsedVault {
         try FileSafety.requireSafeDirectory(directory)
-        return try ParsedVault(parsing: try FileSafety.readPrivate(path, what: "the vault"))
+        return try ParsedVault(parsing: try FileSafety.readPrivate(path, what: "the vault"), readSummary: readSummary)
     }
 
     /// Fails as opening would (missing, unreadable, other users' access)
@@ -93,7 +93,7 @@ public struct VaultStore: Sendable {
 
     /// Opens the vault for reading, without a lock.
     public func open(with secrets: [UnlockSecret]) throws -> UnlockedVault {
-        try UnlockedVault.open(try parsed(), with: secrets)
+        try UnlockedVault.open(try parsed(readSummary: false), with: secrets)
     }
 
     /// Changes the vault under the lock: re-reads and opens it, runs `change`,
