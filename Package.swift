@@ -64,6 +64,12 @@ let package = Package(
             name: "tallyfy-vault-example",
             dependencies: ["TallyfyVault"]
         ),
+        // libFuzzer harness over the vault parser and unlock path; built with
+        // -sanitize=fuzzer by tools/fuzz, a replay tool in a normal build.
+        .executableTarget(
+            name: "tallyfy-vault-fuzz",
+            dependencies: ["TallyfyVault"]
+        ),
         .testTarget(
             name: "TallyfyVaultTests",
             dependencies: ["TallyfyVault"],

@@ -1,0 +1,93 @@
+import Foundation
+import TallyfyVault
+
+// libFuzzer harness for the vault parser and the key-file unlock path
+// (SECURITY.md, "Fuzzing"). `tools/fuzz` builds it with
+// `-sanitize=fuzzer,address -DTALLYFY_FUZZ`: libFuzzer then provides `main`
+// and calls `LLVMFuzzerTestOneInput` for every input. In any other build
+// (`swift build`) the same target is a replay tool:
+//
+//     tallyfy-vault-fuzz FILE...
+//
+// runs the same function once over each file and prints how far it got, so a
+// crasher can be replayed under a debugger or checked after a fix.
+
+/// The key file of every test vector: the 32 bytes 0x00..0x1f.
+let vectorKeyFile: [UInt8] = (0..<32).map { UInt8($0) }
+
+/// With `TALLYFY_FUZZ_TRACE` set, every stage is written to standard error
+/// before it runs and the outcome after it: `tools/fuzz` replays a crasher
+/// this way to learn the stage it crashed in. Never set while fuzzing.
+let trace: Bool = {
+    guard ProcessInfo.processInfo.environment["TALLYFY_FUZZ_TRACE"] != nil else { return false }
+    FuzzEntry.stageHook = { stage in
+        FileHandle.standardError.write(Data("tallyfy-vault-fuzz: stage \(stage)\n".utf8))
+    }
+    return true
+}()
+
+@discardableResult
+func run(_ data: Data) -> FuzzEntry.Outcome {
+    _ = trace
+    let outcome = FuzzEntry.parseAndOpen(data, keyFile: vectorKeyFile)
+    if trace {
+        let message = outcome.message.isEmpty ? "" : ": \(outcome.message)"
+        FileHandle.standardError.write(Data("tallyfy-vault-fuzz: outcome \(outcome.expect) at stage \(outcome.stage)\(message)\n".utf8))
+    }
+    return outcome
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
+    run(count == 0 ? Data() : Data(bytes: start, count: count))
+    return 0
+}
+
+#if TALLYFY_FUZZ
+    // SwiftPM links every executable with `--defsym main=<module>_main`, the
+    // name it gives the entry point so tests can link executables, which
+    // replaces libFuzzer's own `main`. This is that entry point: it starts
+    // libFuzzer's driver, as libFuzzer's `main` does. `@_extern(c)` needs
+    // `-enable-experimental-feature Extern`, which tools/fuzz passes.
+    @_extern(c, "LLVMFuzzerRunDriver")
+    func LLVMFuzzerRunDriver(
+        _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+        _ testOneInput: @convention(c) (UnsafeRawPointer, Int) -> CInt
+    ) -> CInt
+
+    @_cdecl("tallyfy_vault_fuzz_main")
+    public func fuzzerMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+        var argc = argc
+        var argv = argv
+        return LLVMFuzzerRunDriver(&argc, &argv, fuzz)
+    }
+#else
+    @main
+    struct Replay {
+        static func main() {
+            let paths = CommandLine.arguments.dropFirst()
+            guard !paths.isEmpty, !paths.contains(where: { $0 == "-h" || $0 == "--help" }) else {
+                let usage = """
+                    usage: tallyfy-vault-fuzz FILE...
+                    Runs the fuzz target (parse, open with the key file 0x00..0x1f, read every
+                    user token) once over each file and prints its outcome. tools/fuzz builds
+                    the libFuzzer version of this target.
+
+                    """
+                FileHandle.standardError.write(Data(usage.utf8))
+                exit(paths.isEmpty ? 64 : 0)
+            }
+            var failed = false
+            for path in paths {
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    FileHandle.standardError.write(Data("tallyfy-vault-fuzz: cannot read \(path)\n".utf8))
+                    failed = true
+                    continue
+                }
+                let outcome = run(data)
+                print("\(path): \(outcome.expect) at stage \(outcome.stage)\(outcome.message.isEmpty ? "" : ": \(outcome.message)")")
+            }
+            exit(failed ? 66 : 0)
+        }
+    }
+#endif
