@@ -38,6 +38,15 @@ struct ByteReader {
 
     mutating func bytes(_ count: Int, _ what: String) throws -> [UInt8] { Array(try raw(count, what)) }
 
+    /// A little-endian u32 at an absolute offset, without moving the cursor.
+    func u32(at position: Int) throws -> UInt32 {
+        guard position >= 0, position + 4 <= data.count else {
+            throw VaultError(.corrupt, "the vault file is truncated (in the index)", hint: Self.restoreHint)
+        }
+        let start = data.startIndex + position
+        return (0..<4).reduce(UInt32(0)) { $0 | UInt32(data[start + $1]) << (8 * $1) }
+    }
+
     mutating func u8(_ what: String) throws -> UInt8 { try raw(1, what).first! }
     mutating func u16(_ what: String) throws -> UInt16 { UInt16(try integer(2, what)) }
     mutating func u32(_ what: String) throws -> UInt32 { UInt32(try integer(4, what)) }

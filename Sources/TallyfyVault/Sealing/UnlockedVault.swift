@@ -12,18 +12,31 @@ public final class UnlockedVault: @unchecked Sendable {
     private(set) var slots: [KeySlot] { didSet { modificationCount += 1 } }
     /// The decrypted root: profiles, credentials, application tokens.
     public var content: VaultContent { didSet { modificationCount += 1 } }
-    private var records: [SealedRecord] { didSet { modificationCount += 1 } }
+    /// The sealed user-token records: read in place from the file until
+    /// something reads them all or changes one (see `RecordTable`).
+    private var recordTable: RecordTable
+    private var records: [SealedRecord] {
+        get {
+            let all = recordTable.all
+            recordTable = RecordTable(all)  // materialise once
+            return all
+        }
+        set {
+            recordTable = RecordTable(newValue)
+            modificationCount += 1
+        }
+    }
     /// Grows with every change, so a store writes only when something changed.
     private(set) var modificationCount = 0
     /// Slot indices that the secrets given to `open` opened.
     private(set) var openedSlots: Set<Int>
 
-    private init(dataKey box: SecretBox, slots: [KeySlot], content: VaultContent, records: [SealedRecord], openedSlots: Set<Int>) {
+    private init(dataKey box: SecretBox, slots: [KeySlot], content: VaultContent, records: RecordTable, openedSlots: Set<Int>) {
         self.dataKey = box
         indexKey = Self.deriveIndexKey(box)
         self.slots = slots
         self.content = content
-        self.records = records
+        recordTable = records
         self.openedSlots = openedSlots
     }
 
@@ -31,7 +44,7 @@ public final class UnlockedVault: @unchecked Sendable {
     public static func create(secret: UnlockSecret, label: String, kdf: KDFLevel) throws -> UnlockedVault {
         let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
         let slot = try KeySlot.make(wrapping: key, with: secret, label: label, kdf: kdf)
-        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: [], openedSlots: [0])
+        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]), openedSlots: [0])
     }
 
     /// Opens the vault bytes with the first secret that fits a slot; every
@@ -61,7 +74,7 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: ByteReader.restoreHint)
         }
         let content: VaultContent = try decodePadded(padded, what: "sealed body")
-        return UnlockedVault(dataKey: keyBox, slots: parsed.slots, content: content, records: parsed.records, openedSlots: opened)
+        return UnlockedVault(dataKey: keyBox, slots: parsed.slots, content: content, records: parsed.recordTable, openedSlots: opened)
     }
 
     private static func wrongSecretError(_ secrets: [UnlockSecret], slots: [KeySlot]) -> VaultError {
@@ -127,7 +140,7 @@ public final class UnlockedVault: @unchecked Sendable {
     /// The sealed user token of `email` in `profile`, opening only that record.
     public func userToken(profile: String, email: String) throws -> UserTokenRecord? {
         let locator = locator(profile: profile, email: email)
-        guard let record = records.first(where: { $0.entry.locator == locator }) else { return nil }
+        guard let record = recordTable.find(locator) else { return nil }
         return try openRecord(record)
     }
 

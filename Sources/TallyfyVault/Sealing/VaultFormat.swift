@@ -29,6 +29,8 @@ enum VaultFormat {
 /// what is needed to find and check it without opening the others.
 struct IndexEntry: Sendable, Equatable {
     static let byteLength = 16 + 8 + 8 + 4 + 16
+    /// Where the sealed length sits inside an entry.
+    static let lengthOffset = 16 + 8 + 8
 
     /// Keyed hash of (profile, email): finds a record without revealing whose it is.
     var locator: [UInt8]
@@ -58,7 +60,91 @@ struct ParsedVault: Sendable {
     var indexBytes: Data
     var rootNonce: Data
     var rootSealed: Data
-    var records: [SealedRecord]
+    var recordTable: RecordTable
+
+    /// Every record with its index entry (materialised; for tests and tools).
+    var records: [SealedRecord] {
+        get { recordTable.all }
+        set { recordTable = RecordTable(newValue) }
+    }
+}
+
+/// The user-token records: either still the clear index and sealed region as
+/// they sit in the file, read in place, or a list once something changes.
+///
+/// A lookup scans the index bytes for a locator (a 16-byte compare per
+/// record, no allocation) and slices out the one record it needs: that is
+/// what keeps `exec --user` on ten thousand users close to its cost on one.
+struct RecordTable: Sendable {
+    private enum Storage: Sendable {
+        case file(entries: Data, region: Data, count: Int)
+        case list([SealedRecord])
+    }
+
+    private var storage: Storage
+
+    /// Index entries and the sealed region exactly as parsed (lengths checked).
+    init(entries: Data, region: Data, count: Int) {
+        storage = .file(entries: entries, region: region, count: count)
+    }
+
+    init(_ records: [SealedRecord]) {
+        storage = .list(records)
+    }
+
+    var all: [SealedRecord] {
+        switch storage {
+        case .list(let records):
+            return records
+        case .file(let entries, let region, let count):
+            var records: [SealedRecord] = []
+            records.reserveCapacity(count)
+            var offset = region.startIndex
+            for position in 0..<count {
+                let entry = Self.entry(entries, at: position)
+                let end = offset + Sodium.aeadNonceBytes + Int(entry.sealedLength)
+                records.append(SealedRecord(entry: entry, bytes: region[offset..<end]))
+                offset = end
+            }
+            return records
+        }
+    }
+
+    /// The record whose locator is `locator`, if any.
+    func find(_ locator: [UInt8]) -> SealedRecord? {
+        switch storage {
+        case .list(let records):
+            return records.first { $0.entry.locator == locator }
+        case .file(let entries, let region, let count):
+            var offset = region.startIndex
+            return entries.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> SealedRecord? in
+                locator.withUnsafeBytes { wanted in
+                    for position in 0..<count {
+                        let start = position * IndexEntry.byteLength
+                        let length = Sodium.aeadNonceBytes + Int(Self.u32(raw, start + IndexEntry.lengthOffset))
+                        if memcmp(raw.baseAddress! + start, wanted.baseAddress!, 16) == 0 {
+                            return SealedRecord(entry: Self.entry(entries, at: position), bytes: region[offset..<offset + length])
+                        }
+                        offset += length
+                    }
+                    return nil
+                }
+            }
+        }
+    }
+
+    private static func u32(_ raw: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
+        UInt32(raw[at]) | UInt32(raw[at + 1]) << 8 | UInt32(raw[at + 2]) << 16 | UInt32(raw[at + 3]) << 24
+    }
+
+    private static func entry(_ entries: Data, at position: Int) -> IndexEntry {
+        let start = entries.startIndex + position * IndexEntry.byteLength
+        var reader = ByteReader(entries[start..<start + IndexEntry.byteLength])
+        // The slice has exactly one entry's bytes, so these reads cannot fail.
+        return IndexEntry(
+            locator: try! reader.bytes(16, "index"), profileTag: try! reader.bytes(8, "index"),
+            expiresAt: try! reader.i64("index"), sealedLength: try! reader.u32("index"), tag: try! reader.bytes(16, "index"))
+    }
 }
 
 extension ParsedVault {
@@ -118,17 +204,19 @@ extension ParsedVault {
         guard recordCount <= VaultFormat.maxRecords, recordCount * IndexEntry.byteLength <= reader.remaining else {
             throw VaultError(.corrupt, "the vault file is truncated (in the index)", hint: ByteReader.restoreHint)
         }
-        var entries: [IndexEntry] = []
-        entries.reserveCapacity(recordCount)
-        for _ in 0..<recordCount {
-            let entry = IndexEntry(
-                locator: try reader.bytes(16, "index"), profileTag: try reader.bytes(8, "index"),
-                expiresAt: try reader.i64("index"), sealedLength: try reader.u32("index"), tag: try reader.bytes(16, "index"))
-            guard entry.sealedLength >= UInt32(Sodium.aeadTagBytes), entry.sealedLength <= VaultFormat.maxRecordLength else {
+        // Only the lengths are read now; entries stay bytes in the file until
+        // asked for, so opening a vault of ten thousand users allocates nothing
+        // per user (see `RecordTable`).
+        let entriesStart = reader.offset
+        var recordsLength = 0
+        for position in 0..<recordCount {
+            let length = Int(try reader.u32(at: entriesStart + position * IndexEntry.byteLength + IndexEntry.lengthOffset))
+            guard length >= Sodium.aeadTagBytes, length <= VaultFormat.maxRecordLength else {
                 throw VaultError(.corrupt, "the vault index is damaged", hint: ByteReader.restoreHint)
             }
-            entries.append(entry)
+            recordsLength += Sodium.aeadNonceBytes + length
         }
+        let entries = try reader.raw(recordCount * IndexEntry.byteLength, "index")
         indexBytes = data[data.startIndex + indexStart..<data.startIndex + reader.offset]
 
         rootNonce = try reader.raw(Sodium.aeadNonceBytes, "sealed body")
@@ -138,9 +226,7 @@ extension ParsedVault {
         }
         rootSealed = try reader.raw(rootLength, "sealed body")
 
-        records = try entries.map { entry in
-            SealedRecord(entry: entry, bytes: try reader.raw(Sodium.aeadNonceBytes + Int(entry.sealedLength), "user-token records"))
-        }
+        recordTable = RecordTable(entries: entries, region: try reader.raw(recordsLength, "user-token records"), count: recordCount)
         guard reader.remaining == 0 else {
             throw VaultError(.corrupt, "the vault file has \(reader.remaining) unexpected bytes at its end", hint: ByteReader.restoreHint)
         }
