@@ -58,28 +58,12 @@ struct Check: ParsableCommand {
         } catch {
             return HealthCheck.unknown((error as? VaultError)?.description ?? "bad arguments", now: now)
         }
-        let profiles = global.explicitProfile.map { [$0] }
-        var refreshProblems: [HealthCheck.Problem] = []
-        do {
-            try global.store.checkAccess()
-            let secrets: [UnlockSecret]
-            if refresh {
-                ProcessHardening.protect()
-                secrets = try global.sources.secretsToOpen()
-                let broker = TokenBroker(store: global.store, secrets: secrets, environment: global.environment)
-                refreshProblems = try runBlocking { await broker.renewExpiring(profiles: profiles, thresholds: thresholds) }
-            } else {
-                secrets = try global.sources.available()
-            }
-            try VaultCheck.verifySummary(store: global.store, secrets: secrets)
-            var report = HealthCheck.evaluate(try global.store.summary(), profiles: profiles, thresholds: thresholds, now: now)
-            report.problems = refreshProblems + report.problems
-            report.status = report.problems.map(\.status).max() ?? .ok
-            return report
-        } catch let error as VaultError {
-            return HealthCheck.unknown(error.message, now: now)
-        } catch {
-            return HealthCheck.unknown("the vault could not be read", now: now)
+        let context = global.context
+        return VaultCheck.run(
+            store: context.store, sources: context.sources, profiles: context.explicitProfile.map { [$0] },
+            thresholds: thresholds, refresh: refresh, now: now
+        ) { broker, profiles in
+            try runBlocking { await broker.renewExpiring(profiles: profiles, thresholds: thresholds) }
         }
     }
 }

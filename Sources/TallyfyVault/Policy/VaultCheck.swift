@@ -2,6 +2,38 @@ import Foundation
 
 /// The parts of `check` that touch the vault file and the output file.
 public enum VaultCheck {
+    /// The whole check: with `refresh`, renew what is inside the warning
+    /// window first (through `renew`, which the caller runs however suits it);
+    /// verify the summary when a key is at hand (never prompting); evaluate.
+    /// Every failure becomes an UNKNOWN report, never an error.
+    public static func run(
+        store: VaultStore, sources: UnlockSources, profiles: [String]?, thresholds: HealthCheck.Thresholds,
+        refresh: Bool, now: Date,
+        renew: (TokenBroker, [String]?) throws -> [HealthCheck.Problem]
+    ) -> HealthCheck.Report {
+        do {
+            try store.checkAccess()
+            var refreshProblems: [HealthCheck.Problem] = []
+            let secrets: [UnlockSecret]
+            if refresh {
+                ProcessHardening.protect()
+                secrets = try sources.secretsToOpen()
+                refreshProblems = try renew(TokenBroker(store: store, secrets: secrets, environment: sources.environment), profiles)
+            } else {
+                secrets = try sources.available()
+            }
+            try verifySummary(store: store, secrets: secrets)
+            var report = HealthCheck.evaluate(try store.summary(), profiles: profiles, thresholds: thresholds, now: now)
+            report.problems = refreshProblems + report.problems
+            report.status = report.problems.map(\.status).max() ?? .ok
+            return report
+        } catch let error as VaultError {
+            return HealthCheck.unknown(error.message, now: now)
+        } catch {
+            return HealthCheck.unknown("the vault could not be read", now: now)
+        }
+    }
+
     /// With a key, proves the clear summary matches the sealed content: it is
     /// authenticated as associated data already, and this also catches a
     /// writer that sealed a wrong summary. Without a key, does nothing.
