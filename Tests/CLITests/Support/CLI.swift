@@ -60,7 +60,7 @@ final class Sandbox: @unchecked Sendable {
             "HOME": root.path,
             "TALLYFY_VAULT_TEST_KDF": "fast",
             "TALLYFY_VAULT_FILE": root.appendingPathComponent("vault").path,
-            "TALLYFY_VAULT_HTTP_TIMEOUT": "3",
+            "TALLYFY_VAULT_HTTP_TIMEOUT": "20",  // generous: CI machines can be slow; timeout tests set their own
         ]
     }
 
