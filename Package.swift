@@ -11,7 +11,9 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "TallyfyVault", targets: ["TallyfyVault"]),
+        .library(name: "TallyfyVaultCore", targets: ["TallyfyVaultCore"]),
         .executable(name: "tallyfy-vault", targets: ["tallyfy-vault"]),
+        .executable(name: "tallyfy-vault-cli", targets: ["tallyfy-vault-cli"]),
         .executable(name: "tallyfy-emulator", targets: ["tallyfy-emulator"]),
     ],
     dependencies: [
@@ -25,16 +27,34 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"]), .brew(["libsodium"])]
         ),
+        // Everything but the HTTP stack: sealing, store, unlock, policy and
+        // launch. The `tallyfy-vault` launcher links only this, so the exec
+        // fast path starts small (see README "Speed").
+        .target(
+            name: "TallyfyVaultCore",
+            dependencies: ["CSodium"],
+            swiftSettings: testHooks
+        ),
+        // The core plus the Tallyfy client that renews tokens.
         .target(
             name: "TallyfyVault",
             dependencies: [
-                "CSodium",
+                "TallyfyVaultCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: testHooks
         ),
+        // The `tallyfy-vault` command: a small launcher that serves a plain
+        // `exec` with a fresh token itself and hands everything else to
+        // `tallyfy-vault-cli`, installed beside it.
         .executableTarget(
             name: "tallyfy-vault",
+            dependencies: ["TallyfyVaultCore"],
+            swiftSettings: testHooks
+        ),
+        // Every command, thin over the library; started by `tallyfy-vault`.
+        .executableTarget(
+            name: "tallyfy-vault-cli",
             dependencies: [
                 "TallyfyVault",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -72,7 +92,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TallyfyVaultTests",
-            dependencies: ["TallyfyVault"],
+            dependencies: ["TallyfyVault", "TallyfyVaultCore", "CSodium"],
             resources: [.copy("Vectors")],
             swiftSettings: testHooks
         ),

@@ -1,22 +1,41 @@
 import Foundation
+import TallyfyVaultCore
 
-/// Recognises a plain `exec` invocation without ArgumentParser.
+/// Recognises a plain `exec` invocation by hand, without ArgumentParser.
 ///
-/// `exec` is the hot path, and in a binary this size ArgumentParser's
-/// reflection costs about ten milliseconds at startup (its dynamic casts scan
-/// the whole protocol-conformance table), more than all the rest of `exec`.
 /// Only the exact grammar below is taken here:
 ///
 ///     [global options] exec [global or exec options] -- COMMAND [ARGS…]
 ///
 /// with options written `--name value` or `--name=value`. Anything else (help,
-/// an unknown or misspelt option, a missing `--`) returns `nil` and goes
-/// through ArgumentParser, which then gives the same result or its message.
+/// an unknown or misspelt option, a missing `--`) returns `nil`, and the
+/// launcher hands the whole command line to the full CLI, which then gives the
+/// same result or its message.
 enum ExecFastPath {
     struct Invocation {
         var context = CommandContext()
-        var selection = TokenSelection()
+        var user: String?
+        var minimumLifetime: String?
+        var noRefresh = false
         var command: [String] = []
+
+        /// The child's environment when the sealed token will do; `nil` for
+        /// anything else (a refresh, an error, a nested exec), which the full
+        /// CLI then handles and reports.
+        func childEnvironment() -> [String: String]? {
+            ProcessHardening.protect()
+            // Never prompt here: without a key file or passphrase at hand, the
+            // CLI asks (once).
+            guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
+                let lifetime = try? TokenPolicy.minimumLifetime(option: minimumLifetime, environment: context.environment),
+                (try? context.store.checkAccess()) != nil,
+                let secrets = try? context.sources.available(), !secrets.isEmpty,
+                case let broker = TokenBroker(store: context.store, secrets: secrets, environment: context.environment),
+                let grant = try? broker.sealedGrant(TokenRequest(
+                    profile: context.profileName, user: user, minimumLifetime: lifetime, allowRefresh: !noRefresh))
+            else { return nil }
+            return ChildEnvironment.build(parent: context.environment, grant: grant)
+        }
     }
 
     private static let globalOptions: Set<String> = ["--vault", "--profile", "--key-file", "--passphrase-file"]
@@ -36,7 +55,7 @@ enum ExecFastPath {
                 continue
             }
             if word == "--no-refresh" && sawExec {
-                invocation.selection.noRefresh = true
+                invocation.noRefresh = true
                 continue
             }
             var name = word
@@ -55,8 +74,8 @@ enum ExecFastPath {
             case "--profile": invocation.context.profile = value
             case "--key-file": invocation.context.keyFile = value
             case "--passphrase-file": invocation.context.passphraseFile = value
-            case "--user": invocation.selection.user = value
-            default: invocation.selection.minTTL = value
+            case "--user": invocation.user = value
+            default: invocation.minimumLifetime = value
             }
         }
         return sawExec ? invocation : nil

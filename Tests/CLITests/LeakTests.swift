@@ -233,7 +233,8 @@ import Testing
         defer { waiting.kill() }
         let pid = waiting.pid
         let hardened = ProcView.waitUntil(seconds: 10) {
-            ProcView.command(pid: pid) == "tallyfy-vault" && ProcView.coreLimit(pid: pid)?.soft == "0"
+            // The launcher, or tallyfy-vault-cli once it has handed over.
+            (ProcView.command(pid: pid) ?? "").hasPrefix("tallyfy-vault") && ProcView.coreLimit(pid: pid)?.soft == "0"
                 && ProcView.owner(pid: pid) == 0
         }
         #expect(waiting.isRunning, "the writer did not wait for the lock")

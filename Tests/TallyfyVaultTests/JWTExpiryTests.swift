@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TallyfyVault
+@testable import TallyfyVaultCore
 
 @Suite struct JWTExpiryTests {
     let received = Date(timeIntervalSince1970: 1_700_000_000)

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TallyfyVault
+@testable import TallyfyVaultCore
 
 @Suite struct NewUserTests {
     private func user(

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import TallyfyVault
+@testable import TallyfyVaultCore
 
 /// Records the pauses `withRetries` asks for instead of sleeping.
 private actor SleepRecorder {

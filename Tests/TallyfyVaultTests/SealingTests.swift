@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TallyfyVault
+@testable import TallyfyVaultCore
 
 @Suite struct SealingTests {
     private func reopen(_ vault: UnlockedVault, with secrets: [UnlockSecret]) throws -> UnlockedVault {

@@ -1,5 +1,6 @@
 import Foundation
 @testable import TallyfyVault
+@testable import TallyfyVaultCore
 
 /// Secrets for unit tests, and the cheap Argon2id cost (debug builds only).
 enum TestKeys {

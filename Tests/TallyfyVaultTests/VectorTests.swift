@@ -2,6 +2,7 @@ import CSodium
 import Foundation
 import Testing
 @testable import TallyfyVault
+@testable import TallyfyVaultCore
 
 /// Runs every committed test vector of the vault format (SECURITY.md,
 /// "File format, version 1") and checks its exact outcome, as age does with

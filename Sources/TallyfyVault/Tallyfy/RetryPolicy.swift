@@ -1,4 +1,5 @@
 import Foundation
+import TallyfyVaultCore
 
 /// When and how long to wait before asking Tallyfy again.
 ///

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import TallyfyVaultCore
 import NIOCore
 import NIOHTTP1
 import NIOPosix

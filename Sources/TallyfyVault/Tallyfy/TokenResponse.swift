@@ -1,4 +1,5 @@
 import Foundation
+import TallyfyVaultCore
 
 /// A bearer token Tallyfy issued, with the moment it stops working.
 ///

@@ -1,4 +1,5 @@
 import Foundation
+import TallyfyVaultCore
 
 extension TokenBroker {
     /// Replaces the client secret of `profile`. Unless `verify` is false, the

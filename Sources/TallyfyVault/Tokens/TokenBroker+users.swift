@@ -1,4 +1,5 @@
 import Foundation
+import TallyfyVaultCore
 
 extension TokenBroker {
     /// Provisions a user with the application token (renewed first when it

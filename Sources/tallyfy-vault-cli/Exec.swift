@@ -29,8 +29,8 @@ struct Exec: ParsableCommand {
         try Self.launch(command, context: global.context, selection: options.selection)
     }
 
-    /// Everything `exec` does after parsing; the fast path in `ExecFastPath`
-    /// comes straight here.
+    /// Everything `exec` does after parsing. (A plain `exec` with a fresh
+    /// token never gets here: the `tallyfy-vault` launcher serves it.)
     static func launch(_ arguments: [String], context: CommandContext, selection: TokenSelection) throws -> Never {
         try ChildEnvironment.refuseNesting(context.environment)
         let grant = try selection.grant(context)

@@ -93,7 +93,7 @@ public struct NewUser: Sendable, Equatable {
 
     /// Quotes a value the user typed for a message, cut short and with
     /// control characters escaped so it cannot garble the terminal.
-    static func quoted(_ value: String) -> String {
+    package static func quoted(_ value: String) -> String {
         var shown = value.unicodeScalars.map { scalar -> String in
             CharacterSet.controlCharacters.contains(scalar) ? scalar.escaped(asASCII: true) : String(scalar)
         }.joined()
@@ -104,14 +104,18 @@ public struct NewUser: Sendable, Equatable {
 
 /// The JSON body of `POST {api}/applications/{org}/users`, in Tallyfy's
 /// field names; optional fields are left out rather than sent as null.
-struct NewUserBody: Encodable {
-    let user: NewUser
+package struct NewUserBody: Encodable {
+    package let user: NewUser
+
+    package init(user: NewUser) {
+        self.user = user
+    }
 
     enum CodingKeys: String, CodingKey {
         case firstName = "first_name", lastName = "last_name", email, role, timezone
     }
 
-    func encode(to encoder: Encoder) throws {
+    package func encode(to encoder: Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(user.firstName, forKey: .firstName)
         try container.encode(user.lastName, forKey: .lastName)
@@ -120,7 +124,7 @@ struct NewUserBody: Encodable {
         try container.encodeIfPresent(user.timezone, forKey: .timezone)
     }
 
-    func jsonData() throws -> Data {
+    package func jsonData() throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return try encoder.encode(self)

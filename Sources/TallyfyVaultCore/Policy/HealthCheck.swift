@@ -47,6 +47,13 @@ public enum HealthCheck {
         /// "application", "user", "secret" or "vault".
         public var kind: String
         public var message: String
+
+        public init(status: Status, profile: String?, kind: String, message: String) {
+            self.status = status
+            self.profile = profile
+            self.kind = kind
+            self.message = message
+        }
     }
 
     public struct Report: Sendable {

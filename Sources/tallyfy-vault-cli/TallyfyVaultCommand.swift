@@ -27,9 +27,6 @@ struct TallyfyVaultCommand: ParsableCommand {
     /// the matching exit status.
     static func main() {
         do {
-            if let fast = ExecFastPath.parse(Array(CommandLine.arguments.dropFirst())) {
-                try Exec.launch(fast.command, context: fast.context, selection: fast.selection)
-            }
             var command = try parseAsRoot()
             try command.run()
         } catch let error as VaultError {

@@ -7,7 +7,7 @@ import Foundation
 /// Every function checks libsodium's return code; a failure is either a
 /// corrupt input (`VaultError.corrupt`) or, for operations that cannot fail on
 /// valid input, a programming error.
-enum Sodium {
+package enum Sodium {
     /// `sodium_init()` runs once, on first use, and is safe from any thread.
     static let ready: Void = {
         guard sodium_init() >= 0 else { fatalError("libsodium could not be initialised") }
@@ -146,7 +146,7 @@ enum Sodium {
     }
 
     /// Constant-time comparison, for anything derived from secrets.
-    static func equal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    package static func equal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
         _ = ready
         return a.count == b.count && (a.count == 0 || sodium_memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0)
     }

@@ -1,0 +1,98 @@
+import Foundation
+
+/// What a caller wants: whose token, with how much life left, and whether
+/// Tallyfy may be contacted to get it.
+public struct TokenRequest: Sendable {
+    public var profile: String
+    /// A user's email for a user-scoped token; `nil` for the application token.
+    public var user: String?
+    public var minimumLifetime: TimeInterval
+    public var allowRefresh: Bool
+    /// Obtain a new token even when the sealed one is fresh (`login`, `users token`).
+    public var force: Bool
+
+    public init(profile: String, user: String? = nil, minimumLifetime: TimeInterval = TokenPolicy.defaultMinimumLifetime,
+        allowRefresh: Bool = true, force: Bool = false)
+    {
+        self.profile = profile
+        self.user = user
+        self.minimumLifetime = minimumLifetime
+        self.allowRefresh = allowRefresh
+        self.force = force
+    }
+}
+
+/// Hands out valid tokens: from the vault when they are fresh enough, else
+/// renewed from Tallyfy under the vault lock and sealed at once.
+///
+/// This is the library entry point for Swift programs as much as for the CLI.
+/// The fast path (`sealedGrant`) lives here, in the core module, which has no
+/// HTTP stack; renewing (`grant`, `renewedGrant`) is added by `TallyfyVault`:
+///
+/// ```swift
+/// let broker = TokenBroker(store: VaultStore(path: path), secrets: try sources.secretsToOpen())
+/// let grant = try await broker.grant(TokenRequest(profile: "default", minimumLifetime: 3600))
+/// ```
+public struct TokenBroker: Sendable {
+    public let store: VaultStore
+    public let secrets: [UnlockSecret]
+    public let environment: [String: String]
+
+    public init(store: VaultStore, secrets: [UnlockSecret], environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.store = store
+        self.secrets = secrets
+        self.environment = environment
+    }
+
+    package var now: Date { VaultClock.now(environment: environment) }
+
+    /// The fast path, with no lock, no HTTP client and no event loop: the
+    /// sealed token if it satisfies `request`, `nil` when it must be renewed.
+    /// With `allowRefresh` false, a valid (not expired) token is returned and
+    /// an expired or missing one is an error (78).
+    public func sealedGrant(_ request: TokenRequest) throws -> TokenGrant? {
+        guard !request.force else { return nil }
+        let vault = try store.open(with: secrets)
+        let profile = try Self.profile(request.profile, in: vault)
+        let token = try sealedToken(request, in: vault)
+        if TokenPolicy.isFresh(token, minimumLifetime: request.minimumLifetime, now: now) {
+            return Self.grant(token!, profile: profile, request: request)
+        }
+        guard request.allowRefresh else {
+            guard let token, TokenPolicy.isValid(token, now: now) else {
+                throw VaultError(.configuration,
+                    "no valid \(describe(request)) is sealed, and --no-refresh forbids asking Tallyfy for one",
+                    hint: "run without --no-refresh, or `tallyfy-vault \(request.user == nil ? "login" : "users token \(request.user!)")`")
+            }
+            return Self.grant(token, profile: profile, request: request)
+        }
+        return nil
+    }
+
+    /// An application token used only to issue a user token must outlive the call.
+    package static let applicationTokenMarginForUserCalls: TimeInterval = 300
+
+    package func sealedToken(_ request: TokenRequest, in vault: UnlockedVault) throws -> SealedToken? {
+        let profile = try Self.profile(request.profile, in: vault)
+        guard let email = request.user else { return profile.applicationToken }
+        return try vault.userToken(profile: request.profile, email: email)?.token
+    }
+
+    package func describe(_ request: TokenRequest) -> String {
+        request.user.map { "user token for \($0)" } ?? "application token for profile \"\(request.profile)\""
+    }
+
+    /// The profile's credentials, or the configuration error (78) that says how to add them.
+    public static func profile(_ name: String, in vault: UnlockedVault) throws -> Profile {
+        guard let profile = vault.content.profiles[name] else {
+            throw VaultError(.configuration, "profile \"\(name)\" has no credentials in this vault",
+                hint: "store them with `tallyfy-vault --profile \(name) credentials set --org ORG_ID --client-id ID`")
+        }
+        return profile
+    }
+
+    package static func grant(_ token: SealedToken, profile: Profile, request: TokenRequest) -> TokenGrant {
+        TokenGrant(profile: request.profile, orgID: profile.orgID, apiURL: profile.apiURL, token: token.value,
+            expiresAt: token.expiresAt, user: request.user)
+    }
+}

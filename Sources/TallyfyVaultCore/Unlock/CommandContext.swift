@@ -1,0 +1,60 @@
+import Foundation
+
+/// The global settings of a command as plain values, whichever parser found
+/// them: the `tallyfy-vault` launcher's `exec` fast path builds one by hand,
+/// the CLI through ArgumentParser. Options win over their variables.
+public struct CommandContext: Sendable {
+    public var vault: String?
+    public var profile: String?
+    public var keyFile: String?
+    public var passphraseFile: String?
+    public var environment: [String: String]
+
+    public var vaultPath: String {
+        vault ?? nonEmpty("TALLYFY_VAULT_FILE") ?? VaultStore.defaultPath(environment: environment)
+    }
+
+    public var profileName: String { explicitProfile ?? "default" }
+
+    /// The profile when one was named (flag or variable), for commands that
+    /// otherwise cover every profile.
+    public var explicitProfile: String? { profile ?? nonEmpty("TALLYFY_VAULT_PROFILE") }
+
+    public var store: VaultStore {
+        VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment))
+    }
+
+    public var sources: UnlockSources {
+        UnlockSources(
+            keyFile: keyFile ?? nonEmpty("TALLYFY_VAULT_KEY_FILE"),
+            passphraseFile: passphraseFile ?? nonEmpty("TALLYFY_VAULT_PASSPHRASE_FILE"),
+            environment: environment)
+    }
+
+    /// The secrets to open the vault, after turning off core dumps. Missing
+    /// vaults are reported before anyone is prompted for a passphrase.
+    public func secretsToOpen() throws -> [UnlockSecret] {
+        ProcessHardening.protect()
+        try store.checkAccess()
+        return try sources.secretsToOpen()
+    }
+
+    public func broker() throws -> TokenBroker {
+        TokenBroker(store: store, secrets: try secretsToOpen(), environment: environment)
+    }
+
+    public init(
+        vault: String? = nil, profile: String? = nil, keyFile: String? = nil, passphraseFile: String? = nil,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) {
+        self.vault = vault
+        self.profile = profile
+        self.keyFile = keyFile
+        self.passphraseFile = passphraseFile
+        self.environment = environment
+    }
+
+    private func nonEmpty(_ name: String) -> String? {
+        environment[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}

@@ -1,0 +1,31 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// The options every command takes, each also read from its variable.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The sealed vault file (TALLYFY_VAULT_FILE).", valueName: "PATH"))
+    var vault: String?
+
+    @Option(name: .long, help: ArgumentHelp("Which credential set (TALLYFY_VAULT_PROFILE). Default: default.", valueName: "NAME"))
+    var profile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Unlock with a key file (TALLYFY_VAULT_KEY_FILE).", valueName: "PATH"))
+    var keyFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Unlock with the first line of a file (TALLYFY_VAULT_PASSPHRASE_FILE).", valueName: "PATH"))
+    var passphraseFile: String?
+
+    var context: CommandContext {
+        CommandContext(vault: vault, profile: profile, keyFile: keyFile, passphraseFile: passphraseFile)
+    }
+
+    var environment: [String: String] { context.environment }
+    var vaultPath: String { context.vaultPath }
+    var profileName: String { context.profileName }
+    var explicitProfile: String? { context.explicitProfile }
+    var store: VaultStore { context.store }
+    var sources: UnlockSources { context.sources }
+    func secretsToOpen() throws -> [UnlockSecret] { try context.secretsToOpen() }
+    func broker() throws -> TokenBroker { try context.broker() }
+}
