@@ -7,7 +7,11 @@
 // Every other command line, and every `exec` that needs a refresh or fails,
 // is handed unchanged to `tallyfy-vault-cli` beside it (same pid, same argv),
 // which does the work and reports any error. README.md, "Speed", has the numbers.
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 import TallyfyVaultCore
 
 #if canImport(Glibc)
@@ -32,9 +36,10 @@ let cli = fullCLIPath()
 ProcessHardening.restoreForChild()
 let argv = [strdup(CommandLine.arguments[0])] + arguments.map { strdup($0) } + [nil]
 execv(cli, argv)
-FileHandle.standardError.write(Data("""
+let message = """
     tallyfy-vault: could not start \(cli): \(String(cString: strerror(errno)))
     tallyfy-vault: hint: install tallyfy-vault-cli in the same folder as tallyfy-vault
 
-    """.utf8))
+    """
+_ = message.withCString { write(2, $0, strlen($0)) }
 exit(78)

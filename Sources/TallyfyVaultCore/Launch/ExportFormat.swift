@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// How `export` prints the child's variables.
 public enum ExportFormat: String, Sendable, CaseIterable {
@@ -26,7 +33,7 @@ public enum ExportFormat: String, Sendable, CaseIterable {
 
     /// Single quotes, with each `'` written as `'\''`: nothing inside is expanded.
     static func shellQuoted(_ value: String) -> String {
-        "'" + value.replacingOccurrences(of: "'", with: "'\\''") + "'"
+        "'" + value.replacing("'", with: "'\\''") + "'"
     }
 
     /// Single quotes when possible; otherwise double quotes with `\\`, `"`,

@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Durations as CONTRACT.md writes them: `90s`, `45m`, `48h`, `7d`, or a
 /// sequence such as `1d12h`.

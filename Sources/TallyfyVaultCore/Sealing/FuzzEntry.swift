@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The parser and the key-file unlock path over untrusted bytes, for the
 /// libFuzzer harness (`Sources/tallyfy-vault-fuzz`, `tools/fuzz`) and its

@@ -1,5 +1,12 @@
 import CSodium
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The Argon2id cost of a passphrase slot, as libsodium names its presets.
 public enum KDFLevel: String, Sendable, CaseIterable {

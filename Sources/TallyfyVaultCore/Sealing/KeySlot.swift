@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One way to open the vault: the data key wrapped under a key derived from
 /// a passphrase (Argon2id) or from a key file (keyed BLAKE2b).

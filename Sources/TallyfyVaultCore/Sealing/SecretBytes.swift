@@ -1,5 +1,12 @@
 import CSodium
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Secret bytes in libsodium-guarded memory.
 ///

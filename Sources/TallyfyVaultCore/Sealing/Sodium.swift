@@ -1,5 +1,12 @@
 import CSodium
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The few libsodium primitives the vault uses, wrapped so that no other file
 /// touches C pointers for cryptography.

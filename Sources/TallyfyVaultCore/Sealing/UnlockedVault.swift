@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// An opened vault: the data key, the decrypted root, and the user-token
 /// records still sealed until one is asked for.
@@ -319,7 +326,7 @@ public final class UnlockedVault: @unchecked Sendable {
 
     static func checkLabel(_ label: String) throws {
         guard !label.isEmpty, label.utf8.count <= KeySlot.maxLabelLength,
-            !label.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) })
+            !label.unicodeScalars.contains(where: \.isControl)
         else {
             throw VaultError(.usage, "a slot label must be 1 to \(KeySlot.maxLabelLength) bytes on one line")
         }

@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 #if canImport(Glibc)
     import Glibc
@@ -39,7 +43,7 @@ public struct VaultStore: Sendable {
         if let data = environment["XDG_DATA_HOME"], data.hasPrefix("/") {
             return data + "/tallyfy-vault/vault"
         }
-        let home = environment["HOME"] ?? NSHomeDirectory()
+        let home = environment["HOME"] ?? String(cString: getpwuid(getuid()).pointee.pw_dir)
         return home + "/.local/share/tallyfy-vault/vault"
     }
 

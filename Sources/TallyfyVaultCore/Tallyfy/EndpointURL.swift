@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -25,7 +29,7 @@ public enum EndpointURL {
             throw VaultError(.usage, "\(name) is empty", hint: hint)
         }
         guard !string.unicodeScalars.contains(where: {
-            CharacterSet.whitespacesAndNewlines.contains($0) || CharacterSet.controlCharacters.contains($0)
+            $0.isWhitespaceOrNewline || $0.isControl
         }) else {
             throw VaultError(.usage, "\(name) contains whitespace", hint: hint)
         }

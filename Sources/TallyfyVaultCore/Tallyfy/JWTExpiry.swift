@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// When a freshly issued token stops working.
 ///
@@ -58,8 +65,8 @@ public enum TokenExpiry {
     /// Decodes unpadded base64url (RFC 4648 §5), as used by JWTs.
     static func base64URLDecode<S: StringProtocol>(_ text: S) -> Data? {
         var base64 = String(text)
-            .replacingOccurrences(of: "-", with: "+")
-            .replacingOccurrences(of: "_", with: "/")
+            .replacing("-", with: "+")
+            .replacing("_", with: "/")
         guard !base64.contains("=") else { return nil }
         let remainder = base64.count % 4
         if remainder == 1 { return nil }

@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The role a provisioned user gets in the organization, as Tallyfy names it.
 public enum UserRole: String, Sendable, CaseIterable {
@@ -56,10 +63,10 @@ public struct NewUser: Sendable, Equatable {
     /// Counts Unicode scalars, as the server's `max:32` rule does, so a name
     /// we accept is never rejected there.
     static func nameProblem(_ name: String, field: String) -> String? {
-        if name.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+        if name.trimmedWhitespace.isEmpty {
             return "\(field) is empty"
         }
-        if name.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) }) {
+        if name.unicodeScalars.contains(where: \.isControl) {
             return "\(field) contains control characters"
         }
         let length = name.unicodeScalars.count
@@ -76,7 +83,7 @@ public struct NewUser: Sendable, Equatable {
     static func isValidEmail(_ email: String) -> Bool {
         guard email.utf8.count <= 254,
               !email.unicodeScalars.contains(where: {
-                  CharacterSet.whitespacesAndNewlines.contains($0) || CharacterSet.controlCharacters.contains($0)
+                  $0.isWhitespaceOrNewline || $0.isControl
               })
         else { return false }
         let parts = email.split(separator: "@", omittingEmptySubsequences: false)
@@ -95,7 +102,7 @@ public struct NewUser: Sendable, Equatable {
     /// control characters escaped so it cannot garble the terminal.
     package static func quoted(_ value: String) -> String {
         var shown = value.unicodeScalars.map { scalar -> String in
-            CharacterSet.controlCharacters.contains(scalar) ? scalar.escaped(asASCII: true) : String(scalar)
+            scalar.isControl ? scalar.escaped(asASCII: true) : String(scalar)
         }.joined()
         if shown.count > 80 { shown = String(shown.prefix(77)) + "…" }
         return "\"\(shown)\""

@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Storing, replacing and removing a profile's client credentials.
 public enum Credentials {
@@ -65,11 +72,24 @@ public enum Credentials {
         url.hasSuffix("/") ? String(url.dropLast()) : url
     }
 
+    /// All of standard input (a secret is short; read in chunks until EOF).
+    private static func readStandardInput() -> Data {
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        defer { chunk.wipe() }
+        while true {
+            let count = read(0, &chunk, chunk.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { return data }
+            data.append(contentsOf: chunk[0..<count])
+        }
+    }
+
     /// The client secret from standard input (all of it, less the final line
     /// ending) or from a no-echo prompt: never from the command line.
     public static func readSecret(fromStandardInput: Bool, prompt: String) throws -> String {
         if fromStandardInput {
-            var data = FileHandle.standardInput.readDataToEndOfFile()
+            var data = Self.readStandardInput()
             defer { data.wipe() }
             var text = String(decoding: data, as: UTF8.self)
             while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }

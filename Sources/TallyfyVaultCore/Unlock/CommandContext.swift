@@ -1,4 +1,11 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The global settings of a command as plain values, whichever parser found
 /// them: the `tallyfy-vault` launcher's `exec` fast path builds one by hand,
