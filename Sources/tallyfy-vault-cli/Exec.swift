@@ -7,6 +7,7 @@ struct Exec: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a command with a valid token in its environment.",
         discussion: """
+            Options go before `--`; everything after it is the command, passed exactly, with no shell. \
             The process is replaced (execve): the command keeps the pid, terminal and signals, and its \
             exit status is the status. Sets TALLYFY_TOKEN, TALLYFY_API_TOKEN, TALLYFY_ORG_ID, \
             TALLYFY_API_URL, TALLYFY_TOKEN_EXPIRES_AT and TALLYFY_VAULT_EXEC; removes TALLYFY_VAULT_PASSPHRASE. \

@@ -20,10 +20,7 @@ struct GlobalOptions: ParsableArguments {
         CommandContext(vault: vault, profile: profile, keyFile: keyFile, passphraseFile: passphraseFile)
     }
 
-    var environment: [String: String] { context.environment }
-    var vaultPath: String { context.vaultPath }
     var profileName: String { context.profileName }
-    var explicitProfile: String? { context.explicitProfile }
     var store: VaultStore { context.store }
     var sources: UnlockSources { context.sources }
     func secretsToOpen() throws -> [UnlockSecret] { try context.secretsToOpen() }

@@ -29,10 +29,7 @@ struct TokenSelection {
     /// The token: from the vault when fresh (no HTTP client, no event loop),
     /// else renewed from Tallyfy.
     func grant(_ context: CommandContext) throws -> TokenGrant {
-        let request = TokenRequest(
-            profile: context.profileName, user: user,
-            minimumLifetime: try TokenPolicy.minimumLifetime(option: minTTL, environment: context.environment),
-            allowRefresh: !noRefresh)
+        let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: noRefresh)
         let broker = try context.broker()
         if let grant = try broker.sealedGrant(request) { return grant }
         return try runBlocking { try await broker.renewedGrant(request) }

@@ -34,12 +34,11 @@ enum ExecFastPath {
             // Never prompt here: without a key file or passphrase at hand, the
             // CLI asks (once).
             guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
-                let lifetime = try? TokenPolicy.minimumLifetime(option: minimumLifetime, environment: context.environment),
+                let request = try? context.tokenRequest(user: user, minimumLifetime: minimumLifetime, noRefresh: noRefresh),
                 (try? context.store.checkAccess()) != nil,
                 let secrets = try? context.sources.available(), !secrets.isEmpty,
                 case let broker = TokenBroker(store: context.store, secrets: secrets, environment: context.environment),
-                let grant = try? broker.sealedGrant(TokenRequest(
-                    profile: context.profileName, user: user, minimumLifetime: lifetime, allowRefresh: !noRefresh))
+                let grant = try? broker.sealedGrant(request)
             else { return nil }
             return ChildEnvironment.build(parent: context.environment, grant: grant)
         }

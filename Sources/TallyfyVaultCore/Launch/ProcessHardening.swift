@@ -35,7 +35,4 @@ public enum ProcessHardening {
         guard var limit = savedCoreLimit else { return }
         setrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
     }
-
-    /// Whether the process is currently undumpable (tests read this).
-    public static var isDumpable: Bool { tallyfy_get_dumpable() != 0 }
 }

@@ -63,11 +63,6 @@ public struct SecretBytes: ~Copyable {
         try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
     }
 
-    /// A second guarded copy, for the rare place that needs two owners.
-    public func duplicate() -> SecretBytes {
-        withUnsafeBytes { SecretBytes(copying: $0) }
-    }
-
     /// The first `length` bytes as a new guarded buffer.
     func prefix(_ length: Int) -> SecretBytes {
         precondition(length <= count)

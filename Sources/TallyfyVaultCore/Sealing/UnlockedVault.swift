@@ -35,40 +35,33 @@ public final class UnlockedVault: @unchecked Sendable {
     }
     /// Grows with every change, so a store writes only when something changed.
     private(set) var modificationCount = 0
-    /// Slot indices that the secrets given to `open` opened.
-    private(set) var openedSlots: Set<Int>
-
-    private init(dataKey box: SecretBox, slots: [KeySlot], content: VaultContent, records: RecordTable, openedSlots: Set<Int>) {
+    private init(dataKey box: SecretBox, slots: [KeySlot], content: VaultContent, records: RecordTable) {
         self.dataKey = box
         indexKey = Self.deriveIndexKey(box)
         self.slots = slots
         self.content = content
         recordTable = records
-        self.openedSlots = openedSlots
     }
 
     /// A new, empty vault with a fresh random data key and one slot.
     public static func create(secret: UnlockSecret, label: String, kdf: KDFLevel) throws -> UnlockedVault {
         let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
         let slot = try KeySlot.make(wrapping: key, with: secret, label: label, kdf: kdf)
-        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]), openedSlots: [0])
+        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]))
     }
 
-    /// Opens the vault bytes with the first secret that fits a slot; every
-    /// given secret is tried against every slot of its kind, so `rekey` knows
-    /// which slots it can wrap again.
+    /// Opens the vault bytes with the first secret that opens a slot, and
+    /// stops there: a passphrase after a working key file costs no Argon2id.
     ///
     /// Throws `.refused` when no secret opens any slot, `.corrupt` when a slot
     /// opens but the body does not authenticate.
     static func open(_ parsed: ParsedVault, with secrets: [UnlockSecret]) throws -> UnlockedVault {
         var dataKey: SecretBox? = nil
-        var opened: Set<Int> = []
-        for secret in secrets {
-            for (index, slot) in parsed.slots.enumerated() where slot.accepts(secret) && !opened.contains(index) {
+        search: for secret in secrets {
+            for slot in parsed.slots where slot.accepts(secret) {
                 if let key = try slot.unwrap(with: secret) {
-                    opened.insert(index)
-                    if dataKey == nil { dataKey = SecretBox(key) }
-                    break
+                    dataKey = SecretBox(key)
+                    break search
                 }
             }
         }
@@ -81,7 +74,7 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: ByteReader.restoreHint)
         }
         let content: VaultContent = try decodePadded(padded, what: "sealed body")
-        return UnlockedVault(dataKey: keyBox, slots: parsed.slots, content: content, records: parsed.recordTable, openedSlots: opened)
+        return UnlockedVault(dataKey: keyBox, slots: parsed.slots, content: content, records: parsed.recordTable)
     }
 
     private static func wrongSecretError(_ secrets: [UnlockSecret], slots: [KeySlot]) -> VaultError {
@@ -278,7 +271,6 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: "add another first with `tallyfy-vault keys add`")
         }
         slots.remove(at: position)
-        openedSlots = Set(openedSlots.compactMap { $0 == position ? nil : ($0 > position ? $0 - 1 : $0) })
     }
 
     /// A new data key: every slot that `secrets` opens is wrapped again (with
@@ -310,16 +302,15 @@ public final class UnlockedVault: @unchecked Sendable {
         let opened = try records.map(openRecord)
         // Re-sealing may throw halfway: keep everything it touches, so the
         // object is never left half old, half new.
-        let previous = (dataKey, indexKey, slots, openedSlots, records)
+        let previous = (dataKey, indexKey, slots, records)
         dataKey = SecretBox(newKey)
         indexKey = Self.deriveIndexKey(dataKey)
         slots = newSlots
-        openedSlots = Set(newSlots.indices)
         records = []
         do {
             try setUserTokens(opened)
         } catch {
-            (dataKey, indexKey, slots, openedSlots, records) = previous
+            (dataKey, indexKey, slots, records) = previous
             throw error
         }
     }

@@ -46,6 +46,15 @@ public struct CommandContext: Sendable {
         return try sources.secretsToOpen()
     }
 
+    /// The token request that `exec`, `export` and `token` options describe:
+    /// `--user`, `--min-ttl` (else `TALLYFY_VAULT_MIN_TTL`, else 1h), `--no-refresh`.
+    public func tokenRequest(user: String?, minimumLifetime: String?, noRefresh: Bool) throws -> TokenRequest {
+        TokenRequest(
+            profile: profileName, user: user,
+            minimumLifetime: try TokenPolicy.minimumLifetime(option: minimumLifetime, environment: environment),
+            allowRefresh: !noRefresh)
+    }
+
     public func broker() throws -> TokenBroker {
         TokenBroker(store: store, secrets: try secretsToOpen(), environment: environment)
     }
