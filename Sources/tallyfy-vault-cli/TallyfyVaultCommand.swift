@@ -14,7 +14,7 @@ struct TallyfyVaultCommand: ParsableCommand {
             """,
         subcommands: [
             Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
-            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self,
+            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, Version.self,
         ]
     )
 
@@ -27,6 +27,12 @@ struct TallyfyVaultCommand: ParsableCommand {
     /// the matching exit status.
     static func main() {
         do {
+            try TallyfyVaultVersion.requireMatchingLauncher(environment: ProcessInfo.processInfo.environment)
+            // ArgumentParser's `version:` is a fixed string; ours names both binaries.
+            if CommandLine.arguments.dropFirst().elementsEqual(["--version"]) {
+                print(Version.text)
+                return
+            }
             var command = try parseAsRoot()
             try command.run()
         } catch let error as VaultError {

@@ -13,7 +13,13 @@ struct TokenOptions: ParsableArguments {
     @Flag(help: "Never contact Tallyfy: use the sealed token while it has not expired, else exit 78.")
     var noRefresh = false
 
-    var selection: TokenSelection { TokenSelection(user: user, minTTL: minTtl, noRefresh: noRefresh) }
+    @Flag(help: ArgumentHelp("""
+        When renewal fails, fail (69 or 75) even if the sealed token is still valid. Without it a sealed \
+        token with more than a minute left is used, with one warning line.
+        """))
+    var strictTtl = false
+
+    var selection: TokenSelection { TokenSelection(user: user, minTTL: minTtl, noRefresh: noRefresh, strict: strictTtl) }
 
     func grant(_ global: GlobalOptions) throws -> TokenGrant {
         try selection.grant(global.context)
@@ -25,13 +31,19 @@ struct TokenSelection {
     var user: String?
     var minTTL: String?
     var noRefresh = false
+    var strict = false
 
     /// The token: from the vault when fresh (no HTTP client, no event loop),
-    /// else renewed from Tallyfy.
+    /// else renewed from Tallyfy, else (renewal failed, token still valid)
+    /// the sealed one with a warning.
     func grant(_ context: CommandContext) throws -> TokenGrant {
-        let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: noRefresh)
+        let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: noRefresh, strict: strict)
         let broker = try context.broker()
         if let grant = try broker.sealedGrant(request) { return grant }
-        return try runBlocking { try await broker.renewedGrant(request) }
+        let grant = try runBlocking { try await broker.grant(request) }
+        if let reason = grant.renewalFailure {
+            Output.note("warning: could not renew the \(broker.describe(request)) (\(reason)); using the sealed one, valid until \(ChildEnvironment.rfc3339(grant.expiresAt))")
+        }
+        return grant
     }
 }

@@ -36,12 +36,24 @@ enum ExecFastPath {
             guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
                 let request = try? context.tokenRequest(user: user, minimumLifetime: minimumLifetime, noRefresh: noRefresh),
                 (try? context.store.checkAccess()) != nil,
-                let secrets = try? context.sources.available(), !secrets.isEmpty,
+                let available = try? context.sources.available(),
+                case let secrets = ExecFastPath.worthUnlocking(available, for: request, context: context), !secrets.isEmpty,
                 case let broker = TokenBroker(store: context.store, secrets: secrets, environment: context.environment),
                 let grant = try? broker.sealedGrant(request)
             else { return nil }
             return ChildEnvironment.build(parent: context.environment, grant: grant)
         }
+    }
+
+    /// A key file unwraps a slot for the cost of a hash, so it is always
+    /// tried. A passphrase costs an Argon2id derivation: it is spent here only
+    /// when the clear summary says the sealed token will do; otherwise the
+    /// full CLI, which renews, derives the key once for the whole run.
+    private static func worthUnlocking(_ secrets: [UnlockSecret], for request: TokenRequest, context: CommandContext) -> [UnlockSecret] {
+        let keyFiles = secrets.filter { $0.kind == .keyFile }
+        guard keyFiles.count < secrets.count else { return secrets }
+        let broker = TokenBroker(store: context.store, secrets: [], environment: context.environment)
+        return broker.summaryPromisesSealedToken(request) ? secrets : keyFiles
     }
 
     private static let globalOptions: Set<String> = ["--vault", "--profile", "--key-file", "--passphrase-file"]
@@ -64,6 +76,8 @@ enum ExecFastPath {
                 invocation.noRefresh = true
                 continue
             }
+            // Matters only when renewal fails, which happens in the full CLI.
+            if word == "--strict-ttl" && sawExec { continue }
             var name = word
             let value: String
             if let equals = word.firstIndex(of: "="), word.hasPrefix("--") {

@@ -5,8 +5,9 @@
 // core library (no HTTP stack, no argument parser), because in a binary that
 // carries them, just starting costs several times more than `exec` itself.
 // Every other command line, and every `exec` that needs a refresh or fails,
-// is handed unchanged to `tallyfy-vault-cli` beside it (same pid, same argv),
-// which does the work and reports any error. README.md, "Speed", has the numbers.
+// is handed unchanged to the full CLI, `tallyfy-vault-cli` (same pid, same
+// argv), which does the work and reports any error. README.md, "Speed", has
+// the numbers; "Install" the layout that `CLILocation` relies on.
 #if canImport(FoundationEssentials)
     import FoundationEssentials
 #else
@@ -18,28 +19,38 @@ import TallyfyVaultCore
     import Glibc
 #endif
 
+func fail(_ message: String, hint: String) -> Never {
+    let text = "tallyfy-vault: \(message)\ntallyfy-vault: hint: \(hint)\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+    exit(78)
+}
+
+// With /proc unmounted or a strange parent, argv can be empty: nothing here
+// may trap on it, and nothing may be looked up relative to it.
 let arguments = Array(CommandLine.arguments.dropFirst())
 if let invocation = ExecFastPath.parse(arguments), let environment = invocation.childEnvironment() {
     // Returns only if the command can't be run; the CLI then reports 126/127.
     _ = try? ProcessReplacement.execute(invocation.command, environment: environment)
 }
 
-/// The full CLI, installed beside this launcher.
-func fullCLIPath() -> String {
-    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-    let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    let me = length > 0 ? String(cString: buffer) : CommandLine.arguments[0]
-    return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("tallyfy-vault-cli").path
+let cli: String
+switch CLILocation.find() {
+case .found(let path):
+    cli = path
+case .notFound(let expected):
+    fail("the full command-line tool is not installed: looked for \(expected.joined(separator: " and "))",
+        hint: "install tallyfy-vault with `tools/install`, which puts tallyfy-vault-cli in PREFIX/libexec/tallyfy-vault/")
+case .unsafe(let path, let reason):
+    fail("refusing to run \(path): \(reason)", hint: "reinstall with `tools/install`, or fix its owner and mode")
+case .unknownLocation:
+    fail("cannot tell where this tallyfy-vault is installed (/proc/self/exe is unreadable), so the full command-line tool can't be found safely",
+        hint: "run it with /proc mounted, or run PREFIX/libexec/tallyfy-vault/tallyfy-vault-cli directly")
 }
 
-let cli = fullCLIPath()
 ProcessHardening.restoreForChild()
-let argv = [strdup(CommandLine.arguments[0])] + arguments.map { strdup($0) } + [nil]
+setenv(TallyfyVaultVersion.launcherVariable, TallyfyVaultVersion.current, 1)
+let programName = CommandLine.arguments.first ?? "tallyfy-vault"
+let argv = [strdup(programName)] + arguments.map { strdup($0) } + [nil]
 execv(cli, argv)
-let message = """
-    tallyfy-vault: could not start \(cli): \(String(cString: strerror(errno)))
-    tallyfy-vault: hint: install tallyfy-vault-cli in the same folder as tallyfy-vault
-
-    """
-_ = message.withCString { write(2, $0, strlen($0)) }
-exit(78)
+fail("could not start \(cli): \(String(cString: strerror(errno)))",
+    hint: "reinstall with `tools/install`")

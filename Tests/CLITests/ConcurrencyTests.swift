@@ -71,7 +71,7 @@ import Testing
         let newSecret = "cs-new-\(UUID().uuidString)"
         let (sandbox, emulator) = try await loggedIn(appTokenTTL: 1, extraSecrets: [newSecret])
         defer { _ = emulator.stop() }
-        try await Task.sleep(for: .milliseconds(1500))  // the sealed token has expired
+        sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"  // the sealed token has expired
         try sandbox.refused(["token", "--no-refresh"], status: 78)
         try await emulator.setLifetimes(app: 604_800)
         try await emulator.reset()
@@ -133,8 +133,8 @@ import Testing
 
         // A writer that starts while the lock is held goes on once it is released.
         let waiting = try sandbox.launch(["users", "forget", "ann@example.com"], env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "20"])
-        usleep(300_000)
-        #expect(waiting.isRunning, "the writer did not wait for the lock")
+        #expect(ProcView.waitUntil(seconds: 20) { ProcView.isWaitingForLock(pid: waiting.pid) },
+            "the writer did not wait for the lock")
         lock.release()
         let released = waiting.wait()
         #expect(released.status == 0, "\(released.brief)")

@@ -127,7 +127,8 @@ import Testing
     @Test func noRefreshWithAnExpiredTokenIs78() async throws {
         let (sandbox, emulator) = try await loggedIn(appTokenTTL: 1)
         defer { _ = emulator.stop() }
-        try await Task.sleep(for: .milliseconds(1500))
+        // The vault's clock an hour on: the 1-second token has expired.
+        sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
         let result = try sandbox.refused(["exec", "--no-refresh", "--", "true"], status: 78)
         #expect(result.stderr.contains("--no-refresh"))
         #expect(try await emulator.counts()["token"] == 1)
@@ -151,7 +152,7 @@ import Testing
     @Test func fiftyConcurrentExecsMakeOneTokenRequest() async throws {
         let (sandbox, emulator) = try await loggedIn(appTokenTTL: 1)
         defer { _ = emulator.stop() }
-        try await Task.sleep(for: .milliseconds(1500))  // the sealed token has expired
+        sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"  // the sealed token has expired
         try await emulator.setLifetimes(app: 604_800)
         try await emulator.reset()
         let results = try await withThrowingTaskGroup(of: RunResult.self) { group in

@@ -219,10 +219,15 @@ import Testing
             #expect(chown(path, nobody, gid_t(nobody)) == 0)
         }
 
+        // The build folder may sit in a private home nobody can't enter: run copies.
+        let binaries = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-bin-\(UUID().uuidString)")
+        let launcher = try BuildProducts.copy(into: binaries)
+        defer { try? FileManager.default.removeItem(at: binaries) }
+
         func asNobody(_ arguments: [String], env extra: [String: String] = [:]) throws -> BackgroundCommand {
             try BackgroundCommand(URL(fileURLWithPath: "/usr/bin/setpriv"),
                 ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", "/bin/sh", "-c",
-                 "ulimit -c unlimited && exec \"$0\" \"$@\"", BuildProducts.vault.path] + arguments,
+                 "ulimit -c unlimited && exec \"$0\" \"$@\"", launcher.path] + arguments,
                 environment: sandbox.environment.merging(extra) { $1 }, in: folder)
         }
 

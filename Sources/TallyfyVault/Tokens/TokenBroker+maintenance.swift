@@ -10,7 +10,7 @@ extension TokenBroker {
         guard !newSecret.isEmpty, !newSecret.contains(where: \.isNewline) else {
             throw VaultError(.usage, "the new client secret must be one non-empty line; nothing was changed")
         }
-        return try await Self.withClient { client in try await store.update(with: secrets) { vault in
+        return try await Self.withClient { client in try await store.update(with: unlocker) { vault in
             var profile = try Self.profile(name, in: vault)
             let same = Array(profile.clientSecret.utf8).withUnsafeBytes { old in
                 Array(newSecret.utf8).withUnsafeBytes { new in Sodium.equal(old, new) }
@@ -42,7 +42,7 @@ extension TokenBroker {
     public func renewExpiring(profiles: [String]?, thresholds: HealthCheck.Thresholds) async -> [HealthCheck.Problem] {
         var failures: [HealthCheck.Problem] = []
         let vault: UnlockedVault
-        do { vault = try store.open(with: secrets) } catch let error as VaultError {
+        do { vault = try store.open(with: unlocker) } catch let error as VaultError {
             return [HealthCheck.Problem(status: .unknown, profile: nil, kind: "vault", message: "could not open the vault to refresh: \(error.message)")]
         } catch {
             return [HealthCheck.Problem(status: .unknown, profile: nil, kind: "vault", message: "could not open the vault to refresh")]

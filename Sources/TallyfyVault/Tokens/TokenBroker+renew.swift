@@ -4,19 +4,49 @@ import TallyfyVaultCore
 /// Renewing tokens: the part of `TokenBroker` that talks to Tallyfy, kept out
 /// of the core module so the `exec` fast path does not link an HTTP stack.
 extension TokenBroker {
-    /// A valid token: the sealed one when fresh, else a renewed one.
+    /// A valid token: the sealed one when fresh, else a renewed one. When
+    /// renewing fails for a passing reason and the sealed token is still
+    /// valid (`TokenPolicy.canFallBack`), that token, with the reason in
+    /// `renewalFailure`; the failure is also recorded for `check`.
     public func grant(_ request: TokenRequest) async throws -> TokenGrant {
         if let grant = try sealedGrant(request) { return grant }
-        return try await renewedGrant(request)
+        do {
+            return try await renewedGrant(request)
+        } catch let error as VaultError {
+            guard let fallback = try fallbackGrant(request, after: error) else { throw error }
+            return fallback
+        }
+    }
+
+    private func fallbackGrant(_ request: TokenRequest, after error: VaultError) throws -> TokenGrant? {
+        let vault = try store.open(with: unlocker)
+        let profile = try Self.profile(request.profile, in: vault)
+        guard let token = try sealedToken(request, in: vault),
+            TokenPolicy.canFallBack(token, after: error, request: request, now: now)
+        else { return nil }
+        recordRenewalFailure(profile: request.profile, reason: error.message)
+        var grant = Self.grant(token, profile: profile, request: request)
+        grant.renewalFailure = error.message
+        return grant
+    }
+
+    /// Best effort, and never waiting: a lock held elsewhere means someone
+    /// else is renewing, and the token is being handed out either way.
+    private func recordRenewalFailure(profile name: String, reason: String) {
+        var impatient = store
+        impatient.lockTimeout = .zero
+        _ = try? impatient.update(with: unlocker) { vault in
+            vault.content.profiles[name]?.lastRenewalFailure = RenewalFailure(at: now, reason: reason)
+        }
     }
 
     /// Renews the token under the vault lock. Another process may have done it
     /// while we waited for the lock; then its token is used and Tallyfy is not
     /// asked again.
     public func renewedGrant(_ request: TokenRequest) async throws -> TokenGrant {
-        let seen: SealedToken? = try? sealedToken(request, in: store.open(with: secrets))
+        let seen: SealedToken? = try? sealedToken(request, in: store.open(with: unlocker))
         return try await Self.withClient { client in
-            try await store.update(with: secrets) { vault in
+            try await store.update(with: unlocker) { vault in
                 try await renew(request, seen: seen, in: vault, client: client)
             }
         }
@@ -44,6 +74,10 @@ extension TokenBroker {
         }
         let applicationToken = try await applicationToken(
             for: request, profile: &profile, in: vault, client: client)
+        if profile.lastRenewalFailure != nil {
+            profile.lastRenewalFailure = nil  // this renewal worked
+            vault.content.profiles[request.profile] = profile
+        }
         guard let email = request.user else {
             return Self.grant(applicationToken, profile: profile, request: request)
         }

@@ -16,6 +16,9 @@ public struct TokenGrant: Sendable, Equatable {
     public var expiresAt: Date
     /// The user the token acts as, or `nil` for the application token.
     public var user: String?
+    /// Set when renewing failed and this still-valid sealed token was handed
+    /// out instead: why, for the one warning line the caller prints.
+    public var renewalFailure: String?
 
     public init(profile: String, orgID: String, apiURL: String, token: String, expiresAt: Date, user: String?) {
         self.profile = profile
@@ -34,8 +37,9 @@ public enum ChildEnvironment {
     public static let tokenVariable = "TALLYFY_TOKEN"
     public static let execMarker = "TALLYFY_VAULT_EXEC"
 
-    /// Variables that carried unlock material: never passed on.
-    public static let removed: Set<String> = [UnlockSources.passphraseVariable]
+    /// Variables that carried unlock material, or were meant for our own
+    /// CLI only: never passed on.
+    public static let removed: Set<String> = [UnlockSources.passphraseVariable, TallyfyVaultVersion.launcherVariable]
 
     /// The variables `exec` sets and `export` prints, in a stable order.
     public static func variables(for grant: TokenGrant) -> [(name: String, value: String)] {

@@ -32,6 +32,9 @@ public struct Profile: Codable, Sendable, Equatable {
     public var secretSetAt: Date
     /// The current application token, if one was obtained.
     public var applicationToken: SealedToken?
+    /// The last renewal that failed while a sealed token was handed out
+    /// instead; cleared by the next renewal that succeeds. `check` reports it.
+    public var lastRenewalFailure: RenewalFailure?
 
     public init(
         orgID: String, clientID: String, clientSecret: String, tokenURL: String, apiURL: String,
@@ -44,6 +47,21 @@ public struct Profile: Codable, Sendable, Equatable {
         self.apiURL = apiURL
         self.secretSetAt = secretSetAt
         self.applicationToken = applicationToken
+    }
+}
+
+/// When a renewal failed and why, in words that never hold a secret (they
+/// are the library's own error messages, which never do), bounded in length.
+public struct RenewalFailure: Codable, Sendable, Equatable {
+    public var at: Date
+    public var reason: String
+
+    public static let maxReasonLength = 200
+
+    public init(at: Date, reason: String) {
+        self.at = at
+        let oneLine = String(String.UnicodeScalarView(reason.unicodeScalars.filter { $0.properties.generalCategory != .control }))
+        self.reason = String(oneLine.utf8.prefix(Self.maxReasonLength)) ?? String(oneLine.prefix(Self.maxReasonLength / 4))
     }
 }
 

@@ -29,13 +29,17 @@ public struct ProfileSummary: Codable, Sendable, Equatable {
     public var applicationTokenExpiresAt: Date?
     public var userTokenCount: Int
     public var earliestUserTokenExpiresAt: Date?
+    /// The last failed renewal, until one succeeds (absent from the JSON when none).
+    public var lastRenewalFailure: RenewalFailure?
 
     public init(
-        secretSetAt: Date, applicationTokenExpiresAt: Date?, userTokenCount: Int, earliestUserTokenExpiresAt: Date?
+        secretSetAt: Date, applicationTokenExpiresAt: Date?, userTokenCount: Int, earliestUserTokenExpiresAt: Date?,
+        lastRenewalFailure: RenewalFailure? = nil
     ) {
         self.secretSetAt = secretSetAt
         self.applicationTokenExpiresAt = applicationTokenExpiresAt
         self.userTokenCount = userTokenCount
         self.earliestUserTokenExpiresAt = earliestUserTokenExpiresAt
+        self.lastRenewalFailure = lastRenewalFailure
     }
 }

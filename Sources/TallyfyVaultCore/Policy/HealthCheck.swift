@@ -99,6 +99,10 @@ public enum HealthCheck {
                 problems.append(Problem(status: status, profile: name, kind: "user",
                     message: "profile \(name): a user token \(Lifetime.expiryPhrase(expiry, now: now)) (\(profile.userTokenCount) sealed; `tallyfy-vault users list` shows which)"))
             }
+            if let failure = profile.lastRenewalFailure {
+                problems.append(Problem(status: .warning, profile: name, kind: "refresh",
+                    message: "profile \(name): the last renewal failed at \(ChildEnvironment.rfc3339(failure.at)) (\(failure.reason)); a sealed token was used instead"))
+            }
             let age = now.timeIntervalSince(profile.secretSetAt)
             if age > thresholds.secretMaxAge {
                 problems.append(Problem(status: .warning, profile: name, kind: "secret",

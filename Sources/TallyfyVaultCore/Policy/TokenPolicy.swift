@@ -35,6 +35,25 @@ public enum TokenPolicy {
         return isValid(token, now: now)
     }
 
+    /// Degraded renewal: when renewing failed for a passing reason, a sealed
+    /// token with more than this left is handed out anyway (with a warning),
+    /// so a cron job does not fail because Tallyfy had a bad minute.
+    public static let fallbackFloor: TimeInterval = 60
+
+    /// The failures worth riding out on a still-valid token: Tallyfy
+    /// unreachable, timing out or answering 5xx (69), or 429 / another
+    /// process holding the lock (75). A refused secret (77) or a broken
+    /// vault is never ridden out: someone must act.
+    public static func isPassing(_ error: VaultError) -> Bool {
+        error.kind == .unavailable || error.kind == .tryLater
+    }
+
+    /// Whether `token` may stand in for a renewal that failed with `error`.
+    public static func canFallBack(_ token: SealedToken?, after error: VaultError, request: TokenRequest, now: Date) -> Bool {
+        guard let token, !request.strict, !request.force, isPassing(error) else { return false }
+        return token.expiresAt.timeIntervalSince(now) > fallbackFloor
+    }
+
     /// The minimum lifetime from `--min-ttl`, else `TALLYFY_VAULT_MIN_TTL`, else 1h.
     public static func minimumLifetime(option: String?, environment: [String: String]) throws -> TimeInterval {
         if let option { return try DurationText.parse(option) }

@@ -21,15 +21,15 @@ public enum VaultCheck {
         do {
             try store.checkAccess()
             var refreshProblems: [HealthCheck.Problem] = []
-            let secrets: [UnlockSecret]
+            let unlocker: VaultUnlocker
             if refresh {
                 ProcessHardening.protect()
-                secrets = try sources.secretsToOpen()
-                refreshProblems = try renew(TokenBroker(store: store, secrets: secrets, environment: sources.environment), profiles)
+                unlocker = VaultUnlocker(secrets: try sources.secretsToOpen())
+                refreshProblems = try renew(TokenBroker(store: store, unlocker: unlocker, environment: sources.environment), profiles)
             } else {
-                secrets = try sources.available()
+                unlocker = VaultUnlocker(secrets: try sources.available())
             }
-            try verifySummary(store: store, secrets: secrets)
+            try verifySummary(store: store, unlocker: unlocker)
             var report = HealthCheck.evaluate(try store.summary(), profiles: profiles, thresholds: thresholds, now: now)
             report.problems = refreshProblems + report.problems
             report.status = report.problems.map(\.status).max() ?? .ok
@@ -44,10 +44,10 @@ public enum VaultCheck {
     /// With a key, proves the clear summary matches the sealed content: it is
     /// authenticated as associated data already, and this also catches a
     /// writer that sealed a wrong summary. Without a key, does nothing.
-    public static func verifySummary(store: VaultStore, secrets: [UnlockSecret]) throws {
-        guard !secrets.isEmpty else { return }
+    public static func verifySummary(store: VaultStore, unlocker: VaultUnlocker) throws {
+        guard !unlocker.secrets.isEmpty else { return }
         let parsedSummary = try store.summary()
-        let vault = try store.open(with: secrets)
+        let vault = try store.open(with: unlocker)
         guard vault.summary() == parsedSummary else {
             throw VaultError(.corrupt, "the vault's clear summary does not match its sealed content")
         }

@@ -66,6 +66,7 @@ struct KeySlot: Sendable, Equatable {
     }
 
     private func deriveKey(from secret: UnlockSecret) throws -> SecretBytes {
+        Self.countDerivation(kind)
         switch kind {
         case .keyFile:
             return secret.bytes.withUnsafeBytes { keyFileBytes in
@@ -82,6 +83,22 @@ struct KeySlot: Sendable, Equatable {
             }
             return key
         }
+    }
+}
+
+extension KeySlot {
+    /// Debug builds only: appends one line per slot key derivation to the file
+    /// named by `TALLYFY_VAULT_TEST_KDF_LOG`, so tests can prove a command
+    /// derives the key once (or never, where it should not unlock at all).
+    static func countDerivation(_ kind: Kind) {
+        #if TALLYFY_TEST_HOOKS
+            guard let path = ProcessInfo.processInfo.environment["TALLYFY_VAULT_TEST_KDF_LOG"], !path.isEmpty else { return }
+            let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+            guard descriptor >= 0 else { return }
+            let line = kind == .passphrase ? "argon2id\n" : "key-file\n"
+            _ = line.withCString { Glibc.write(descriptor, $0, strlen($0)) }
+            Glibc.close(descriptor)
+        #endif
     }
 }
 

@@ -22,16 +22,11 @@ public final class UnlockedVault: @unchecked Sendable {
     /// The sealed user-token records: read in place from the file until
     /// something reads them all or changes one (see `RecordTable`).
     private var recordTable: RecordTable
+    /// Every record, for reading; the table is materialised once.
     private var records: [SealedRecord] {
-        get {
-            let all = recordTable.all
-            recordTable = RecordTable(all)  // materialise once
-            return all
-        }
-        set {
-            recordTable = RecordTable(newValue)
-            modificationCount += 1
-        }
+        let all = recordTable.all
+        recordTable = RecordTable(all)
+        return all
     }
     /// Grows with every change, so a store writes only when something changed.
     private(set) var modificationCount = 0
@@ -50,22 +45,17 @@ public final class UnlockedVault: @unchecked Sendable {
         return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]))
     }
 
-    /// Opens the vault bytes with the first secret that opens a slot, and
-    /// stops there: a passphrase after a working key file costs no Argon2id.
+    /// Opens the vault bytes with the data key `unlocker` holds or finds:
+    /// the first secret that opens a slot wins, so a passphrase after a
+    /// working key file costs no Argon2id, and a second open in the same
+    /// process costs none at all.
     ///
     /// Throws `.refused` when no secret opens any slot, `.corrupt` when a slot
     /// opens but the body does not authenticate.
-    static func open(_ parsed: ParsedVault, with secrets: [UnlockSecret]) throws -> UnlockedVault {
-        var dataKey: SecretBox? = nil
-        search: for secret in secrets {
-            for slot in parsed.slots where slot.accepts(secret) {
-                if let key = try slot.unwrap(with: secret) {
-                    dataKey = SecretBox(key)
-                    break search
-                }
-            }
+    static func open(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
+        guard let keyBox = try unlocker.dataKey(for: parsed.slots) else {
+            throw Self.wrongSecretError(unlocker.secrets, slots: parsed.slots)
         }
-        guard let keyBox = dataKey else { throw Self.wrongSecretError(secrets, slots: parsed.slots) }
 
         var associatedData = Data(parsed.headerBytes)
         associatedData.append(parsed.indexBytes)
@@ -75,6 +65,17 @@ public final class UnlockedVault: @unchecked Sendable {
         }
         let content: VaultContent = try decodePadded(padded, what: "sealed body")
         return UnlockedVault(dataKey: keyBox, slots: parsed.slots, content: content, records: parsed.recordTable)
+    }
+
+    /// Opens with `secrets`, remembering nothing (tests, fuzzing, vectors).
+    static func open(_ parsed: ParsedVault, with secrets: [UnlockSecret]) throws -> UnlockedVault {
+        try open(parsed, with: VaultUnlocker(secrets: secrets))
+    }
+
+    /// Tells `unlocker` the data key and slots this vault will be written
+    /// with, so re-reading the file after writing it needs no derivation.
+    func rememberKey(in unlocker: VaultUnlocker) {
+        unlocker.remember(slots: slots, key: dataKey)
     }
 
     private static func wrongSecretError(_ secrets: [UnlockSecret], slots: [KeySlot]) -> VaultError {
@@ -130,7 +131,8 @@ public final class UnlockedVault: @unchecked Sendable {
             }
             profiles[name] = ProfileSummary(
                 secretSetAt: profile.secretSetAt, applicationTokenExpiresAt: profile.applicationToken?.expiresAt,
-                userTokenCount: count, earliestUserTokenExpiresAt: earliest.map { Date(timeIntervalSince1970: TimeInterval($0)) })
+                userTokenCount: count, earliestUserTokenExpiresAt: earliest.map { Date(timeIntervalSince1970: TimeInterval($0)) },
+                lastRenewalFailure: profile.lastRenewalFailure)
         }
         return VaultSummary(profiles: profiles)
     }
@@ -147,8 +149,9 @@ public final class UnlockedVault: @unchecked Sendable {
     /// Every user token of `profile`, opened one by one (for listing and checks).
     public func userTokens(profile: String) throws -> [UserTokenRecord] {
         let tag = profileTag(profile)
-        return try records.filter { $0.entry.profileTag == tag }.map(openRecord)
-            .sorted { $0.email.lowercased() < $1.email.lowercased() }
+        let opened = try records.filter { $0.entry.profileTag == tag }.map(openRecord)
+        // Lowercase each email once, not twice per comparison.
+        return zip(opened.map { $0.email.lowercased() }, opened).sorted { $0.0 < $1.0 }.map(\.1)
     }
 
     /// How many user tokens `profile` has, without opening them.
@@ -164,21 +167,9 @@ public final class UnlockedVault: @unchecked Sendable {
 
     /// Seals many records in one pass (one scan of the index, not one per record).
     public func setUserTokens(_ newRecords: [UserTokenRecord]) throws {
-        var positions: [[UInt8]: Int] = [:]
-        if newRecords.count > 1 {
-            for (position, record) in records.enumerated() { positions[record.entry.locator] = position }
-        }
-        for record in newRecords {
-            let sealed = try seal(record)
-            let locator = sealed.entry.locator
-            let position = newRecords.count > 1 ? positions[locator] : records.firstIndex { $0.entry.locator == locator }
-            if let position {
-                records[position] = sealed
-            } else {
-                positions[locator] = records.count
-                records.append(sealed)
-            }
-        }
+        let sealed = try newRecords.map(seal)
+        recordTable.upsert(sealed)
+        modificationCount += 1
     }
 
     private func seal(_ record: UserTokenRecord) throws -> SealedRecord {
@@ -199,16 +190,16 @@ public final class UnlockedVault: @unchecked Sendable {
     @discardableResult
     public func removeUserToken(profile: String, email: String) -> Bool {
         let locator = locator(profile: profile, email: email)
-        let before = records.count
-        records.removeAll { $0.entry.locator == locator }
-        return records.count != before
+        let removed = recordTable.removeAll { $0.entry.locator == locator }
+        if removed > 0 { modificationCount += 1 }
+        return removed > 0
     }
 
     /// Drops a profile and every user token that belongs to it.
     public func removeProfile(_ name: String) {
         content.profiles[name] = nil
         let tag = profileTag(name)
-        records.removeAll { $0.entry.profileTag == tag }
+        if recordTable.removeAll(where: { $0.entry.profileTag == tag }) > 0 { modificationCount += 1 }
     }
 
     private func openRecord(_ record: SealedRecord) throws -> UserTokenRecord {
@@ -302,15 +293,15 @@ public final class UnlockedVault: @unchecked Sendable {
         let opened = try records.map(openRecord)
         // Re-sealing may throw halfway: keep everything it touches, so the
         // object is never left half old, half new.
-        let previous = (dataKey, indexKey, slots, records)
+        let previous = (dataKey, indexKey, slots, recordTable)
         dataKey = SecretBox(newKey)
         indexKey = Self.deriveIndexKey(dataKey)
         slots = newSlots
-        records = []
+        recordTable = RecordTable([])
         do {
             try setUserTokens(opened)
         } catch {
-            (dataKey, indexKey, slots, records) = previous
+            (dataKey, indexKey, slots, recordTable) = previous
             throw error
         }
     }

@@ -117,6 +117,45 @@ struct RecordTable: Sendable {
         }
     }
 
+    /// Seals in `newRecords`: each replaces the record with its locator, or is
+    /// appended. Edits one list in place, so sealing ten thousand records is
+    /// linear (a lookup table is built only when there is more than one).
+    mutating func upsert(_ newRecords: [SealedRecord]) {
+        var list = takeList()
+        var positions: [[UInt8]: Int] = [:]
+        if newRecords.count > 1 {
+            for (position, record) in list.enumerated() { positions[record.entry.locator] = position }
+        }
+        for record in newRecords {
+            let locator = record.entry.locator
+            let position = newRecords.count > 1 ? positions[locator] : list.firstIndex { $0.entry.locator == locator }
+            if let position {
+                list[position] = record
+            } else {
+                positions[locator] = list.count
+                list.append(record)
+            }
+        }
+        storage = .list(list)
+    }
+
+    /// Drops every record `shouldRemove` picks; returns how many went.
+    mutating func removeAll(where shouldRemove: (SealedRecord) -> Bool) -> Int {
+        var list = takeList()
+        let before = list.count
+        list.removeAll(where: shouldRemove)
+        storage = .list(list)
+        return before - list.count
+    }
+
+    /// The records as a list this table no longer shares, so editing it does
+    /// not copy (a copy per edit is what made rekey quadratic).
+    private mutating func takeList() -> [SealedRecord] {
+        let list = all
+        storage = .list([])
+        return list
+    }
+
     /// The record whose locator is `locator`, if any.
     func find(_ locator: [UInt8]) -> SealedRecord? {
         switch storage {

@@ -96,37 +96,47 @@ public struct VaultStore: Sendable {
     }
 
     /// Opens the vault for reading, without a lock.
+    public func open(with unlocker: VaultUnlocker) throws -> UnlockedVault {
+        try UnlockedVault.open(try parsed(readSummary: false), with: unlocker)
+    }
+
+    /// Opens the vault for reading with `secrets`, remembering nothing.
     public func open(with secrets: [UnlockSecret]) throws -> UnlockedVault {
-        try UnlockedVault.open(try parsed(readSummary: false), with: secrets)
+        try open(with: VaultUnlocker(secrets: secrets))
     }
 
     /// Changes the vault under the lock: re-reads and opens it, runs `change`,
     /// and replaces the file only when `change` returns without throwing and
     /// modified something.
-    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) throws -> T) throws -> T {
+    public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) throws -> T) throws -> T {
         let lock = try FileLock(path: lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
-        let vault = try open(with: secrets)
+        let vault = try open(with: unlocker)
         let before = vault.modificationCount
         let result = try change(vault)
-        if vault.modificationCount != before { try write(vault) }
+        if vault.modificationCount != before { try write(vault, unlocker: unlocker) }
         return result
+    }
+
+    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) throws -> T) throws -> T {
+        try update(with: VaultUnlocker(secrets: secrets), change)
     }
 
     /// The asynchronous form of `update`, for changes that talk to Tallyfy
     /// while holding the lock (that is what makes refreshes single-flight).
-    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) async throws -> T) async throws -> T {
+    public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
         let lock = try FileLock(path: lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
-        let vault = try open(with: secrets)
+        let vault = try open(with: unlocker)
         let before = vault.modificationCount
         let result = try await change(vault)
-        if vault.modificationCount != before { try write(vault) }
+        if vault.modificationCount != before { try write(vault, unlocker: unlocker) }
         return result
     }
 
-    private func write(_ vault: UnlockedVault) throws {
+    private func write(_ vault: UnlockedVault, unlocker: VaultUnlocker) throws {
         FileSafety.removeTemporaries(of: path)
         try FileSafety.atomicReplace(path, with: try vault.sealed())
+        vault.rememberKey(in: unlocker)
     }
 }

@@ -17,15 +17,19 @@ public struct TokenRequest: Sendable {
     public var allowRefresh: Bool
     /// Obtain a new token even when the sealed one is fresh (`login`, `users token`).
     public var force: Bool
+    /// `--strict-ttl`: when renewal fails, fail, even if the sealed token is
+    /// still valid (see `TokenPolicy.canFallBack`).
+    public var strict: Bool
 
     public init(profile: String, user: String? = nil, minimumLifetime: TimeInterval = TokenPolicy.defaultMinimumLifetime,
-        allowRefresh: Bool = true, force: Bool = false)
+        allowRefresh: Bool = true, force: Bool = false, strict: Bool = false)
     {
         self.profile = profile
         self.user = user
         self.minimumLifetime = minimumLifetime
         self.allowRefresh = allowRefresh
         self.force = force
+        self.strict = strict
     }
 }
 
@@ -42,13 +46,19 @@ public struct TokenRequest: Sendable {
 /// ```
 public struct TokenBroker: Sendable {
     public let store: VaultStore
-    public let secrets: [UnlockSecret]
+    /// Shared by every open this broker makes, so a refresh (look, then
+    /// re-read under the lock) derives the key once.
+    public let unlocker: VaultUnlocker
     public let environment: [String: String]
 
-    public init(store: VaultStore, secrets: [UnlockSecret], environment: [String: String] = ProcessInfo.processInfo.environment) {
+    public init(store: VaultStore, unlocker: VaultUnlocker, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.store = store
-        self.secrets = secrets
+        self.unlocker = unlocker
         self.environment = environment
+    }
+
+    public init(store: VaultStore, secrets: [UnlockSecret], environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.init(store: store, unlocker: VaultUnlocker(secrets: secrets), environment: environment)
     }
 
     package var now: Date { VaultClock.now(environment: environment) }
@@ -59,7 +69,7 @@ public struct TokenBroker: Sendable {
     /// an expired or missing one is an error (78).
     public func sealedGrant(_ request: TokenRequest) throws -> TokenGrant? {
         guard !request.force else { return nil }
-        let vault = try store.open(with: secrets)
+        let vault = try store.open(with: unlocker)
         let profile = try Self.profile(request.profile, in: vault)
         let token = try sealedToken(request, in: vault)
         if TokenPolicy.isFresh(token, minimumLifetime: request.minimumLifetime, now: now) {
@@ -74,6 +84,22 @@ public struct TokenBroker: Sendable {
             return Self.grant(token, profile: profile, request: request)
         }
         return nil
+    }
+
+    /// What the clear summary says, before any key is derived: `false` when
+    /// the sealed token may not satisfy `request`, so a caller about to spend
+    /// an Argon2id derivation only to find it must renew can hand over to
+    /// the renewing code at once and derive the key there, once. The summary
+    /// is not authenticated until the vault is opened, so this only ever
+    /// decides where the work happens, never what token is handed out.
+    public func summaryPromisesSealedToken(_ request: TokenRequest) -> Bool {
+        guard !request.force, let summary = try? store.summary(), let profile = summary.profiles[request.profile] else {
+            return false
+        }
+        let expiry = request.user == nil ? profile.applicationTokenExpiresAt : profile.earliestUserTokenExpiresAt
+        guard let expiry else { return false }
+        let left = expiry.timeIntervalSince(now)
+        return request.allowRefresh ? left >= request.minimumLifetime : left > 0
     }
 
     /// An application token used only to issue a user token must outlive the call.

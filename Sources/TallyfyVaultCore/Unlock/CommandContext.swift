@@ -48,11 +48,11 @@ public struct CommandContext: Sendable {
 
     /// The token request that `exec`, `export` and `token` options describe:
     /// `--user`, `--min-ttl` (else `TALLYFY_VAULT_MIN_TTL`, else 1h), `--no-refresh`.
-    public func tokenRequest(user: String?, minimumLifetime: String?, noRefresh: Bool) throws -> TokenRequest {
+    public func tokenRequest(user: String?, minimumLifetime: String?, noRefresh: Bool, strict: Bool = false) throws -> TokenRequest {
         TokenRequest(
             profile: profileName, user: user,
             minimumLifetime: try TokenPolicy.minimumLifetime(option: minimumLifetime, environment: environment),
-            allowRefresh: !noRefresh)
+            allowRefresh: !noRefresh, strict: strict)
     }
 
     public func broker() throws -> TokenBroker {

@@ -131,6 +131,16 @@ enum ProcView {
         return parts
     }
 
+    /// Whether `pid` is blocked waiting for a `flock` held by someone else:
+    /// the kernel lists such waiters in `/proc/locks` with a `->` marker.
+    static func isWaitingForLock(pid: Int32) -> Bool {
+        guard let text = try? String(contentsOfFile: "/proc/locks", encoding: .utf8) else { return false }
+        return text.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            return fields.count > 5 && fields[1] == "->" && fields[5] == Substring(String(pid))
+        }
+    }
+
     /// Polls `condition` every 10 ms for up to `seconds`.
     static func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)

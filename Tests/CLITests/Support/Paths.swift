@@ -25,3 +25,24 @@ enum BuildProducts {
     static var vault: URL { directory.appendingPathComponent("tallyfy-vault") }
     static var emulator: URL { directory.appendingPathComponent("tallyfy-emulator") }
 }
+
+extension BuildProducts {
+    static var cli: URL { directory.appendingPathComponent("tallyfy-vault-cli") }
+
+    /// Copies the launcher, and unless `withCLI` is false the full CLI beside
+    /// it, into `folder` (made if needed), mode 0755; returns the launcher.
+    /// For tests that run the tool as another user, who may not reach the
+    /// build folder (a clone under a private home), or that need the launcher
+    /// on its own.
+    @discardableResult
+    static func copy(into folder: URL, withCLI: Bool = true) throws -> URL {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        for product in withCLI ? [vault, cli] : [vault] {
+            let target = folder.appendingPathComponent(product.lastPathComponent)
+            try? FileManager.default.removeItem(at: target)
+            try FileManager.default.copyItem(at: product, to: target)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: target.path)
+        }
+        return folder.appendingPathComponent("tallyfy-vault")
+    }
+}

@@ -1,0 +1,47 @@
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+import Synchronization
+
+/// The secrets that may open a vault, and the data key once one of them has.
+///
+/// Unwrapping a passphrase slot costs an Argon2id derivation (about half a
+/// second at the default cost), and a refreshing `exec` opens the vault more
+/// than once: to look, then again under the lock. One unlocker per process
+/// makes that one derivation: after the first open it remembers the data key
+/// with the exact slots it came from, and opens any later read of the same
+/// vault with that key. When the slots differ (a concurrent `rekey` or
+/// `keys add`), the key may have changed, so the secrets are tried again.
+public final class VaultUnlocker: Sendable {
+    public let secrets: [UnlockSecret]
+    private let remembered = Mutex<(slots: [KeySlot], key: SecretBox)?>(nil)
+
+    public init(secrets: [UnlockSecret]) {
+        self.secrets = secrets
+    }
+
+    /// The data key for a vault with `slots`: the remembered one when the
+    /// slots are unchanged, else unwrapped by the first secret that opens a
+    /// slot. `nil` when none does.
+    func dataKey(for slots: [KeySlot]) throws -> SecretBox? {
+        if let known = remembered.withLock({ $0 }), known.slots == slots { return known.key }
+        for secret in secrets {
+            for slot in slots where slot.accepts(secret) {
+                if let key = try slot.unwrap(with: secret) {
+                    let box = SecretBox(key)
+                    remember(slots: slots, key: box)
+                    return box
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Called after this process wrote new slots (`rekey`, `keys add`), so
+    /// that reading its own write costs no derivation either.
+    func remember(slots: [KeySlot], key: SecretBox) {
+        remembered.withLock { $0 = (slots, key) }
+    }
+}
