@@ -10,7 +10,7 @@ struct Login: ParsableCommand {
 
     func run() throws {
         let broker = try global.broker()
-        let request = TokenRequest(profile: global.profileName, force: true)
+        let request = TokenRequest(profile: global.profileName, renewal: .always)
         let grant = try runBlocking { try await broker.renewedGrant(request) }
         Output.note("sealed a new application token for profile \"\(grant.profile)\", valid until \(ChildEnvironment.rfc3339(grant.expiresAt))")
     }

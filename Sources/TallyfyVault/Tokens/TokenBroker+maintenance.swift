@@ -54,7 +54,8 @@ extension TokenBroker {
         for name in profiles ?? vault.content.profiles.keys.sorted() {
             guard vault.content.profiles[name] != nil else { continue }
             do {
-                _ = try await grant(TokenRequest(profile: name, minimumLifetime: renewApplication))
+                // Strictly: a renewal that fails is what check must report.
+                _ = try await grant(TokenRequest(profile: name, minimumLifetime: renewApplication, renewal: .whenStaleStrictly))
             } catch {
                 failures.append(Self.refreshProblem(error, profile: name, what: "the application token"))
                 continue
@@ -65,7 +66,7 @@ extension TokenBroker {
             } ?? []
             for record in expiring {
                 do {
-                    _ = try await renewedGrant(TokenRequest(profile: name, user: record.email, force: true))
+                    _ = try await renewedGrant(TokenRequest(profile: name, user: record.email, renewal: .always))
                 } catch {
                     failures.append(Self.refreshProblem(error, profile: name, what: "the token of \(record.email)"))
                 }

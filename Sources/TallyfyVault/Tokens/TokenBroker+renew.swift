@@ -69,7 +69,7 @@ extension TokenBroker {
     private func renew(_ request: TokenRequest, seen: SealedToken?, in vault: UnlockedVault, client: TallyfyClient) async throws -> TokenGrant {
         var profile = try Self.profile(request.profile, in: vault)
         let current = try sealedToken(request, in: vault)
-        if !request.force && TokenPolicy.canReuse(current, seen: seen, minimumLifetime: request.minimumLifetime, now: now) {
+        if request.renewal != .always && TokenPolicy.canReuse(current, seen: seen, minimumLifetime: request.minimumLifetime, now: now) {
             return Self.grant(current!, profile: profile, request: request)
         }
         let applicationToken = try await applicationToken(
@@ -98,7 +98,7 @@ extension TokenBroker {
         for request: TokenRequest, profile: inout Profile, in vault: UnlockedVault, client: TallyfyClient
     ) async throws -> SealedToken {
         let needed = request.user == nil ? request.minimumLifetime : Self.applicationTokenMarginForUserCalls
-        if let token = profile.applicationToken, !(request.force && request.user == nil),
+        if let token = profile.applicationToken, !(request.renewal == .always && request.user == nil),
             TokenPolicy.isFresh(token, minimumLifetime: needed, now: now)
         {
             return token

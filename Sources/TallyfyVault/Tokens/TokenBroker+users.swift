@@ -17,6 +17,6 @@ extension TokenBroker {
     /// Issues a new user-scoped token for `email` and seals it.
     public func issueUserToken(profile: String, email: String) async throws -> TokenGrant {
         try NewUser.validateEmail(email)
-        return try await renewedGrant(TokenRequest(profile: profile, user: email, force: true))
+        return try await renewedGrant(TokenRequest(profile: profile, user: email, renewal: .always))
     }
 }

@@ -50,7 +50,7 @@ public enum TokenPolicy {
 
     /// Whether `token` may stand in for a renewal that failed with `error`.
     public static func canFallBack(_ token: SealedToken?, after error: VaultError, request: TokenRequest, now: Date) -> Bool {
-        guard let token, !request.strict, !request.force, isPassing(error) else { return false }
+        guard let token, request.renewal == .whenStale, isPassing(error) else { return false }
         return token.expiresAt.timeIntervalSince(now) > fallbackFloor
     }
 

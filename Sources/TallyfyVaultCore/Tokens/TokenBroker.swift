@@ -14,22 +14,29 @@ public struct TokenRequest: Sendable {
     /// A user's email for a user-scoped token; `nil` for the application token.
     public var user: String?
     public var minimumLifetime: TimeInterval
-    public var allowRefresh: Bool
-    /// Obtain a new token even when the sealed one is fresh (`login`, `users token`).
-    public var force: Bool
-    /// `--strict-ttl`: when renewal fails, fail, even if the sealed token is
-    /// still valid (see `TokenPolicy.canFallBack`).
-    public var strict: Bool
+    public var renewal: Renewal
+
+    /// When Tallyfy is asked for a new token.
+    public enum Renewal: Sendable, Equatable {
+        /// When less than `minimumLifetime` is left. If renewing fails for a
+        /// passing reason, a still-valid sealed token is handed out with a
+        /// warning (`TokenPolicy.canFallBack`). The default.
+        case whenStale
+        /// As `whenStale`, but a failed renewal fails (`--strict-ttl`).
+        case whenStaleStrictly
+        /// Never: the sealed token while it has not expired, else 78 (`--no-refresh`).
+        case never
+        /// Always, even when the sealed token is fresh (`login`, `users token`).
+        case always
+    }
 
     public init(profile: String, user: String? = nil, minimumLifetime: TimeInterval = TokenPolicy.defaultMinimumLifetime,
-        allowRefresh: Bool = true, force: Bool = false, strict: Bool = false)
+        renewal: Renewal = .whenStale)
     {
         self.profile = profile
         self.user = user
         self.minimumLifetime = minimumLifetime
-        self.allowRefresh = allowRefresh
-        self.force = force
-        self.strict = strict
+        self.renewal = renewal
     }
 }
 
@@ -68,14 +75,14 @@ public struct TokenBroker: Sendable {
     /// With `allowRefresh` false, a valid (not expired) token is returned and
     /// an expired or missing one is an error (78).
     public func sealedGrant(_ request: TokenRequest) throws -> TokenGrant? {
-        guard !request.force else { return nil }
+        guard request.renewal != .always else { return nil }
         let vault = try store.open(with: unlocker)
         let profile = try Self.profile(request.profile, in: vault)
         let token = try sealedToken(request, in: vault)
         if TokenPolicy.isFresh(token, minimumLifetime: request.minimumLifetime, now: now) {
             return Self.grant(token!, profile: profile, request: request)
         }
-        guard request.allowRefresh else {
+        guard request.renewal != .never else {
             guard let token, TokenPolicy.isValid(token, now: now) else {
                 throw VaultError(.configuration,
                     "no valid \(describe(request)) is sealed, and --no-refresh forbids asking Tallyfy for one",
@@ -93,13 +100,13 @@ public struct TokenBroker: Sendable {
     /// is not authenticated until the vault is opened, so this only ever
     /// decides where the work happens, never what token is handed out.
     public func summaryPromisesSealedToken(_ request: TokenRequest) -> Bool {
-        guard !request.force, let summary = try? store.summary(), let profile = summary.profiles[request.profile] else {
+        guard request.renewal != .always, let summary = try? store.summary(), let profile = summary.profiles[request.profile] else {
             return false
         }
         let expiry = request.user == nil ? profile.applicationTokenExpiresAt : profile.earliestUserTokenExpiresAt
         guard let expiry else { return false }
         let left = expiry.timeIntervalSince(now)
-        return request.allowRefresh ? left >= request.minimumLifetime : left > 0
+        return request.renewal == .never ? left > 0 : left >= request.minimumLifetime
     }
 
     /// An application token used only to issue a user token must outlive the call.

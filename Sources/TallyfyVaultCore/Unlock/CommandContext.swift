@@ -52,7 +52,7 @@ public struct CommandContext: Sendable {
         TokenRequest(
             profile: profileName, user: user,
             minimumLifetime: try TokenPolicy.minimumLifetime(option: minimumLifetime, environment: environment),
-            allowRefresh: !noRefresh, strict: strict)
+            renewal: noRefresh ? .never : strict ? .whenStaleStrictly : .whenStale)
     }
 
     public func broker() throws -> TokenBroker {

@@ -14,11 +14,29 @@ struct RunResult: Sendable {
     var brief: String { "status \(status), stderr: \(stderr)" }
 }
 
+/// Children of the test runner must never reach the terminal of whoever runs
+/// the suite: a command without an unlock source would otherwise stop at a
+/// passphrase prompt on `/dev/tty`. Foundation's `Process` passes the
+/// controlling terminal on, so the runner leaves its terminal once, before
+/// the first child starts (a new session has none). Tests that need a
+/// terminal drive a pty of their own.
+let detachedFromTerminal: Void = {
+    if setsid() < 0 {
+        // Already a session or group leader: drop the terminal instead.
+        let tty = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        if tty >= 0 {
+            _ = ioctl(tty, UInt(TIOCNOTTY))
+            close(tty)
+        }
+    }
+}()
+
 /// Runs a build product as a child process and collects its output.
 func runProcess(
     _ executable: URL, _ arguments: [String], environment: [String: String], stdin: String? = nil,
     currentDirectory: URL? = nil
 ) throws -> RunResult {
+    detachedFromTerminal
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments

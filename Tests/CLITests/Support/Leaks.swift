@@ -25,6 +25,7 @@ final class BackgroundCommand: @unchecked Sendable {
             FileManager.default.createFile(atPath: url.path, contents: nil, attributes: [.posixPermissions: 0o600])
         }
         self.arguments = arguments
+        detachedFromTerminal
         process = Process()
         process.executableURL = executable
         process.arguments = arguments
@@ -131,14 +132,13 @@ enum ProcView {
         return parts
     }
 
-    /// Whether `pid` is blocked waiting for a `flock` held by someone else:
-    /// the kernel lists such waiters in `/proc/locks` with a `->` marker.
-    static func isWaitingForLock(pid: Int32) -> Bool {
-        guard let text = try? String(contentsOfFile: "/proc/locks", encoding: .utf8) else { return false }
-        return text.split(separator: "\n").contains { line in
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            return fields.count > 5 && fields[1] == "->" && fields[5] == Substring(String(pid))
-        }
+    /// Whether `pid` has `path` open: a writer opens `VAULT.lock` before it
+    /// polls for the lock (`FileLock`), so a running writer with the lock
+    /// file open while another holds the lock is one that waits for it.
+    static func hasOpen(pid: Int32, path: String) -> Bool {
+        let folder = "/proc/\(pid)/fd"
+        guard let descriptors = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return false }
+        return descriptors.contains { (try? FileManager.default.destinationOfSymbolicLink(atPath: folder + "/" + $0)) == path }
     }
 
     /// Polls `condition` every 10 ms for up to `seconds`.
