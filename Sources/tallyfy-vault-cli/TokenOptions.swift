@@ -19,7 +19,12 @@ struct TokenOptions: ParsableArguments {
         """))
     var strictTtl = false
 
-    var selection: TokenSelection { TokenSelection(user: user, minTTL: minTtl, noRefresh: noRefresh, strict: strictTtl) }
+    @Flag(help: "Do not ask a running agent; unlock the vault here.")
+    var noAgent = false
+
+    var selection: TokenSelection {
+        TokenSelection(user: user, minTTL: minTtl, noRefresh: noRefresh, strict: strictTtl, noAgent: noAgent)
+    }
 
     func grant(_ global: GlobalOptions) throws -> TokenGrant {
         try selection.grant(global.context)
@@ -32,17 +37,28 @@ struct TokenSelection {
     var minTTL: String?
     var noRefresh = false
     var strict = false
+    var noAgent = false
 
-    /// The token: from the vault when fresh (no HTTP client, no event loop),
-    /// else renewed from Tallyfy, else (renewal failed, token still valid)
-    /// the sealed one with a warning.
+    /// The token: from a running agent (no unlocking here at all), else from
+    /// the vault when fresh (no HTTP client, no event loop), else renewed
+    /// from Tallyfy, else (renewal failed, token still valid) the sealed one
+    /// with a warning.
     func grant(_ context: CommandContext) throws -> TokenGrant {
         let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: noRefresh, strict: strict)
+        if let agent = AgentClient(environment: context.environment, disabled: noAgent),
+            let grant = try agent.grant(request, vaultPath: context.vaultPath)
+        {
+            return warnIfDegraded(grant, request)
+        }
         let broker = try context.broker()
         if let grant = try broker.sealedGrant(request) { return grant }
-        let grant = try runBlocking { try await broker.grant(request) }
+        return warnIfDegraded(try runBlocking { try await broker.grant(request) }, request)
+    }
+
+    private func warnIfDegraded(_ grant: TokenGrant, _ request: TokenRequest) -> TokenGrant {
         if let reason = grant.renewalFailure {
-            Output.note("warning: could not renew the \(broker.describe(request)) (\(reason)); using the sealed one, valid until \(ChildEnvironment.rfc3339(grant.expiresAt))")
+            let what = request.user.map { "user token for \($0)" } ?? "application token for profile \"\(request.profile)\""
+            Output.note("warning: could not renew the \(what) (\(reason)); using the sealed one, valid until \(ChildEnvironment.rfc3339(grant.expiresAt))")
         }
         return grant
     }

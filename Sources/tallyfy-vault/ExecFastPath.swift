@@ -24,6 +24,7 @@ enum ExecFastPath {
         var user: String?
         var minimumLifetime: String?
         var noRefresh = false
+        var noAgent = false
         var command: [String] = []
 
         /// The child's environment when the sealed token will do; `nil` for
@@ -34,8 +35,16 @@ enum ExecFastPath {
             // Never prompt here: without a key file or passphrase at hand, the
             // CLI asks (once).
             guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
-                let request = try? context.tokenRequest(user: user, minimumLifetime: minimumLifetime, noRefresh: noRefresh),
-                (try? context.store.checkAccess()) != nil,
+                let request = try? context.tokenRequest(user: user, minimumLifetime: minimumLifetime, noRefresh: noRefresh)
+            else { return nil }
+            // A running agent answers without any unlocking here. Anything it
+            // can't serve, or an error, goes to the full CLI, which says why.
+            if let agent = AgentClient(environment: context.environment, disabled: noAgent),
+                let grant = try? agent.grant(request, vaultPath: context.vaultPath), grant.renewalFailure == nil
+            {
+                return ChildEnvironment.build(parent: context.environment, grant: grant)
+            }
+            guard (try? context.store.checkAccess()) != nil,
                 let available = try? context.sources.available(),
                 case let secrets = ExecFastPath.worthUnlocking(available, for: request, context: context), !secrets.isEmpty,
                 case let broker = TokenBroker(store: context.store, secrets: secrets, environment: context.environment),
@@ -78,6 +87,10 @@ enum ExecFastPath {
             }
             // Matters only when renewal fails, which happens in the full CLI.
             if word == "--strict-ttl" && sawExec { continue }
+            if word == "--no-agent" && sawExec {
+                invocation.noAgent = true
+                continue
+            }
             var name = word
             let value: String
             if let equals = word.firstIndex(of: "="), word.hasPrefix("--") {

@@ -56,3 +56,20 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
         hint.map { "\(message) (\($0))" } ?? message
     }
 }
+
+extension VaultError.Kind {
+    /// The kind whose exit status is `status` (an agent relays errors as
+    /// statuses); anything unknown is `.unavailable`.
+    public init(exitStatus status: Int32) {
+        switch status {
+        case 64: self = .usage
+        case 65: self = .corrupt
+        case 66: self = .notFound
+        case 74: self = .io
+        case 75: self = .tryLater
+        case 77: self = .refused
+        case 78: self = .configuration
+        default: self = .unavailable
+        }
+    }
+}

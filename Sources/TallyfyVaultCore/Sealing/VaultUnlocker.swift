@@ -39,6 +39,35 @@ public final class VaultUnlocker: Sendable {
         return nil
     }
 
+    /// An unlocker that holds only the data key this one found, and none of
+    /// the secrets: what the agent keeps. It opens the vault while its slots
+    /// stay as they were; after any slot change it opens nothing (the agent
+    /// then forgets the key and clients unlock for themselves).
+    public func keepingOnlyTheDataKey() -> VaultUnlocker? {
+        guard let known = remembered.withLock({ $0 }) else { return nil }
+        let unlocker = VaultUnlocker(secrets: [])
+        unlocker.remember(slots: known.slots, key: known.key)
+        return unlocker
+    }
+
+    /// An unlocker for `store` from a bare data key (the detached agent gets
+    /// its key this way from the process that unlocked); refused unless the
+    /// key opens the vault as it is now.
+    public static func withDataKey(_ key: consuming SecretBytes, for store: VaultStore) throws -> VaultUnlocker {
+        let parsed = try store.parsed(readSummary: false)
+        let unlocker = VaultUnlocker(secrets: [])
+        unlocker.remember(slots: parsed.slots, key: SecretBox(key))
+        _ = try UnlockedVault.open(parsed, with: unlocker)
+        return unlocker
+    }
+
+    /// Hands the remembered data key to `body` (to pass it to a detached
+    /// agent through a pipe); `nil` before anything was opened.
+    public func withDataKeyBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R? {
+        guard let known = remembered.withLock({ $0 }) else { return nil }
+        return try known.key.bytes.withUnsafeBytes(body)
+    }
+
     /// Called after this process wrote new slots (`rekey`, `keys add`), so
     /// that reading its own write costs no derivation either.
     func remember(slots: [KeySlot], key: SecretBox) {

@@ -1,0 +1,185 @@
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The agent's wire protocol, version 1 (docs/agent.md is its specification).
+///
+/// One request and one answer per connection over the agent's Unix socket,
+/// each a frame: a 4-byte big-endian length, then that many bytes of UTF-8
+/// JSON. Requests are at most 64 KiB and answers at most 1 MiB; anything
+/// larger, shorter or slower than the deadline ends the connection.
+public enum AgentProtocol {
+    public static let version = 1
+    public static let maxRequestLength = 64 * 1024
+    public static let maxAnswerLength = 1 << 20
+    /// How long either side waits for the other's bytes.
+    public static let ioTimeout: TimeInterval = 5
+
+    public enum Operation: String, Codable, Sendable {
+        case token, status, lock, stop
+    }
+
+    public struct Request: Codable, Sendable, Equatable {
+        public var version: Int
+        public var op: Operation
+        /// The vault's resolved path: an agent serves one vault only.
+        public var vault: String?
+        public var profile: String?
+        public var user: String?
+        public var minimumLifetime: Double?
+        /// `whenStale`, `whenStaleStrictly` or `never` (see `TokenRequest.Renewal`).
+        public var renewal: String?
+
+        public init(op: Operation, vault: String? = nil, profile: String? = nil, user: String? = nil,
+            minimumLifetime: Double? = nil, renewal: String? = nil)
+        {
+            version = AgentProtocol.version
+            self.op = op
+            self.vault = vault
+            self.profile = profile
+            self.user = user
+            self.minimumLifetime = minimumLifetime
+            self.renewal = renewal
+        }
+    }
+
+    /// What the agent answers. `error` names why it could not serve:
+    /// `locked` (no key held), `other-vault`, `bad-request`, or `failed`
+    /// (serving failed; `message`, `hint` and `exitStatus` say how).
+    public struct Answer: Codable, Sendable, Equatable {
+        public var version: Int
+        public var ok: Bool
+        public var error: String?
+        public var message: String?
+        public var hint: String?
+        public var exitStatus: Int32?
+        public var grant: WireGrant?
+        public var status: Status?
+
+        public init(ok: Bool, error: String? = nil, message: String? = nil, hint: String? = nil, exitStatus: Int32? = nil,
+            grant: WireGrant? = nil, status: Status? = nil)
+        {
+            version = AgentProtocol.version
+            self.ok = ok
+            self.error = error
+            self.message = message
+            self.hint = hint
+            self.exitStatus = exitStatus
+            self.grant = grant
+            self.status = status
+        }
+
+        public static func failure(_ error: String, _ message: String) -> Answer {
+            Answer(ok: false, error: error, message: message)
+        }
+    }
+
+    /// A `TokenGrant` on the wire; the expiry in Unix seconds.
+    public struct WireGrant: Codable, Sendable, Equatable {
+        public var profile: String
+        public var orgID: String
+        public var apiURL: String
+        public var token: String
+        public var expiresAt: Double
+        public var user: String?
+        public var renewalFailure: String?
+
+        public init(_ grant: TokenGrant) {
+            profile = grant.profile
+            orgID = grant.orgID
+            apiURL = grant.apiURL
+            token = grant.token
+            expiresAt = grant.expiresAt.timeIntervalSince1970
+            user = grant.user
+            renewalFailure = grant.renewalFailure
+        }
+
+        /// Back to a grant; `nil` when the expiry is not a sane date.
+        public var grant: TokenGrant? {
+            guard expiresAt.isFinite, abs(expiresAt) < 1e11 else { return nil }
+            var grant = TokenGrant(profile: profile, orgID: orgID, apiURL: apiURL, token: token,
+                expiresAt: Date(timeIntervalSince1970: expiresAt), user: user)
+            grant.renewalFailure = renewalFailure
+            return grant
+        }
+    }
+
+    public struct Status: Codable, Sendable, Equatable {
+        public var vault: String
+        public var locked: Bool
+        public var pid: Int32
+        public var startedAt: Double
+        public var idleTimeout: Double?
+        public var maxLifetime: Double?
+        public var served: Int
+        public var renewals: Int
+
+        public init(vault: String, locked: Bool, pid: Int32, startedAt: Double, idleTimeout: Double?, maxLifetime: Double?,
+            served: Int, renewals: Int)
+        {
+            self.vault = vault
+            self.locked = locked
+            self.pid = pid
+            self.startedAt = startedAt
+            self.idleTimeout = idleTimeout
+            self.maxLifetime = maxLifetime
+            self.served = served
+            self.renewals = renewals
+        }
+    }
+
+    // MARK: - Frames
+
+    /// Writes one frame: length, then `value` as JSON.
+    public static func send(_ value: some Encodable, to descriptor: Int32) throws {
+        let body = try JSONEncoder().encode(value)
+        let length = UInt32(body.count)
+        var frame = [UInt8(length >> 24), UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff), UInt8(length & 0xff)]
+        frame.append(contentsOf: body)
+        var sent = 0
+        while sent < frame.count {
+            let n = frame.withUnsafeBytes { write(descriptor, $0.baseAddress! + sent, frame.count - sent) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw AgentError.connection("could not write to the agent socket") }
+            sent += n
+        }
+    }
+
+    /// Reads one frame of at most `maxLength` bytes and decodes it.
+    public static func receive<T: Decodable>(_ type: T.Type, from descriptor: Int32, maxLength: Int) throws -> T {
+        let header = try readExactly(4, from: descriptor)
+        let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
+        guard length <= maxLength else { throw AgentError.connection("a frame of \(length) bytes is over the limit of \(maxLength)") }
+        let body = try readExactly(length, from: descriptor)
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(body))
+        } catch {
+            throw AgentError.connection("a frame is not the expected JSON")
+        }
+    }
+
+    private static func readExactly(_ count: Int, from descriptor: Int32) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress! + got, count - got) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw AgentError.connection(n == 0 ? "the connection ended early" : "reading timed out or failed") }
+            got += n
+        }
+        return buffer
+    }
+}
+
+/// Why talking to the agent did not work; clients then do the work themselves.
+public enum AgentError: Error, Sendable {
+    /// No agent socket, or not one we trust.
+    case unavailable(String)
+    /// The connection broke, timed out or carried something malformed.
+    case connection(String)
+}

@@ -1,0 +1,166 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// `agent`: unlock once, serve tokens over a private socket, renew in the
+/// background. `agent status`, `agent lock`, `agent stop` talk to a running one.
+struct Agent: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Unlock the vault once and hand out tokens in a millisecond, renewing them in the background.",
+        discussion: """
+            exec, token and export ask a running agent first (TALLYFY_VAULT_AGENT_SOCK, else the default \
+            socket), with no key derivation and no key file read, and fall back to the vault when there is \
+            no agent, it is locked, or it holds another vault. On a workstation: \
+            eval "$(tallyfy-vault agent --detach)". On a server: tools/systemd/tallyfy-vault-agent.service.
+            """,
+        subcommands: [Run.self, AgentStatus.self, AgentLock.self, AgentStop.self],
+        defaultSubcommand: Run.self)
+
+    struct SocketOption: ParsableArguments {
+        @Option(help: ArgumentHelp("The agent's socket (default: TALLYFY_VAULT_AGENT_SOCK, else $XDG_RUNTIME_DIR/tallyfy-vault/agent.sock).", valueName: "PATH"))
+        var socket: String?
+
+        func path(_ environment: [String: String]) -> String {
+            socket ?? AgentSocket.path(environment: environment)
+        }
+    }
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the agent (the default).")
+
+        @OptionGroup var global: GlobalOptions
+        @OptionGroup var socketOption: SocketOption
+        @Flag(help: "Start in the background and print the variables to eval, as ssh-agent does.") var detach = false
+        @Option(help: ArgumentHelp("Forget the key after this long without a token request; 0 = never.", valueName: "DURATION"))
+        var idleTimeout = "8h"
+        @Option(help: ArgumentHelp("Forget the key this long after starting; 0 = never.", valueName: "DURATION"))
+        var maxLifetime = "24h"
+        /// The detached agent's key arrives on this descriptor from the process that unlocked.
+        @Option(help: .hidden) var keyFD: Int32?
+
+        func run() throws {
+            let context = global.context
+            let environment = context.environment
+            let socketPath = socketOption.path(environment)
+            let idle = try AgentOptions.duration(idleTimeout)
+            let lifetime = try AgentOptions.duration(maxLifetime)
+            ProcessHardening.protect()
+            try context.store.checkAccess()
+            guard let vaultPath = AgentClient.resolved(context.vaultPath) else {
+                throw VaultError(.notFound, "the vault \(context.vaultPath) does not exist")
+            }
+            if let live = try? AgentClient(socketPath: socketPath).ask(.init(op: .status)), live.ok {
+                throw VaultError(.usage, "an agent is already running on \(socketPath) (pid \(live.status?.pid ?? 0))",
+                    hint: "use it, stop it with `tallyfy-vault agent stop`, or give another --socket")
+            }
+            let unlocker = try AgentOptions.unlock(context: context, vaultPath: vaultPath, keyFD: keyFD)
+            if detach {
+                let pid = try AgentLauncher.detach(
+                    unlocker: unlocker, socketPath: socketPath, vaultPath: vaultPath,
+                    idleTimeout: idleTimeout, maxLifetime: maxLifetime, environment: environment)
+                Output.line(AgentLauncher.shellVariables(socketPath: socketPath, pid: pid))
+                return
+            }
+            let server = AgentServer(
+                configuration: .init(socketPath: socketPath, vaultPath: vaultPath, idleTimeout: idle, maxLifetime: lifetime,
+                    environment: environment),
+                unlocker: unlocker, log: { Output.note("agent: \($0)") })
+            let signals = AgentLauncher.stopOnSignals(server)
+            defer { withExtendedLifetime(signals) {} }
+            try runBlocking { try await server.run(ready: { AgentLauncher.notifySystemd() }) }
+        }
+    }
+
+    struct AgentStatus: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Show whether an agent runs and holds a key.")
+        @OptionGroup var global: GlobalOptions
+        @OptionGroup var socketOption: SocketOption
+
+        func run() throws {
+            let path = socketOption.path(global.context.environment)
+            let answer = try AgentOptions.ask(.status, socketPath: path)
+            guard let status = answer.status else { throw VaultError(.unavailable, "the agent on \(path) gave no status") }
+            Output.line(AgentOptions.describe(status, socketPath: path))
+        }
+    }
+
+    struct AgentLock: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "lock", abstract: "Make the agent forget the key (it keeps running, locked).")
+        @OptionGroup var global: GlobalOptions
+        @OptionGroup var socketOption: SocketOption
+
+        func run() throws {
+            let path = socketOption.path(global.context.environment)
+            _ = try AgentOptions.ask(.lock, socketPath: path)
+            Output.note("the agent on \(path) forgot the key; clients unlock the vault themselves until it is started again")
+        }
+    }
+
+    struct AgentStop: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop the agent (it forgets the key).")
+        @OptionGroup var global: GlobalOptions
+        @OptionGroup var socketOption: SocketOption
+
+        func run() throws {
+            let path = socketOption.path(global.context.environment)
+            _ = try AgentOptions.ask(.stop, socketPath: path)
+            // Done when its socket is gone, so a script can start another at once.
+            let deadline = Date().addingTimeInterval(10)
+            while FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(10_000) }
+            Output.note("stopped the agent on \(path)")
+        }
+    }
+}
+
+/// The parts of `agent` that are plain functions, kept out of the commands.
+enum AgentOptions {
+    /// `0` (or `none`) means never.
+    static func duration(_ text: String) throws -> TimeInterval? {
+        if text == "0" || text == "none" { return nil }
+        return try DurationText.parse(text)
+    }
+
+    /// The unlocker the agent keeps: only the data key, found with the usual
+    /// unlock sources (prompt included) or handed over on `keyFD`.
+    static func unlock(context: CommandContext, vaultPath: String, keyFD: Int32?) throws -> VaultUnlocker {
+        let store = VaultStore(path: vaultPath)
+        if let keyFD {
+            var key = SecretBytes(count: 32)
+            let got = key.withUnsafeMutableBytes { read(keyFD, $0.baseAddress!, 32) }
+            close(keyFD)
+            guard got == 32 else { throw VaultError(.usage, "the agent's key descriptor carried no key") }
+            return try VaultUnlocker.withDataKey(key, for: store)
+        }
+        let full = VaultUnlocker(secrets: try context.secretsToOpen())
+        _ = try store.open(with: full)
+        guard let keyOnly = full.keepingOnlyTheDataKey() else { throw VaultError(.refused, "the vault could not be unlocked") }
+        return keyOnly
+    }
+
+    static func ask(_ op: AgentProtocol.Operation, socketPath: String) throws -> AgentProtocol.Answer {
+        do {
+            let answer = try AgentClient(socketPath: socketPath).ask(.init(op: op))
+            guard answer.ok else { throw VaultError(.unavailable, "the agent on \(socketPath) answered: \(answer.message ?? "an error")") }
+            return answer
+        } catch let error as AgentError {
+            let reason: String
+            switch error {
+            case .unavailable(let text), .connection(let text): reason = text
+            }
+            throw VaultError(.unavailable, "no agent answers on \(socketPath): \(reason)",
+                hint: "start one with `eval \"$(tallyfy-vault agent --detach)\"`")
+        }
+    }
+
+    static func describe(_ status: AgentProtocol.Status, socketPath: String) -> String {
+        func limit(_ value: Double?) -> String { value.map { DurationText.format($0) } ?? "none" }
+        return """
+            agent: running, pid \(status.pid), on \(socketPath)
+            vault: \(status.vault)
+            key: \(status.locked ? "forgotten (locked): clients unlock the vault themselves" : "held")
+            started: \(ChildEnvironment.rfc3339(Date(timeIntervalSince1970: status.startedAt)))
+            idle timeout: \(limit(status.idleTimeout)), max lifetime: \(limit(status.maxLifetime))
+            served: \(status.served) token requests, renewed: \(status.renewals) tokens
+            """
+    }
+}
