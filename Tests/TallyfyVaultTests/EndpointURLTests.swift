@@ -26,6 +26,10 @@ import Testing
         "http://128.0.0.1/api",
         "http://10.0.0.1/api",
         "http://localhost.example.com/api",
+        // A trailing dot makes a fully qualified name that goes to DNS (issue 9).
+        "http://localhost./api",
+        "http://LOCALHOST.:8080/oauth/token",
+        "http://127.0.0.1./api",
         "http://127.0.0.1.nip.io/api",
         "http://[::2]/api",
         "http://0.0.0.0/api",

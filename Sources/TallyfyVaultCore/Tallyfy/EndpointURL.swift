@@ -69,13 +69,15 @@ public enum EndpointURL {
         }
     }
 
-    /// `localhost`, any address in 127.0.0.0/8, or `::1` (with or without
-    /// brackets, in any spelling `inet_pton` accepts). Other names are not
-    /// resolved: a name that merely points at 127.0.0.1 today may not tomorrow.
+    /// Exactly `localhost`, any address in 127.0.0.0/8, or `::1` (with or
+    /// without brackets, in any spelling `inet_pton` accepts). Other names are
+    /// not resolved: a name that merely points at 127.0.0.1 today may not
+    /// tomorrow. `localhost.` (with the root's dot) is such a name: it is a
+    /// fully qualified DNS name that resolvers send to DNS rather than
+    /// answering from `/etc/hosts`, so it is not loopback.
     static func isLoopback(host rawHost: String) -> Bool {
         var host = rawHost.lowercased()
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host.hasSuffix(".") && !host.hasSuffix("..") { host.removeLast() }
         if host == "localhost" { return true }
 
         var v4 = in_addr()
