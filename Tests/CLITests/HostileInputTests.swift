@@ -146,14 +146,27 @@ import Testing
         try sandbox.ok(["keys", "add", "--new-passphrase-file", file])
         let script = """
             import os, sys, termios, signal, fcntl
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
             master, slave = os.openpty()
             pid = os.fork()
             if pid == 0:
+                # As a shell would start it: no signal blocked or ignored (the
+                # test runner's threads block most signals, and a blocked mask
+                # is inherited across exec).
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(s, signal.SIG_DFL)
                 os.setsid()
                 fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
                 for f in (0, 1, 2):
                     os.dup2(slave, f)
                 os.execv(sys.argv[1], sys.argv[1:])
+            def give_up(*_):
+                os.kill(pid, signal.SIGKILL)
+                print('timeout')
+                sys.exit(1)
+            signal.signal(signal.SIGALRM, give_up)
+            signal.alarm(60)
             seen = b''
             while b'assphrase' not in seen:
                 seen += os.read(master, 1024)
