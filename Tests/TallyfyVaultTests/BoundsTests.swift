@@ -37,12 +37,16 @@ import Testing
     }
 
     @Test func aJWTExpOutsideTheRangeIsRefused() throws {
-        // Alone: centuries ahead, or already past.
-        for exp in ["9223372036854775807", "253402300799", "1699999999"] {
+        // Alone: centuries ahead, or beyond what a date can hold.
+        for exp in ["9223372036854775807", "253402300799", "2015360001"] {
             let body = #"{"token_type":"Bearer","access_token":"\#(jwt(#"{"exp":\#(exp)}"#))"}"#
             let parsed = try #require(TokenResponse.decode(Data(body.utf8)))
             #expect(parsed.issued(receivedAt: received) == nil, "exp \(exp)")
         }
+        // Already past (a one-second token's whole-second exp): kept, and
+        // renewed at its next use.
+        let past = #"{"token_type":"Bearer","expires_in":1,"access_token":"\#(jwt(#"{"exp":1699999999}"#))"}"#
+        #expect(TokenResponse.decode(Data(past.utf8))?.issued(receivedAt: received)?.expiresAt == Date(timeIntervalSince1970: 1_699_999_999))
         // With a sane expires_in the earlier of the two wins and is kept.
         let body = #"{"token_type":"Bearer","expires_in":604800,"access_token":"\#(jwt(#"{"exp":253402300799}"#))"}"#
         #expect(TokenResponse.decode(Data(body.utf8))?.issued(receivedAt: received)?.expiresAt == received.addingTimeInterval(604_800))

@@ -45,12 +45,14 @@ struct TokenResponse: Sendable, Equatable {
     }
 
     /// The token with its expiry (the earlier of `expires_in` and the JWT
-    /// `exp`), or `nil` when neither says when it expires or the result is
-    /// not 1 s to 10 years after `receivedAt` (a JWT `exp` in the past or
-    /// centuries ahead).
+    /// `exp`), or `nil` when neither says when it expires or the expiry is
+    /// more than 10 years after `receivedAt` (a JWT `exp` centuries ahead).
+    /// An `exp` already past is kept: such a token is simply renewed at its
+    /// next use (and a one-second token's `exp`, in whole seconds, can fall
+    /// just before its receipt).
     func issued(receivedAt: Date) -> IssuedToken? {
         guard let expiresAt = TokenExpiry.knownExpiry(of: accessToken, expiresIn: expiresIn, receivedAt: receivedAt),
-              Self.lifetimes.contains(expiresAt.timeIntervalSince(receivedAt)), VaultBounds.isValid(expiresAt)
+              expiresAt.timeIntervalSince(receivedAt) <= Self.lifetimes.upperBound, VaultBounds.isValid(expiresAt)
         else { return nil }
         return IssuedToken(accessToken: accessToken, expiresAt: expiresAt)
     }
