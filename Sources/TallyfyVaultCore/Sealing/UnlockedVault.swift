@@ -110,7 +110,7 @@ public final class UnlockedVault: @unchecked Sendable {
     public func sealed() throws -> Data {
         guard content.isWithinBounds else {
             throw VaultError(.usage, "a value to be sealed is outside the vault's limits (a date outside 1970..9999, or a name, ID, URL, secret or token too long); nothing was changed",
-                hint: "SECURITY.md lists the limits")
+                hint: "SECURITY.md, \"Limits on what goes in\", lists them; a profile stored by an older release with a longer value can be stored again with `tallyfy-vault credentials set`")
         }
         return try sealedUnchecked()
     }
