@@ -51,6 +51,15 @@ import Testing
         #expect(!error.description.contains("pass@"))
     }
 
+    @Test func localhostMustResolveToLoopbackOnly() {
+        #expect(EndpointURL.resolvesToLoopbackOnly("127.0.0.1"))
+        #expect(EndpointURL.resolvesToLoopbackOnly("::1"))
+        #expect(!EndpointURL.resolvesToLoopbackOnly("192.0.2.1"))
+        // This machine's localhost is loopback, or the URL is refused.
+        let accepted = (try? EndpointURL.validate("http://localhost:9/api", name: "API URL")) != nil
+        #expect(accepted == EndpointURL.resolvesToLoopbackOnly("localhost"))
+    }
+
     @Test func plainHTTPMessageExplainsWhy() throws {
         let error = try #require(throws: VaultError.self) {
             try EndpointURL.validate("http://go.tallyfy.com/oauth/token", name: "--token-url")
