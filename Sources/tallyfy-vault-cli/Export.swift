@@ -14,7 +14,7 @@ struct Export: ParsableCommand {
 
     func run() throws {
         let grant = try options.grant(global)
-        Output.line(try format.render(ChildEnvironment.variables(for: grant)))
+        Output.line(try format.render(ChildEnvironment.exported(for: grant)))
     }
 }
 

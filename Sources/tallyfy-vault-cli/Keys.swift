@@ -13,10 +13,14 @@ struct Keys: ParsableCommand {
         @OptionGroup var global: GlobalOptions
 
         func run() throws {
-            let rows = try global.store.slots().map { slot in
-                [slot.label, slot.kind, slot.opsLimit.map { "argon2id, \($0) passes, \(ByteCountFormatter.string(fromByteCount: Int64(slot.memLimitBytes ?? 0), countStyle: .memory))" } ?? ""]
+            let slots = try global.store.slots()
+            let rows = slots.map { slot in
+                [slot.label, slot.kind, slot.opsLimit.map { "argon2id, \($0) passes, \(ByteCountFormatter.string(fromByteCount: Int64(slot.memLimitBytes ?? 0), countStyle: .memory))" + (slot.weak ? " (WEAK: below interactive)" : "") } ?? ""]
             }
             Output.line(Table.render([["LABEL", "KIND", "KDF"]] + rows))
+            for slot in slots where slot.weak {
+                Output.note("warning: key slot \"\(slot.label)\" has an Argon2id cost below `interactive`, so its passphrase is cheap to guess; replace it: `keys add --kdf moderate`, then `keys remove \(slot.label)`")
+            }
         }
     }
 
@@ -45,6 +49,7 @@ struct Keys: ParsableCommand {
         }
 
         func run() throws {
+            if let label { try UnlockedVault.checkLabel(label) }
             let secrets = try global.secretsToOpen()
             let newSecret: UnlockSecret =
                 if let newKeyFile { try UnlockSources.readKeyFile(newKeyFile) }

@@ -156,7 +156,8 @@ import Testing
 
     /// Another uid reaching the socket (its folder and file opened up on
     /// purpose here) is refused by the agent itself and logged.
-    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")
+        && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")))
     func anotherUidIsRefusedAndLogged() async throws {
         let (sandbox, emulator, unlock, socket) = try await world()
         defer { _ = emulator.stop() }
@@ -173,7 +174,7 @@ import Testing
             print("answer" if s.recv(4) else "closed")
             """
         let result = try runProcess(URL(fileURLWithPath: "/usr/bin/setpriv"),
-            ["--reuid=65534", "--regid=65534", "--clear-groups", "python3", "-c", script, socket], environment: sandbox.environment)
+            ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script, socket], environment: sandbox.environment)
         #expect(result.stdout == "closed\n", "\(result.brief) \(result.stdout)")
         #expect(ProcView.waitUntil(seconds: 10) { agent.stderrSoFar.contains("refused a connection from uid 65534") }, "\(agent.stderrSoFar)")
     }

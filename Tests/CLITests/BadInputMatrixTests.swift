@@ -5,8 +5,10 @@ import Testing
 /// binary, with its exit status, a fragment of its message, and (for refusals
 /// that reach an existing vault) the vault byte-for-byte unchanged.
 ///
-/// `TALLYFY_WRITE_MATRIX=FILE swift test --filter BadInputMatrixTests` also
-/// writes the observed table as Markdown, which is what SECURITY.md shows.
+/// `TALLYFY_WRITE_MATRIX=FILE swift test --filter BadInputMatrixTests`
+/// writes the observed table as Markdown instead of checking it; without it,
+/// the test compares every row of SECURITY.md's table with what the binary
+/// does now.
 @Suite struct BadInputMatrixTests {
     /// One bad input: what is done to a fresh sandbox (a key-file vault with
     /// credentials for an emulator), what is run, and what must come out.
@@ -17,6 +19,8 @@ import Testing
         var message: String
         var emulatorArguments: [String] = []
         var fault: Emulator.Fault? = nil
+        /// What the command reads on standard input.
+        var stdin: String? = nil
         var prepare: @Sendable (Sandbox, Emulator) async throws -> [String]
     }
 
@@ -26,6 +30,33 @@ import Testing
         var bytes = try sandbox.vaultBytes()
         bytes[position(bytes.count)] ^= 0x01
         try bytes.write(to: URL(fileURLWithPath: sandbox.vaultPath))
+    }
+
+    /// Replaces the clear summary's JSON with `edit(json)`, fixing up the
+    /// summary and header lengths: a crafted header, as a local attacker or
+    /// a damaged disk could leave it.
+    static func rewriteSummary(_ sandbox: Sandbox, _ edit: (String) -> String) throws {
+        let bytes = [UInt8](try sandbox.vaultBytes())
+        func u32(_ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(bytes[at + $1]) << (8 * $1) } }
+        func le(_ value: Int) -> [UInt8] { (0..<4).map { UInt8((value >> (8 * $0)) & 0xFF) } }
+        let headerLength = u32(10)
+        let marker = Array(#"{"profiles""#.utf8)
+        let start = (0..<headerLength).first { Array(bytes[$0..<$0 + marker.count]) == marker }!
+        let json = Array(edit(String(decoding: bytes[start..<headerLength], as: UTF8.self)).utf8)
+        var out = Array(bytes[0..<start - 4]) + le(json.count) + json + Array(bytes[headerLength...])
+        out.replaceSubrange(10..<14, with: le(start + json.count))
+        try Data(out).write(to: URL(fileURLWithPath: sandbox.vaultPath))
+    }
+
+    /// `"key":NUMBER` set to `value` in a summary's JSON.
+    static func setNumber(_ key: String, to value: String, in json: String) -> String {
+        json.replacing(try! Regex("\"\(key)\":[-+.0-9eE]+"), with: "\"\(key)\":\(value)")
+    }
+
+    static func fifo(_ sandbox: Sandbox, _ name: String) -> String {
+        let path = sandbox.path(name)
+        mkfifo(path, 0o600)
+        return path
     }
 
     static let cases: [Case] = [
@@ -77,6 +108,31 @@ import Testing
         Case(category: "file", input: "`keygen` over an existing file", status: 64, message: "exists already") { s, _ in ["keygen", s.keyPath] },
         Case(category: "file", input: "`keygen` into a missing folder", status: 66, message: "does not exist") { s, _ in
             ["keygen", s.path("no/such/key")] },
+        // Issue 9: files that must be refused at once, not block or crash.
+        Case(category: "file", input: "key file is a FIFO", status: 74, message: "not a regular file") { s, _ in
+            ["--key-file", fifo(s, "key-fifo"), "credentials", "show"] },
+        Case(category: "file", input: "passphrase file is a FIFO", status: 74, message: "not a regular file") { s, _ in
+            ["--key-file", "", "--passphrase-file", fifo(s, "pw-fifo"), "credentials", "show"] },
+        Case(category: "file", input: "vault is a FIFO", status: 74, message: "not a regular file") { s, _ in
+            ["--vault", fifo(s, "vault-fifo"), "credentials", "show"] },
+        Case(category: "file", input: "clear summary with `secretSetAt: -1e300` (`status`)", status: 65, message: "damaged (summary)") { s, _ in
+            try rewriteSummary(s) { setNumber("secretSetAt", to: "-1e300", in: $0) }; return ["status"] },
+        Case(category: "file", input: "clear summary with `applicationTokenExpiresAt: 1e19` (`status --format json`)", status: 65, message: "damaged (summary)") { s, _ in
+            try s.ok(["login"])
+            try rewriteSummary(s) { setNumber("applicationTokenExpiresAt", to: "1e19", in: $0) }; return ["status", "--format", "json"] },
+        Case(category: "file", input: "lock file is a symbolic link (planted by another user)", status: 77, message: "symbolic link") { s, _ in
+            unlink(s.vaultPath + ".lock"); symlink(s.path("elsewhere"), s.vaultPath + ".lock"); return ["login"] },
+        Case(category: "file", input: "lock file owned by another user", status: 77, message: "lock file") { s, _ in
+            FileManager.default.createFile(atPath: s.vaultPath + ".lock", contents: nil, attributes: [.posixPermissions: 0o600])
+            chown(s.vaultPath + ".lock", 65534, 65534); return ["login"] },
+        Case(category: "file", input: "vault folder of another user, sticky and world-writable (1777)", status: 77, message: "belongs to another user") { s, _ in
+            chown(s.root.path, 65534, 65534); chmod(s.root.path, 0o1777); return ["credentials", "show"] },
+        Case(category: "file", input: "write to a vault owned by another user (as root)", status: 77, message: "belongs to another user") { s, _ in
+            chown(s.vaultPath, 65534, 65534); return ["login"] },
+        Case(category: "file", input: "`init --label` with an escape character", status: 64, message: "slot label") { s, _ in
+            ["--vault", s.path("new/vault"), "init", "--label", "ops\u{1B}[31m"] },
+        Case(category: "file", input: "`init --label` of 300 bytes", status: 64, message: "slot label") { s, _ in
+            ["--vault", s.path("new/vault"), "init", "--label", String(repeating: "x", count: 300)] },
         // Flags and arguments
         Case(category: "flag", input: "unknown command", status: 64, message: "Unexpected argument") { _, _ in ["frobnicate"] },
         Case(category: "flag", input: "unknown option", status: 64, message: "Unknown option") { _, _ in ["token", "--colour"] },
@@ -99,6 +155,19 @@ import Testing
             ["credentials", "set", "--org", "o", "--client-id", "c", "--secret-stdin", "--token-url", "http://tallyfy.example.com/oauth/token"] },
         Case(category: "flag", input: "empty client secret on stdin", status: 64, message: "empty") { _, _ in
             ["credentials", "set", "--org", "o", "--client-id", "c", "--secret-stdin"] },
+        Case(category: "flag", input: "client secret of 5000 bytes on stdin", status: 64, message: "more than 4096 bytes",
+            stdin: String(repeating: "s", count: 5000)) { _, _ in
+            ["credentials", "set", "--org", "o", "--client-id", "c", "--secret-stdin"] },
+        Case(category: "flag", input: "token URL of 3000 bytes", status: 64, message: "longer than 2048 bytes") { _, _ in
+            ["credentials", "set", "--org", "o", "--client-id", "c", "--secret-stdin",
+             "--token-url", "https://go.tallyfy.com/" + String(repeating: "a", count: 3000)] },
+        Case(category: "flag", input: "plain-http token URL to `localhost.` (a DNS name)", status: 64, message: "https") { _, _ in
+            ["credentials", "set", "--org", "o", "--client-id", "c", "--secret-stdin", "--token-url", "http://localhost.:8080/oauth/token"] },
+        Case(category: "flag", input: "`export --format dotenv` of an org ID with a quote and a backtick", status: 64, message: "cannot carry safely") { s, _ in
+            try s.ok(["credentials", "set", "--org", "o'`id`$(id)", "--client-id", "client-test", "--secret-stdin",
+                "--token-url", s.environment["MATRIX_TOKEN_URL"]!, "--api-url", s.environment["MATRIX_API_URL"]!], stdin: secret)
+            try s.ok(["login"])
+            return ["export", "--format", "dotenv"] },
         Case(category: "flag", input: "`keys remove` of an unknown label", status: 64, message: "no key slot is labelled") { _, _ in
             ["keys", "remove", "nobody"] },
         Case(category: "flag", input: "`keys remove` of the last slot", status: 64, message: "only key slot") { _, _ in
@@ -138,6 +207,8 @@ import Testing
             fault: .init(endpoint: "token", kind: "broken-json")) { _, _ in ["login"] },
         Case(category: "server", input: "connection refused", status: 69, message: "connection refused") { _, emulator in
             _ = emulator.stop(); return ["login"] },
+        Case(category: "server", input: "a token said to live 11 years (`expires_in` and JWT `exp`)", status: 69, message: "unexpected response") { _, emulator in
+            try await emulator.setLifetimes(app: 11 * 365 * 86_400); return ["login"] },
         Case(category: "server", input: "user token for an unknown email (404)", status: 64, message: "users create") { _, _ in
             ["users", "token", "nobody@example.com"] },
         Case(category: "server", input: "slow answer past the timeout", status: 69, message: "Tallyfy",
@@ -152,6 +223,11 @@ import Testing
         Case(category: "check", input: "`check` on a truncated vault", status: 3, message: "UNKNOWN") { s, _ in
             try s.vaultBytes().prefix(30).write(to: URL(fileURLWithPath: s.vaultPath)); return ["check"] },
         Case(category: "check", input: "`check --warn-before 10x`", status: 3, message: "UNKNOWN") { _, _ in ["check", "--warn-before", "10x"] },
+        Case(category: "check", input: "`check` on a clear summary with `applicationTokenExpiresAt: -1e19`", status: 3, message: "UNKNOWN") { s, _ in
+            try s.ok(["login"])
+            try rewriteSummary(s) { setNumber("applicationTokenExpiresAt", to: "-1e19", in: $0) }; return ["--key-file", "", "check"] },
+        Case(category: "check", input: "`check` on a clear summary with `secretSetAt: -1e300`", status: 3, message: "UNKNOWN") { s, _ in
+            try rewriteSummary(s) { setNumber("secretSetAt", to: "-1e300", in: $0) }; return ["--key-file", "", "check"] },
     ]
 
     /// Extra environment for the cases that are about the environment.
@@ -180,14 +256,36 @@ import Testing
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
+        let order = Dictionary(uniqueKeysWithValues: Self.cases.enumerated().map { ($1.input, $0) })
+        let rows = observed.sorted { order[$0.input]! < order[$1.input]! }.map {
+            "| \($0.category) | \($0.input) | \($0.status) | \($0.message.replacingOccurrences(of: "|", with: "\\\\|")) |"
+        }
         if let path = ProcessInfo.processInfo.environment["TALLYFY_WRITE_MATRIX"] {
-            let order = Dictionary(uniqueKeysWithValues: Self.cases.enumerated().map { ($1.input, $0) })
-            let rows = observed.sorted { order[$0.input]! < order[$1.input]! }.map {
-                "| \($0.category) | \($0.input) | \($0.status) | \($0.message.replacingOccurrences(of: "|", with: "\\\\|")) |"
-            }
             let table = (["| kind | bad input | status | message (first line) |", "|---|---|---|---|"] + rows).joined(separator: "\n")
             try (table + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+            return
         }
+        // The table in SECURITY.md is what the binary does: every row a case,
+        // every case a row, with the status and first line observed now.
+        let documented = try Self.documentedRows()
+        #expect(documented.count == rows.count, "SECURITY.md lists \(documented.count) rows, the matrix has \(rows.count) cases")
+        for row in rows where !documented.contains(row) {
+            Issue.record("SECURITY.md's bad-input matrix does not show what the binary does: \(row)")
+        }
+        for row in documented where !rows.contains(row) {
+            Issue.record("SECURITY.md's bad-input matrix has a row no case produced: \(row)")
+        }
+    }
+
+    /// The rows of SECURITY.md's bad-input matrix table, as written.
+    static func documentedRows() throws -> [String] {
+        let security = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("SECURITY.md")
+        let text = try String(contentsOf: security, encoding: .utf8)
+        guard let section = text.range(of: "## Bad-input matrix") else { return [] }
+        let lines = text[section.upperBound...].split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        guard let header = lines.firstIndex(of: "| kind | bad input | status | message (first line) |") else { return [] }
+        return Array(lines[(header + 2)...].prefix { $0.hasPrefix("| ") })
     }
 
     static func run(_ item: Case) async throws -> Observed {
@@ -205,7 +303,7 @@ import Testing
         if arguments.starts(with: ["--key-file", ""]) { environment["TALLYFY_VAULT_KEY_FILE"] = "" }
         let cleaned = arguments.starts(with: ["--key-file", ""]) ? Array(arguments.dropFirst(2)) : arguments
         let before = try? sandbox.vaultBytes()
-        let result = try sandbox.run(cleaned, env: environment)
+        let result = try sandbox.run(cleaned, stdin: item.stdin, env: environment)
         let label = "\(item.category): \(item.input)"
         #expect(result.status == item.status, "\(label): \(result.brief)")
         #expect(item.message.isEmpty || (result.stderr + result.stdout).contains(item.message), "\(label): \(result.brief)")

@@ -175,13 +175,16 @@ import Testing
         let evaluated = try runProcess(URL(fileURLWithPath: "/bin/sh"),
             ["-c", "eval \"$(cat \"$1\")\"; printf '%s|%s|%s' \"$TALLYFY_TOKEN\" \"$TALLYFY_ORG_ID\" \"$TALLYFY_VAULT_EXEC\"", "sh", file],
             environment: ["PATH": "/usr/bin:/bin"])
-        #expect(evaluated.stdout == "\(token)|org-test|default")
+        // export does not mark the shell as an exec child (issue 9)
+        #expect(evaluated.stdout == "\(token)|org-test|")
         let json = try sandbox.ok(["export", "--format", "json"]).stdout
         let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: String]
         #expect(object?["TALLYFY_TOKEN"] == token)
-        #expect(object?.count == 6)
+        #expect(object?.count == 5)
+        #expect(object?["TALLYFY_VAULT_EXEC"] == nil)
         let dotenv = try sandbox.ok(["export", "--format", "dotenv"]).stdout
-        #expect(dotenv.contains("TALLYFY_TOKEN='\(token)'"))
-        #expect(dotenv.contains("TALLYFY_ORG_ID='org-test'"))
+        // unquoted: the one form sh, docker, python-dotenv and systemd read alike
+        #expect(dotenv.contains("TALLYFY_TOKEN=\(token)\n"))
+        #expect(dotenv.contains("TALLYFY_ORG_ID=org-test\n"))
     }
 }

@@ -269,4 +269,55 @@ import Testing
         child.kill()
         _ = child.wait()
     }
+
+    /// Issue 9: every command that can unlock hardens itself before it
+    /// decrypts, without having to remember to — `check` without `--refresh`
+    /// included. The vault's only slot is a passphrase at the real `moderate`
+    /// cost (the test hook off), so each command spends most of a second in
+    /// Argon2id, long enough to be seen from outside while it unlocks.
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func everyUnlockingCommandIsHardenedWhileItUnlocks() async throws {
+        let secret = "cs-\(UUID().uuidString)"
+        let passphrase = "pp-\(UUID().uuidString)"
+        let nobody: uid_t = 65534
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        sandbox.environment["TALLYFY_VAULT_FILE"] = folder.appendingPathComponent("vault").path
+        sandbox.environment["TALLYFY_VAULT_PASSPHRASE"] = passphrase
+        sandbox.environment["TALLYFY_VAULT_TEST_KDF"] = nil
+        sandbox.environment["HOME"] = folder.path
+        try sandbox.ok(["init", "--kdf", "moderate"])
+        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.ok(["login"])
+        for path in [folder.path] + filesBelow(folder).map(\.path) {
+            #expect(chown(path, nobody, gid_t(nobody)) == 0)
+        }
+        let commands: [[String]] = [
+            ["check"], ["check", "--format", "json"], ["credentials", "show"], ["token", "--no-refresh"],
+            ["export", "--no-refresh"], ["users", "list"], ["exec", "--no-refresh", "--", "true"],
+        ]
+        for command in commands {
+            let process = try BackgroundCommand(URL(fileURLWithPath: "/usr/bin/setpriv"),
+                ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", "/bin/sh", "-c",
+                 "ulimit -c unlimited && exec \"$0\" \"$@\"", BuildProducts.vault.path] + command,
+                environment: sandbox.environment, in: folder)
+            defer { process.kill() }
+            let pid = process.pid
+            var seen = false
+            _ = ProcView.waitUntil(seconds: 30) {
+                seen = (ProcView.command(pid: pid) ?? "").hasPrefix("tallyfy-vault") && ProcView.owner(pid: pid) == 0
+                    && ProcView.coreLimit(pid: pid)?.soft == "0" && process.isRunning
+                return seen || !process.isRunning
+            }
+            let result = process.wait()
+            #expect(seen, "\(command.joined(separator: " ")) unlocked without being hardened (or ended first): \(result.brief)")
+            #expect(result.status == 0 || command.first == "check", "\(command.joined(separator: " ")): \(result.brief)")
+            #expect(!(result.stdout + result.stderr).contains(secret) && !(result.stdout + result.stderr).contains(passphrase))
+        }
+    }
 }

@@ -26,6 +26,10 @@ import Testing
         "http://128.0.0.1/api",
         "http://10.0.0.1/api",
         "http://localhost.example.com/api",
+        // A trailing dot makes a fully qualified name that goes to DNS (issue 9).
+        "http://localhost./api",
+        "http://LOCALHOST.:8080/oauth/token",
+        "http://127.0.0.1./api",
         "http://127.0.0.1.nip.io/api",
         "http://[::2]/api",
         "http://0.0.0.0/api",
@@ -45,6 +49,15 @@ import Testing
         #expect(error.message.hasPrefix("API URL"))
         #expect(error.hint != nil)
         #expect(!error.description.contains("pass@"))
+    }
+
+    @Test func localhostMustResolveToLoopbackOnly() {
+        #expect(EndpointURL.resolvesToLoopbackOnly("127.0.0.1"))
+        #expect(EndpointURL.resolvesToLoopbackOnly("::1"))
+        #expect(!EndpointURL.resolvesToLoopbackOnly("192.0.2.1"))
+        // This machine's localhost is loopback, or the URL is refused.
+        let accepted = (try? EndpointURL.validate("http://localhost:9/api", name: "API URL")) != nil
+        #expect(accepted == EndpointURL.resolvesToLoopbackOnly("localhost"))
     }
 
     @Test func plainHTTPMessageExplainsWhy() throws {

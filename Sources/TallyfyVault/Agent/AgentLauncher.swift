@@ -24,6 +24,10 @@ public enum AgentLauncher {
         for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         defer { close(pipeEnds[1]) }
 
+        // The agent outlives us: it must hold none of our descriptors (a
+        // parent waiting for our pipes to close would wait for the agent).
+        closeOnExecEverything()
+
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -73,6 +77,13 @@ public enum AgentLauncher {
         }
         kill(pid, SIGTERM)
         throw VaultError(.tryLater, "the agent did not answer within 20 s; its log is \(logPath)")
+    }
+
+    private static func closeOnExecEverything() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        for descriptor in names.compactMap(Int32.init) where descriptor > 2 {
+            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        }
     }
 
     /// glibc's `POSIX_SPAWN_SETSID` (a GNU extension Swift does not import):

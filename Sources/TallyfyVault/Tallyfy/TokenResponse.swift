@@ -28,7 +28,11 @@ struct TokenResponse: Sendable, Equatable {
     let expiresIn: Int?
 
     /// The longest access token we accept; real ones are a few KiB at most.
-    static let maxTokenLength = 16 * 1024
+    static let maxTokenLength = VaultBounds.maxTokenLength
+
+    /// The lifetimes accepted (1 s to 10 years): a token said to live longer
+    /// would be sealed with a date the vault cannot hold or trust.
+    static let lifetimes = VaultBounds.minimumTokenLifetime...VaultBounds.maximumTokenLifetime
 
     /// `nil` when the body is not a usable token answer.
     static func decode(_ body: Data) -> TokenResponse? {
@@ -36,15 +40,21 @@ struct TokenResponse: Sendable, Equatable {
               let token = wire.access_token, isPlausibleToken(token),
               let type = wire.token_type, type.lowercased() == "bearer"
         else { return nil }
-        if let expiresIn = wire.expires_in?.value, expiresIn <= 0 { return nil }
+        if let expiresIn = wire.expires_in?.value, !lifetimes.contains(TimeInterval(expiresIn)) { return nil }
         return TokenResponse(accessToken: token, expiresIn: wire.expires_in?.value)
     }
 
     /// The token with its expiry (the earlier of `expires_in` and the JWT
-    /// `exp`), or `nil` when neither says when it expires.
+    /// `exp`), or `nil` when neither says when it expires or the expiry is
+    /// more than 10 years after `receivedAt` (a JWT `exp` centuries ahead).
+    /// An `exp` already past is kept: such a token is simply renewed at its
+    /// next use (and a one-second token's `exp`, in whole seconds, can fall
+    /// just before its receipt).
     func issued(receivedAt: Date) -> IssuedToken? {
-        TokenExpiry.knownExpiry(of: accessToken, expiresIn: expiresIn, receivedAt: receivedAt)
-            .map { IssuedToken(accessToken: accessToken, expiresAt: $0) }
+        guard let expiresAt = TokenExpiry.knownExpiry(of: accessToken, expiresIn: expiresIn, receivedAt: receivedAt),
+              expiresAt.timeIntervalSince(receivedAt) <= Self.lifetimes.upperBound, VaultBounds.isValid(expiresAt)
+        else { return nil }
+        return IssuedToken(accessToken: accessToken, expiresAt: expiresAt)
     }
 
     /// Visible ASCII only: anything else could not be sent back in an

@@ -7,11 +7,22 @@ extension TokenBroker {
     /// only then are the secret and that token sealed, under the vault lock.
     /// Any failure leaves the vault as it was. Returns the new token, if any.
     public func rotateSecret(profile name: String, newSecret: String, verify: Bool) async throws -> SealedToken? {
-        guard !newSecret.isEmpty, !newSecret.contains(where: \.isNewline) else {
-            throw VaultError(.usage, "the new client secret must be one non-empty line; nothing was changed")
-        }
+        try Credentials.checkSecret(newSecret, what: "the new client secret")
+        // The secret this rotation replaces, as it was when the rotation
+        // started (before waiting for the lock). Under the lock it must still
+        // be the same: two rotations at once must not both succeed with the
+        // last one silently winning.
+        let startedAgainst = try Self.profile(name, in: try store.open(with: unlocker)).clientSecret
         return try await Self.withClient { client in try await store.update(with: unlocker) { vault in
             var profile = try Self.profile(name, in: vault)
+            let unchanged = Array(profile.clientSecret.utf8).withUnsafeBytes { current in
+                Array(startedAgainst.utf8).withUnsafeBytes { started in Sodium.equal(current, started) }
+            }
+            guard unchanged else {
+                throw VaultError(.tryLater,
+                    "the client secret of profile \"\(name)\" was changed by another process while this rotation waited; nothing was changed",
+                    hint: "check which secret Tallyfy now accepts (`tallyfy-vault login`) before rotating again")
+            }
             let same = Array(profile.clientSecret.utf8).withUnsafeBytes { old in
                 Array(newSecret.utf8).withUnsafeBytes { new in Sodium.equal(old, new) }
             }

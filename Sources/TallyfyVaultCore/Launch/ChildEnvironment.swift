@@ -41,15 +41,23 @@ public enum ChildEnvironment {
     /// CLI only: never passed on.
     public static let removed: Set<String> = [UnlockSources.passphraseVariable, TallyfyVaultVersion.launcherVariable]
 
-    /// The variables `exec` sets and `export` prints, in a stable order.
+    /// The variables `exec` sets, in a stable order: `exported` and the
+    /// nesting marker.
     public static func variables(for grant: TokenGrant) -> [(name: String, value: String)] {
+        exported(for: grant) + [(execMarker, grant.profile)]
+    }
+
+    /// The variables `export` prints: those of `exec` without the marker
+    /// `TALLYFY_VAULT_EXEC`, which means "this process is an exec child".
+    /// A shell that ran `eval "$(tallyfy-vault export)"` is not one, and a
+    /// later `exec` from it must not be refused as nested.
+    public static func exported(for grant: TokenGrant) -> [(name: String, value: String)] {
         [
             ("TALLYFY_TOKEN", grant.token),
             ("TALLYFY_API_TOKEN", grant.token),
             ("TALLYFY_ORG_ID", grant.orgID),
             ("TALLYFY_API_URL", grant.apiURL),
             ("TALLYFY_TOKEN_EXPIRES_AT", rfc3339(grant.expiresAt)),
-            (execMarker, grant.profile),
         ]
     }
 
@@ -73,7 +81,9 @@ public enum ChildEnvironment {
 
     /// RFC 3339 in UTC, whole seconds: `2026-12-06T04:25:05Z`.
     public static func rfc3339(_ date: Date) -> String {
-        var time = time_t(date.timeIntervalSince1970.rounded(.down))
+        // Clamped (to years 1..9999) so that no date, whatever a file held,
+        // can trap the conversion to whole seconds.
+        var time = time_t(VaultBounds.clamped(date.timeIntervalSince1970).rounded(.down))
         var parts = tm()
         gmtime_r(&time, &parts)
         // Built by hand: String(format:) goes through CVarArg's dynamic

@@ -39,7 +39,8 @@ public enum DurationText {
     /// A short human form of `seconds`: "6d 23h", "45m", "expired 2h ago" is
     /// left to callers. Rounds down to the two largest units.
     public static func format(_ seconds: TimeInterval) -> String {
-        var remaining = Int(seconds.rounded(.down))
+        // Bounded so that no difference of dates can trap the conversion.
+        var remaining = Int(min(max(seconds.isNaN ? 0 : seconds, -1e15), 1e15).rounded(.down))
         if remaining < 60 { return "\(max(remaining, 0))s" }
         var parts: [String] = []
         for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60)] where remaining >= size {

@@ -54,6 +54,15 @@ struct ByteReader {
         return (0..<4).reduce(UInt32(0)) { $0 | UInt32(data[start + $1]) << (8 * $1) }
     }
 
+    /// A little-endian signed i64 at an absolute offset, without moving the cursor.
+    func i64(at position: Int) throws -> Int64 {
+        guard position >= 0, position + 8 <= data.count else {
+            throw VaultError(.corrupt, "the vault file is truncated (in the index)", hint: Self.restoreHint)
+        }
+        let start = data.startIndex + position
+        return Int64(bitPattern: (0..<8).reduce(UInt64(0)) { $0 | UInt64(data[start + $1]) << (8 * $1) })
+    }
+
     mutating func u8(_ what: String) throws -> UInt8 { try raw(1, what).first! }
     mutating func u16(_ what: String) throws -> UInt16 { UInt16(try integer(2, what)) }
     mutating func u32(_ what: String) throws -> UInt32 { UInt32(try integer(4, what)) }

@@ -36,6 +36,12 @@ public enum KDFLevel: String, Sendable, CaseIterable {
         }
     }
 
+    /// Below libsodium's `interactive` preset in passes or memory (the
+    /// constants themselves, never the test hook's cheaper cost).
+    static func isWeak(opsLimit: UInt64, memLimit: UInt64) -> Bool {
+        opsLimit < UInt64(crypto_pwhash_OPSLIMIT_INTERACTIVE) || memLimit < UInt64(crypto_pwhash_MEMLIMIT_INTERACTIVE)
+    }
+
     /// The most a vault file may ask for. A hostile file asking for more is
     /// refused as corrupt instead of making us allocate gigabytes.
     static let maxOpsLimit: UInt64 = 16

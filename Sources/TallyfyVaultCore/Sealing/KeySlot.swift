@@ -110,11 +110,16 @@ public struct SlotInfo: Sendable, Equatable, Codable {
     /// Argon2id cost of a passphrase slot.
     public var opsLimit: UInt64?
     public var memLimitBytes: UInt64?
+    /// A passphrase slot whose Argon2id cost is below libsodium's
+    /// `interactive` preset (2 passes, 64 MiB): guessing its passphrase is
+    /// cheap. Only a debug build writes one; `keys list` and `status` flag it.
+    public var weak: Bool
 
     init(_ slot: KeySlot) {
         label = slot.label
         kind = slot.kind == .keyFile ? "key-file" : "passphrase"
         opsLimit = slot.kind == .passphrase ? slot.opsLimit : nil
         memLimitBytes = slot.kind == .passphrase ? slot.memLimit : nil
+        weak = slot.kind == .passphrase && KDFLevel.isWeak(opsLimit: slot.opsLimit, memLimit: slot.memLimit)
     }
 }

@@ -40,6 +40,8 @@ public final class UnlockedVault: @unchecked Sendable {
 
     /// A new, empty vault with a fresh random data key and one slot.
     public static func create(secret: UnlockSecret, label: String, kdf: KDFLevel) throws -> UnlockedVault {
+        ProcessHardening.protect()
+        try checkLabel(label)
         let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
         let slot = try KeySlot.make(wrapping: key, with: secret, label: label, kdf: kdf)
         return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]))
@@ -53,6 +55,9 @@ public final class UnlockedVault: @unchecked Sendable {
     /// Throws `.refused` when no secret opens any slot, `.corrupt` when a slot
     /// opens but the body does not authenticate.
     static func open(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
+        // The one place a vault is decrypted hardens the process first, so
+        // no command (check, status, a library caller) can forget to.
+        ProcessHardening.protect()
         guard let keyBox = try unlocker.dataKey(for: parsed.slots) else {
             throw Self.wrongSecretError(unlocker.secrets, slots: parsed.slots)
         }
@@ -64,6 +69,9 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: ByteReader.restoreHint)
         }
         let content: VaultContent = try decodePadded(padded, what: "sealed body")
+        guard content.hasReadableDates else {
+            throw VaultError(.corrupt, "the vault's sealed body holds a date outside 1970..9999", hint: ByteReader.restoreHint)
+        }
         return UnlockedVault(dataKey: keyBox, slots: parsed.slots, content: content, records: parsed.recordTable)
     }
 
@@ -97,10 +105,25 @@ public final class UnlockedVault: @unchecked Sendable {
 
     /// The complete file bytes for the current state, sealed with a fresh
     /// nonce for the root. Unchanged user-token records are copied as they are.
+    ///
+    /// Refuses (`.usage`, nothing written) a state that a reader would refuse:
+    /// a value outside `VaultBounds`, or a part over the format's limits.
     public func sealed() throws -> Data {
+        guard content.isWithinBounds else {
+            throw VaultError(.usage, "a value to be sealed is outside the vault's limits (a date outside 1970..9999, or a name, ID, URL, secret or token too long); nothing was changed",
+                hint: "SECURITY.md, \"Limits on what goes in\", lists them; a profile stored by an older release with a longer value can be stored again with `tallyfy-vault credentials set`")
+        }
+        return try sealedUnchecked()
+    }
+
+    /// `sealed()` without the writer's bounds: the tests use it to make the
+    /// hostile files a reader must refuse. The format's hard limits still hold.
+    func sealedUnchecked() throws -> Data {
         let header = try ParsedVault.encodeHeader(slots: slots, summary: summary())
+        guard header.count <= Int(UInt32.max) else { throw Self.tooLarge("header") }
         let index = ParsedVault.encodeIndex(records)
         let padded = try Self.paddedJSON(content)
+        guard padded.count + Sodium.aeadTagBytes <= VaultFormat.maxRootLength else { throw Self.tooLarge("sealed body") }
 
         let nonce = Sodium.randomBytes(Sodium.aeadNonceBytes)
         let root = padded.withUnsafeBytes {
@@ -116,6 +139,11 @@ public final class UnlockedVault: @unchecked Sendable {
         out.append(contentsOf: root)
         for record in records { out.append(record.bytes) }
         return out
+    }
+
+    private static func tooLarge(_ part: String) -> VaultError {
+        VaultError(.usage, "the vault's \(part) would exceed the format's limit; nothing was changed",
+            hint: "remove profiles or user tokens you no longer need")
     }
 
     /// The clear-text summary that `check` reads without a key.
@@ -173,8 +201,16 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     private func seal(_ record: UserTokenRecord) throws -> SealedRecord {
+        guard record.isWithinBounds else {
+            throw VaultError(.usage, "the user token to be sealed is outside the vault's limits (its expiry, email or length); nothing was changed")
+        }
+        guard records.count < VaultFormat.maxRecords || recordTable.find(locator(profile: record.profile, email: record.email)) != nil else {
+            throw VaultError(.usage, "the vault holds \(VaultFormat.maxRecords) user tokens, the most it can; nothing was changed",
+                hint: "drop tokens you no longer need with `tallyfy-vault users forget EMAIL`")
+        }
         let locator = locator(profile: record.profile, email: record.email)
         let padded = try Self.paddedJSON(record)
+        guard padded.count + Sodium.aeadTagBytes <= VaultFormat.maxRecordLength else { throw Self.tooLarge("user-token record") }
         let nonce = Sodium.randomBytes(Sodium.aeadNonceBytes)
         let sealed = padded.withUnsafeBytes {
             Sodium.seal($0, key: dataKey.bytes, nonce: nonce, associatedData: VaultFormat.recordAssociatedPrefix + locator)
@@ -215,6 +251,9 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: ByteReader.restoreHint)
         }
         let decoded: UserTokenRecord = try Self.decodePadded(padded, what: "user-token record")
+        guard decoded.token.hasReadableDates else {
+            throw VaultError(.corrupt, "the vault's user-token record holds a date outside 1970..9999", hint: ByteReader.restoreHint)
+        }
         guard locator(profile: decoded.profile, email: decoded.email) == record.entry.locator else {
             throw VaultError(.corrupt, "the vault was modified or damaged: a user-token record is out of place",
                 hint: ByteReader.restoreHint)
@@ -306,11 +345,15 @@ public final class UnlockedVault: @unchecked Sendable {
         }
     }
 
-    static func checkLabel(_ label: String) throws {
+    /// The one rule for slot labels, applied by `init --label`, `keys add
+    /// --label` and the reader alike: 1 to 64 bytes of UTF-8, no control
+    /// characters (a label is printed by `keys list` and `status`).
+    public static func checkLabel(_ label: String) throws {
         guard !label.isEmpty, label.utf8.count <= KeySlot.maxLabelLength,
             !label.unicodeScalars.contains(where: \.isControl)
         else {
-            throw VaultError(.usage, "a slot label must be 1 to \(KeySlot.maxLabelLength) bytes on one line")
+            throw VaultError(.usage, "a slot label must be 1 to \(KeySlot.maxLabelLength) bytes on one line, without control characters",
+                hint: "choose a shorter --label, e.g. ops-laptop")
         }
     }
 

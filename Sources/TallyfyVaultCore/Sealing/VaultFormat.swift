@@ -38,6 +38,8 @@ struct IndexEntry: Sendable, Equatable {
     static let byteLength = 16 + 8 + 8 + 4 + 16
     /// Where the sealed length sits inside an entry.
     static let lengthOffset = 16 + 8 + 8
+    /// Where the expiry sits inside an entry.
+    static let expiryOffset = 16 + 8
 
     /// Keyed hash of (profile, email): finds a record without revealing whose it is.
     var locator: [UInt8]
@@ -236,7 +238,10 @@ extension ParsedVault {
         // before any key has authenticated them: only well-formed ones pass.
         if readSummary {
             guard let summary = try? SealedJSON.decoder().decode(VaultSummary.self, from: summaryBytes),
-                summary.profiles.keys.allSatisfy({ (try? Credentials.checkProfileName($0)) != nil })
+                summary.profiles.keys.allSatisfy({ (try? Credentials.checkProfileName($0)) != nil }),
+                // Dates reach calendar and whole-second conversions in the
+                // keyless `status` and `check`: out of range is damage.
+                summary.profiles.values.allSatisfy(\.isReadable)
             else {
                 throw VaultError(.corrupt, "the vault header is damaged (summary)", hint: ByteReader.restoreHint)
             }
@@ -257,7 +262,8 @@ extension ParsedVault {
         var recordsLength = 0
         for position in 0..<recordCount {
             let length = Int(try reader.u32(at: entriesStart + position * IndexEntry.byteLength + IndexEntry.lengthOffset))
-            guard length >= Sodium.aeadTagBytes, length <= VaultFormat.maxRecordLength else {
+            let expiresAt = try reader.i64(at: entriesStart + position * IndexEntry.byteLength + IndexEntry.expiryOffset)
+            guard length >= Sodium.aeadTagBytes, length <= VaultFormat.maxRecordLength, VaultBounds.isValid(seconds: expiresAt) else {
                 throw VaultError(.corrupt, "the vault index is damaged", hint: ByteReader.restoreHint)
             }
             recordsLength += Sodium.aeadNonceBytes + length

@@ -19,10 +19,23 @@ final class FileLock {
     /// Waits up to `timeout` for the lock, polling, so a hung holder gives
     /// `.tryLater` (exit 75) instead of hanging the caller.
     init(path: String, timeout: Duration) throws {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        // Never through a symbolic link (another user could point it at a
+        // file of ours), and only a regular file of this user: a lock file
+        // someone else owns could be held by them for ever.
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0o600)
         guard fd >= 0 else {
-            throw VaultError(.io, "could not open the lock file \(path): \(String(cString: strerror(errno)))",
-                hint: "check that the vault's folder is writable")
+            let code = errno
+            throw code == ELOOP
+                ? VaultError(.refused, "the lock file \(path) is a symbolic link; refusing to follow it",
+                    hint: "remove it (`rm \(path)`) and check who made it")
+                : VaultError(.io, "could not open the lock file \(path): \(String(cString: strerror(code)))",
+                    hint: "check that the vault's folder is writable")
+        }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == geteuid() else {
+            close(fd)
+            throw VaultError(.refused, "the lock file \(path) is not a regular file of this user",
+                hint: "remove it (`rm \(path)`) and check who made it")
         }
         let deadline = ContinuousClock.now + timeout
         var pause = Duration.milliseconds(2)

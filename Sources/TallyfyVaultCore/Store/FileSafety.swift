@@ -22,8 +22,13 @@ enum FileSafety {
 
     /// Opens `path` for reading after checking, on the open descriptor (no
     /// race with a rename), that only its owner can access it.
+    ///
+    /// It opens with `O_NONBLOCK` so that a FIFO (or a device) given as a
+    /// vault, key file or passphrase file is refused at once by the
+    /// regular-file check instead of blocking `open` until a writer comes;
+    /// the flag is cleared again before anything is read.
     static func openPrivate(_ path: String, what: String) throws -> (descriptor: Int32, size: Int) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         guard fd >= 0 else { throw missingOrUnreadable(path, what: what) }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
@@ -33,7 +38,14 @@ enum FileSafety {
         }
         guard info.st_mode & S_IFMT == S_IFREG else {
             close(fd)
-            throw VaultError(.io, "\(what) \(path) is not a regular file")
+            throw VaultError(.io, "\(what) \(path) is not a regular file",
+                hint: "give the path of a regular file (not a folder, FIFO, socket or device)")
+        }
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
+            let error = missingOrUnreadable(path, what: what)
+            close(fd)
+            throw error
         }
         do { try requirePrivate(info, path, what: what) } catch {
             close(fd)
@@ -78,10 +90,17 @@ enum FileSafety {
         return buffer
     }
 
-    /// A folder others could write to lets them swap the vault: refused.
+    /// A folder others could write to lets them swap the vault: refused. So
+    /// is a folder owned by another user (root excepted), even when sticky:
+    /// its owner could replace the vault or plant its lock file.
     static func requireSafeDirectory(_ path: String) throws {
         var info = stat()
         guard stat(path, &info) == 0 else { return }
+        if info.st_uid != geteuid() && info.st_uid != 0 {
+            throw VaultError(.refused,
+                "the vault's folder \(path) belongs to another user (uid \(info.st_uid))",
+                hint: "keep the vault in a folder of your own, e.g. the default under ~/.local/share/tallyfy-vault")
+        }
         if info.st_mode & 0o022 != 0 && info.st_mode & S_ISVTX == 0 {
             throw VaultError(.refused,
                 "the vault's folder \(path) is writable by other users (mode \(String(info.st_mode & 0o777, radix: 8)))",
@@ -117,6 +136,10 @@ enum FileSafety {
         let url = URL(fileURLWithPath: path)
         let directory = url.deletingLastPathComponent().path
         var template = Array("\(directory)/.\(url.lastPathComponent).tmp-XXXXXX".utf8CString)
+        // mkstemp creates with O_CREAT | O_EXCL, which never follows a
+        // symbolic link at the name (POSIX): a planted link makes it fail,
+        // as O_NOFOLLOW would. (mkostemp, which takes O_CLOEXEC at once, is a
+        // GNU extension Swift's Glibc module does not export.)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         if fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         guard fd >= 0 else {
@@ -124,6 +147,12 @@ enum FileSafety {
                 hint: "check that the folder exists and is writable, and that the disk is not full")
         }
         let temporary = String(cString: template)
+        var created = stat()
+        guard fstat(fd, &created) == 0, created.st_uid == geteuid(), created.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            unlink(temporary)
+            throw VaultError(.io, "the temporary file \(temporary) is not a regular file of this user")
+        }
         var committed = false
         defer {
             if !committed { unlink(temporary) }
@@ -160,6 +189,34 @@ enum FileSafety {
             committed = true
         }
         syncDirectory(directory)
+    }
+
+    /// Where a write to `path` goes, and what it must keep: a symbolic link
+    /// is resolved once (the link stays, its target is replaced, so other
+    /// paths to the vault see the change), and an existing file must belong
+    /// to this user, whose replacement keeps its mode. A write as another
+    /// user (root included) would hand the vault to that user: refused.
+    static func writeTarget(_ path: String) throws -> (path: String, mode: mode_t) {
+        var target = path
+        var info = stat()
+        if lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK {
+            guard let resolved = realpath(path, nil) else {
+                throw VaultError(.io, "the vault \(path) is a symbolic link to a missing file (\(String(cString: strerror(errno))))",
+                    hint: "point the link at the vault, or give --vault the vault's own path")
+            }
+            target = String(cString: resolved)
+            free(resolved)
+        }
+        guard stat(target, &info) == 0 else { return (target, 0o600) }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw VaultError(.io, "the vault \(target) is not a regular file")
+        }
+        guard info.st_uid == geteuid() else {
+            throw VaultError(.refused,
+                "the vault \(target) belongs to another user (uid \(info.st_uid)); writing it as uid \(geteuid()) would take it from them",
+                hint: "run the command as the vault's owner")
+        }
+        return (target, info.st_mode & 0o700)
     }
 
     /// Removes temporary files that a killed writer left beside `path`. Each

@@ -108,13 +108,20 @@ public struct VaultStore: Sendable {
     /// Changes the vault under the lock: re-reads and opens it, runs `change`,
     /// and replaces the file only when `change` returns without throwing and
     /// modified something.
+    ///
+    /// A vault path that is a symbolic link is resolved once: the lock, the
+    /// read and the replace all happen at the link's target, so the link
+    /// stays and every path to the vault sees the change (SECURITY.md, "On
+    /// disk"). A vault that belongs to another user is refused before any
+    /// change is attempted.
     public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) throws -> T) throws -> T {
-        let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        let (store, mode) = try writeTarget()
+        let lock = try FileLock(path: store.lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
-        let vault = try open(with: unlocker)
+        let vault = try store.open(with: unlocker)
         let before = vault.modificationCount
         let result = try change(vault)
-        if vault.modificationCount != before { try write(vault, unlocker: unlocker) }
+        if vault.modificationCount != before { try store.write(vault, mode: mode, unlocker: unlocker) }
         return result
     }
 
@@ -122,21 +129,34 @@ public struct VaultStore: Sendable {
         try update(with: VaultUnlocker(secrets: secrets), change)
     }
 
+    /// The store a write goes to (the link's target for a symbolic link) and
+    /// the mode the replaced file keeps; its folder checked before the lock
+    /// file is created in it.
+    private func writeTarget() throws -> (store: VaultStore, mode: mode_t) {
+        try FileSafety.requireSafeDirectory(directory)
+        let (target, mode) = try FileSafety.writeTarget(path)
+        let store = VaultStore(path: target, lockTimeout: lockTimeout)
+        if target != path { try FileSafety.requireSafeDirectory(store.directory) }
+        return (store, mode)
+    }
+
     /// The asynchronous form of `update`, for changes that talk to Tallyfy
     /// while holding the lock (that is what makes refreshes single-flight).
     public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
-        let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        let (store, mode) = try writeTarget()
+        let lock = try FileLock(path: store.lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
-        let vault = try open(with: unlocker)
+        let vault = try store.open(with: unlocker)
         let before = vault.modificationCount
         let result = try await change(vault)
-        if vault.modificationCount != before { try write(vault, unlocker: unlocker) }
+        if vault.modificationCount != before { try store.write(vault, mode: mode, unlocker: unlocker) }
         return result
     }
 
-    private func write(_ vault: UnlockedVault, unlocker: VaultUnlocker) throws {
+    private func write(_ vault: UnlockedVault, mode: mode_t, unlocker: VaultUnlocker) throws {
+        let bytes = try vault.sealed()  // refuses, before touching the disk, what a reader would refuse
         FileSafety.removeTemporaries(of: path)
-        try FileSafety.atomicReplace(path, with: try vault.sealed())
+        try FileSafety.atomicReplace(path, with: bytes, mode: mode)
         vault.rememberKey(in: unlocker)
     }
 }

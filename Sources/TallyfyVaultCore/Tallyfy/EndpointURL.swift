@@ -63,19 +63,60 @@ public enum EndpointURL {
                     hint: hint
                 )
             }
+            // The one name accepted must mean this machine here, too.
+            if host.lowercased() == "localhost" && !resolvesToLoopbackOnly("localhost") {
+                throw VaultError(
+                    .usage,
+                    "\(name) uses http://localhost, but localhost does not resolve to loopback addresses only on this machine",
+                    hint: "use http://127.0.0.1 or http://[::1], or fix localhost in /etc/hosts"
+                )
+            }
             return url
         default:
             throw VaultError(.usage, "\(name) must use https:// (got \(scheme)://)", hint: hint)
         }
     }
 
-    /// `localhost`, any address in 127.0.0.0/8, or `::1` (with or without
-    /// brackets, in any spelling `inet_pton` accepts). Other names are not
-    /// resolved: a name that merely points at 127.0.0.1 today may not tomorrow.
+    /// Whether every address `name` resolves to (through the system
+    /// resolver: `/etc/hosts`, then DNS) is a loopback address; `false` when
+    /// it does not resolve.
+    static func resolvesToLoopbackOnly(_ name: String) -> Bool {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>? = nil
+        guard getaddrinfo(name, nil, &hints, &result) == 0, let first = result else { return false }
+        defer { freeaddrinfo(first) }
+        var node: UnsafeMutablePointer<addrinfo>? = first
+        while let entry = node {
+            guard let address = entry.pointee.ai_addr else { return false }
+            switch entry.pointee.ai_family {
+            case AF_INET:
+                let first = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { pointer in
+                    withUnsafeBytes(of: pointer.pointee.sin_addr) { $0[0] }
+                }
+                guard first == 127 else { return false }
+            case AF_INET6:
+                let bytes = address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { pointer in
+                    withUnsafeBytes(of: pointer.pointee.sin6_addr) { Array($0) }
+                }
+                guard bytes[0..<15].allSatisfy({ $0 == 0 }) && bytes[15] == 1 else { return false }
+            default:
+                return false
+            }
+            node = entry.pointee.ai_next
+        }
+        return true
+    }
+
+    /// Exactly `localhost`, any address in 127.0.0.0/8, or `::1` (with or
+    /// without brackets, in any spelling `inet_pton` accepts). Other names are
+    /// not resolved: a name that merely points at 127.0.0.1 today may not
+    /// tomorrow. `localhost.` (with the root's dot) is such a name: it is a
+    /// fully qualified DNS name that resolvers send to DNS rather than
+    /// answering from `/etc/hosts`, so it is not loopback.
     static func isLoopback(host rawHost: String) -> Bool {
         var host = rawHost.lowercased()
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host.hasSuffix(".") && !host.hasSuffix("..") { host.removeLast() }
         if host == "localhost" { return true }
 
         var v4 = in_addr()

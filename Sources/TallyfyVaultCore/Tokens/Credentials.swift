@@ -23,16 +23,33 @@ public enum Credentials {
         try validate(profile: profileName, orgID: orgID, clientID: clientID, tokenURL: tokenURL, apiURL: apiURL)
         let tokenURL = tokenURL ?? defaultTokenURL
         let apiURL = apiURL ?? defaultAPIURL
-        guard !secret.isEmpty else { throw VaultError(.usage, "the client secret is empty; nothing was changed") }
-        guard !secret.contains(where: { $0.isNewline }) else {
-            throw VaultError(.usage, "the client secret spans several lines; give it on one line")
-        }
+        try checkSecret(secret)
         if let old = vault.content.profiles[profileName], old.orgID != orgID {
             vault.removeProfile(profileName)
+        }
+        guard vault.content.profiles[profileName] != nil || vault.content.profiles.count < VaultBounds.maxProfiles else {
+            throw VaultError(.usage, "the vault holds \(VaultBounds.maxProfiles) profiles, the most it can; nothing was changed",
+                hint: "remove one with `tallyfy-vault --profile NAME credentials remove`")
         }
         vault.content.profiles[profileName] = Profile(
             orgID: orgID, clientID: clientID, clientSecret: secret, tokenURL: tokenURL, apiURL: trimmedSlash(apiURL),
             secretSetAt: now, applicationToken: nil)
+    }
+
+    /// A client secret the vault will seal: one non-empty line of at most
+    /// `VaultBounds.maxSecretLength` bytes, no control characters.
+    public static func checkSecret(_ secret: String, what: String = "the client secret") throws {
+        guard !secret.isEmpty else { throw VaultError(.usage, "\(what) is empty; nothing was changed") }
+        guard !secret.contains(where: { $0.isNewline }) else {
+            throw VaultError(.usage, "\(what) spans several lines; give it on one line")
+        }
+        guard secret.utf8.count <= VaultBounds.maxSecretLength else {
+            throw VaultError(.usage, "\(what) is longer than \(VaultBounds.maxSecretLength) bytes; nothing was changed",
+                hint: "check that standard input holds only the secret")
+        }
+        guard !secret.unicodeScalars.contains(where: \.isControl) else {
+            throw VaultError(.usage, "\(what) contains control characters; nothing was changed")
+        }
     }
 
     /// Everything but the secret, checked before anyone is asked for the secret.
@@ -40,6 +57,9 @@ public enum Credentials {
         try checkProfileName(profile)
         try checkIdentifier(orgID, name: "--org")
         try checkIdentifier(clientID, name: "--client-id")
+        for (url, name) in [(tokenURL, "token URL"), (apiURL, "API URL")] where (url?.utf8.count ?? 0) > VaultBounds.maxURLLength {
+            throw VaultError(.usage, "the \(name) is longer than \(VaultBounds.maxURLLength) bytes")
+        }
         _ = try EndpointURL.validate(tokenURL ?? defaultTokenURL, name: "token URL")
         _ = try EndpointURL.validate(apiURL ?? defaultAPIURL, name: "API URL")
     }
@@ -72,8 +92,9 @@ public enum Credentials {
         url.hasSuffix("/") ? String(url.dropLast()) : url
     }
 
-    /// All of standard input (a secret is short; read in chunks until EOF).
-    private static func readStandardInput() -> Data {
+    /// Standard input up to `limit` bytes; `nil` when there is more (a
+    /// secret is short: a huge input is a mistake, and is not read to its end).
+    private static func readStandardInput(limit: Int) -> Data? {
         var data = Data()
         var chunk = [UInt8](repeating: 0, count: 4096)
         defer { chunk.wipe() }
@@ -82,23 +103,43 @@ public enum Credentials {
             if count < 0 && errno == EINTR { continue }
             if count <= 0 { return data }
             data.append(contentsOf: chunk[0..<count])
+            if data.count > limit {
+                data.wipe()
+                return nil
+            }
         }
     }
 
-    /// The client secret from standard input (all of it, less the final line
-    /// ending) or from a no-echo prompt: never from the command line.
+    /// `bytes` less one final `\n` or `\r\n`, as for passphrase files.
+    static func withoutFinalLineEnding(_ bytes: Data) -> Data {
+        var end = bytes.endIndex
+        if end > bytes.startIndex && bytes[end - 1] == UInt8(ascii: "\n") {
+            end -= 1
+            if end > bytes.startIndex && bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+        }
+        return bytes[bytes.startIndex..<end]
+    }
+
+    /// The client secret from standard input (all of it, less one final
+    /// `\n` or `\r\n`, at most `VaultBounds.maxSecretLength` bytes) or from a
+    /// no-echo prompt: never from the command line.
     public static func readSecret(fromStandardInput: Bool, prompt: String) throws -> String {
+        ProcessHardening.protect()
         if fromStandardInput {
-            var data = Self.readStandardInput()
+            // Room for the secret and its line ending, and one byte to notice more.
+            guard var data = Self.readStandardInput(limit: VaultBounds.maxSecretLength + 2) else {
+                throw VaultError(.usage, "standard input holds more than \(VaultBounds.maxSecretLength) bytes; expected one client secret",
+                    hint: "pipe only the secret, e.g. from a file holding it on one line")
+            }
             defer { data.wipe() }
-            var text = String(decoding: data, as: UTF8.self)
-            while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+            let text = String(decoding: withoutFinalLineEnding(data), as: UTF8.self)
             guard !text.isEmpty else { throw VaultError(.usage, "standard input was empty; expected the client secret") }
+            try checkSecret(text)
             return text
         }
         let bytes = try TerminalPrompt.readSecret(prompt: prompt)
         let text = bytes.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-        guard !text.isEmpty else { throw VaultError(.usage, "the client secret is empty; nothing was changed") }
+        try checkSecret(text)
         return text
     }
 }

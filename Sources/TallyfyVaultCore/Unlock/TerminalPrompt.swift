@@ -42,9 +42,13 @@ public enum TerminalPrompt {
         var quiet = saved
         quiet.c_lflag &= ~tcflag_t(ECHO)
         quiet.c_lflag |= tcflag_t(ICANON)
+        // A signal that ends the process while echo is off would leave the
+        // terminal silent: the handlers put it back first (EchoGuard).
+        EchoGuard.arm(fd: fd, saved: saved)
         tcsetattr(fd, TCSAFLUSH, &quiet)
         defer {
             tcsetattr(fd, TCSAFLUSH, &saved)
+            EchoGuard.disarm()
             _ = write(fd, "\n", 1)
         }
         _ = prompt.withCString { write(fd, $0, strlen($0)) }
@@ -64,5 +68,54 @@ public enum TerminalPrompt {
             return count
         }
         return buffer.prefix(length)
+    }
+}
+
+/// Restores the terminal when SIGINT, SIGTERM, SIGHUP or SIGQUIT arrives at
+/// a prompt, then lets the signal end the process as it would have (default
+/// action, re-raised), so the shell sees the usual "killed by signal" status.
+/// Only async-signal-safe calls run in the handler (`tcsetattr`, `write`,
+/// `sigaction`, `raise`).
+enum EchoGuard {
+    static let signals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+    nonisolated(unsafe) static var descriptor: Int32 = -1
+    nonisolated(unsafe) static var savedTerminal = termios()
+    nonisolated(unsafe) static var previous: [Int32: sigaction] = [:]
+
+    static func arm(fd: Int32, saved: termios) {
+        descriptor = fd
+        savedTerminal = saved
+        for signal in signals {
+            // A signal ignored by whoever started us (nohup) stays ignored.
+            var current = sigaction()
+            sigaction(signal, nil, &current)
+            if let handler = current.__sigaction_handler.sa_handler, unsafeBitCast(handler, to: Int.self) == 1 { continue }
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { number in
+                if EchoGuard.descriptor >= 0 {
+                    _ = tcsetattr(EchoGuard.descriptor, TCSANOW, &EchoGuard.savedTerminal)
+                    _ = write(EchoGuard.descriptor, "\n", 1)
+                }
+                var fallback = sigaction()
+                fallback.__sigaction_handler.sa_handler = SIG_DFL
+                sigemptyset(&fallback.sa_mask)
+                sigaction(number, &fallback, nil)
+                raise(number)
+            }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = 0
+            var old = sigaction()
+            sigaction(signal, &action, &old)
+            previous[signal] = old
+        }
+    }
+
+    static func disarm() {
+        for (signal, old) in previous {
+            var action = old
+            sigaction(signal, &action, nil)
+        }
+        previous = [:]
+        descriptor = -1
     }
 }

@@ -32,7 +32,12 @@ public struct UnlockSources: Sendable {
     static let maxPassphraseFileLength = 64 * 1024
 
     /// The non-interactive secrets that are present, in contract order.
+    ///
+    /// Every way into a vault's secrets passes here or through
+    /// `UnlockedVault.open`, so both harden the process first
+    /// (`ProcessHardening.protect`): no command has to remember to.
     public func available() throws -> [UnlockSecret] {
+        ProcessHardening.protect()
         var secrets: [UnlockSecret] = []
         if let keyFile { secrets.append(try Self.readKeyFile(keyFile)) }
         if let passphraseFile { secrets.append(try Self.readPassphraseFile(passphraseFile)) }
