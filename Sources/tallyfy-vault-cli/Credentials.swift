@@ -35,6 +35,12 @@ struct Credentials: ParsableCommand {
                     tokenURL: tokenUrl, apiURL: apiUrl, now: VaultClock.now())
             }
             Output.note("stored the credentials of profile \"\(profile)\"; run `tallyfy-vault login` to check them")
+            let warnings = TallyfyIdentifiers.warnings(orgID: org, clientID: clientId)
+            for warning in warnings { Output.note("warning: \(warning)") }
+            if !warnings.isEmpty {
+                Output.note("hint: stored anyway (the emulator and test set-ups may use other IDs); "
+                    + "for real Tallyfy, use the IDs Tallyfy Support sent")
+            }
         }
     }
 

@@ -14,7 +14,7 @@ struct TallyfyVaultCommand: ParsableCommand {
             """,
         subcommands: [
             Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
-            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self,
+            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self,
         ]
     )
 

@@ -91,6 +91,9 @@ import Testing
         #expect(child["TALLYFY_API_TOKEN"] == token["token"] as? String)
         #expect(child["TALLYFY_ORG_ID"] == "org-test")
         #expect(child["TALLYFY_API_URL"] == emulator.apiURL)
+        // What Tallyfy's CLI (TALLYFY_BASE_URL) and MCP server (TALLYFY_API_BASE_URL) read.
+        #expect(child["TALLYFY_BASE_URL"] == emulator.apiURL)
+        #expect(child["TALLYFY_API_BASE_URL"] == emulator.apiURL)
         #expect(child["TALLYFY_TOKEN_EXPIRES_AT"] == token["expiresAt"] as? String)
         #expect(child["TALLYFY_VAULT_EXEC"] == "default")
         #expect(child["TALLYFY_VAULT_PASSPHRASE"] == nil)
