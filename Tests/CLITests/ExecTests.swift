@@ -181,7 +181,9 @@ import Testing
         let json = try sandbox.ok(["export", "--format", "json"]).stdout
         let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: String]
         #expect(object?["TALLYFY_TOKEN"] == token)
-        #expect(object?.count == 6)
+        #expect(object?["TALLYFY_BASE_URL"] == object?["TALLYFY_API_URL"])
+        #expect(object?["TALLYFY_API_BASE_URL"] == object?["TALLYFY_API_URL"])
+        #expect(object?.count == 8)
         let dotenv = try sandbox.ok(["export", "--format", "dotenv"]).stdout
         #expect(dotenv.contains("TALLYFY_TOKEN='\(token)'"))
         #expect(dotenv.contains("TALLYFY_ORG_ID='org-test'"))
