@@ -74,6 +74,15 @@ struct EmulatorRoutes: Sendable {
         router.post("/api/applications/:org/users/:email/token", use: endpoint(.usersToken, issueUserToken))
         router.get("/api/me", use: endpoint(.me, apiMe))
         router.get("/api/organizations/:org/me", use: endpoint(.me, me))
+        // Any other API path: the real API's "wrong URL path" answer
+        // (open-api/api-clients/postman/troubleshooting.mdx), so a
+        // mistyped token URL under /api gets it too.
+        let notFound: Handler = { _, _ in
+            Reply.apiError(.notFound, code: "ENDPOINT_NOT_FOUND", "API endpoint not found")
+        }
+        for method in [HTTPRequest.Method.get, .post, .put, .patch, .delete] {
+            router.on("/api/**", method: method, use: notFound)
+        }
 
         router.get("/__emulator/counts") { _, _ in
             Reply.json(.ok, await state.countsSnapshot())

@@ -279,6 +279,17 @@ struct EmulatorTests {
         #expect(noHeader.status == 401)
     }
 
+    @Test func unknownAPIPathsAreEndpointNotFound() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let reply = try await emulator.send(.POST, "/api/oauth/token", form: Self.credentials())
+        #expect(reply.status == 404)
+        #expect(reply.json["code"] as? String == "ENDPOINT_NOT_FOUND")
+        #expect(reply.json["message"] as? String == "API endpoint not found")
+        // The real endpoints still answer.
+        #expect(try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials()).status == 200)
+    }
+
     @Test func namesThatAreURLsAreRefused() async throws {
         let emulator = try await Emulator.start(clients: [Self.client])
         defer { emulator.stop() }

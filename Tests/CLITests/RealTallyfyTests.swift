@@ -129,6 +129,33 @@ struct RealTallyfyTests {
         #expect(!result.stderr.contains(secret))
     }
 
+    /// `--token-url discover` tries the documented URLs in order, asking
+    /// each without the secret, and stores the first token endpoint. (Debug
+    /// builds let the test replace the documented list with emulator URLs.)
+    @Test func discoverFindsTheFirstTokenEndpointWithoutSendingTheSecret() async throws {
+        let secret = "cs-\(UUID().uuidString)"
+        let emulator = try await Emulator.start(orgs: [Self.org], clients: [(Self.clientID, secret)])
+        defer { emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        let candidates = [emulator.baseURL + "/oauth/authorize", emulator.baseURL + "/api/oauth/token", emulator.tokenURL]
+        let set = ["credentials", "set", "--org", Self.org, "--client-id", Self.clientID, "--secret-stdin",
+                   "--token-url", "discover", "--api-url", emulator.apiURL]
+        let stored = try sandbox.ok(set, stdin: secret,
+                                    env: ["TALLYFY_VAULT_TEST_TOKEN_URLS": candidates.joined(separator: ",")])
+        #expect(stored.stderr.contains("\(emulator.tokenURL) answers as an OAuth token endpoint"), "\(stored.stderr)")
+        #expect(try sandbox.ok(["credentials", "show"]).stdout.contains(emulator.tokenURL))
+        // Probes name no client: the emulator never saw a client ID, let alone the secret.
+        #expect(try await emulator.counts()["token"] == 1)
+        try sandbox.ok(["login"])
+
+        // None answers: 69, and nothing changes.
+        let none = try sandbox.refused(set, status: 69, stdin: secret,
+                                       env: ["TALLYFY_VAULT_TEST_TOKEN_URLS": candidates.dropLast().joined(separator: ",")])
+        #expect(none.stderr.contains("none of Tallyfy's documented token URLs"), "\(none.stderr)")
+        #expect(none.stderr.contains("404 Not Found"))
+    }
+
     @Test func oddIdentifiersAreStoredWithAWarning() throws {
         let sandbox = try Sandbox()
         try sandbox.initWithKeyFile()

@@ -77,3 +77,45 @@ extension TallyfyClient {
         return .user(email: email)
     }
 }
+
+extension TallyfyClient {
+    /// The value of `credentials set --token-url` that asks for discovery.
+    public static let discoverTokenURL = "discover"
+
+    /// The URLs `--token-url discover` tries, in order: the ones Tallyfy
+    /// documents (all https, all on Tallyfy's hosts). Debug builds let
+    /// `TALLYFY_VAULT_TEST_TOKEN_URLS` (comma-separated) replace them, so
+    /// tests can point the search at the emulator.
+    public static func discoveryCandidates(environment: [String: String]) -> [String] {
+        #if TALLYFY_TEST_HOOKS
+            if let list = environment["TALLYFY_VAULT_TEST_TOKEN_URLS"], !list.isEmpty {
+                return list.split(separator: ",").map(String.init)
+            }
+        #endif
+        return documentedTokenURLs
+    }
+
+    /// Probes `candidates` in order without any credentials (see
+    /// `probeTokenEndpoint`) and returns the first that answers as an OAuth
+    /// token endpoint. Nothing secret is sent to any of them, which is why
+    /// the vault may try several: the secret goes later, to the one found.
+    /// Throws `.unavailable` (69), listing what each answered, when none does.
+    public func discoverTokenURL(candidates: [String]) async throws -> String {
+        var answers: [String] = []
+        for candidate in candidates {
+            guard let url = URL(string: candidate) else { continue }
+            let probe = await probeTokenEndpoint(url)
+            switch probe {
+            case .tokenEndpoint:
+                return candidate
+            case .notTokenEndpoint(let status), .troubled(let status):
+                answers.append("\(candidate) answered \(Reply.statusText(status))")
+            case .unreachable(let reason):
+                answers.append("\(candidate): \(reason)")
+            }
+        }
+        throw VaultError(
+            .unavailable, "none of Tallyfy's documented token URLs answered as a token endpoint: " + answers.joined(separator: "; "),
+            hint: "check the network; or give the URL Tallyfy Support named with `--token-url URL`")
+    }
+}
