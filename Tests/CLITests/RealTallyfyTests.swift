@@ -233,6 +233,13 @@ struct RealTallyfyTests {
         #expect(report["status"] as? String == "OK")
         let checks = try #require(report["checks"] as? [[String: Any]])
         #expect(checks.contains { $0["check"] as? String == "profile default: login" && $0["status"] as? String == "OK" })
+        #expect(!json.stdout.contains(world.secret) && !json.stdout.contains("eyJ") && !json.stderr.contains("eyJ"))
+
+        // Without a key: never a prompt; the expiries still come from the clear summary.
+        let keyless = try world.sandbox.run(["doctor"], env: path.merging(["TALLYFY_VAULT_KEY_FILE": ""]) { $1 })
+        #expect(keyless.status == 1, "\(keyless.stdout)")
+        #expect(keyless.stdout.contains("WARN  unlock sources"), "\(keyless.stdout)")
+        #expect(keyless.stdout.contains("OK    profile default: application token"), "\(keyless.stdout)")
 
         // A wrong token URL fails, with the hint; odd IDs warn.
         try world.sandbox.ok(["credentials", "set", "--org", "org-x", "--client-id", "c", "--secret-stdin",

@@ -110,6 +110,21 @@ public struct Doctor: Sendable {
                                           hint: "store them with `tallyfy-vault --profile \(wanted) credentials set --org ORG_ID --client-id ID`"))
             }
             await client.shutdown()
+        } else if vaultReadable, let summary = try? context.store.summary() {
+            // No key: the expiries are still in the clear summary.
+            let now = VaultClock.now(environment: context.environment)
+            for (name, profile) in summary.profiles.sorted(by: { $0.key < $1.key })
+            where context.explicitProfile == nil || name == context.explicitProfile {
+                let application = profile.applicationTokenExpiresAt.map { SealedToken(value: "", expiresAt: $0, obtainedAt: $0) }
+                checks.append(expiryCheck("profile \(name): application token", application, now: now,
+                                          warnBefore: 48 * 3600, renew: "tallyfy-vault login"))
+                if let earliest = profile.earliestUserTokenExpiresAt {
+                    var check = expiryCheck("profile \(name): user tokens", SealedToken(value: "", expiresAt: earliest, obtainedAt: earliest),
+                                            now: now, warnBefore: 14 * 86_400, renew: "tallyfy-vault users token EMAIL")
+                    check.detail = "\(profile.userTokenCount) sealed; earliest " + check.detail
+                    checks.append(check)
+                }
+            }
         }
         checks.append(DoctorCheck("agent", .skip, "not checked: this version has no agent"))
         return DoctorReport(checks: checks)
