@@ -12,7 +12,8 @@ import NIOHTTP1
 /// behaviour are ours alone. Retries happen here, in one place, under a
 /// `RetryPolicy`, and only where they are safe; every failure becomes a
 /// `VaultError` whose message names the host, the status or the cause and
-/// never contains a secret, a token or a server's body.
+/// never contains a secret, a token or a server's body (only Tallyfy's
+/// cleaned error message and request ID: see `ServerDetail`).
 ///
 /// Call `shutdown()` when done (AsyncHTTPClient requires it); as a safety
 /// net the underlying client is also shut down, without waiting, when this
