@@ -166,6 +166,15 @@ struct RealTallyfyTests {
         #expect(result.stderr.contains("tallyfy-vault: hint: "))
     }
 
+    /// The application token acts as no user: `exec --help` says so and
+    /// points to `--user`.
+    @Test func execHelpPointsToUserTokens() throws {
+        let sandbox = try Sandbox()
+        let help = try sandbox.ok(["exec", "--help"])
+        #expect(help.stdout.contains("--user EMAIL"), "\(help.stdout)")
+        #expect(help.stdout.contains("TALLYFY_BASE_URL"))
+    }
+
     // MARK: - apiKeyHelper
 
     /// Tallyfy's CLI kills its helper after 10 s: with Tallyfy hanging, the
