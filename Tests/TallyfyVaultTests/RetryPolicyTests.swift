@@ -210,6 +210,17 @@ private actor SleepRecorder {
         #expect(reset.hint?.contains("90 s (X-RateLimit-Reset)") == true)
     }
 
+    /// Absurd waits never trap a date conversion; they are reported as unusable.
+    @Test func absurdRateLimitWaitsAreReportedNotConverted() {
+        for headers in [[("Retry-After", "99999999999999999999999999")], [("X-RateLimit-Reset", "1e300")],
+                        [("Retry-After", "soon")]] {
+            let error = TallyfyClient.statusAfterRetries(
+                reply(429, headers), what: "the token request", attempts: 1, policy: .standard, sensitive: [])
+            #expect(error.exitStatus == 75)
+            #expect(error.hint?.contains("wait a minute") == true)
+        }
+    }
+
     @Test func serverDetailReadsBothShapesAndNeverEchoesSecrets() {
         let api = ServerDetail(body: Data(#"{"error":true,"code":"RESOURCE_NOT_FOUND","message":"Resource not found"}"#.utf8),
                                requestID: "abc-1")

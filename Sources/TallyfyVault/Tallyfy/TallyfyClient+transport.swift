@@ -198,7 +198,9 @@ extension TallyfyClient {
             let longer = wait > RetryPolicy.seconds(policy.maxRetryAfter) ? ", longer than the vault waits" : ""
             hint = "Tallyfy asked to wait \(seconds) s (\(limits.source))\(longer); try again after \(until)"
         } else {
-            hint = "Tallyfy is rate-limiting this client (no Retry-After given); wait a minute and try again"
+            hint = reply.headers.first(name: "Retry-After") == nil
+                ? "Tallyfy is rate-limiting this client (no Retry-After given); wait a minute and try again"
+                : "Tallyfy is rate-limiting this client and asked for an unusable wait (Retry-After); wait a minute and try again"
         }
         if let quota = limits.quotaText { hint += "; \(quota)" }
         return VaultError(.tryLater, message, hint: hint)
