@@ -170,7 +170,7 @@ extension TallyfyClient {
             // application's permissions for this organization!".
             return VaultError(
                 .refused, "Tallyfy refused \(endpoint.what) for organization \(orgID) (\(reply.statusText))" + detail.suffix,
-                hint: "check that the profile's organization ID (32 hexadecimal characters, from Settings > Organization) "
+                hint: "check that the profile's organization ID (32 hexadecimal characters) "
                     + "is the one Tallyfy Support issued the client for (`tallyfy-vault credentials show`), "
                     + "and that the application may manage users"
             )

@@ -168,8 +168,8 @@ public final class TallyfyClient: Sendable {
     /// The hint for a token URL that is not an OAuth token endpoint at all.
     static var tokenURLHint: String {
         "the token URL may be wrong: Tallyfy documents " + documentedTokenURLs.joined(separator: ", ")
-            + "; set one with `tallyfy-vault credentials set --token-url URL …` "
-            + "(`tallyfy-vault doctor` probes them without sending the secret)"
+            + "; set one with `tallyfy-vault credentials set --token-url URL …`, "
+            + "or let `--token-url discover` find the one that answers (it asks without the secret)"
     }
 
     /// Maps a non-2xx answer of the token endpoint to a `VaultError`: the
