@@ -306,7 +306,8 @@ public struct Doctor: Sendable {
             // Try the documented URLs, https and Tallyfy's hosts only, so the
             // hint can name one that answers as a token endpoint.
             var working: [String] = []
-            let onTallyfy = URL(string: url)?.host?.lowercased().hasSuffix("tallyfy.com") == true
+            let host = URL(string: url)?.host?.lowercased() ?? ""
+            let onTallyfy = host == "tallyfy.com" || host.hasSuffix(".tallyfy.com")
             for candidate in TallyfyClient.documentedTokenURLs where onTallyfy && candidate != url {
                 if case .tokenEndpoint = await client.probeTokenEndpoint(URL(string: candidate)!) { working.append(candidate) }
             }
