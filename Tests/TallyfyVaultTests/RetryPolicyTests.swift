@@ -277,6 +277,7 @@ private actor SleepRecorder {
         let recorder = SleepRecorder()
         let client = TallyfyClient(
             connectTimeout: .seconds(2), requestTimeout: .seconds(5), retry: .standard,
+            totalTimeout: .seconds(600),  // counts attempts, not time: a loaded machine must not cut them short
             environment: [:], sleep: { await recorder.record($0) })
         let error = await #expect(throws: VaultError.self) {
             _ = try await client.applicationToken(
@@ -296,6 +297,7 @@ private actor SleepRecorder {
         let recorder = SleepRecorder()
         let client = TallyfyClient(
             connectTimeout: .seconds(2), requestTimeout: .seconds(5), retry: RetryPolicy(maxAttempts: 2),
+            totalTimeout: .seconds(600),
             environment: [:], sleep: { await recorder.record($0) })
         let error = await #expect(throws: VaultError.self) {
             try await client.createUser(
