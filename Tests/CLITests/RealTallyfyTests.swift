@@ -191,7 +191,7 @@ struct RealTallyfyTests {
         let result = try world.sandbox.run(["token", "--format", "helper", "--min-ttl", "8d"])
         let elapsed = Date().timeIntervalSince(started)
         #expect(result.status == 0, "\(result.brief)")
-        #expect(elapsed < 8, "the helper took \(elapsed) s")
+        #expect(elapsed < 9.5, "the helper took \(elapsed) s; Tallyfy's CLI kills it at 10 s")
         let answer = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         #expect(answer["token"] as? String == sealed)
         #expect((answer["expiresInSeconds"] as? Int ?? 0) > 600_000)
