@@ -45,6 +45,10 @@ struct Fault: Sendable, Equatable {
         case brokenJSON = "broken-json"
         /// Answer 502 (or `status`) with an HTML error page, as a proxy would.
         case html
+        /// Answer `status` (default 503) at once, then send the JSON body one
+        /// byte every `delayMs` (default 1000): a server that holds a
+        /// client which only times out waiting for the response head.
+        case trickle
     }
 
     /// An endpoint name, or nil for "*" (every endpoint).
@@ -73,10 +77,10 @@ struct Fault: Sendable, Equatable {
             return .failure(FaultError("unknown endpoint \"\(endpointName)\"; use one of token, users.create, users.token, me, *"))
         }
         guard let kindName = object["kind"] as? String else {
-            return .failure(FaultError("missing \"kind\"; use one of status, rate-limit, delay, broken-json, html"))
+            return .failure(FaultError("missing \"kind\"; use one of status, rate-limit, delay, broken-json, html, trickle"))
         }
         guard let kind = Kind(rawValue: kindName) else {
-            return .failure(FaultError("unknown kind \"\(kindName)\"; use one of status, rate-limit, delay, broken-json, html"))
+            return .failure(FaultError("unknown kind \"\(kindName)\"; use one of status, rate-limit, delay, broken-json, html, trickle"))
         }
         func integer(_ key: String) throws(FaultError) -> Int? {
             guard let value = object[key], !(value is NSNull) else { return nil }

@@ -26,7 +26,7 @@ struct EmulatorCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on; 0 picks a free port.")
     var port: Int = 0
 
-    @Option(name: .customLong("org"), help: ArgumentHelp("An organization ID to serve (repeatable; default org-demo).", valueName: "ORG_ID"))
+    @Option(name: .customLong("org"), help: ArgumentHelp("An organization ID to serve (repeatable; default \(Self.defaultOrg), 32 hexadecimal characters like a real one).", valueName: "ORG_ID"))
     var orgs: [String] = []
 
     @Option(name: .customLong("client"), help: ArgumentHelp(
@@ -68,13 +68,16 @@ struct EmulatorCommand: AsyncParsableCommand {
         }
     }
 
+    /// Shaped like a real Tallyfy organization ID (32 hexadecimal characters).
+    static let defaultOrg = "3f2a9c1e7b5d4a60b8e1c2d3f4a5b6c7"
+
     private static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
     func run() async throws {
         guard sodium_init() >= 0 else {
             throw ExitCode(70)  // EX_SOFTWARE: libsodium could not initialise
         }
-        let orgs = self.orgs.isEmpty ? ["org-demo"] : self.orgs
+        let orgs = self.orgs.isEmpty ? [Self.defaultOrg] : self.orgs
         let clients = try loadClients(orgs: orgs)
         if clients.isEmpty {
             FileHandle.standardError.write(Data("tallyfy-emulator: warning: no --client or --clients-file given; every token request will fail with invalid_client\n".utf8))

@@ -27,6 +27,25 @@ enum Reply {
     static func error(_ status: HTTPResponse.Status, _ code: String) -> Response {
         json(status, ["error": code])
     }
+
+    /// Tallyfy's API error shape: `{"error": true, "code": "…", "message": "…"}`
+    /// (tallyfy/documentation, open-api/api-clients/postman/troubleshooting.mdx).
+    static func apiError(_ status: HTTPResponse.Status, code: String?, _ message: String, headers: HTTPFields = [:]) -> Response {
+        var body: [String: Any] = ["error": true, "message": message]
+        if let code { body["code"] = code }
+        return json(status, body, headers: headers)
+    }
+
+    /// What the real API answers for an organization the token's client does
+    /// not belong to, or one that does not exist (it does not tell them apart).
+    static let noApplicationPermission = "You don't have application's permissions for this organization!"
+}
+
+extension HTTPFields.Element.Name {
+    static let requestID = Self("X-Request-Id")!
+    static let rateLimitLimit = Self("X-RateLimit-Limit")!
+    static let rateLimitRemaining = Self("X-RateLimit-Remaining")!
+    static let rateLimitReset = Self("X-RateLimit-Reset")!
 }
 
 extension HTTPFields {
@@ -53,7 +72,17 @@ struct EmulatorRoutes: Sendable {
         router.post("/oauth/token", use: endpoint(.token, issueApplicationToken))
         router.post("/api/applications/:org/users", use: endpoint(.usersCreate, createUser))
         router.post("/api/applications/:org/users/:email/token", use: endpoint(.usersToken, issueUserToken))
+        router.get("/api/me", use: endpoint(.me, apiMe))
         router.get("/api/organizations/:org/me", use: endpoint(.me, me))
+        // Any other API path: the real API's "wrong URL path" answer
+        // (open-api/api-clients/postman/troubleshooting.mdx), so a
+        // mistyped token URL under /api gets it too.
+        let notFound: Handler = { _, _ in
+            Reply.apiError(.notFound, code: "ENDPOINT_NOT_FOUND", "API endpoint not found")
+        }
+        for method in [HTTPRequest.Method.get, .post, .put, .patch, .delete] {
+            router.on("/api/**", method: method, use: notFound)
+        }
 
         router.get("/__emulator/counts") { _, _ in
             Reply.json(.ok, await state.countsSnapshot())
@@ -77,14 +106,23 @@ struct EmulatorRoutes: Sendable {
     /// and turns a thrown `Refusal` into its response.
     private func endpoint(_ endpoint: Endpoint, _ handler: @escaping Handler) -> Handler {
         { [state] request, context in
-            if let fault = await state.arrive(at: endpoint) {
-                if let response = try await Self.apply(fault) { return response }
-            }
-            do {
-                return try await handler(request, context)
-            } catch let refusal as Refusal {
-                return refusal.response
-            }
+            var response = try await Self.answer(request, context, state: state, endpoint: endpoint, handler)
+            // Every answer carries a request ID, as Tallyfy's do: it is what
+            // Tallyfy Support asks for, and what the vault shows with an error.
+            response.headers[.requestID] = RandomID.hex(byteCount: 8)
+            return response
+        }
+    }
+
+    private static func answer(_ request: Request, _ context: Context, state: EmulatorState, endpoint: Endpoint,
+                               _ handler: Handler) async throws -> Response {
+        if let fault = await state.arrive(at: endpoint) {
+            if let response = try await Self.apply(fault) { return response }
+        }
+        do {
+            return try await handler(request, context)
+        } catch let refusal as Refusal {
+            return refusal.response
         }
     }
 
@@ -110,11 +148,37 @@ struct EmulatorRoutes: Sendable {
         case .status:
             let code = fault.status ?? 503
             return Reply.json(HTTPResponse.Status(code: code),
-                              ["error": "emulated_failure", "status": code], headers: headers)
+                              ["error": true, "code": "EMULATED_FAILURE", "message": "Emulated failure.", "status": code],
+                              headers: headers)
         case .rateLimit:
-            headers[.retryAfter] = String(fault.retryAfter ?? 1)
-            return Reply.json(.tooManyRequests,
-                              ["error": "too_many_requests", "message": "Too Many Attempts."], headers: headers)
+            // Tallyfy's 429: `Retry-After`, the `X-RateLimit-*` quota headers
+            // and `code: RATE_LIMIT_EXCEEDED` (open-api/index.mdx).
+            let wait = fault.retryAfter ?? 1
+            headers[.retryAfter] = String(wait)
+            headers[.rateLimitLimit] = "600"
+            headers[.rateLimitRemaining] = "0"
+            headers[.rateLimitReset] = String(Int(Date().timeIntervalSince1970) + wait)
+            return Reply.json(.tooManyRequests, [
+                "message": "You've reached the limit for API requests (600 per minute). Please try again later.",
+                "code": "RATE_LIMIT_EXCEEDED",
+            ], headers: headers)
+        case .trickle:
+            let code = fault.status ?? 503
+            let interval = fault.delayMs ?? 1000
+            let bytes = Array(#"{"error":true,"code":"EMULATED_FAILURE","message":"This answer is sent one byte at a time."}"#.utf8)
+            headers[.contentType] = "application/json"
+            let body = ResponseBody(contentLength: bytes.count) { writer in
+                for byte in bytes {
+                    try await writer.write(ByteBuffer(bytes: [byte]))
+                    // Cut short at shutdown, like `delay`.
+                    let slept = try? await cancelWhenGracefulShutdown {
+                        try await Task.sleep(for: .milliseconds(interval))
+                    }
+                    if slept == nil { break }
+                }
+                try await writer.finish(nil)
+            }
+            return Response(status: HTTPResponse.Status(code: code), headers: headers, body: body)
         case .brokenJSON:
             return Reply.raw(HTTPResponse.Status(code: fault.status ?? 200), Data(#"{"access_token": "abc"#.utf8),
                              contentType: "application/json", headers: headers)
@@ -153,6 +217,7 @@ struct EmulatorRoutes: Sendable {
             return Reply.json(.unauthorized, [
                 "error": "invalid_client",
                 "error_description": "Client authentication failed",
+                "message": "Client authentication failed",
             ])
         }
         let ttl = await state.lifetimes.app
@@ -197,14 +262,18 @@ struct EmulatorRoutes: Sendable {
             errors["timezone"] = ["The timezone must be a valid IANA zone name."]
         }
         guard errors.isEmpty else {
-            return Reply.json(.unprocessableContent, ["message": "The given data was invalid.", "errors": errors])
+            return Reply.json(.unprocessableContent, ["error": true, "message": "The given data was invalid.", "errors": errors])
         }
 
         switch await state.createUser(org: org, email: email, firstName: firstName, lastName: lastName,
                                       role: role, timezone: timezone) {
         case .exists:
-            return Reply.json(.conflict, ["error": "user_exists",
-                                          "message": "A user with this email already exists in this organization."])
+            // A validation failure of the `email` field, as Laravel's
+            // `unique` rule reports it, not a 409.
+            return Reply.json(.unprocessableContent, [
+                "error": true, "message": "The given data was invalid.",
+                "errors": ["email": ["The email has already been taken."]],
+            ])
         case .created(let user):
             return Reply.json(.created, ["data": user.json])
         }
@@ -225,8 +294,17 @@ struct EmulatorRoutes: Sendable {
             errors[field] = ["The \(field) field is required."]
         } else if value.count > 32 {
             errors[field] = ["The \(field) may not be greater than 32 characters."]
+        } else if looksLikeURL(trimmed) {
+            errors[field] = ["The \(field) may not be a URL."]
         }
         return value
+    }
+
+    /// Names may not be URLs (tallyfy/documentation, code-samples/members/update-member.mdx:
+    /// "can't be a URL or disallowed name").
+    static func looksLikeURL(_ text: String) -> Bool {
+        let lowered = text.lowercased()
+        return lowered.contains("://") || lowered.hasPrefix("www.")
     }
 
     /// One `@`, a non-empty local part, a domain with a dot (not at either
@@ -246,8 +324,7 @@ struct EmulatorRoutes: Sendable {
         let rawEmail = context.parameters.get("email") ?? ""
         let email = rawEmail.removingPercentEncoding ?? rawEmail
         guard let user = await state.user(org: claims.org, email: email) else {
-            return Reply.json(.notFound, ["error": "user_not_found",
-                                          "message": "No user with this email in this organization."])
+            return Reply.apiError(.notFound, code: "RESOURCE_NOT_FOUND", "Resource not found")
         }
         let ttl = await state.lifetimes.user
         let token = issue(kind: .user, subject: user.email, org: claims.org,
@@ -269,6 +346,29 @@ struct EmulatorRoutes: Sendable {
         return Reply.json(.ok, body)
     }
 
+    // MARK: GET /api/me
+
+    /// Who a user token belongs to, in Tallyfy's item envelope
+    /// `{"data": {"id", "email", "username", "first_name", "last_name", "timezone"}}`
+    /// (the fields Tallyfy's CLI reads: tallyfy/cli, pkg/tallyfy/types.go).
+    /// An application token acts as no user, so it gets 401, as the real API
+    /// answers user-context endpoints for client-credentials tokens
+    /// (open-api/how-to-integrate-with-tallyfy-using-api.mdx).
+    private func apiMe(_ request: Request, _ context: Context) async throws -> Response {
+        let claims = try await authenticate(request)
+        guard claims.kind == .user else {
+            return Reply.apiError(.unauthorized, code: "UNAUTHENTICATED",
+                                  "This endpoint needs a user token; an application token acts as no user.")
+        }
+        guard let user = await state.user(org: claims.org, email: claims.sub) else {
+            return Reply.apiError(.unauthorized, code: "UNAUTHENTICATED", "Unauthenticated.")
+        }
+        var json = user.json
+        json["username"] = user.email
+        json["org_id"] = claims.org
+        return Reply.json(.ok, ["data": json])
+    }
+
     // MARK: Tokens and authorization
 
     private func issue(kind: TokenClaims.Kind, subject: String, org: String, clientID: String, ttl: Int) -> String {
@@ -278,14 +378,13 @@ struct EmulatorRoutes: Sendable {
             iat: now, exp: now + ttl, jti: RandomID.hex()))
     }
 
-    /// The checks every `/api/` call passes, in this order: the
-    /// `X-Tallyfy-Client: APIClient` header (400), a valid unexpired bearer
-    /// token of ours (401), an organization this emulator serves (404), a
-    /// token of that organization (403), and for the applications endpoints an
-    /// application token (403).
-    private func authorize(_ request: Request, _ context: Context, applicationOnly: Bool) async throws -> TokenClaims {
+    /// The first two checks of every `/api/` call: the `X-Tallyfy-Client:
+    /// APIClient` header (401, as Tallyfy's docs say a request without it
+    /// fails), then a valid unexpired bearer token of ours (401).
+    private func authenticate(_ request: Request) async throws -> TokenClaims {
         guard request.headers.value(named: "X-Tallyfy-Client")?.trimmingCharacters(in: .whitespaces) == "APIClient" else {
-            throw Refusal(response: Reply.error(.badRequest, "missing X-Tallyfy-Client header"))
+            throw Refusal(response: Reply.apiError(.unauthorized, code: "MISSING_CLIENT_HEADER",
+                                                   "The X-Tallyfy-Client: APIClient header is required."))
         }
         let now = Int(Date().timeIntervalSince1970)
         guard let authorization = request.headers[.authorization],
@@ -296,21 +395,23 @@ struct EmulatorRoutes: Sendable {
         else {
             var headers: HTTPFields = [:]
             headers[.wwwAuthenticate] = #"Bearer error="invalid_token""#
-            throw Refusal(response: Reply.json(.unauthorized, ["error": "invalid_token"], headers: headers))
+            throw Refusal(response: Reply.apiError(.unauthorized, code: "UNAUTHENTICATED", "Unauthenticated.", headers: headers))
         }
+        return claims
+    }
+
+    /// The checks every `/api/…/{org}/…` call passes, in this order:
+    /// `authenticate`, then a token of that organization, which must be one
+    /// this emulator serves (403 either way, with the real API's message),
+    /// and for the applications endpoints an application token (403).
+    private func authorize(_ request: Request, _ context: Context, applicationOnly: Bool) async throws -> TokenClaims {
+        let claims = try await authenticate(request)
         let org = context.parameters.get("org") ?? ""
-        guard await state.serves(org: org) else {
-            throw Refusal(response: Reply.json(.notFound, ["error": "organization_not_found"]))
-        }
-        guard claims.org == org else {
-            throw Refusal(response: Reply.json(.forbidden, [
-                "error": "forbidden", "message": "This token belongs to another organization.",
-            ]))
+        guard await state.serves(org: org), claims.org == org else {
+            throw Refusal(response: Reply.apiError(.forbidden, code: nil, Reply.noApplicationPermission))
         }
         if applicationOnly && claims.kind != .application {
-            throw Refusal(response: Reply.json(.forbidden, [
-                "error": "forbidden", "message": "This endpoint needs an application token.",
-            ]))
+            throw Refusal(response: Reply.apiError(.forbidden, code: nil, "This endpoint needs an application token."))
         }
         return claims
     }

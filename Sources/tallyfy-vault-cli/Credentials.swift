@@ -17,15 +17,35 @@ struct Credentials: ParsableCommand {
         @Option(help: "The Tallyfy organization ID.") var org: String
         @Option(help: "The client ID.") var clientId: String
         @Flag(help: "Read the client secret from standard input.") var secretStdin = false
-        @Option(help: ArgumentHelp("OAuth token endpoint (default \(TallyfyVault.Credentials.defaultTokenURL)).", valueName: "URL"))
+        @Option(help: ArgumentHelp(
+            "OAuth token endpoint (default \(TallyfyVault.Credentials.defaultTokenURL)); `discover` tries the URLs Tallyfy documents, without the secret, and keeps the first that answers as a token endpoint.",
+            valueName: "URL"))
         var tokenUrl: String?
         @Option(help: ArgumentHelp("API base URL (default \(TallyfyVault.Credentials.defaultAPIURL)).", valueName: "URL"))
         var apiUrl: String?
 
         func run() throws {
             // Check what can be checked before asking for a key or the secret.
+            let discover = tokenUrl == TallyfyClient.discoverTokenURL
             try TallyfyVault.Credentials.validate(
-                profile: global.profileName, orgID: org, clientID: clientId, tokenURL: tokenUrl, apiURL: apiUrl)
+                profile: global.profileName, orgID: org, clientID: clientId, tokenURL: discover ? nil : tokenUrl, apiURL: apiUrl)
+            var tokenUrl = self.tokenUrl
+            if discover {
+                let candidates = TallyfyClient.discoveryCandidates(environment: global.context.environment)
+                let found = try runBlocking {
+                    let client = TallyfyClient(requestTimeout: .seconds(10), retry: .none, totalTimeout: .seconds(10))
+                    do {
+                        let found = try await client.discoverTokenURL(candidates: candidates)
+                        await client.shutdown()
+                        return found
+                    } catch {
+                        await client.shutdown()
+                        throw error
+                    }
+                }
+                Output.note("\(found) answers as an OAuth token endpoint (asked without the secret); storing it as the token URL")
+                tokenUrl = found
+            }
             let secrets = try global.secretsToOpen()
             let clientSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "Client secret: ")
             let profile = global.profileName
@@ -35,6 +55,12 @@ struct Credentials: ParsableCommand {
                     tokenURL: tokenUrl, apiURL: apiUrl, now: VaultClock.now())
             }
             Output.note("stored the credentials of profile \"\(profile)\"; run `tallyfy-vault login` to check them")
+            let warnings = TallyfyIdentifiers.warnings(orgID: org, clientID: clientId)
+            for warning in warnings { Output.note("warning: \(warning)") }
+            if !warnings.isEmpty {
+                Output.note("hint: stored anyway (the emulator and test set-ups may use other IDs); "
+                    + "for real Tallyfy, use the IDs Tallyfy Support sent")
+            }
         }
     }
 

@@ -10,8 +10,13 @@ struct Exec: ParsableCommand {
             Options go before `--`; everything after it is the command, passed exactly, with no shell. \
             The process is replaced (execve): the command keeps the pid, terminal and signals, and its \
             exit status is the status. Sets TALLYFY_TOKEN, TALLYFY_API_TOKEN, TALLYFY_ORG_ID, \
-            TALLYFY_API_URL, TALLYFY_TOKEN_EXPIRES_AT and TALLYFY_VAULT_EXEC; removes TALLYFY_VAULT_PASSPHRASE. \
-            127: command not found; 126: not executable.
+            TALLYFY_API_URL, TALLYFY_BASE_URL, TALLYFY_API_BASE_URL, TALLYFY_TOKEN_EXPIRES_AT and \
+            TALLYFY_VAULT_EXEC; removes TALLYFY_VAULT_PASSPHRASE. 127: command not found; 126: not executable.
+
+            Without --user the command gets the application token, which can provision users and issue \
+            their tokens but acts as no user: most Tallyfy API calls, and most commands of Tallyfy's own \
+            CLI (`tallyfy` reads TALLYFY_API_TOKEN and TALLYFY_BASE_URL), need a user token. Use \
+            `--user EMAIL` after `tallyfy-vault users create` and `users token`.
             """)
 
     @OptionGroup var global: GlobalOptions

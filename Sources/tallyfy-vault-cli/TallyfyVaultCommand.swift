@@ -14,7 +14,8 @@ struct TallyfyVaultCommand: ParsableCommand {
             """,
         subcommands: [
             Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
-            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, Agent.self, Version.self,
+            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self,
+            Version.self,
         ]
     )
 

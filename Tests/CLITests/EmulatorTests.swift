@@ -126,8 +126,11 @@ struct EmulatorTests {
         let duplicate = try await Self.createUser(emulator, token: token, [
             "first_name": "Ada", "last_name": "L", "email": "ada@example.COM",
         ])
-        #expect(duplicate.status == 409)
-        #expect(duplicate.json["error"] as? String == "user_exists")
+        // Tallyfy reports a taken email as a 422 validation error of the field.
+        #expect(duplicate.status == 422)
+        #expect(duplicate.json["error"] as? Bool == true)
+        let fieldErrors = try #require(duplicate.json["errors"] as? [String: [String]])
+        #expect(fieldErrors["email"] == ["The email has already been taken."])
 
         // The user token, by a percent-encoded email in another case.
         let userToken = try await emulator.send(
@@ -154,7 +157,8 @@ struct EmulatorTests {
         let reply = try await emulator.send(
             .POST, "/api/applications/\(Self.org)/users/ghost%40example.com/token", headers: Self.apiHeaders(token))
         #expect(reply.status == 404)
-        #expect(reply.json["error"] as? String == "user_not_found")
+        #expect(reply.json["code"] as? String == "RESOURCE_NOT_FOUND")
+        #expect(reply.json["message"] as? String == "Resource not found")
     }
 
     @Test func apiCallsNeedTheClientHeaderAValidTokenAndTheirOrg() async throws {
@@ -164,12 +168,15 @@ struct EmulatorTests {
         let me = "/api/organizations/\(Self.org)/me"
 
         let noHeader = try await emulator.send(.GET, me, headers: ["Authorization": "Bearer \(token)"])
-        #expect(noHeader.status == 400)
-        #expect(noHeader.json["error"] as? String == "missing X-Tallyfy-Client header")
+        // Tallyfy: "Requests without it will fail - typically returning
+        // 'endpoint not found' or a 401 error".
+        #expect(noHeader.status == 401)
+        #expect(noHeader.json["code"] as? String == "MISSING_CLIENT_HEADER")
 
         let noToken = try await emulator.send(.GET, me, headers: Self.apiHeaders(nil))
         #expect(noToken.status == 401)
-        #expect(noToken.json["error"] as? String == "invalid_token")
+        #expect(noToken.json["error"] as? Bool == true)
+        #expect(noToken.json["message"] as? String == "Unauthenticated.")
 
         // Change the first character of the signature (the last one may carry
         // only padding bits): forged.
@@ -180,11 +187,15 @@ struct EmulatorTests {
         let forgedReply = try await emulator.send(.GET, me, headers: Self.apiHeaders(forged))
         #expect(forgedReply.status == 401)
 
+        // Another organization and an unknown one look the same, as on the real API.
         let otherOrg = try await emulator.send(.GET, "/api/organizations/org-other/me", headers: Self.apiHeaders(token))
         #expect(otherOrg.status == 403)
+        #expect(otherOrg.json["message"] as? String == "You don't have application's permissions for this organization!")
 
         let unknownOrg = try await emulator.send(.GET, "/api/organizations/org-nope/me", headers: Self.apiHeaders(token))
-        #expect(unknownOrg.status == 404)
+        #expect(unknownOrg.status == 403)
+        #expect(unknownOrg.json["message"] as? String == "You don't have application's permissions for this organization!")
+        #expect(unknownOrg.header("X-Request-Id")?.isEmpty == false)
     }
 
     @Test func expiredTokenIsRefused() async throws {
@@ -195,7 +206,7 @@ struct EmulatorTests {
 
         let reply = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
         #expect(reply.status == 401)
-        #expect(reply.json["error"] as? String == "invalid_token")
+        #expect(reply.json["message"] as? String == "Unauthenticated.")
     }
 
     @Test func injectedFailureHappensOnceThenTheEndpointWorks() async throws {
@@ -233,9 +244,61 @@ struct EmulatorTests {
         defer { emulator.stop() }
         try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "rate-limit", retryAfter: 7, times: 1))
 
+        let sentAt = Int(Date().timeIntervalSince1970)
         let limited = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())
         #expect(limited.status == 429)
         #expect(limited.header("Retry-After") == "7")
+        #expect(limited.header("X-RateLimit-Limit") == "600")
+        #expect(limited.header("X-RateLimit-Remaining") == "0")
+        #expect(limited.header("X-RateLimit-Reset").flatMap(Int.init) ?? 0 >= sentAt + 7)
+        #expect(limited.json["code"] as? String == "RATE_LIMIT_EXCEEDED")
+    }
+
+    /// `GET /api/me`, as Tallyfy's tools check a token: the user for a user
+    /// token (Tallyfy's `{"data": {…}}` envelope), 401 for an application token.
+    @Test func apiMeAnswersForUserTokensOnly() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+        try await Self.createUser(emulator, token: token,
+                                  ["first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.com"]).expect(201)
+        let issued = try await emulator.send(
+            .POST, "/api/applications/\(Self.org)/users/ada@example.com/token", headers: Self.apiHeaders(token))
+        let userToken = try #require(issued.json["access_token"] as? String)
+
+        let me = try await emulator.send(.GET, "/api/me", headers: Self.apiHeaders(userToken))
+        try me.expect(200)
+        let data = try #require(me.json["data"] as? [String: Any])
+        #expect(data["email"] as? String == "ada@example.com")
+        #expect(data["first_name"] as? String == "Ada")
+
+        let asApplication = try await emulator.send(.GET, "/api/me", headers: Self.apiHeaders(token))
+        #expect(asApplication.status == 401)
+        #expect(asApplication.json["error"] as? Bool == true)
+
+        let noHeader = try await emulator.send(.GET, "/api/me", headers: ["Authorization": "Bearer \(userToken)"])
+        #expect(noHeader.status == 401)
+    }
+
+    @Test func unknownAPIPathsAreEndpointNotFound() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let reply = try await emulator.send(.POST, "/api/oauth/token", form: Self.credentials())
+        #expect(reply.status == 404)
+        #expect(reply.json["code"] as? String == "ENDPOINT_NOT_FOUND")
+        #expect(reply.json["message"] as? String == "API endpoint not found")
+        // The real endpoints still answer.
+        #expect(try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials()).status == 200)
+    }
+
+    @Test func namesThatAreURLsAreRefused() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+        let reply = try await Self.createUser(emulator, token: token,
+                                              ["first_name": "https://evil.example", "last_name": "L", "email": "u@example.com"])
+        #expect(reply.status == 422)
+        #expect((reply.json["errors"] as? [String: [String]])?["first_name"] == ["The first_name may not be a URL."])
     }
 
     @Test func delayIsServedLate() async throws {
@@ -258,7 +321,7 @@ struct EmulatorTests {
         _ = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())  // fault
         _ = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials(("x", "y")))  // 401
         let token = try await Self.appToken(emulator)
-        _ = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: [:])  // 400
+        _ = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: [:])  // 401
         _ = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
         _ = try await Self.createUser(emulator, token: token, [:])  // 422
         _ = try await emulator.send(.POST, "/api/applications/\(Self.org)/users/x%40y.z/token",

@@ -91,6 +91,9 @@ import Testing
         #expect(child["TALLYFY_API_TOKEN"] == token["token"] as? String)
         #expect(child["TALLYFY_ORG_ID"] == "org-test")
         #expect(child["TALLYFY_API_URL"] == emulator.apiURL)
+        // What Tallyfy's CLI (TALLYFY_BASE_URL) and MCP server (TALLYFY_API_BASE_URL) read.
+        #expect(child["TALLYFY_BASE_URL"] == emulator.apiURL)
+        #expect(child["TALLYFY_API_BASE_URL"] == emulator.apiURL)
         #expect(child["TALLYFY_TOKEN_EXPIRES_AT"] == token["expiresAt"] as? String)
         #expect(child["TALLYFY_VAULT_EXEC"] == "default")
         #expect(child["TALLYFY_VAULT_PASSPHRASE"] == nil)
@@ -180,8 +183,10 @@ import Testing
         let json = try sandbox.ok(["export", "--format", "json"]).stdout
         let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: String]
         #expect(object?["TALLYFY_TOKEN"] == token)
-        #expect(object?.count == 5)
         #expect(object?["TALLYFY_VAULT_EXEC"] == nil)
+        #expect(object?["TALLYFY_BASE_URL"] == object?["TALLYFY_API_URL"])
+        #expect(object?["TALLYFY_API_BASE_URL"] == object?["TALLYFY_API_URL"])
+        #expect(object?.count == 7)
         let dotenv = try sandbox.ok(["export", "--format", "dotenv"]).stdout
         // unquoted: the one form sh, docker, python-dotenv and systemd read alike
         #expect(dotenv.contains("TALLYFY_TOKEN=\(token)\n"))

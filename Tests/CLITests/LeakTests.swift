@@ -122,6 +122,11 @@ import Testing
         try learnTokens(user: true)
         try run(["check", "--output", sandbox.path("check.prom"), "--format", "prometheus"], status: nil)
         for format in ["text", "json"] { try run(["status", "--format", format]) }
+        // doctor reads everything and, with --login, sends the secret: still nothing shown.
+        for format in ["text", "json"] {
+            try run(["doctor", "--format", format], status: nil)
+            try run(["doctor", "--login", "--format", format], status: nil)
+        }
 
         // rekey needs every slot's key: the variable and the second passphrase's file
         try run(["rekey", "--passphrase-file", secondPassFile])

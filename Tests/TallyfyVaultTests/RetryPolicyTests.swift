@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import Testing
 @testable import TallyfyVault
@@ -157,27 +158,83 @@ private actor SleepRecorder {
 
     // MARK: - Final errors
 
+    private func reply(_ status: UInt, _ headers: [(String, String)] = [], body: String = "") -> Reply {
+        Reply(status: status, headers: HTTPHeaders(headers), body: Data(body.utf8))
+    }
+
     @Test func persistent5xxIsUnavailable() {
         let error = TallyfyClient.statusAfterRetries(
-            status: 503, what: "the token request", attempts: 4, retryAfter: nil, policy: .standard)
+            reply(503), what: "the token request", attempts: 4, policy: .standard, sensitive: [])
         #expect(error.kind == .unavailable)
         #expect(error.exitStatus == 69)
         #expect(error.message == "Tallyfy answered 503 Service Unavailable to the token request after 4 attempts")
     }
 
     @Test func persistent429IsTryLaterAndMentionsRetryAfter() {
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
         let error = TallyfyClient.statusAfterRetries(
-            status: 429, what: "the token request", attempts: 4, retryAfter: "7", policy: .standard)
+            reply(429, [("Retry-After", "7")]), what: "the token request", attempts: 4, policy: .standard,
+            sensitive: [], now: now)
         #expect(error.kind == .tryLater)
         #expect(error.exitStatus == 75)
         #expect(error.message.contains("429 Too Many Requests"))
         #expect(error.hint?.contains("Retry-After") == true)
         #expect(error.hint?.contains("7 s") == true)
+        #expect(error.hint?.contains("try again after 2027-01-15T08:00:07Z") == true)
 
         let long = TallyfyClient.statusAfterRetries(
-            status: 429, what: "the token request", attempts: 1, retryAfter: "600", policy: .standard)
+            reply(429, [("Retry-After", "600")]), what: "the token request", attempts: 1, policy: .standard, sensitive: [])
         #expect(long.message.hasSuffix("after 1 attempt"))
         #expect(long.hint?.contains("600 s") == true)
+    }
+
+    /// Tallyfy's 429: `RATE_LIMIT_EXCEEDED`, its message, `Retry-After`,
+    /// `X-RateLimit-*` and a request ID all reach the user.
+    @Test func tallyfyRateLimitAnswerIsReportedWithResetTimeQuotaAndRequestID() {
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        let body = #"{"message":"You've reached the limit for API calls. Please try again later.","code":"RATE_LIMIT_EXCEEDED"}"#
+        let error = TallyfyClient.statusAfterRetries(
+            reply(429, [("Retry-After", "42"), ("X-RateLimit-Limit", "600"), ("X-RateLimit-Remaining", "0"),
+                        ("X-Request-Id", "req-123")], body: body),
+            what: "the token request", attempts: 4, policy: .standard, sensitive: [], now: now)
+        #expect(error.exitStatus == 75)
+        #expect(error.message.contains(#""You've reached the limit for API calls. Please try again later.""#))
+        #expect(error.message.contains("(request ID req-123)"))
+        #expect(error.hint?.contains("try again after 2027-01-15T08:00:42Z") == true)
+        #expect(error.hint?.contains("0 of 600 requests left") == true)
+
+        // Only X-RateLimit-Reset (Unix seconds): the wait comes from it.
+        let reset = TallyfyClient.statusAfterRetries(
+            reply(429, [("X-RateLimit-Reset", "1800000090")]), what: "the token request", attempts: 1,
+            policy: .standard, sensitive: [], now: now)
+        #expect(reset.hint?.contains("90 s (X-RateLimit-Reset)") == true)
+    }
+
+    /// Absurd waits never trap a date conversion; they are reported as unusable.
+    @Test func absurdRateLimitWaitsAreReportedNotConverted() {
+        for headers in [[("Retry-After", "99999999999999999999999999")], [("X-RateLimit-Reset", "1e300")],
+                        [("Retry-After", "soon")]] {
+            let error = TallyfyClient.statusAfterRetries(
+                reply(429, headers), what: "the token request", attempts: 1, policy: .standard, sensitive: [])
+            #expect(error.exitStatus == 75)
+            #expect(error.hint?.contains("wait a minute") == true)
+        }
+    }
+
+    @Test func serverDetailReadsBothShapesAndNeverEchoesSecrets() {
+        let api = ServerDetail(body: Data(#"{"error":true,"code":"RESOURCE_NOT_FOUND","message":"Resource not found"}"#.utf8),
+                               requestID: "abc-1")
+        #expect(api == ServerDetail(code: "RESOURCE_NOT_FOUND", message: "Resource not found", requestID: "abc-1"))
+        let oauth = ServerDetail(body: Data(#"{"error":"invalid_client","error_description":"Client authentication failed"}"#.utf8),
+                                 requestID: nil)
+        #expect(oauth == ServerDetail(code: "invalid_client", message: "Client authentication failed"))
+        let echo = ServerDetail(body: Data(#"{"message":"bad secret s3cr3t-value"}"#.utf8), requestID: nil,
+                                redacting: ["s3cr3t-value"])
+        #expect(echo.message == nil)
+        let hostile = ServerDetail(body: Data("{\"message\":\"a\\u001b[31mred\\nline\\u202e\"}".utf8), requestID: "bad id\u{1b}")
+        #expect(hostile.message == "a [31mred line")
+        #expect(hostile.requestID == nil)
+        #expect(ServerDetail(body: Data("<html>".utf8), requestID: nil) == ServerDetail())
     }
 
     @Test func transportErrorsAreSortedBySafety() {
@@ -220,6 +277,7 @@ private actor SleepRecorder {
         let recorder = SleepRecorder()
         let client = TallyfyClient(
             connectTimeout: .seconds(2), requestTimeout: .seconds(5), retry: .standard,
+            totalTimeout: .seconds(600),  // counts attempts, not time: a loaded machine must not cut them short
             environment: [:], sleep: { await recorder.record($0) })
         let error = await #expect(throws: VaultError.self) {
             _ = try await client.applicationToken(
@@ -239,6 +297,7 @@ private actor SleepRecorder {
         let recorder = SleepRecorder()
         let client = TallyfyClient(
             connectTimeout: .seconds(2), requestTimeout: .seconds(5), retry: RetryPolicy(maxAttempts: 2),
+            totalTimeout: .seconds(600),
             environment: [:], sleep: { await recorder.record($0) })
         let error = await #expect(throws: VaultError.self) {
             try await client.createUser(

@@ -127,8 +127,13 @@ struct TransientFailure: Error, Sendable {
 /// The seam between the retry rules and the network: unit tests drive it
 /// with a fake operation and a recording `sleep`, the client with real
 /// requests and `Task.sleep`. `operation` receives the 1-based attempt number.
+///
+/// `deadline`, when given, bounds the whole call: a pause that would end at
+/// or after it is not taken, and the last failure is reported at once, so a
+/// caller never waits for an attempt that would have no time left.
 func withRetries<T>(
     policy: RetryPolicy,
+    deadline: ContinuousClock.Instant? = nil,
     sleep: (Duration) async throws -> Void,
     operation: (_ attempt: Int) async throws -> T
 ) async throws -> T {
@@ -138,6 +143,9 @@ func withRetries<T>(
             return try await operation(attempt)
         } catch let failure as TransientFailure {
             guard let pause = policy.delay(afterAttempt: attempt, retryAfter: failure.retryAfter) else {
+                throw failure.finalError(attempt)
+            }
+            if let deadline, ContinuousClock.now + pause >= deadline {
                 throw failure.finalError(attempt)
             }
             try await sleep(pause)

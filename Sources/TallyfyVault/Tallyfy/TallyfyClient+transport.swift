@@ -24,6 +24,10 @@ struct Endpoint: Sendable {
     let afterSendRetryIsSafe: Bool
     /// Which statuses are worth another attempt.
     let retryableStatus: @Sendable (UInt) -> Bool
+    /// Values this request carried that must never be echoed back in a
+    /// message (the client secret, the bearer token), should a server
+    /// quote them in its error text.
+    var sensitive: [String] = []
 
     /// `host:port` for messages; IPv6 hosts in brackets.
     var hostPort: String {
@@ -38,8 +42,22 @@ struct Endpoint: Sendable {
 /// retry would not change.
 struct Reply: Sendable {
     let status: UInt
-    let contentType: String?
+    let headers: HTTPHeaders
     let body: Data
+
+    init(status: UInt, headers: HTTPHeaders = [:], body: Data) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    init(status: UInt, contentType: String?, body: Data) {
+        var headers = HTTPHeaders()
+        if let contentType { headers.add(name: "Content-Type", value: contentType) }
+        self.init(status: status, headers: headers, body: body)
+    }
+
+    var contentType: String? { headers.first(name: "Content-Type") }
 
     var isSuccess: Bool { (200...299).contains(status) }
 
@@ -76,63 +94,115 @@ extension TallyfyClient {
     /// Sends `request` under the retry policy and returns the first answer
     /// that needs no further attempt. Throws `VaultError` for transport
     /// failures and for retryable statuses once attempts run out.
+    ///
+    /// Time is bounded twice: each attempt (connect, send, headers and the
+    /// whole body) ends within `requestTimeout`, and the call as a whole,
+    /// retries and pauses included, within `totalTimeout` (by default three
+    /// times `requestTimeout`). AsyncHTTPClient's own deadline stops at the
+    /// response head, so a server that trickles its body one byte a second
+    /// would otherwise hold the caller (and the vault lock) for as long as
+    /// it likes.
     func send(_ request: HTTPClientRequest, to endpoint: Endpoint) async throws -> Reply {
-        try await withRetries(policy: retry, sleep: sleep) { _ in
-            try await self.attempt(request, to: endpoint)
+        let overall = ContinuousClock.now + totalTimeout
+        return try await withRetries(policy: retry, deadline: overall, sleep: sleep) { _ in
+            let left = overall - ContinuousClock.now
+            return try await self.attempt(request, to: endpoint, within: min(self.requestTimeout, left))
         }
     }
 
-    /// One attempt. Transient problems are thrown as `TransientFailure`.
-    private func attempt(_ request: HTTPClientRequest, to endpoint: Endpoint) async throws -> Reply {
+    /// What one exchange produced before its deadline.
+    private enum Exchange: Sendable {
+        case answered(status: UInt, headers: HTTPHeaders, body: Data)
+        case timedOut
+    }
+
+    /// One attempt, all of it within `limit`. Transient problems are thrown
+    /// as `TransientFailure`.
+    private func attempt(_ request: HTTPClientRequest, to endpoint: Endpoint, within limit: Duration) async throws -> Reply {
         let status: UInt
         let headers: HTTPHeaders
-        var body = Data()
+        let body: Data
         do {
-            let response = try await http.execute(request, timeout: Self.timeAmount(requestTimeout))
-            status = response.status.code
-            headers = response.headers
-            do {
-                let buffer = try await response.body.collect(upTo: Self.maxBodyBytes)
-                body = Data(buffer.readableBytesView)
-            } catch is NIOTooManyBytesError {
-                body = Data()  // far too long for any answer we parse: treated as unparseable
+            switch try await exchange(request, within: limit) {
+            case .answered(let answeredStatus, let answeredHeaders, let answeredBody):
+                (status, headers, body) = (answeredStatus, answeredHeaders, answeredBody)
+            case .timedOut:
+                throw HTTPClientError.deadlineExceeded
             }
         } catch {
             try Task.checkCancellation()
             throw transportError(error, endpoint: endpoint)
         }
 
+        let reply = Reply(status: status, headers: headers, body: body)
         if endpoint.retryableStatus(status) {
-            let retryAfter = headers.first(name: "Retry-After")
+            // A 429 with only `X-RateLimit-Reset` is honoured like a `Retry-After`.
+            let retryAfter = headers.first(name: "Retry-After") ?? (status == 429
+                ? RateLimitInfo(headers, now: Date()).waitSeconds.map { String(Int($0.rounded(.up))) } : nil)
             let what = endpoint.what
             let policy = retry
+            let sensitive = endpoint.sensitive
             throw TransientFailure(retryAfter: retryAfter) { attempts in
-                Self.statusAfterRetries(status: status, what: what, attempts: attempts, retryAfter: retryAfter, policy: policy)
+                Self.statusAfterRetries(reply, what: what, attempts: attempts, policy: policy, sensitive: sensitive)
             }
         }
-        return Reply(status: status, contentType: headers.first(name: "Content-Type"), body: body)
+        return reply
+    }
+
+    /// Races the request (head and whole body) against a timer; whichever
+    /// ends first wins and the other is cancelled. Cancelling the request
+    /// task closes the connection, also while its body is being read.
+    private func exchange(_ request: HTTPClientRequest, within limit: Duration) async throws -> Exchange {
+        let http = self.http
+        let timeout = Self.timeAmount(limit)
+        return try await withThrowingTaskGroup(of: Exchange.self) { group in
+            group.addTask {
+                let response = try await http.execute(request, timeout: timeout)
+                var body = Data()
+                do {
+                    let buffer = try await response.body.collect(upTo: Self.maxBodyBytes)
+                    body = Data(buffer.readableBytesView)
+                } catch is NIOTooManyBytesError {
+                    body = Data()  // far too long for any answer we parse: treated as unparseable
+                }
+                return .answered(status: response.status.code, headers: response.headers, body: body)
+            }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return .timedOut
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next() else { return .timedOut }
+            return first
+        }
     }
 
     /// The error for a 429 or 5xx that persisted through every attempt (or
-    /// whose `Retry-After` was longer than we wait).
-    static func statusAfterRetries(status: UInt, what: String, attempts: Int, retryAfter: String?, policy: RetryPolicy) -> VaultError {
+    /// whose `Retry-After` was longer than we wait, or than the time left).
+    /// A 429 says when Tallyfy will take requests again (from `Retry-After`,
+    /// else `X-RateLimit-Reset`), and both carry Tallyfy's own message and
+    /// `X-Request-Id` when it sent them.
+    static func statusAfterRetries(_ reply: Reply, what: String, attempts: Int, policy: RetryPolicy,
+                                   sensitive: [String], now: Date = Date()) -> VaultError {
         let tries = attempts == 1 ? "1 attempt" : "\(attempts) attempts"
-        let message = "Tallyfy answered \(Reply.statusText(status)) to \(what) after \(tries)"
-        guard status == 429 else {
+        let detail = ServerDetail(reply, redacting: sensitive)
+        let message = "Tallyfy answered \(reply.statusText) to \(what) after \(tries)" + detail.suffix
+        guard reply.status == 429 else {
             return VaultError(.unavailable, message, hint: "Tallyfy may be down or overloaded; try again later")
         }
-        let asked = retryAfter.flatMap { RetryPolicy.parseRetryAfter($0, now: Date()) }
-        let hint: String
-        if let asked {
-            let seconds = Int(asked.rounded(.up))
-            if asked > RetryPolicy.seconds(policy.maxRetryAfter) {
-                hint = "Tallyfy asked to wait \(seconds) s (Retry-After), longer than the vault waits; try again after that"
-            } else {
-                hint = "Tallyfy asked to wait \(seconds) s (Retry-After); try again after that"
-            }
+        let limits = RateLimitInfo(reply.headers, now: now)
+        var hint: String
+        if let wait = limits.waitSeconds {
+            let seconds = Int(wait.rounded(.up))
+            let until = ChildEnvironment.rfc3339(now.addingTimeInterval(Double(seconds)))
+            let longer = wait > RetryPolicy.seconds(policy.maxRetryAfter) ? ", longer than the vault waits" : ""
+            hint = "Tallyfy asked to wait \(seconds) s (\(limits.source))\(longer); try again after \(until)"
         } else {
-            hint = "Tallyfy is rate-limiting this client (no Retry-After given); wait a minute and try again"
+            hint = reply.headers.first(name: "Retry-After") == nil
+                ? "Tallyfy is rate-limiting this client (no Retry-After given); wait a minute and try again"
+                : "Tallyfy is rate-limiting this client and asked for an unusable wait (Retry-After); wait a minute and try again"
         }
+        if let quota = limits.quotaText { hint += "; \(quota)" }
         return VaultError(.tryLater, message, hint: hint)
     }
 

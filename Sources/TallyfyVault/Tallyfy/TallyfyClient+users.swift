@@ -21,7 +21,7 @@ extension TallyfyClient {
         let url = try Self.apiURL(apiURL, orgID: orgID, path: ["users"])
         let endpoint = Endpoint(
             what: "the user creation request", url: url, afterSendRetryIsSafe: false,
-            retryableStatus: { $0 == 429 || $0 == 503 }
+            retryableStatus: { $0 == 429 || $0 == 503 }, sensitive: [applicationToken]
         )
         var request = try Self.apiRequest(url, applicationToken: applicationToken)
         request.headers.add(name: "Content-Type", value: "application/json")
@@ -29,18 +29,29 @@ extension TallyfyClient {
 
         let reply = try await send(request, to: endpoint)
         if reply.isSuccess { return }
+        let requestID = ServerDetail(reply, redacting: endpoint.sensitive).requestSuffix
+        let existsHint = "issue a token for the existing user with `tallyfy-vault users token \(user.email)`"
         switch reply.status {
         case 409:
             throw VaultError(
-                .usage, "a user with this email already exists in organization \(orgID) (\(NewUser.quoted(user.email)))",
-                hint: "issue a token for the existing user with `tallyfy-vault users token \(user.email)`"
+                .usage, "a user with this email already exists in organization \(orgID) (\(NewUser.quoted(user.email)))" + requestID,
+                hint: existsHint
             )
         case 422:
+            // Tallyfy answers validation failures, a taken email included,
+            // as `{"error": true, "errors": {"email": ["The email has already been taken."]}}`.
+            if Self.saysEmailIsTaken(reply.body) {
+                throw VaultError(
+                    .usage, "a user with this email already exists in organization \(orgID) (\(NewUser.quoted(user.email)))" + requestID,
+                    hint: existsHint
+                )
+            }
             if let fields = fieldErrors(in: reply.body) {
-                throw VaultError(.usage, "Tallyfy rejected the user: \(fields)",
+                throw VaultError(.usage, "Tallyfy rejected the user: \(fields)" + requestID,
                                  hint: "correct the fields named and run `tallyfy-vault users create` again")
             }
-            throw VaultError(.usage, "Tallyfy rejected the user's details (\(reply.statusText))",
+            throw VaultError(.usage, "Tallyfy rejected the user's details (\(reply.statusText))"
+                                 + ServerDetail(reply, redacting: endpoint.sensitive).suffix,
                              hint: "check the email, names, role and timezone")
         default:
             throw apiError(reply, endpoint: endpoint, orgID: orgID, email: nil)
@@ -58,7 +69,7 @@ extension TallyfyClient {
         let url = try Self.apiURL(apiURL, orgID: orgID, path: ["users", email, "token"])
         let endpoint = Endpoint(
             what: "the user token request", url: url, afterSendRetryIsSafe: true,
-            retryableStatus: RetryPolicy.isRetryable(status:)
+            retryableStatus: RetryPolicy.isRetryable(status:), sensitive: [applicationToken]
         )
         var request = try Self.apiRequest(url, applicationToken: applicationToken)
         // An explicit empty body, so the request carries `Content-Length: 0`
@@ -131,39 +142,65 @@ extension TallyfyClient {
         return request
     }
 
-    /// Maps a non-2xx answer of an API call that no endpoint-specific rule covered.
+    /// Whether a 422 names the email as already taken (Laravel's `unique` rule).
+    static func saysEmailIsTaken(_ body: Data) -> Bool {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+              let errors = object["errors"] as? [String: Any], let email = errors["email"]
+        else { return false }
+        let texts = (email as? [Any])?.compactMap { $0 as? String } ?? [(email as? String) ?? ""]
+        return texts.contains { $0.lowercased().contains("taken") || $0.lowercased().contains("exists") }
+    }
+
+    /// Maps a non-2xx answer of an API call that no endpoint-specific rule
+    /// covered. Both Tallyfy's shape (`{"error": true, "code": …, "message": …}`)
+    /// and the emulator's older one (`{"error": "organization_not_found"}`)
+    /// are understood; the server's message and request ID are shown.
     func apiError(_ reply: Reply, endpoint: Endpoint, orgID: String, email: String?) -> VaultError {
-        let code = errorCode(in: reply.body)
+        let detail = ServerDetail(reply, redacting: endpoint.sensitive)
+        let code = detail.code
         switch reply.status {
         case 401:
             return VaultError(
-                .refused, "the application token was rejected by Tallyfy (\(reply.statusText))",
+                .refused, "the application token was rejected by Tallyfy (\(reply.statusText))" + detail.suffix,
                 hint: "get a new one with `tallyfy-vault login`; if that keeps failing, check the client credentials"
             )
         case 403:
+            // The real API answers an organization the client does not belong
+            // to (or that does not exist) with 403 "You don't have
+            // application's permissions for this organization!".
             return VaultError(
-                .refused, "Tallyfy refused \(endpoint.what) for organization \(orgID) (\(reply.statusText))",
-                hint: "check that the profile's organization ID matches the client (`tallyfy-vault credentials show`) "
+                .refused, "Tallyfy refused \(endpoint.what) for organization \(orgID) (\(reply.statusText))" + detail.suffix,
+                hint: "check that the profile's organization ID (32 hexadecimal characters) "
+                    + "is the one Tallyfy Support issued the client for (`tallyfy-vault credentials show`), "
                     + "and that the application may manage users"
+            )
+        case 404 where code == "ENDPOINT_NOT_FOUND":
+            return VaultError(
+                .configuration, "the API URL does not lead to Tallyfy's applications API (\(reply.statusText) to \(endpoint.what) at \(endpoint.hostPort))" + detail.suffix,
+                hint: "check the profile's API URL (default \(TallyfyVaultCore.Credentials.defaultAPIURL)) with `tallyfy-vault credentials show`"
             )
         case 404 where code == "organization_not_found" || email == nil:
             return VaultError(
-                .configuration, "Tallyfy does not know organization \(orgID) at \(endpoint.hostPort) (\(reply.statusText))",
+                .configuration, "Tallyfy does not know organization \(orgID) at \(endpoint.hostPort) (\(reply.statusText))" + detail.suffix,
                 hint: "check the profile's organization ID and API URL with `tallyfy-vault credentials show`"
             )
         case 404:
             let shown = email.map { NewUser.quoted($0) } ?? "?"
             return VaultError(
-                .usage, "no user \(shown) in organization \(orgID)",
+                .usage, "no user \(shown) in organization \(orgID)" + detail.requestSuffix,
                 hint: "create it first with `tallyfy-vault users create --email EMAIL --first-name F --last-name L`"
             )
         case 400, 422:
+            if let fields = fieldErrors(in: reply.body) {
+                return VaultError(.usage, "Tallyfy rejected \(endpoint.what): \(fields)" + detail.requestSuffix,
+                                  hint: "check the email address and the profile's organization ID")
+            }
             return VaultError(
-                .usage, "Tallyfy rejected \(endpoint.what) (\(reply.statusText)\(code.map { ", \($0)" } ?? ""))",
+                .usage, "Tallyfy rejected \(endpoint.what) (\(reply.statusText)\(code.map { ", \($0)" } ?? ""))" + detail.suffix,
                 hint: "check the email address and the profile's organization ID"
             )
         case 409:
-            return VaultError(.usage, "Tallyfy refused \(endpoint.what) because of a conflict (\(reply.statusText))")
+            return VaultError(.usage, "Tallyfy refused \(endpoint.what) because of a conflict (\(reply.statusText))" + detail.suffix)
         default:
             return unexpectedStatus(reply, endpoint: endpoint)
         }

@@ -12,15 +12,18 @@ import NIOHTTP1
 /// behaviour are ours alone. Retries happen here, in one place, under a
 /// `RetryPolicy`, and only where they are safe; every failure becomes a
 /// `VaultError` whose message names the host, the status or the cause and
-/// never contains a secret, a token or a server's body.
+/// never contains a secret, a token or a server's body (only Tallyfy's
+/// cleaned error message and request ID: see `ServerDetail`).
 ///
 /// Call `shutdown()` when done (AsyncHTTPClient requires it); as a safety
 /// net the underlying client is also shut down, without waiting, when this
 /// object is released.
 public final class TallyfyClient: Sendable {
     let http: HTTPClient
-    /// How long one attempt may take, from sending to the last byte of the answer.
+    /// How long one attempt may take, from connecting to the last byte of the answer.
     let requestTimeout: Duration
+    /// How long one call may take in all, every retry and pause included.
+    let totalTimeout: Duration
     let retry: RetryPolicy
     /// How the client waits between attempts; tests substitute a recorder.
     let sleep: @Sendable (Duration) async throws -> Void
@@ -39,15 +42,20 @@ public final class TallyfyClient: Sendable {
     ///   - requestTimeout: how long each attempt may take in all; overridden
     ///     by `TALLYFY_VAULT_HTTP_TIMEOUT` (seconds) when that is set.
     ///   - retry: when to try again after a failure that may be transient.
+    ///   - totalTimeout: how long one call (a token request, a user creation)
+    ///     may take with all its retries and pauses; by default three times
+    ///     the request timeout (90 s, or 9 s with `TALLYFY_VAULT_HTTP_TIMEOUT=3`).
     public convenience init(
         connectTimeout: Duration = .seconds(5),
         requestTimeout: Duration = .seconds(30),
-        retry: RetryPolicy = .standard
+        retry: RetryPolicy = .standard,
+        totalTimeout: Duration? = nil
     ) {
         self.init(
             connectTimeout: connectTimeout,
             requestTimeout: requestTimeout,
             retry: retry,
+            totalTimeout: totalTimeout,
             environment: ProcessInfo.processInfo.environment,
             sleep: { try await Task.sleep(for: $0) }
         )
@@ -57,6 +65,7 @@ public final class TallyfyClient: Sendable {
         connectTimeout: Duration,
         requestTimeout: Duration,
         retry: RetryPolicy,
+        totalTimeout: Duration? = nil,
         environment: [String: String],
         sleep: @escaping @Sendable (Duration) async throws -> Void
     ) {
@@ -76,6 +85,7 @@ public final class TallyfyClient: Sendable {
 
         self.http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
         self.requestTimeout = request
+        self.totalTimeout = totalTimeout ?? request * 3
         self.retry = retry
         self.sleep = sleep
     }
@@ -122,7 +132,7 @@ public final class TallyfyClient: Sendable {
         let url = try EndpointURL.validate(tokenURL.absoluteString, name: "token URL")
         let endpoint = Endpoint(
             what: "the token request", url: url, afterSendRetryIsSafe: true,
-            retryableStatus: RetryPolicy.isRetryable(status:)
+            retryableStatus: RetryPolicy.isRetryable(status:), sensitive: [clientSecret]
         )
         var request = HTTPClientRequest(url: url.absoluteString)
         request.method = .POST
@@ -144,37 +154,72 @@ public final class TallyfyClient: Sendable {
         throw tokenEndpointError(reply, endpoint: endpoint)
     }
 
+    /// The token URLs Tallyfy's own pages name, most recently documented
+    /// first: the third-party application guide
+    /// (tallyfy/documentation, open-api/access-api-as-a-third-party-application-instead-of-a-user.mdx),
+    /// the client-credentials guide the vault was built from (and its
+    /// default), and the API integration guide (how-to-integrate-with-tallyfy-using-api.mdx).
+    public static let documentedTokenURLs = [
+        "https://account.tallyfy.com/oauth/token",
+        "https://go.tallyfy.com/oauth/token",
+        "https://go.tallyfy.com/api/oauth/token",
+    ]
+
+    /// The hint for a token URL that is not an OAuth token endpoint at all.
+    static var tokenURLHint: String {
+        "the token URL may be wrong: Tallyfy documents " + documentedTokenURLs.joined(separator: ", ")
+            + "; set one with `tallyfy-vault credentials set --token-url URL …`, "
+            + "or let `--token-url discover` find the one that answers (it asks without the secret)"
+    }
+
     /// Maps a non-2xx answer of the token endpoint to a `VaultError`: the
-    /// RFC 6749 §5.2 error codes by name, anything else by status.
+    /// RFC 6749 §5.2 error codes by name, Tallyfy's API error shape by its
+    /// message, anything else by status. A 404, 405 or redirect means the
+    /// URL is not a token endpoint, and the message names the documented ones.
     func tokenEndpointError(_ reply: Reply, endpoint: Endpoint) -> VaultError {
         let credentialsHint = "check the profile's client ID and secret with `tallyfy-vault credentials show`; "
             + "store the right ones with `tallyfy-vault credentials set` or `tallyfy-vault rotate-secret`"
+        let detail = ServerDetail(reply, redacting: endpoint.sensitive)
         switch errorCode(in: reply.body) {
         case "invalid_client":
-            return VaultError(.refused, "Tallyfy refused the client credentials (invalid_client)", hint: credentialsHint)
+            return VaultError(.refused, "Tallyfy refused the client credentials (invalid_client)" + detail.requestSuffix,
+                              hint: credentialsHint + "; Tallyfy's client IDs are numeric")
         case let code? where code == "invalid_grant" || code == "unauthorized_client":
             return VaultError(
-                .refused, "Tallyfy refused the token request (\(code))",
+                .refused, "Tallyfy refused the token request (\(code))" + detail.suffix,
                 hint: "this client may not be allowed the client-credentials grant; ask Tallyfy Support to check the client"
             )
         case let code? where ["unsupported_grant_type", "invalid_scope", "invalid_request"].contains(code):
             return VaultError(
-                .configuration, "Tallyfy rejected the token request (\(code))",
-                hint: "check that the profile's token URL points at Tallyfy's OAuth token endpoint "
-                    + "(default https://go.tallyfy.com/oauth/token)"
+                .configuration, "Tallyfy rejected the token request (\(code))" + detail.suffix,
+                hint: Self.tokenURLHint
             )
         default:
             break
         }
         switch reply.status {
         case 401:
-            return VaultError(.refused, "Tallyfy refused the client credentials (\(reply.statusText))", hint: credentialsHint)
+            return VaultError(.refused, "Tallyfy refused the client credentials (\(reply.statusText))" + detail.suffix,
+                              hint: credentialsHint)
         case 403:
-            return VaultError(.refused, "Tallyfy refused the token request (\(reply.statusText))", hint: credentialsHint)
+            return VaultError(.refused, "Tallyfy refused the token request (\(reply.statusText))" + detail.suffix,
+                              hint: credentialsHint)
+        case 404, 405:
+            return VaultError(
+                .configuration,
+                "\(endpoint.hostPort)\(endpoint.url.path) is not an OAuth token endpoint (\(reply.statusText) to the token request)" + detail.suffix,
+                hint: Self.tokenURLHint
+            )
+        case 300...399:
+            return VaultError(
+                .configuration,
+                "Tallyfy answered the token request at \(endpoint.hostPort) with a redirect (\(reply.statusText)), which the vault does not follow: the secret must not go elsewhere",
+                hint: Self.tokenURLHint
+            )
         case 400...499:
             return VaultError(
-                .configuration, "Tallyfy answered \(reply.statusText) to the token request at \(endpoint.hostPort)",
-                hint: "check the profile's token URL (default https://go.tallyfy.com/oauth/token) with `tallyfy-vault credentials show`"
+                .configuration, "Tallyfy answered \(reply.statusText) to the token request at \(endpoint.hostPort)" + detail.suffix,
+                hint: Self.tokenURLHint
             )
         default:
             return unexpectedStatus(reply, endpoint: endpoint)
@@ -219,7 +264,8 @@ public final class TallyfyClient: Sendable {
         }
         return VaultError(
             .unavailable,
-            "Tallyfy answered \(reply.statusText) to \(endpoint.what) at \(endpoint.hostPort)",
+            "Tallyfy answered \(reply.statusText) to \(endpoint.what) at \(endpoint.hostPort)"
+                + ServerDetail(reply, redacting: endpoint.sensitive).suffix,
             hint: "try again later; if it persists, check the profile's URLs with `tallyfy-vault credentials show`"
         )
     }

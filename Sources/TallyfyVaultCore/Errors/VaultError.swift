@@ -3,8 +3,9 @@
 /// Each error carries a kind that maps to the exit statuses of CONTRACT.md, a
 /// message that says what failed, and an optional hint that says what to do
 /// next. Neither text ever contains a secret or a token: messages are built
-/// from names, paths and statuses only, never from secret values or from a
-/// server's response body.
+/// from names, paths and statuses, never from secret values; of a server's
+/// answer only Tallyfy's own error `message` and `X-Request-Id` are quoted,
+/// cleaned to one line and dropped if they echo what the request carried.
 public struct VaultError: Error, Sendable, CustomStringConvertible {
     /// What went wrong, in the categories of CONTRACT.md's exit statuses.
     public enum Kind: Sendable, Equatable {

@@ -57,6 +57,14 @@ public enum ChildEnvironment {
             ("TALLYFY_API_TOKEN", grant.token),
             ("TALLYFY_ORG_ID", grant.orgID),
             ("TALLYFY_API_URL", grant.apiURL),
+            // What Tallyfy's own tools read for the API base URL: the
+            // official CLI (tallyfy/cli, internal/config: TALLYFY_BASE_URL)
+            // and the MCP server (tallyfy/mcp-public, server/constants.py:
+            // TALLYFY_API_BASE_URL; it also falls back to TALLYFY_ORG_ID,
+            // server/utils/auth_context.py). Without them a token for staging
+            // or the emulator would be sent to api.tallyfy.com.
+            ("TALLYFY_BASE_URL", grant.apiURL),
+            ("TALLYFY_API_BASE_URL", grant.apiURL),
             ("TALLYFY_TOKEN_EXPIRES_AT", rfc3339(grant.expiresAt)),
         ]
     }

@@ -73,6 +73,14 @@ public struct NewUser: Sendable, Equatable {
         if length > maxNameLength {
             return "\(field) is \(length) characters long (at most \(maxNameLength))"
         }
+        // Tallyfy refuses names that are URLs (tallyfy/documentation,
+        // code-samples/members/update-member.mdx: "can't be a URL or
+        // disallowed name"); its list of disallowed names is not published,
+        // so only the URL rule is checked here.
+        let lowered = name.lowercased()
+        if lowered.contains("://") || lowered.hasPrefix("www.") {
+            return "\(field) looks like a URL, which Tallyfy does not accept as a name"
+        }
         return nil
     }
 
