@@ -8,7 +8,6 @@ let testHooks: [SwiftSetting] = [.define("TALLYFY_TEST_HOOKS", .when(configurati
 
 let package = Package(
     name: "tallyfy-vault",
-    platforms: [.macOS(.v13)],
     products: [
         .library(name: "TallyfyVault", targets: ["TallyfyVault"]),
         .library(name: "TallyfyVaultCore", targets: ["TallyfyVaultCore"]),

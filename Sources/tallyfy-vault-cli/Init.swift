@@ -24,7 +24,7 @@ struct Init: ParsableCommand {
         if let label { try UnlockedVault.checkLabel(label) }  // the rule `keys add --label` and the reader apply
         let secret = try global.sources.secretToCreate(what: "the new vault")
         let vault = try UnlockedVault.create(
-            secret: secret, label: label ?? (secret.kind == .keyFile ? "key-file" : "passphrase"), kdf: kdf)
+            secret: secret, label: label ?? secret.kind.name, kdf: kdf)
         try store.create(vault)
         Output.note("created an empty vault at \(store.path), unlocked by \(secret.origin)")
     }

@@ -15,7 +15,7 @@ struct Keys: ParsableCommand {
         func run() throws {
             let slots = try global.store.slots()
             let rows = slots.map { slot in
-                [slot.label, slot.kind, slot.opsLimit.map { "argon2id, \($0) passes, \(ByteCountFormatter.string(fromByteCount: Int64(slot.memLimitBytes ?? 0), countStyle: .memory))" + (slot.weak ? " (WEAK: below interactive)" : "") } ?? ""]
+                [slot.label, slot.kind.name, slot.opsLimit.map { "argon2id, \($0) passes, \(ByteCountFormatter.string(fromByteCount: Int64(slot.memLimitBytes ?? 0), countStyle: .memory))" + (slot.weak ? " (WEAK: below interactive)" : "") } ?? ""]
             }
             Output.line(Table.render([["LABEL", "KIND", "KDF"]] + rows))
             for slot in slots where slot.weak {

@@ -1,4 +1,5 @@
 import Foundation
+import TallyfyVault
 
 #if canImport(Glibc)
     import Glibc
@@ -25,9 +26,7 @@ enum Output {
 
     /// JSON with sorted keys, for machine-readable formats.
     static func json(_ value: some Encodable) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(value), as: UTF8.self)
+        try PlainJSON.string(value)
     }
 }
 

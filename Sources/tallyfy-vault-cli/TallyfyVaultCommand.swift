@@ -24,7 +24,7 @@ struct TallyfyVaultCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     /// ArgumentParser's own `main`, with the library's errors printed the
-    /// CONTRACT.md way: `tallyfy-vault: ` on standard error, a hint line, and
+    /// README.md way: `tallyfy-vault: ` on standard error, a hint line, and
     /// the matching exit status.
     static func main() {
         do {

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// The vault commands of CONTRACT.md, run through the real binary: each
+/// The vault commands of README.md, run through the real binary: each
 /// success, and each refusal with its exit status and an unchanged vault.
 @Suite struct VaultCommandTests {
     let secret = "cs-\(UUID().uuidString)"

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TallyfyVaultCore
+@testable import TallyfyVault
 
 /// The documented shapes of Tallyfy's identifiers and names (issue 13).
 @Suite struct TallyfyIdentifiersTests {

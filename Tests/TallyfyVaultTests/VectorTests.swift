@@ -175,7 +175,7 @@ import Testing
             }
         }
         #expect(vault.slotList.map(\.label) == expected.slots.map(\.label))
-        #expect(vault.slotList.map(\.kind) == expected.slots.map(\.kind))
+        #expect(vault.slotList.map(\.kind.name) == expected.slots.map(\.kind))
 
         // The clear summary, as a keyless `check` reads it, and as the opened
         // vault would write it again.

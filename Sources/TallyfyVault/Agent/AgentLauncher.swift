@@ -90,7 +90,7 @@ public enum AgentLauncher {
     /// the child starts a new session, away from our terminal.
     private static let spawnSetSession: Int32 = 0x80
 
-    /// What `agent --detach` prints, for `eval` (CONTRACT.md, "Round 2").
+    /// What `agent --detach` prints, for `eval` (README.md).
     public static func shellVariables(socketPath: String, pid: pid_t) -> String {
         "\(AgentSocket.variable)=\(shellQuoted(socketPath)); export \(AgentSocket.variable); "
             + "\(AgentSocket.pidVariable)=\(pid); export \(AgentSocket.pidVariable);"

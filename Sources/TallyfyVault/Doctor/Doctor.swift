@@ -200,7 +200,7 @@ public struct Doctor: Sendable {
             }
         }
         if let slots = try? store.slots() {
-            let text = slots.map { "\($0.label) (\($0.kind))" }.joined(separator: ", ")
+            let text = slots.map { "\($0.label) (\($0.kind.name))" }.joined(separator: ", ")
             checks.append(DoctorCheck("unlock slots", .ok, text))
         }
         return (checks, true)

@@ -1,13 +1,13 @@
 /// The one error type the library throws to its callers.
 ///
-/// Each error carries a kind that maps to the exit statuses of CONTRACT.md, a
+/// Each error carries a kind that maps to the exit statuses of README.md, a
 /// message that says what failed, and an optional hint that says what to do
 /// next. Neither text ever contains a secret or a token: messages are built
 /// from names, paths and statuses, never from secret values; of a server's
 /// answer only Tallyfy's own error `message` and `X-Request-Id` are quoted,
 /// cleaned to one line and dropped if they echo what the request carried.
 public struct VaultError: Error, Sendable, CustomStringConvertible {
-    /// What went wrong, in the categories of CONTRACT.md's exit statuses.
+    /// What went wrong, in the categories of README.md's exit statuses.
     public enum Kind: Sendable, Equatable {
         /// Bad arguments or input (64).
         case usage
@@ -39,7 +39,7 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
         self.hint = hint
     }
 
-    /// The process exit status CONTRACT.md assigns to this kind of failure.
+    /// The process exit status README.md assigns to this kind of failure.
     public var exitStatus: Int32 {
         switch kind {
         case .usage: 64

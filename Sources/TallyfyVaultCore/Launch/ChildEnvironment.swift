@@ -30,11 +30,9 @@ public struct TokenGrant: Sendable, Equatable {
     }
 }
 
-/// The variables of CONTRACT.md's "The child's environment", built from a
+/// The variables of README.md's `exec` table, built from a
 /// grant and the parent's environment.
 public enum ChildEnvironment {
-    /// Names in the order CONTRACT.md lists them.
-    public static let tokenVariable = "TALLYFY_TOKEN"
     public static let execMarker = "TALLYFY_VAULT_EXEC"
 
     /// Variables that carried unlock material, or were meant for our own

@@ -28,10 +28,7 @@ public enum ExportFormat: String, Sendable, CaseIterable {
         case .dotenv:
             return try variables.map { "\($0.name)=\(try Self.dotenvValue($0.value, name: $0.name))" }.joined(separator: "\n")
         case .json:
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            let object = Dictionary(variables.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 })
-            return String(decoding: try encoder.encode(object), as: UTF8.self)
+            return try PlainJSON.string(Dictionary(variables.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 }))
         }
     }
 

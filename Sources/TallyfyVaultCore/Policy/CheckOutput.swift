@@ -57,9 +57,7 @@ public enum CheckFormat: String, Sendable, CaseIterable {
                     applicationTokenExpiresAt: $0.applicationTokenExpiresAt.map(rfc), userTokenCount: $0.userTokenCount,
                     earliestUserTokenExpiresAt: $0.earliestUserTokenExpiresAt.map(rfc), secretSetAt: rfc($0.secretSetAt))
             })
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(value), as: UTF8.self)
+        return try PlainJSON.string(value)
     }
 
     private func renderPrometheus(_ report: HealthCheck.Report) -> String {

@@ -7,7 +7,7 @@
     import Glibc
 #endif
 
-/// Durations as CONTRACT.md writes them: `90s`, `45m`, `48h`, `7d`, or a
+/// Durations as README.md writes them: `90s`, `45m`, `48h`, `7d`, or a
 /// sequence such as `1d12h`.
 public enum DurationText {
     private static let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]

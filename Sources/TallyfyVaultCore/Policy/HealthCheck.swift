@@ -27,7 +27,7 @@ public enum HealthCheck {
         }
     }
 
-    /// When to warn; CONTRACT.md's defaults.
+    /// When to warn; README.md's defaults.
     public struct Thresholds: Sendable {
         public var warnApplication: TimeInterval = 48 * 3600
         public var warnUser: TimeInterval = 14 * 86400

@@ -46,21 +46,16 @@ struct ByteReader {
     mutating func bytes(_ count: Int, _ what: String) throws -> [UInt8] { Array(try raw(count, what)) }
 
     /// A little-endian u32 at an absolute offset, without moving the cursor.
-    func u32(at position: Int) throws -> UInt32 {
-        guard position >= 0, position + 4 <= data.count else {
-            throw VaultError(.corrupt, "the vault file is truncated (in the index)", hint: Self.restoreHint)
-        }
-        let start = data.startIndex + position
-        return (0..<4).reduce(UInt32(0)) { $0 | UInt32(data[start + $1]) << (8 * $1) }
-    }
+    func u32(at position: Int) throws -> UInt32 { UInt32(try integer(at: position, width: 4)) }
 
     /// A little-endian signed i64 at an absolute offset, without moving the cursor.
-    func i64(at position: Int) throws -> Int64 {
-        guard position >= 0, position + 8 <= data.count else {
+    func i64(at position: Int) throws -> Int64 { Int64(bitPattern: try integer(at: position, width: 8)) }
+
+    private func integer(at position: Int, width: Int) throws -> UInt64 {
+        guard position >= 0, position + width <= data.count else {
             throw VaultError(.corrupt, "the vault file is truncated (in the index)", hint: Self.restoreHint)
         }
-        let start = data.startIndex + position
-        return Int64(bitPattern: (0..<8).reduce(UInt64(0)) { $0 | UInt64(data[start + $1]) << (8 * $1) })
+        return data.withUnsafeBytes { Self.littleEndian($0, at: position, width: width) }
     }
 
     mutating func u8(_ what: String) throws -> UInt8 { try raw(1, what).first! }
@@ -70,9 +65,15 @@ struct ByteReader {
     mutating func i64(_ what: String) throws -> Int64 { Int64(bitPattern: try integer(8, what)) }
 
     private mutating func integer(_ width: Int, _ what: String) throws -> UInt64 {
-        var value: UInt64 = 0
-        for (shift, byte) in try raw(width, what).enumerated() { value |= UInt64(byte) << (8 * shift) }
-        return value
+        let position = offset
+        _ = try raw(width, what)
+        return data.withUnsafeBytes { Self.littleEndian($0, at: position, width: width) }
+    }
+
+    /// The one little-endian decoder of the format: `width` bytes at `position`
+    /// (the caller has checked they are there).
+    static func littleEndian(_ raw: UnsafeRawBufferPointer, at position: Int, width: Int) -> UInt64 {
+        (0..<width).reduce(UInt64(0)) { $0 | UInt64(raw[position + $1]) << (8 * $1) }
     }
 
     static let restoreHint = "restore the vault from a backup"

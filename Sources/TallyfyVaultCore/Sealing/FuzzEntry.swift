@@ -13,9 +13,9 @@
 /// secret is given, and a passphrase slot is tried only with a passphrase)
 /// and never throws: an error is the expected answer to a hostile file; only
 /// a crash, a trap or a sanitizer report is a finding.
-public enum FuzzEntry {
+package enum FuzzEntry {
     /// How far the bytes got, and why they stopped.
-    public struct Outcome: Sendable, Equatable {
+    package struct Outcome: Sendable, Equatable {
         /// `success`, or the failed `VaultError.Kind` as the test vectors name
         /// it (`corrupt`, `refused`, …).
         public var expect: String
@@ -34,7 +34,7 @@ public enum FuzzEntry {
     /// key file `keyFile`, then `userTokens(profile:)` for every profile of
     /// the content and of the clear summary.
     @discardableResult
-    public static func parseAndOpen(_ data: Data, keyFile: [UInt8]) -> Outcome {
+    package static func parseAndOpen(_ data: Data, keyFile: [UInt8]) -> Outcome {
         var stage = "parse"
         do {
             stageHook?(stage)

@@ -13,16 +13,11 @@
 /// Several slots wrap the same data key, as LUKS does, so one vault can be
 /// opened by an operator's passphrase and by a server's key file alike.
 struct KeySlot: Sendable, Equatable {
-    enum Kind: UInt8, Sendable {
-        case passphrase = 1
-        case keyFile = 2
-    }
-
     static let saltLength = 16
     static let wrappedKeyLength = 32 + 16
     static let maxLabelLength = 64
 
-    var kind: Kind
+    var kind: SlotKind
     var label: String
     var salt: [UInt8]
     /// Argon2id cost; zero for key-file slots.
@@ -40,7 +35,7 @@ struct KeySlot: Sendable, Equatable {
     static func make(
         wrapping dataKey: borrowing SecretBytes, with secret: UnlockSecret, label: String, kdf: KDFLevel
     ) throws -> KeySlot {
-        let kind: Kind = secret.kind == .keyFile ? .keyFile : .passphrase
+        let kind = secret.kind
         let (ops, mem): (UInt64, UInt64) = kind == .passphrase ? kdf.parameters : (0, 0)
         var slot = KeySlot(
             kind: kind, label: label, salt: Sodium.randomBytes(saltLength), opsLimit: ops, memLimit: mem,
@@ -52,7 +47,7 @@ struct KeySlot: Sendable, Equatable {
 
     /// Whether `secret` is the kind of thing this slot takes.
     func accepts(_ secret: UnlockSecret) -> Bool {
-        (kind == .keyFile) == (secret.kind == .keyFile)
+        kind == secret.kind
     }
 
     /// The data key, or `nil` when `secret` does not open this slot.
@@ -90,7 +85,7 @@ extension KeySlot {
     /// Debug builds only: appends one line per slot key derivation to the file
     /// named by `TALLYFY_VAULT_TEST_KDF_LOG`, so tests can prove a command
     /// derives the key once (or never, where it should not unlock at all).
-    static func countDerivation(_ kind: Kind) {
+    static func countDerivation(_ kind: SlotKind) {
         #if TALLYFY_TEST_HOOKS
             guard let path = ProcessInfo.processInfo.environment["TALLYFY_VAULT_TEST_KDF_LOG"], !path.isEmpty else { return }
             let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
@@ -105,8 +100,7 @@ extension KeySlot {
 /// What may be shown about an unlock slot: never key material.
 public struct SlotInfo: Sendable, Equatable, Codable {
     public var label: String
-    /// "passphrase" or "key-file".
-    public var kind: String
+    public var kind: SlotKind
     /// Argon2id cost of a passphrase slot.
     public var opsLimit: UInt64?
     public var memLimitBytes: UInt64?
@@ -117,7 +111,7 @@ public struct SlotInfo: Sendable, Equatable, Codable {
 
     init(_ slot: KeySlot) {
         label = slot.label
-        kind = slot.kind == .keyFile ? "key-file" : "passphrase"
+        kind = slot.kind
         opsLimit = slot.kind == .passphrase ? slot.opsLimit : nil
         memLimitBytes = slot.kind == .passphrase ? slot.memLimit : nil
         weak = slot.kind == .passphrase && KDFLevel.isWeak(opsLimit: slot.opsLimit, memLimit: slot.memLimit)

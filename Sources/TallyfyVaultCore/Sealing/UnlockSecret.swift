@@ -4,17 +4,12 @@
 /// collected in an array; the bytes themselves stay in guarded memory with a
 /// single owner and are wiped when the last reference goes.
 public final class UnlockSecret: @unchecked Sendable {
-    public enum Kind: Sendable, Equatable {
-        case keyFile
-        case passphrase
-    }
-
-    public let kind: Kind
+    public let kind: SlotKind
     public let bytes: SecretBytes
     /// Where it came from, for messages ("key file /etc/…", "TALLYFY_VAULT_PASSPHRASE").
     public let origin: String
 
-    public init(kind: Kind, bytes: consuming SecretBytes, origin: String) {
+    public init(kind: SlotKind, bytes: consuming SecretBytes, origin: String) {
         self.kind = kind
         self.bytes = bytes
         self.origin = origin

@@ -267,8 +267,8 @@ public final class UnlockedVault: @unchecked Sendable {
     public var slotList: [SlotInfo] { slots.map(SlotInfo.init) }
 
     /// A label not used yet, such as "passphrase-2".
-    public func unusedLabel(for kind: UnlockSecret.Kind) -> String {
-        let base = kind == .keyFile ? "key-file" : "passphrase"
+    public func unusedLabel(for kind: SlotKind) -> String {
+        let base = kind.name
         if !slots.contains(where: { $0.label == base }) { return base }
         return (2...).lazy.map { "\(base)-\($0)" }.first { label in !self.slots.contains { $0.label == label } }!
     }

@@ -182,7 +182,7 @@ struct RecordTable: Sendable {
     }
 
     private static func u32(_ raw: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
-        UInt32(raw[at]) | UInt32(raw[at + 1]) << 8 | UInt32(raw[at + 2]) << 16 | UInt32(raw[at + 3]) << 24
+        UInt32(ByteReader.littleEndian(raw, at: at, width: 4))
     }
 
     private static func entry(_ entries: Data, at position: Int) -> IndexEntry {
@@ -319,7 +319,7 @@ extension ParsedVault {
 
 extension KeySlot {
     static func read(from reader: inout ByteReader) throws -> KeySlot {
-        guard let kind = Kind(rawValue: try reader.u8("key slot")) else {
+        guard let kind = SlotKind(rawValue: try reader.u8("key slot")) else {
             throw VaultError(.corrupt, "the vault header has a key slot of an unknown kind", hint: ByteReader.restoreHint)
         }
         let labelLength = Int(try reader.u8("key slot"))

@@ -8,7 +8,7 @@
     import Glibc
 #endif
 
-/// Permission checks and durable writes: the "On disk" rules of DESIGN.md.
+/// Permission checks and durable writes: the "On disk" rules of SECURITY.md.
 enum FileSafety {
     /// Refuses a file that the group or others can read or write, as ssh does
     /// with private keys, and says which `chmod` fixes it.

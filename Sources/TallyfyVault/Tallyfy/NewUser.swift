@@ -1,11 +1,8 @@
-#if canImport(FoundationEssentials)
-    import FoundationEssentials
-#else
-    import Foundation
-#endif
-#if canImport(Glibc)
-    import Glibc
-#endif
+// Here, not in TallyfyVaultCore: it is the HTTP wire format of one Tallyfy
+// call, and its time-zone check needs ICU (full Foundation's TimeZone), which
+// the core's FoundationEssentials lacks.
+import Foundation
+import TallyfyVaultCore
 
 /// The role a provisioned user gets in the organization, as Tallyfy names it.
 public enum UserRole: String, Sendable, CaseIterable {
