@@ -36,11 +36,15 @@ struct TallyfyVaultCommand: ParsableCommand {
             }
             var command = try parseAsRoot()
             try command.run()
+            shutDownHTTP()
         } catch let error as VaultError {
+            shutDownHTTP()
             Output.fail(error.message, hint: error.hint, status: error.exitStatus)
         } catch let error as LaunchError {
+            shutDownHTTP()
             Output.fail(error.message, hint: error.hint, status: error.status)
         } catch let status as ExitCode {
+            shutDownHTTP()
             Glibc.exit(status.rawValue)  // `check` ends with its Nagios status
         } catch {
             // --help and --version print to standard output and succeed; every
@@ -51,5 +55,12 @@ struct TallyfyVaultCommand: ParsableCommand {
             Output.fail(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message,
                 hint: "see `tallyfy-vault help` for the commands and their options", status: code.rawValue)
         }
+    }
+
+    /// The process's one HTTP client, if a command used it, is shut down
+    /// before the process ends, as AsyncHTTPClient asks.
+    private static func shutDownHTTP() {
+        guard TallyfyClient.hasShared else { return }
+        try? runBlocking { await TallyfyClient.shutdownShared() }
     }
 }

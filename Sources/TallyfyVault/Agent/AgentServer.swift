@@ -90,6 +90,7 @@ public final class AgentServer: Sendable {
         }
         unlink(configuration.socketPath)
         close(listener)
+        await TallyfyClient.shutdownShared()
         log("stopped; the key is forgotten")
     }
 

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import TallyfyVaultCore
 import NIOCore
+import NIOSSL
 import NIOHTTP1
 import NIOPosix
 #if canImport(Glibc)
@@ -287,15 +288,14 @@ extension TallyfyClient {
         if error is SocketAddressError {
             return .beforeSending("could not resolve the host name")
         }
-        let typeName = String(reflecting: type(of: error))
-        if typeName.hasPrefix("NIOSSL.") {
+        if error is NIOSSLError || error is NIOSSLExtraError || error is BoringSSLError {
             let description = String(describing: error).lowercased()
             if description.contains("certificate") || description.contains("verify") {
                 return .permanent("TLS certificate verification failed")
             }
             return .permanent("TLS handshake failed")
         }
-        return .permanent("unexpected network error: \(typeName)")
+        return .permanent("unexpected network error: \(String(reflecting: type(of: error)))")
     }
 
     /// A short reason for a failed connection attempt: "connection refused".

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Synchronization
 import Foundation
 import TallyfyVaultCore
 import NIOCore
@@ -303,4 +304,32 @@ enum FormEncoding {
 func percentEscape(_ byte: UInt8) -> String {
     let digits = Array("0123456789ABCDEF")
     return "%" + String(digits[Int(byte >> 4)]) + String(digits[Int(byte & 0x0F)])
+}
+
+extension TallyfyClient {
+    private static let processClient = Mutex<TallyfyClient?>(nil)
+
+    /// The process's one client, made on first use (with the timeouts from
+    /// `TALLYFY_VAULT_HTTP_TIMEOUT`). Shut it down with `shutdownShared()`
+    /// before the program ends.
+    public static var shared: TallyfyClient {
+        processClient.withLock { client in
+            if let client { return client }
+            let made = TallyfyClient()
+            client = made
+            return made
+        }
+    }
+
+    /// Whether `shared` was ever made (and not shut down since).
+    public static var hasShared: Bool { processClient.withLock { $0 != nil } }
+
+    /// Shuts the shared client down; a later `shared` makes a new one.
+    public static func shutdownShared() async {
+        let client = processClient.withLock { client -> TallyfyClient? in
+            defer { client = nil }
+            return client
+        }
+        await client?.shutdown()
+    }
 }

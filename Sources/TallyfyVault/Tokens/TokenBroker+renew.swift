@@ -52,18 +52,11 @@ extension TokenBroker {
         }
     }
 
-    /// Runs `body` with a Tallyfy client that is shut down afterwards, on
-    /// success and failure alike (AsyncHTTPClient requires it).
+    /// Runs `body` with the process's one Tallyfy client (`TallyfyClient.shared`),
+    /// so renewing many tokens (the agent, `check --refresh`) reuses its
+    /// connections; the program shuts it down once, at its end.
     package static func withClient<T>(_ body: (TallyfyClient) async throws -> T) async throws -> T {
-        let client = TallyfyClient()
-        do {
-            let result = try await body(client)
-            await client.shutdown()
-            return result
-        } catch {
-            await client.shutdown()
-            throw error
-        }
+        try await body(TallyfyClient.shared)
     }
 
     private func renew(_ request: TokenRequest, seen: SealedToken?, in vault: UnlockedVault, client: TallyfyClient) async throws -> TokenGrant {
