@@ -15,14 +15,8 @@ import Testing
 
     /// A sandbox whose vault holds credentials for a fresh emulator, logged in.
     private func loggedIn(appTokenTTL: Int? = nil, extraSecrets: [String] = []) async throws -> (Sandbox, Emulator) {
-        let emulator = try await Emulator.start(
-            clients: [(client, secret)] + extraSecrets.map { (client, $0) }, appTokenTTL: appTokenTTL)
-        let sandbox = try Sandbox()
-        try sandbox.initWithKeyFile()
-        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
-        try sandbox.ok(["login"])
-        return (sandbox, emulator)
+        let world = try await LoggedIn.start(secrets: [secret] + extraSecrets, client: client, appTokenTTL: appTokenTTL)
+        return (world.sandbox, world.emulator)
     }
 
     private func tokenWorks(_ token: String, _ emulator: Emulator) async throws -> Bool {

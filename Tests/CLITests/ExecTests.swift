@@ -7,12 +7,8 @@ import Testing
 
     /// A sandbox whose vault holds credentials for a fresh emulator, logged in.
     private func loggedIn(appTokenTTL: Int? = nil) async throws -> (Sandbox, Emulator) {
-        let emulator = try await Emulator.start(clients: [("client-test", secret)], appTokenTTL: appTokenTTL)
-        let sandbox = try Sandbox()
-        try sandbox.initWithKeyFile()
-        try sandbox.storeCredentials(for: emulator, secret: secret)
-        try sandbox.ok(["login"])
-        return (sandbox, emulator)
+        let world = try await LoggedIn.start(secrets: [secret], appTokenTTL: appTokenTTL)
+        return (world.sandbox, world.emulator)
     }
 
     private func lines(_ text: String) -> [String] {

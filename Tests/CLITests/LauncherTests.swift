@@ -9,12 +9,8 @@ import Testing
     let secret = "cs-\(UUID().uuidString)"
 
     private func loggedIn() async throws -> (Sandbox, Emulator) {
-        let emulator = try await Emulator.start(clients: [("client-test", secret)])
-        let sandbox = try Sandbox()
-        try sandbox.initWithKeyFile()
-        try sandbox.storeCredentials(for: emulator, secret: secret)
-        try sandbox.ok(["login"])
-        return (sandbox, emulator)
+        let world = try await LoggedIn.start(secrets: [secret])
+        return (world.sandbox, world.emulator)
     }
 
     /// Without the CLI reachable, only the fast path can answer: if it were

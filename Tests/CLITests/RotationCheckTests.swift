@@ -24,14 +24,9 @@ import Testing
         accepted: [String] = [], also: [String] = [], appTokenTTL: Int? = nil, userTokenTTL: Int? = nil, login: Bool = true
     ) async throws -> World {
         let secrets = accepted.isEmpty ? ["cs-\(UUID().uuidString)"] : accepted
-        let emulator = try await Emulator.start(
-            orgs: [org], clients: secrets.map { (client, $0) }, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL)
-        let sandbox = try Sandbox()
-        try sandbox.initWithKeyFile()
-        try sandbox.ok(["credentials", "set", "--org", org, "--client-id", client, "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secrets[0] + "\n")
-        if login { try sandbox.ok(["login"]) }
-        return World(sandbox: sandbox, emulator: emulator, secrets: secrets + also)
+        let world = try await LoggedIn.start(
+            secrets: secrets, client: client, org: org, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL, login: login)
+        return World(sandbox: world.sandbox, emulator: world.emulator, secrets: secrets + also)
     }
 
     /// No secret and no token (nothing JWT-like) in either stream.

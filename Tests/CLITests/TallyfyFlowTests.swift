@@ -47,14 +47,11 @@ struct TallyfyFlowTests {
     /// a sandbox whose default profile points at it (the secret on stdin).
     static func world(storedSecret: String? = nil, appTokenTTL: Int? = nil, userTokenTTL: Int? = nil) async throws -> World {
         let secret = "cs-\(UUID().uuidString)"
-        let emulator = try await Emulator.start(
-            orgs: [org], clients: [(clientID, secret)], appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL)
-        let sandbox = try Sandbox()
-        try sandbox.initWithKeyFile()
         let stored = storedSecret ?? secret
-        try sandbox.ok(["credentials", "set", "--org", org, "--client-id", clientID, "--secret-stdin",
-                        "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: stored + "\n")
-        return World(emulator: emulator, sandbox: sandbox, secret: secret, storedSecret: stored)
+        let world = try await LoggedIn.start(
+            secrets: [secret], stored: stored, client: clientID, org: org, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL,
+            login: false)
+        return World(emulator: world.emulator, sandbox: world.sandbox, secret: secret, storedSecret: stored)
     }
 
     /// A failure's output never carries a secret or anything that looks like

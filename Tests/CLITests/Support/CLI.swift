@@ -138,3 +138,26 @@ final class Sandbox: @unchecked Sendable {
         return result
     }
 }
+
+/// The one "logged-in sandbox" fixture: an emulator that accepts `client`
+/// with `secrets` (the first is stored in the vault, on stdin), a sandbox
+/// with a key-file vault whose default profile points at the emulator, and,
+/// unless `login` is false, a sealed application token.
+struct LoggedIn: Sendable {
+    let sandbox: Sandbox
+    let emulator: Emulator
+
+    static func start(
+        secrets: [String] = ["cs-\(UUID().uuidString)"], stored: String? = nil, client: String = "client-test",
+        org: String = "org-test", appTokenTTL: Int? = nil, userTokenTTL: Int? = nil, login: Bool = true
+    ) async throws -> LoggedIn {
+        let emulator = try await Emulator.start(
+            orgs: [org], clients: secrets.map { (client, $0) }, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL)
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        try sandbox.ok(["credentials", "set", "--org", org, "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: (stored ?? secrets[0]) + "\n")
+        if login { try sandbox.ok(["login"]) }
+        return LoggedIn(sandbox: sandbox, emulator: emulator)
+    }
+}
