@@ -203,37 +203,13 @@ import Testing
     @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
     func aProcessHoldingSecretsIsNotDumpable() async throws {
         let secret = "cs-\(UUID().uuidString)"
-        let passphrase = "pp-\(UUID().uuidString)"
-        let nobody: uid_t = 65534
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
-        let sandbox = try Sandbox()
-        // A folder nobody owns, outside the root-only sandbox.
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let vaultPath = folder.appendingPathComponent("vault").path
-        sandbox.environment["TALLYFY_VAULT_FILE"] = vaultPath
-        sandbox.environment["TALLYFY_VAULT_PASSPHRASE"] = passphrase
-        sandbox.environment["HOME"] = folder.path
-        try sandbox.ok(["init"])
-        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
-        try sandbox.ok(["login"])
-        for path in [folder.path] + filesBelow(folder).map(\.path) {
-            #expect(chown(path, nobody, gid_t(nobody)) == 0)
-        }
-
-        // The build folder may sit in a private home nobody can't enter: run copies.
-        let binaries = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-bin-\(UUID().uuidString)")
-        let launcher = try BuildProducts.copy(into: binaries)
-        defer { try? FileManager.default.removeItem(at: binaries) }
-
+        let world = try NobodysVault(emulator: emulator, client: client, secret: secret, kdf: nil)
+        defer { world.remove() }
+        let (vaultPath, nobody) = (world.vaultPath, NobodysVault.nobody)
         func asNobody(_ arguments: [String], env extra: [String: String] = [:]) throws -> BackgroundCommand {
-            try BackgroundCommand(URL(fileURLWithPath: "/usr/bin/setpriv"),
-                ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", "/bin/sh", "-c",
-                 "ulimit -c unlimited && exec \"$0\" \"$@\"", launcher.path] + arguments,
-                environment: sandbox.environment.merging(extra) { $1 }, in: folder)
+            try world.run(arguments, env: extra)
         }
 
         // A write waiting for the lock has unlocked nothing yet, but has
@@ -283,34 +259,17 @@ import Testing
     @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
     func everyUnlockingCommandIsHardenedWhileItUnlocks() async throws {
         let secret = "cs-\(UUID().uuidString)"
-        let passphrase = "pp-\(UUID().uuidString)"
-        let nobody: uid_t = 65534
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
-        let sandbox = try Sandbox()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-        defer { try? FileManager.default.removeItem(at: folder) }
-        sandbox.environment["TALLYFY_VAULT_FILE"] = folder.appendingPathComponent("vault").path
-        sandbox.environment["TALLYFY_VAULT_PASSPHRASE"] = passphrase
-        sandbox.environment["TALLYFY_VAULT_TEST_KDF"] = nil
-        sandbox.environment["HOME"] = folder.path
-        try sandbox.ok(["init", "--kdf", "moderate"])
-        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
-        try sandbox.ok(["login"])
-        for path in [folder.path] + filesBelow(folder).map(\.path) {
-            #expect(chown(path, nobody, gid_t(nobody)) == 0)
-        }
+        let world = try NobodysVault(emulator: emulator, client: client, secret: secret, kdf: "moderate")
+        defer { world.remove() }
+        let passphrase = world.passphrase
         let commands: [[String]] = [
             ["check"], ["check", "--format", "json"], ["credentials", "show"], ["token", "--no-refresh"],
             ["export", "--no-refresh"], ["users", "list"], ["exec", "--no-refresh", "--", "true"],
         ]
         for command in commands {
-            let process = try BackgroundCommand(URL(fileURLWithPath: "/usr/bin/setpriv"),
-                ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", "/bin/sh", "-c",
-                 "ulimit -c unlimited && exec \"$0\" \"$@\"", BuildProducts.vault.path] + command,
-                environment: sandbox.environment, in: folder)
+            let process = try world.run(command)
             defer { process.kill() }
             let pid = process.pid
             var seen = false
@@ -324,5 +283,57 @@ import Testing
             #expect(result.status == 0 || command.first == "check", "\(command.joined(separator: " ")): \(result.brief)")
             #expect(!(result.stdout + result.stderr).contains(secret) && !(result.stdout + result.stderr).contains(passphrase))
         }
+    }
+}
+
+/// A passphrase vault in a folder that `nobody` owns, logged in against an
+/// emulator, and copies of the binaries where `nobody` can run them (the
+/// build folder may sit in a private home). Tests run the tool as `nobody`
+/// because, run as root, every process's `/proc` files are root's anyway.
+struct NobodysVault {
+    static let nobody: uid_t = 65534
+    let sandbox: Sandbox
+    let folder: URL
+    let binaries: URL
+    let launcher: URL
+    let passphrase = "pp-\(UUID().uuidString)"
+    var vaultPath: String { folder.appendingPathComponent("vault").path }
+
+    /// `kdf`: the real Argon2id level to use, or nil for the tests' cheap one.
+    init(emulator: Emulator, client: String, secret: String, kdf: String?) throws {
+        sandbox = try Sandbox()
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        binaries = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-bin-\(UUID().uuidString)")
+        launcher = try BuildProducts.copy(into: binaries)
+        sandbox.environment["TALLYFY_VAULT_FILE"] = folder.appendingPathComponent("vault").path
+        sandbox.environment["TALLYFY_VAULT_PASSPHRASE"] = passphrase
+        sandbox.environment["HOME"] = folder.path
+        if let kdf {
+            sandbox.environment["TALLYFY_VAULT_TEST_KDF"] = nil
+            try sandbox.ok(["init", "--kdf", kdf])
+        } else {
+            try sandbox.ok(["init"])
+        }
+        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.ok(["login"])
+        for path in [folder.path] + filesBelow(folder).map(\.path) {
+            #expect(chown(path, Self.nobody, gid_t(Self.nobody)) == 0)
+        }
+    }
+
+    /// Runs the copied `tallyfy-vault` as `nobody`, its core limit raised
+    /// first so that a 0 seen later is the tool's doing.
+    func run(_ arguments: [String], env extra: [String: String] = [:]) throws -> BackgroundCommand {
+        try BackgroundCommand(URL(fileURLWithPath: "/usr/bin/setpriv"),
+            ["--reuid=\(Self.nobody)", "--regid=\(Self.nobody)", "--clear-groups", "/bin/sh", "-c",
+             "ulimit -c unlimited && exec \"$0\" \"$@\"", launcher.path] + arguments,
+            environment: sandbox.environment.merging(extra) { $1 }, in: folder)
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(at: folder)
+        try? FileManager.default.removeItem(at: binaries)
     }
 }
