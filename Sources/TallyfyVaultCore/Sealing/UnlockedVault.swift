@@ -28,6 +28,10 @@ public final class UnlockedVault: @unchecked Sendable {
         recordTable = RecordTable(all)
         return all
     }
+    /// One coder each for all the records of a listing or a rekey (ten
+    /// thousand of them), instead of one per record.
+    private lazy var recordEncoder = SealedJSON.encoder()
+    private lazy var recordDecoder = SealedJSON.decoder()
     /// Grows with every change, so a store writes only when something changed.
     private(set) var modificationCount = 0
     private init(dataKey box: SecretBox, slots: [KeySlot], content: VaultContent, records: RecordTable) {
@@ -209,7 +213,7 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: "drop tokens you no longer need with `tallyfy-vault users forget EMAIL`")
         }
         let locator = locator(profile: record.profile, email: record.email)
-        let padded = try Self.paddedJSON(record)
+        let padded = try Self.paddedJSON(record, encoder: recordEncoder)
         guard padded.count + Sodium.aeadTagBytes <= VaultFormat.maxRecordLength else { throw Self.tooLarge("user-token record") }
         let nonce = Sodium.randomBytes(Sodium.aeadNonceBytes)
         let sealed = padded.withUnsafeBytes {
@@ -250,7 +254,7 @@ public final class UnlockedVault: @unchecked Sendable {
             throw VaultError(.corrupt, "the vault was modified or damaged: a user-token record does not authenticate",
                 hint: ByteReader.restoreHint)
         }
-        let decoded: UserTokenRecord = try Self.decodePadded(padded, what: "user-token record")
+        let decoded: UserTokenRecord = try Self.decodePadded(padded, what: "user-token record", decoder: recordDecoder)
         guard decoded.token.hasReadableDates else {
             throw VaultError(.corrupt, "the vault's user-token record holds a date outside 1970..9999", hint: ByteReader.restoreHint)
         }
@@ -381,19 +385,21 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// `value` as padded JSON in guarded memory; the encoder's plain copy is wiped.
-    private static func paddedJSON(_ value: some Encodable) throws -> SecretBytes {
-        var json = try SealedJSON.encoder().encode(value)
+    private static func paddedJSON(_ value: some Encodable, encoder: JSONEncoder = SealedJSON.encoder()) throws -> SecretBytes {
+        var json = try encoder.encode(value)
         defer { json.wipe() }
         return Sodium.pad(json, blockSize: VaultFormat.padBlock)
     }
 
-    private static func decodePadded<T: Decodable>(_ padded: borrowing SecretBytes, what: String) throws -> T {
+    private static func decodePadded<T: Decodable>(
+        _ padded: borrowing SecretBytes, what: String, decoder: JSONDecoder = SealedJSON.decoder()
+    ) throws -> T {
         guard let length = Sodium.unpaddedLength(padded, blockSize: VaultFormat.padBlock) else {
             throw VaultError(.corrupt, "the vault's \(what) has broken padding", hint: ByteReader.restoreHint)
         }
         let decoded = padded.withUnsafeBytes { bytes -> T? in
             let json = Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: bytes.baseAddress!), count: length, deallocator: .none)
-            return try? SealedJSON.decoder().decode(T.self, from: json)
+            return try? decoder.decode(T.self, from: json)
         }
         guard let decoded else {
             throw VaultError(.corrupt, "the vault's \(what) is not the expected JSON", hint: ByteReader.restoreHint)
