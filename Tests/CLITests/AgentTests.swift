@@ -114,6 +114,52 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: socket), "agent stop left its socket")
     }
 
+    /// SIGKILL while the agent waits for Tallyfy inside a renewal (holding
+    /// the vault lock): the lock dies with it, the vault opens, nothing is
+    /// lost, and clients fall back.
+    @Test func killingTheAgentInTheMiddleOfARenewalLosesNothing() async throws {
+        let (sandbox, emulator, unlock, _) = try await world(appTokenTTL: 4)
+        defer { _ = emulator.stop() }
+        let before = try sandbox.vaultBytes()
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 60_000))
+        let agent = try startAgent(sandbox, unlock: unlock)
+        defer { agent.kill() }
+        // The agent's renewal has reached Tallyfy (and holds the vault lock).
+        let inRenewal = await eventually(seconds: 30) { (try? await emulator.counts()["token"]) == 2 }
+        #expect(inRenewal, "the agent did not start a renewal: \(agent.stderrSoFar)")
+        agent.kill()
+        _ = agent.wait()
+        #expect(try sandbox.vaultBytes() == before, "a renewal killed midway changed the vault")
+        try await emulator.clearFaults()
+        // The lock was released with the process: a writer gets it at once.
+        try sandbox.ok(["login"], env: unlock.merging(["TALLYFY_VAULT_LOCK_TIMEOUT": "0"]) { $1 })
+        try sandbox.ok(["exec", "--", "true"], env: unlock)
+    }
+
+    /// For its whole life the agent is not dumpable (its /proc files are
+    /// root's) and its core limit is 0; run as `nobody` to see it (as root,
+    /// every /proc file is root's anyway).
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func theAgentIsNeverDumpable() async throws {
+        let secret = "cs-\(UUID().uuidString)"
+        let emulator = try await Emulator.start(clients: [("client-test", secret)])
+        defer { _ = emulator.stop() }
+        let world = try NobodysVault(emulator: emulator, client: "client-test", secret: secret, kdf: nil)
+        defer { world.remove() }
+        let runtime = world.folder.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        #expect(chown(runtime.path, NobodysVault.nobody, gid_t(NobodysVault.nobody)) == 0)
+        let agent = try world.run(["agent"], env: ["XDG_RUNTIME_DIR": runtime.path])
+        defer { agent.kill() }
+        let socket = runtime.path + "/tallyfy-vault/agent.sock"
+        let ready = ProcView.waitUntil(seconds: 30) { FileManager.default.fileExists(atPath: socket) || !agent.isRunning }
+        #expect(ready && agent.isRunning, "the agent did not start: \(agent.isRunning ? "" : agent.wait().brief)")
+        for file in ["status", "environ", "mem", "maps"] {
+            #expect(ProcView.owner(pid: agent.pid, file: file) == 0, "/proc/PID/\(file) is not root's: the agent is dumpable")
+        }
+        #expect(ProcView.coreLimit(pid: agent.pid)?.soft == "0")
+    }
+
     @Test func theIdleTimeoutForgetsTheKey() async throws {
         let (sandbox, emulator, unlock, _) = try await world()
         defer { _ = emulator.stop() }
