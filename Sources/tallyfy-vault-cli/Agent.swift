@@ -25,7 +25,7 @@ struct Agent: ParsableCommand {
         }
     }
 
-    struct Run: ParsableCommand {
+    struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the agent (the default).")
 
         @OptionGroup var global: GlobalOptions
@@ -38,7 +38,7 @@ struct Agent: ParsableCommand {
         /// The detached agent's key arrives on this descriptor from the process that unlocked.
         @Option(help: .hidden) var keyFD: Int32?
 
-        func run() throws {
+        func run() async throws {
             let context = global.context
             let environment = context.environment
             let socketPath = socketOption.path(environment)
@@ -67,7 +67,7 @@ struct Agent: ParsableCommand {
                 unlocker: unlocker, log: { Output.note("agent: \($0)") })
             let signals = AgentLauncher.stopOnSignals(server)
             defer { withExtendedLifetime(signals) {} }
-            try runBlocking { try await server.run(ready: { AgentLauncher.notifySystemd() }) }
+            try await server.run(ready: { AgentLauncher.notifySystemd() })
         }
     }
 

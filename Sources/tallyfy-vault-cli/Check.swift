@@ -5,7 +5,7 @@ import TallyfyVault
 extension CheckFormat: ExpressibleByArgument {}
 
 /// `check`: the cron / monitoring check, with Nagios exit statuses.
-struct Check: ParsableCommand {
+struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Warn before tokens expire and when the secret is old (Nagios statuses 0/1/2/3).",
         discussion: """
@@ -28,8 +28,8 @@ struct Check: ParsableCommand {
     @Option(help: ArgumentHelp("Write the output to this file atomically (for node_exporter's textfile collector).", valueName: "FILE"))
     var output: String?
 
-    func run() throws {
-        let report = evaluate()
+    func run() async throws {
+        let report = await evaluate()
         let text = try format.render(report)
         if let output {
             // A report that can't be written is UNKNOWN too: never an exit
@@ -48,7 +48,7 @@ struct Check: ParsableCommand {
 
     /// Every failure becomes part of the report (UNKNOWN at worst), never an
     /// exit status outside 0–3.
-    private func evaluate() -> HealthCheck.Report {
+    private func evaluate() async -> HealthCheck.Report {
         let now = VaultClock.now()
         let thresholds: HealthCheck.Thresholds
         do {
@@ -59,11 +59,11 @@ struct Check: ParsableCommand {
             return HealthCheck.unknown((error as? VaultError)?.description ?? "bad arguments", now: now)
         }
         let context = global.context
-        return VaultCheck.run(
+        return await VaultCheck.run(
             store: context.store, sources: context.sources, profiles: context.explicitProfile.map { [$0] },
             thresholds: thresholds, refresh: refresh, now: now
         ) { broker, profiles in
-            try runBlocking { await broker.renewExpiring(profiles: profiles, thresholds: thresholds) }
+            await broker.renewExpiring(profiles: profiles, thresholds: thresholds)
         }
     }
 }

@@ -8,7 +8,7 @@ struct Credentials: ParsableCommand {
         abstract: "Store, show or remove the client credentials of a profile.",
         subcommands: [Set.self, Show.self, Remove.self])
 
-    struct Set: ParsableCommand {
+    struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Store the client ID and secret Tallyfy Support issued.",
             discussion: "The secret is read from a no-echo prompt, or from standard input with --secret-stdin; never from the command line.")
@@ -24,7 +24,7 @@ struct Credentials: ParsableCommand {
         @Option(help: ArgumentHelp("API base URL (default \(TallyfyVault.Credentials.defaultAPIURL)).", valueName: "URL"))
         var apiUrl: String?
 
-        func run() throws {
+        func run() async throws {
             // Check what can be checked before asking for a key or the secret.
             let discover = tokenUrl == TallyfyClient.discoverTokenURL
             try TallyfyVault.Credentials.validate(
@@ -32,16 +32,14 @@ struct Credentials: ParsableCommand {
             var tokenUrl = self.tokenUrl
             if discover {
                 let candidates = TallyfyClient.discoveryCandidates(environment: global.context.environment)
-                let found = try runBlocking {
-                    let client = TallyfyClient(requestTimeout: .seconds(10), retry: .none, totalTimeout: .seconds(10))
-                    do {
-                        let found = try await client.discoverTokenURL(candidates: candidates)
-                        await client.shutdown()
-                        return found
-                    } catch {
-                        await client.shutdown()
-                        throw error
-                    }
+                let client = TallyfyClient(requestTimeout: .seconds(10), retry: .none, totalTimeout: .seconds(10))
+                let found: String
+                do {
+                    found = try await client.discoverTokenURL(candidates: candidates)
+                    await client.shutdown()
+                } catch {
+                    await client.shutdown()
+                    throw error
                 }
                 Output.note("\(found) answers as an OAuth token endpoint (asked without the secret); storing it as the token URL")
                 tokenUrl = found
@@ -49,7 +47,7 @@ struct Credentials: ParsableCommand {
             let secrets = try global.secretsToOpen()
             let clientSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "Client secret: ")
             let profile = global.profileName
-            try global.store.update(with: secrets) { vault in
+            try await global.store.update(with: secrets) { vault in
                 try TallyfyVault.Credentials.set(
                     in: vault, profile: profile, orgID: org, clientID: clientId, secret: clientSecret,
                     tokenURL: tokenUrl, apiURL: apiUrl, now: VaultClock.now())
@@ -82,13 +80,13 @@ struct Credentials: ParsableCommand {
         }
     }
 
-    struct Remove: ParsableCommand {
+    struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a profile's credentials and its tokens.")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
+        func run() async throws {
             let profile = global.profileName
-            try global.store.update(with: try global.secretsToOpen()) { try TallyfyVault.Credentials.remove(from: $0, profile: profile) }
+            try await global.store.update(with: try global.secretsToOpen()) { try TallyfyVault.Credentials.remove(from: $0, profile: profile) }
             Output.note("removed profile \"\(profile)\" and its tokens")
         }
     }

@@ -3,7 +3,7 @@ import Foundation
 import TallyfyVault
 
 /// `doctor`: one table of what works and what does not, with a hint per problem.
-struct DoctorCommand: ParsableCommand {
+struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor",
         abstract: "Check the install, the vault, its unlock sources, each profile and Tallyfy; change nothing.",
@@ -20,10 +20,10 @@ struct DoctorCommand: ParsableCommand {
     var login = false
     @Option(help: "text or json.") var format: Format = .text
 
-    func run() throws {
+    func run() async throws {
         ProcessHardening.protect()
         let doctor = Doctor(context: global.context, login: login, installFolder: Self.installFolder())
-        let report = try runBlocking { await doctor.run() }
+        let report = await doctor.run()
         switch format {
         case .json:
             Output.line(try Output.json(report))

@@ -3,7 +3,7 @@ import Foundation
 import TallyfyVault
 
 /// `exec -- COMMAND`: replace this process with COMMAND, a valid token in its environment.
-struct Exec: ParsableCommand {
+struct Exec: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a command with a valid token in its environment.",
         discussion: """
@@ -28,18 +28,18 @@ struct Exec: ParsableCommand {
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "COMMAND"))
     var command: [String] = []
 
-    func run() throws {
+    func run() async throws {
         guard !command.isEmpty else {
             throw ValidationError("no command to run: write it after --, as in `tallyfy-vault exec -- ./sync`")
         }
-        try Self.launch(command, context: global.context, selection: options.selection)
+        try await Self.launch(command, context: global.context, selection: options.selection)
     }
 
     /// Everything `exec` does after parsing. (A plain `exec` with a fresh
     /// token never gets here: the `tallyfy-vault` launcher serves it.)
-    static func launch(_ arguments: [String], context: CommandContext, selection: TokenSelection) throws -> Never {
+    static func launch(_ arguments: [String], context: CommandContext, selection: TokenSelection) async throws -> Never {
         try ChildEnvironment.refuseNesting(context.environment)
-        let grant = try selection.grant(context)
+        let grant = try await selection.grant(context)
         try ProcessReplacement.execute(arguments, environment: ChildEnvironment.build(parent: context.environment, grant: grant))
     }
 }

@@ -20,7 +20,7 @@ enum HelperGrant {
     /// A sealed token with less than this left is not handed out as a fallback.
     static let floor = TokenPolicy.fallbackFloor
 
-    static func grant(context: CommandContext, selection: TokenSelection) throws -> TokenGrant {
+    static func grant(context: CommandContext, selection: TokenSelection) async throws -> TokenGrant {
         let started = Date()
         let request = try context.tokenRequest(user: selection.user, minimumLifetime: selection.minTTL, noRefresh: selection.noRefresh)
         // A running agent answers in a millisecond, with nothing unlocked here.
@@ -70,7 +70,7 @@ enum HelperGrant {
 
         let outcome: Result<TokenGrant, Error>
         do {
-            outcome = .success(try runBlocking { try await broker.renewedGrant(request) })
+            outcome = .success(try await broker.renewedGrant(request))
         } catch {
             outcome = .failure(error)
         }

@@ -24,7 +24,7 @@ struct Keys: ParsableCommand {
         }
     }
 
-    struct Add: ParsableCommand {
+    struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Add a key file or passphrase that opens the vault.",
             discussion: "With neither --new-key-file nor --new-passphrase-file, prompts for a new passphrase twice.")
@@ -48,14 +48,14 @@ struct Keys: ParsableCommand {
             }
         }
 
-        func run() throws {
+        func run() async throws {
             if let label { try UnlockedVault.checkLabel(label) }
             let secrets = try global.secretsToOpen()
             let newSecret: UnlockSecret =
                 if let newKeyFile { try UnlockSources.readKeyFile(newKeyFile) }
                 else if let newPassphraseFile { try UnlockSources.readPassphraseFile(newPassphraseFile) }
                 else { try TerminalPrompt.passphrase(prompt: "New passphrase for the vault: ", confirm: true) }
-            let added = try global.store.update(with: secrets) { vault in
+            let added = try await global.store.update(with: secrets) { vault in
                 let slotLabel = label ?? vault.unusedLabel(for: newSecret.kind)
                 try vault.addSlot(secret: newSecret, label: slotLabel, kdf: kdf)
                 return slotLabel
@@ -64,15 +64,15 @@ struct Keys: ParsableCommand {
         }
     }
 
-    struct Remove: ParsableCommand {
+    struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove an unlock slot; the last one can't be removed.")
         @OptionGroup var global: GlobalOptions
 
         @Argument(help: "The label of the slot, as `keys list` shows it.")
         var label: String
 
-        func run() throws {
-            try global.store.update(with: try global.secretsToOpen()) { try $0.removeSlot(label: label) }
+        func run() async throws {
+            try await global.store.update(with: try global.secretsToOpen()) { try $0.removeSlot(label: label) }
             Output.note("removed key slot \"\(label)\"; the key or passphrase it held no longer opens this vault (older copies of the file still open with it: run `rekey` if it leaked)")
         }
     }

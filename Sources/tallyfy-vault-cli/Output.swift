@@ -29,17 +29,3 @@ enum Output {
         try PlainJSON.string(value)
     }
 }
-
-/// Runs async library work from a synchronous command. Only the commands
-/// that talk to Tallyfy use it, so the `exec` fast path never starts the
-/// concurrency runtime's threads.
-func runBlocking<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) throws -> T {
-    nonisolated(unsafe) var result: Result<T, any Error>? = nil
-    let done = DispatchSemaphore(value: 0)
-    Task {
-        do { result = .success(try await work()) } catch { result = .failure(error) }
-        done.signal()
-    }
-    done.wait()
-    return try result!.get()
-}

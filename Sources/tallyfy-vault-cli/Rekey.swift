@@ -2,7 +2,7 @@ import ArgumentParser
 import TallyfyVault
 
 /// `rekey`: a new data key, everything sealed again.
-struct Rekey: ParsableCommand {
+struct Rekey: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make a new data key and re-seal everything.",
         discussion: """
@@ -17,9 +17,9 @@ struct Rekey: ParsableCommand {
     @Flag(help: "Remove the slots that none of the given keys opens, instead of refusing.")
     var dropOtherSlots = false
 
-    func run() throws {
+    func run() async throws {
         let secrets = try global.secretsToOpen()
-        let kept = try global.store.update(with: secrets) { vault in
+        let kept = try await global.store.update(with: secrets) { vault in
             try vault.rekey(secrets: secrets, dropOthers: dropOtherSlots)
             return vault.slotList.map(\.label)
         }

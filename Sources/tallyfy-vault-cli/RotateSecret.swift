@@ -3,7 +3,7 @@ import Foundation
 import TallyfyVault
 
 /// `rotate-secret`: replace the client secret, proven first.
-struct RotateSecret: ParsableCommand {
+struct RotateSecret: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Replace the client secret: the new one is proven by obtaining a token with it, then sealed.",
         discussion: """
@@ -16,7 +16,7 @@ struct RotateSecret: ParsableCommand {
     @Flag(help: "Read the new client secret from standard input.") var secretStdin = false
     @Flag(help: "Seal the new secret without proving it against Tallyfy first.") var noVerify = false
 
-    func run() throws {
+    func run() async throws {
         let broker = try global.broker()
         let newSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "New client secret: ")
         if !secretStdin {
@@ -25,7 +25,7 @@ struct RotateSecret: ParsableCommand {
         }
         let profile = global.profileName
         let verify = !noVerify
-        let token = try runBlocking { try await broker.rotateSecret(profile: profile, newSecret: newSecret, verify: verify) }
+        let token = try await broker.rotateSecret(profile: profile, newSecret: newSecret, verify: verify)
         if let token {
             Output.note("rotated the client secret of profile \"\(profile)\"; the new secret obtained a token valid until \(ChildEnvironment.rfc3339(token.expiresAt))")
         } else {

@@ -4,7 +4,7 @@ import TallyfyVault
 
 /// The `tallyfy-vault` command: parses, hands off to the library, prints.
 @main
-struct TallyfyVaultCommand: ParsableCommand {
+struct TallyfyVaultCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tallyfy-vault",
         abstract: "Keep Tallyfy client credentials and tokens sealed; hand valid tokens to the programs that need them.",
@@ -26,7 +26,7 @@ struct TallyfyVaultCommand: ParsableCommand {
     /// ArgumentParser's own `main`, with the library's errors printed the
     /// README.md way: `tallyfy-vault: ` on standard error, a hint line, and
     /// the matching exit status.
-    static func main() {
+    static func main() async {
         do {
             try TallyfyVaultVersion.requireMatchingLauncher(environment: ProcessInfo.processInfo.environment)
             // ArgumentParser's `version:` is a fixed string; ours names both binaries.
@@ -35,16 +35,20 @@ struct TallyfyVaultCommand: ParsableCommand {
                 return
             }
             var command = try parseAsRoot()
-            try command.run()
-            shutDownHTTP()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+            await shutDownHTTP()
         } catch let error as VaultError {
-            shutDownHTTP()
+            await shutDownHTTP()
             Output.fail(error.message, hint: error.hint, status: error.exitStatus)
         } catch let error as LaunchError {
-            shutDownHTTP()
+            await shutDownHTTP()
             Output.fail(error.message, hint: error.hint, status: error.status)
         } catch let status as ExitCode {
-            shutDownHTTP()
+            await shutDownHTTP()
             Glibc.exit(status.rawValue)  // `check` ends with its Nagios status
         } catch {
             // --help and --version print to standard output and succeed; every
@@ -59,8 +63,8 @@ struct TallyfyVaultCommand: ParsableCommand {
 
     /// The process's one HTTP client, if a command used it, is shut down
     /// before the process ends, as AsyncHTTPClient asks.
-    private static func shutDownHTTP() {
+    private static func shutDownHTTP() async {
         guard TallyfyClient.hasShared else { return }
-        try? runBlocking { await TallyfyClient.shutdownShared() }
+        await TallyfyClient.shutdownShared()
     }
 }

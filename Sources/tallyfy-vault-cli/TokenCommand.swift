@@ -3,7 +3,7 @@ import Foundation
 import TallyfyVault
 
 /// `token`: print a valid bearer token.
-struct TokenCommand: ParsableCommand {
+struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "token",
         abstract: "Print a valid bearer token, refreshing it first when less than --min-ttl is left.",
@@ -35,14 +35,14 @@ struct TokenCommand: ParsableCommand {
         var user: String?
     }
 
-    func run() throws {
+    func run() async throws {
         if format == .helper {
-            let grant = try HelperGrant.grant(context: global.context, selection: options.selection)
+            let grant = try await HelperGrant.grant(context: global.context, selection: options.selection)
             let left = max(0, Int(grant.expiresAt.timeIntervalSince(VaultClock.now()).rounded(.down)))
             Output.line(try Output.json(HelperOutput(token: grant.token, expiresInSeconds: left)))
             return
         }
-        let grant = try options.grant(global)
+        let grant = try await options.grant(global)
         let left = max(0, Int(grant.expiresAt.timeIntervalSince(VaultClock.now()).rounded(.down)))
         switch format {
         case .raw:

@@ -26,8 +26,8 @@ struct TokenOptions: ParsableArguments {
         TokenSelection(user: user, minTTL: minTtl, noRefresh: noRefresh, strict: strictTtl, noAgent: noAgent)
     }
 
-    func grant(_ global: GlobalOptions) throws -> TokenGrant {
-        try selection.grant(global.context)
+    func grant(_ global: GlobalOptions) async throws -> TokenGrant {
+        try await selection.grant(global.context)
     }
 }
 
@@ -43,7 +43,7 @@ struct TokenSelection {
     /// the vault when fresh (no HTTP client, no event loop), else renewed
     /// from Tallyfy, else (renewal failed, token still valid) the sealed one
     /// with a warning.
-    func grant(_ context: CommandContext) throws -> TokenGrant {
+    func grant(_ context: CommandContext) async throws -> TokenGrant {
         let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: noRefresh, strict: strict)
         if let agent = AgentClient(environment: context.environment, disabled: noAgent),
             let grant = try agent.grant(request, vaultPath: context.vaultPath)
@@ -52,7 +52,7 @@ struct TokenSelection {
         }
         let broker = try context.broker()
         if let grant = try broker.sealedGrant(request) { return grant }
-        return warnIfDegraded(try runBlocking { try await broker.grant(request) }, request)
+        return warnIfDegraded(try await broker.grant(request), request)
     }
 
     private func warnIfDegraded(_ grant: TokenGrant, _ request: TokenRequest) -> TokenGrant {

@@ -10,7 +10,7 @@ struct Users: ParsableCommand {
         abstract: "Provision users and keep their 90-day user-scoped tokens.",
         subcommands: [Create.self, Token.self, List.self, Forget.self])
 
-    struct Create: ParsableCommand {
+    struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Provision a user in the organization, with the application token.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "The user's email (unique in the organization).") var email: String
@@ -19,26 +19,26 @@ struct Users: ParsableCommand {
         @Option(help: "admin, standard or light.") var role: UserRole?
         @Option(help: "An IANA time zone, e.g. Europe/London.") var timezone: String?
 
-        func run() throws {
+        func run() async throws {
             let user = NewUser(email: email, firstName: firstName, lastName: lastName, role: role, timezone: timezone)
             try user.validate()  // before asking for any key
             let broker = try global.broker()
             let profile = global.profileName
-            try runBlocking { try await broker.createUser(profile: profile, user: user) }
+            try await broker.createUser(profile: profile, user: user)
             Output.note("created user \(email) in profile \"\(profile)\"; `tallyfy-vault users token \(email)` issues a token for them")
         }
     }
 
-    struct Token: ParsableCommand {
+    struct Token: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Issue a user-scoped token and seal it.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The user's email.") var email: String
 
-        func run() throws {
+        func run() async throws {
             try NewUser.validateEmail(email)
             let broker = try global.broker()
             let profile = global.profileName
-            let grant = try runBlocking { try await broker.issueUserToken(profile: profile, email: email) }
+            let grant = try await broker.issueUserToken(profile: profile, email: email)
             Output.note("sealed a new token for \(email), valid until \(ChildEnvironment.rfc3339(grant.expiresAt))")
         }
     }
@@ -62,14 +62,14 @@ struct Users: ParsableCommand {
         }
     }
 
-    struct Forget: ParsableCommand {
+    struct Forget: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Drop a user's sealed token (the user stays in Tallyfy).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The user's email.") var email: String
 
-        func run() throws {
+        func run() async throws {
             let profile = global.profileName
-            try global.store.update(with: try global.secretsToOpen()) { vault in
+            try await global.store.update(with: try global.secretsToOpen()) { vault in
                 guard vault.removeUserToken(profile: profile, email: email) else {
                     throw VaultError(.usage, "profile \"\(profile)\" has no sealed token for \(email); nothing was changed",
                         hint: "`tallyfy-vault users list` shows the sealed ones")

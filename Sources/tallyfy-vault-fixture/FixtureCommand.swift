@@ -6,7 +6,7 @@ import TallyfyVault
 /// ten thousand user tokens without ten thousand HTTP calls. Not installed
 /// for users; `tools/bench` and the tests run it.
 @main
-struct FixtureCommand: ParsableCommand {
+struct FixtureCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tallyfy-vault-fixture",
         abstract: "Fill a vault with fake user tokens (benchmarks and tests only).",
@@ -20,17 +20,17 @@ struct FixtureCommand: ParsableCommand {
         func secrets() throws -> [UnlockSecret] { [try UnlockSources.readKeyFile(keyFile)] }
     }
 
-    struct AddUsers: ParsableCommand {
+    struct AddUsers: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Seal COUNT fake user tokens user0@example.com … in one write; --replace re-seals user0 only.")
         @OptionGroup var target: Target
         @Option var count: Int
         @Flag(help: "Seal one new token for user0@example.com (a single-record write).") var replace = false
 
-        func run() throws {
+        func run() async throws {
             let profile = target.profile
             let total = replace ? 1 : count
-            try VaultStore(path: target.vault).update(with: try target.secrets()) { vault in
+            try await VaultStore(path: target.vault).update(with: try target.secrets()) { vault in
                 let now = Date()
                 try vault.setUserTokens((0..<total).map { index in
                     UserTokenRecord(

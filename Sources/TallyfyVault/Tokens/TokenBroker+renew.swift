@@ -13,18 +13,18 @@ extension TokenBroker {
         do {
             return try await renewedGrant(request)
         } catch let error as VaultError {
-            guard let fallback = try fallbackGrant(request, after: error) else { throw error }
+            guard let fallback = try await fallbackGrant(request, after: error) else { throw error }
             return fallback
         }
     }
 
-    private func fallbackGrant(_ request: TokenRequest, after error: VaultError) throws -> TokenGrant? {
+    private func fallbackGrant(_ request: TokenRequest, after error: VaultError) async throws -> TokenGrant? {
         let vault = try store.open(with: unlocker)
         let profile = try Self.profile(request.profile, in: vault)
         guard let token = try sealedToken(request, in: vault),
             TokenPolicy.canFallBack(token, after: error, request: request, now: now)
         else { return nil }
-        recordRenewalFailure(profile: request.profile, reason: error.message)
+        await recordRenewalFailure(profile: request.profile, reason: error.message)
         var grant = Self.grant(token, profile: profile, request: request)
         grant.renewalFailure = error.message
         return grant
@@ -32,10 +32,10 @@ extension TokenBroker {
 
     /// Best effort, and never waiting: a lock held elsewhere means someone
     /// else is renewing, and the token is being handed out either way.
-    private func recordRenewalFailure(profile name: String, reason: String) {
+    private func recordRenewalFailure(profile name: String, reason: String) async {
         var impatient = store
         impatient.lockTimeout = .zero
-        _ = try? impatient.update(with: unlocker) { vault in
+        _ = try? await impatient.update(with: unlocker) { vault in
             vault.content.profiles[name]?.lastRenewalFailure = RenewalFailure(at: now, reason: reason)
         }
     }

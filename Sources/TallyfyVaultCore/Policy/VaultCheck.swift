@@ -16,8 +16,8 @@ public enum VaultCheck {
     public static func run(
         store: VaultStore, sources: UnlockSources, profiles: [String]?, thresholds: HealthCheck.Thresholds,
         refresh: Bool, now: Date,
-        renew: (TokenBroker, [String]?) throws -> [HealthCheck.Problem]
-    ) -> HealthCheck.Report {
+        renew: (TokenBroker, [String]?) async throws -> [HealthCheck.Problem]
+    ) async -> HealthCheck.Report {
         do {
             try store.checkAccess()
             var refreshProblems: [HealthCheck.Problem] = []
@@ -25,7 +25,7 @@ public enum VaultCheck {
             if refresh {
                 ProcessHardening.protect()
                 unlocker = VaultUnlocker(secrets: try sources.secretsToOpen())
-                refreshProblems = try renew(TokenBroker(store: store, unlocker: unlocker, environment: sources.environment), profiles)
+                refreshProblems = try await renew(TokenBroker(store: store, unlocker: unlocker, environment: sources.environment), profiles)
             } else {
                 unlocker = VaultUnlocker(secrets: try sources.available())
             }

@@ -107,26 +107,27 @@ public struct VaultStore: Sendable {
 
     /// Changes the vault under the lock: re-reads and opens it, runs `change`,
     /// and replaces the file only when `change` returns without throwing and
-    /// modified something.
+    /// modified something. A change may talk to Tallyfy while holding the
+    /// lock: that is what makes refreshes single-flight.
     ///
     /// A vault path that is a symbolic link is resolved once: the lock, the
     /// read and the replace all happen at the link's target, so the link
     /// stays and every path to the vault sees the change (SECURITY.md, "On
     /// disk"). A vault that belongs to another user is refused before any
     /// change is attempted.
-    public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) throws -> T) throws -> T {
+    public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
         let (store, mode) = try writeTarget()
         let lock = try FileLock(path: store.lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
         let vault = try store.open(with: unlocker)
         let before = vault.modificationCount
-        let result = try change(vault)
+        let result = try await change(vault)
         if vault.modificationCount != before { try store.write(vault, mode: mode, unlocker: unlocker) }
         return result
     }
 
-    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) throws -> T) throws -> T {
-        try update(with: VaultUnlocker(secrets: secrets), change)
+    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) async throws -> T) async throws -> T {
+        try await update(with: VaultUnlocker(secrets: secrets), change)
     }
 
     /// The store a write goes to (the link's target for a symbolic link) and
@@ -138,19 +139,6 @@ public struct VaultStore: Sendable {
         let store = VaultStore(path: target, lockTimeout: lockTimeout)
         if target != path { try FileSafety.requireSafeDirectory(store.directory) }
         return (store, mode)
-    }
-
-    /// The asynchronous form of `update`, for changes that talk to Tallyfy
-    /// while holding the lock (that is what makes refreshes single-flight).
-    public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
-        let (store, mode) = try writeTarget()
-        let lock = try FileLock(path: store.lockPath, timeout: lockTimeout)
-        defer { withExtendedLifetime(lock) {} }
-        let vault = try store.open(with: unlocker)
-        let before = vault.modificationCount
-        let result = try await change(vault)
-        if vault.modificationCount != before { try store.write(vault, mode: mode, unlocker: unlocker) }
-        return result
     }
 
     private func write(_ vault: UnlockedVault, mode: mode_t, unlocker: VaultUnlocker) throws {
