@@ -61,6 +61,17 @@ public enum ChildEnvironment {
         return environment
     }
 
+    /// The path of the token file `exec --keep-fresh` keeps renewed (`TokenFile`).
+    public static let tokenFileVariable = "TALLYFY_TOKEN_FILE"
+
+    /// The environment of a supervised child (`exec --keep-fresh`): as
+    /// `build(parent:grant:)`, plus the path of the token file.
+    public static func build(parent: [String: String], grant: TokenGrant, tokenFile: String) -> [String: String] {
+        var environment = build(parent: parent, grant: grant)
+        environment[tokenFileVariable] = tokenFile
+        return environment
+    }
+
     /// Refuses `exec` inside `exec`: the inner one would see a token variable
     /// and a marker, and nesting usually means a wrapper script ran twice.
     public static func refuseNesting(_ parent: [String: String]) throws {

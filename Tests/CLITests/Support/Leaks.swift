@@ -44,6 +44,11 @@ final class BackgroundCommand: @unchecked Sendable {
         }
     }
 
+    /// What it has written to standard error so far, while it runs.
+    var stderrSoFar: String {
+        String(decoding: (try? Data(contentsOf: errURL)) ?? Data(), as: UTF8.self)
+    }
+
     /// Waits for the exit; the output files are removed afterwards.
     func wait() -> RunResult {
         process.waitUntilExit()
