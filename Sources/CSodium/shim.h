@@ -34,7 +34,8 @@ static void tallyfy_signal_to_pipe(int signal, siginfo_t *info, void *context) {
     errno = saved;
 }
 
-/* Catches `signal` into the wake pipe `fd`. Returns 1 when the signal was
+/* Catches `signal` into the wake pipe `fd` and unblocks it on the calling
+   thread (the supervising one). Returns 1 when the signal was
    ignored when we started (e.g. under nohup): it is then left ignored, as a
    shell would, and neither caught nor forwarded. */
 static inline int tallyfy_catch_signal(int signal, int fd) {
@@ -46,7 +47,14 @@ static inline int tallyfy_catch_signal(int signal, int fd) {
     action.sa_sigaction = tallyfy_signal_to_pipe;
     action.sa_flags = SA_SIGINFO | SA_RESTART | (signal == SIGCHLD ? SA_NOCLDSTOP : 0);
     sigemptyset(&action.sa_mask);
-    return sigaction(signal, &action, NULL) == 0 ? 0 : -1;
+    if (sigaction(signal, &action, NULL) != 0) return -1;
+    /* A parent may have started us with signals blocked (and threads made
+       since inherit that): unblock it here, so it reaches this thread. */
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, signal);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    return 0;
 }
 
 /* fork + execve for a supervised child. The child:
