@@ -48,6 +48,12 @@ extension Exec {
     /// `exec --keep-fresh`: start the command as a child, supervise it, and
     /// exit with its status.
     static func supervise(_ arguments: [String], context: CommandContext, selection: TokenSelection, options: KeepFreshOptions) throws -> Never {
+        var options = options
+        #if TALLYFY_TEST_HOOKS
+            // Debug builds only: a short SIGTERM-to-SIGKILL grace, so a test
+            // of a child that ignores SIGTERM need not wait 10 s.
+            if let grace = context.environment["TALLYFY_VAULT_TEST_STOP_GRACE"].flatMap(TimeInterval.init) { options.stopGrace = grace }
+        #endif
         try ChildEnvironment.refuseNesting(context.environment)
         guard !selection.noRefresh else {
             throw ValidationError("--keep-fresh renews the token, which --no-refresh forbids: use one or the other")

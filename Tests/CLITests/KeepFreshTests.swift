@@ -133,6 +133,88 @@ import Testing
         #expect(tokenFolders(sandbox).isEmpty)
     }
 
+    /// A child that ignores SIGTERM is killed after the grace period, and
+    /// started again all the same.
+    @Test func restartKillsAChildThatIgnoresTerm() async throws {
+        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 4)
+        defer { _ = emulator.stop() }
+        let log = sandbox.path("starts")
+        let script = """
+            trap '' TERM
+            echo $$ >> "$LOG"
+            while :; do sleep 0.1; done
+            """
+        let supervisor = try sandbox.launch(["exec", "--keep-fresh", "--on-renew", "restart", "--min-ttl", "2s", "--", shell, "-c", script],
+            env: ["LOG": log, "TALLYFY_VAULT_TEST_STOP_GRACE": "0.5"])
+        defer { supervisor.kill() }
+        #expect(ProcView.waitUntil(seconds: 30) { lines(log).count >= 2 })
+        let pids = lines(log).compactMap { Int32($0) }
+        #expect(ProcView.waitUntil(seconds: 5) { isGone(pids[0]) }, "the first child survived its restart")
+        // It ignores TERM, so only KILL ends it; the supervisor goes with it.
+        kill(pids.last!, SIGKILL)
+        let result = supervisor.wait()
+        #expect(result.status == 128 + SIGKILL, "\(result.brief)")
+        #expect(tokenFolders(sandbox).isEmpty)
+    }
+
+    /// User tokens are kept fresh the same way, through the application token.
+    @Test func aUserTokenIsKeptFresh() async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        try sandbox.ok(["users", "create", "--email", "ann@example.com", "--first-name", "Ann", "--last-name", "Lee"])
+        try await emulator.setLifetimes(user: 4)
+        let log = sandbox.path("hups")
+        let script = """
+            n=0
+            trap 'n=$((n+1)); printf "%s\\n" "$(cat "$TALLYFY_TOKEN_FILE")" >> "$LOG"; [ "$n" -ge 2 ] && exit 0' HUP
+            while :; do sleep 0.1; done
+            """
+        let result = try sandbox.run(["exec", "--keep-fresh", "--user", "ann@example.com", "--on-renew", "signal:HUP", "--min-ttl", "2s",
+            "--", shell, "-c", script], env: ["LOG": log])
+        #expect(result.status == 0, "\(result.brief)")
+        let tokens = lines(log)
+        #expect(tokens.count == 2 && Set(tokens).count == 2)
+        if let last = tokens.last {
+            let me = try await emulator.send(.GET, "/api/organizations/org-test/me",
+                headers: ["Authorization": "Bearer \(last)", "X-Tallyfy-Client": "APIClient"])
+            #expect(me.json["email"] as? String == "ann@example.com")
+        }
+        // The first one issued at start, then one per renewal; the week-long
+        // application token was never renewed.
+        #expect(try await emulator.counts()["users.token"] == 3)
+        #expect(try await emulator.counts()["token"] == 1)
+    }
+
+    /// With a passphrase the supervisor derives the key again at each
+    /// renewal: it keeps none while it waits.
+    @Test func aPassphraseIsUsedAgainAtEachRenewalAndNoKeyIsKept() async throws {
+        let emulator = try await Emulator.start(clients: [("client-test", secret)], appTokenTTL: 4)
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        let runtime = sandbox.path("run")
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        sandbox.environment["XDG_RUNTIME_DIR"] = runtime
+        let passphrase = "pp-\(UUID().uuidString)"
+        sandbox.environment["TALLYFY_VAULT_PASSPHRASE"] = passphrase
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        let log = sandbox.path("hups")
+        let kdfLog = sandbox.path("kdf")
+        let script = """
+            n=0
+            trap 'n=$((n+1)); echo renewed >> "$LOG"; [ "$n" -ge 2 ] && exit 0' HUP
+            while :; do sleep 0.1; done
+            """
+        let result = try sandbox.run(["exec", "--keep-fresh", "--on-renew", "signal:HUP", "--min-ttl", "2s", "--", shell, "-c", script],
+            env: ["LOG": log, "TALLYFY_VAULT_TEST_KDF_LOG": kdfLog])
+        #expect(result.status == 0, "\(result.brief)")
+        #expect(lines(log).count == 2)
+        // One derivation at start, one per renewal.
+        #expect(lines(kdfLog) == ["argon2id", "argon2id", "argon2id"])
+        #expect(!result.stderr.contains(passphrase))
+    }
+
     @Test func theChildsStatusIsTheStatusAndTheFileGoesWithIt() async throws {
         let (sandbox, emulator) = try await loggedIn()
         defer { _ = emulator.stop() }
