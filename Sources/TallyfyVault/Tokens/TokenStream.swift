@@ -172,10 +172,13 @@ public struct TokenStream: AsyncSequence, Sendable {
             while true {
                 let wait = nextAttempt.timeIntervalSince(now)
                 if wait > 0 {
-                    do { try await Task.sleep(for: .milliseconds(Int64(wait * 1000))) } catch { return nil }
+                    // In slices of at most a minute, so a wall clock that
+                    // jumped (a suspended laptop, a corrected clock) is noticed.
+                    let slice = Swift.min(wait, 60)
+                    do { try await Task.sleep(for: .milliseconds(Int64((slice * 1000).rounded(.up)))) } catch { return nil }
                 }
                 if Task.isCancelled { return nil }
-                if now < nextAttempt { continue }  // woken early (a coarse clock): sleep the rest
+                if now < nextAttempt { continue }  // not yet: sleep the rest
                 return await renew(current)
             }
         }
