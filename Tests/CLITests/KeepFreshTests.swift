@@ -215,6 +215,52 @@ import Testing
         #expect(!result.stderr.contains(passphrase))
     }
 
+    /// The supervisor holds a token (and, at renewal, a key) for the child's
+    /// whole life: it stays non-dumpable with core dumps off, while the child
+    /// is an ordinary process. As in LeakTests, this runs as `nobody`, since
+    /// to root every `/proc` file belongs to root anyway.
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func theSupervisorIsNotDumpableAndTheChildIsOrdinary() async throws {
+        let nobody: uid_t = 65534
+        let emulator = try await Emulator.start(clients: [("client-test", secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let runtime = folder.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        sandbox.environment["TALLYFY_VAULT_FILE"] = folder.appendingPathComponent("vault").path
+        sandbox.environment["TALLYFY_VAULT_PASSPHRASE"] = "pp-\(UUID().uuidString)"
+        sandbox.environment["HOME"] = folder.path
+        sandbox.environment["XDG_RUNTIME_DIR"] = runtime.path
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        for path in [folder.path, runtime.path] + filesBelow(folder).map(\.path) {
+            #expect(chown(path, nobody, gid_t(nobody)) == 0)
+        }
+        let binaries = FileManager.default.temporaryDirectory.appendingPathComponent("tv-nobody-bin-\(UUID().uuidString)")
+        let launcher = try BuildProducts.copy(into: binaries)
+        defer { try? FileManager.default.removeItem(at: binaries) }
+        let pidFile = folder.appendingPathComponent("child.pid").path
+        let supervisor = try BackgroundCommand(URL(fileURLWithPath: "/usr/bin/setpriv"),
+            ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", "/bin/sh", "-c",
+             "ulimit -c unlimited && exec \"$0\" \"$@\"", launcher.path,
+             "exec", "--keep-fresh", "--", shell, "-c", "echo $$ > \"$PIDFILE\"; while :; do sleep 0.1; done"],
+            environment: sandbox.environment.merging(["PIDFILE": pidFile]) { $1 }, in: folder)
+        defer { supervisor.kill() }
+        #expect(ProcView.waitUntil(seconds: 20) { pid(in: pidFile) != nil }, "\(supervisor.isRunning ? "running" : supervisor.wait().brief)")
+        let child = try #require(pid(in: pidFile))
+        #expect(ProcView.owner(pid: supervisor.pid) == 0, "the supervisor is dumpable")
+        #expect(ProcView.owner(pid: supervisor.pid, file: "environ") == 0)
+        #expect(ProcView.coreLimit(pid: supervisor.pid)?.soft == "0")
+        #expect(ProcView.owner(pid: child) == nobody, "the child is not dumpable")
+        #expect(ProcView.coreLimit(pid: child)?.soft == "unlimited", "the child's core limit was not restored")
+        supervisor.kill(SIGTERM)
+        #expect(supervisor.wait().status == 128 + SIGTERM)
+    }
+
     @Test func theChildsStatusIsTheStatusAndTheFileGoesWithIt() async throws {
         let (sandbox, emulator) = try await loggedIn()
         defer { _ = emulator.stop() }

@@ -115,3 +115,19 @@ import TallyfyVaultCore
         }
     }
 }
+
+/// `--on-renew` and `--on-expiry` as the supervisor reads them.
+@Suite struct KeepFreshOptionsTests {
+    @Test func onRenewSpellings() throws {
+        #expect(try KeepFreshOptions.OnRenew(parsing: "none") == KeepFreshOptions.OnRenew.none)
+        #expect(try KeepFreshOptions.OnRenew(parsing: "restart") == .restart)
+        #expect(try KeepFreshOptions.OnRenew(parsing: "signal:HUP") == .signal(SIGHUP))
+        #expect(try KeepFreshOptions.OnRenew(parsing: "signal:SIGUSR1") == .signal(SIGUSR1))
+        #expect(try KeepFreshOptions.OnRenew(parsing: "signal:usr2") == .signal(SIGUSR2))
+        for bad in ["", "signal:", "signal:NOPE", "signal:1", "HUP", "Restart", "sometimes"] {
+            #expect(throws: VaultError.self, "\(bad)") { try KeepFreshOptions.OnRenew(parsing: bad) }
+        }
+        #expect(KeepFreshOptions.OnExpiry(rawValue: "stop") == .stop)
+        #expect(KeepFreshOptions().onRenew == .none && KeepFreshOptions().onExpiry == .keep && KeepFreshOptions().stopGrace == 10)
+    }
+}
