@@ -59,8 +59,10 @@ public struct KeepFreshOptions: Sendable, Equatable {
 /// terminal sends to the whole process group reach it once, not twice); the
 /// supervisor ends with the child, with its status (128 + N for a signal),
 /// and removes the token file. It keeps no key while it waits: `source`
-/// reads the unlock secrets again at each renewal. It runs on the calling
-/// thread, which must be the main thread (see `SupervisedChild`).
+/// reads the unlock secrets again at each renewal. The child is started and
+/// watched from the main thread, or from a thread of its own when called
+/// from any other (the kernel ties the child's death signal to the thread
+/// that forked it; see `SupervisedChild`).
 public enum Supervisor {
     /// Bytes on the wake pipe that are not signals (signals are 1…64, with
     /// `WakePipe.fromKernel` perhaps set).
@@ -75,6 +77,29 @@ public enum Supervisor {
         _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
         source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule = .standard,
         note: @escaping @Sendable (String) -> Void
+    ) throws -> Int32 {
+        @Sendable func body() throws -> Int32 {
+            try supervise(command, parentEnvironment: parentEnvironment, request: request, first: first, source: source,
+                options: options, schedule: schedule, note: note)
+        }
+        if Thread.isMainThread { return try body() }
+        // A pool thread (an async caller) may be retired while the child
+        // runs, which would kill the child: use a thread that lives as long.
+        let outcome = Mutex<Result<Int32, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            let result = Result { try body() }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        thread.start()
+        done.wait()
+        return try outcome.withLock { $0! }.get()
+    }
+
+    private static func supervise(
+        _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
+        source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule, note: @escaping @Sendable (String) -> Void
     ) throws -> Int32 {
         let tokenFile = try TokenFile.create(environment: parentEnvironment)
         defer { tokenFile.remove() }
