@@ -82,7 +82,7 @@ import Testing
         let other = runtime.base + "/agent.sock.d"
         for folder in [dead, reused, alive, other] {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-            FileManager.default.createFile(atPath: folder + "/token", contents: Data("x".utf8))
+            _ = FileManager.default.createFile(atPath: folder + "/token", contents: Data("x".utf8))
         }
         let file = try TokenFile.create(environment: runtime.environment)
         defer { file.remove() }
