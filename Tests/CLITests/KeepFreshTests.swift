@@ -314,6 +314,49 @@ import Testing
         #expect(tokenFolders(sandbox).isEmpty)
     }
 
+    /// A ^C typed at the terminal reaches the whole foreground process group,
+    /// child included: the supervisor must not pass it on a second time. A
+    /// child that moved to a session of its own (`setsid`) is out of the
+    /// terminal's reach: then the supervisor passes it on, so ^C still works.
+    /// `script` gives the command a terminal; the test types ^C into it.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")
+        && FileManager.default.isExecutableFile(atPath: "/usr/bin/setsid")), arguments: [false, true])
+    func aControlCFromTheTerminalReachesTheChildOnce(ownSession: Bool) async throws {
+        let (sandbox, emulator) = try await loggedIn()
+        defer { _ = emulator.stop() }
+        let log = sandbox.path("signals")
+        let child = try sandbox.write("""
+            trap 'echo INT >> "$LOG"' INT
+            trap 'echo USR1 >> "$LOG"' USR1
+            echo $PPID > "$LOG.supervisor"
+            echo ready >> "$LOG"
+            while :; do sleep 0.1; done
+            """, to: "child.sh")
+        let command = (ownSession ? "/usr/bin/setsid " : "") + "/bin/sh \(child)"
+        detachedFromTerminal
+        let terminal = Process()
+        terminal.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+        terminal.arguments = ["-qfec", "exec \(BuildProducts.vault.path) exec --keep-fresh -- \(command)", "/dev/null"]
+        terminal.environment = sandbox.environment.merging(["LOG": log]) { $1 }
+        let keyboard = Pipe()
+        terminal.standardInput = keyboard
+        terminal.standardOutput = FileHandle.nullDevice
+        terminal.standardError = FileHandle.nullDevice
+        try terminal.run()
+        defer { if terminal.isRunning { terminal.terminate() } }
+        #expect(ProcView.waitUntil(seconds: 20) { lines(log) == ["ready"] })
+        let supervisor = try #require(pid(in: log + ".supervisor"))
+        keyboard.fileHandleForWriting.write(Data([0x03]))
+        #expect(ProcView.waitUntil(seconds: 10) { lines(log).contains("INT") }, "the child never saw the ^C")
+        // A forwarded signal behind it, so a second INT would show before it.
+        kill(supervisor, SIGUSR1)
+        #expect(ProcView.waitUntil(seconds: 10) { lines(log).contains("USR1") })
+        #expect(lines(log) == ["ready", "INT", "USR1"], "the child got the terminal's ^C twice")
+        kill(supervisor, SIGTERM)
+        terminal.waitUntilExit()
+        #expect(tokenFolders(sandbox).isEmpty)
+    }
+
     @Test func aKilledSupervisorTakesItsChildAlongAndItsFolderIsCleanedNextTime() async throws {
         let (sandbox, emulator) = try await loggedIn()
         defer { _ = emulator.stop() }

@@ -56,7 +56,8 @@ public struct KeepFreshOptions: Sendable, Equatable {
 /// child's environment) that a `TokenStream` replaces atomically at every
 /// renewal; the child is told as `KeepFreshOptions.onRenew` says. INT, TERM,
 /// HUP, QUIT, USR1, USR2 and WINCH are forwarded to the child (those a
-/// terminal sends to the whole process group reach it once, not twice); the
+/// terminal sends to the whole process group reach it once, not twice,
+/// unless it moved to a process group of its own); the
 /// supervisor ends with the child, with its status (128 + N for a signal),
 /// and removes the token file. It keeps no key while it waits: `source`
 /// reads the unlock secrets again at each renewal. The child is started and
@@ -187,7 +188,9 @@ public enum Supervisor {
                     let number = Int32(byte & ~WakePipe.fromKernel)
                     guard number != SIGCHLD else { continue }
                     if number == SIGINT || number == SIGTERM || number == SIGQUIT { terminating = true }
-                    if byte & WakePipe.fromKernel == 0 { child.send(number) }
+                    // A terminal's signal reached the child too, unless it
+                    // left our process group (then it is passed on).
+                    if byte & WakePipe.fromKernel == 0 || getpgid(child.pid) != getpgrp() { child.send(number) }
                 }
             }
         }
