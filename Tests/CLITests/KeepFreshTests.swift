@@ -283,6 +283,14 @@ import Testing
         #expect(missing.status == 127, "\(missing.brief)")
         #expect(tokenFolders(sandbox).isEmpty)
         #expect(try await emulator.counts()["token"] == 1, "a fresh token was renewed")
+        // A plain exec (the launcher's fast path, and the full CLI when it
+        // renews) drops a token file inherited from an outer supervisor: it
+        // would name another token.
+        for arguments in [["exec", "--", "printenv", "TALLYFY_TOKEN_FILE"], ["exec", "--min-ttl", "30d", "--", "printenv", "TALLYFY_TOKEN_FILE"]] {
+            let plain = try sandbox.run(arguments, env: ["TALLYFY_TOKEN_FILE": "/elsewhere/token"])
+            #expect(plain.status == 1 && plain.stdout.isEmpty, "\(arguments): \(plain.brief)")
+        }
+        #expect(try await emulator.counts()["token"] == 2, "the second one did not go through the full CLI")
     }
 
     @Test func signalsAreForwardedToTheChild() async throws {
