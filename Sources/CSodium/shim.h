@@ -6,4 +6,95 @@
    wrapper is the only non-libsodium C the library needs. */
 #include <sys/prctl.h>
 static inline int tallyfy_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0); }
+
+/* `exec --keep-fresh` supervises a child instead of replacing itself. Two
+   things it needs cannot be written safely in Swift: a signal handler (it
+   must not touch the Swift runtime) and the code between fork and execve in
+   a multi-threaded process (only async-signal-safe calls). Both are here,
+   small and self-contained. */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+static int tallyfy_signal_pipe = -1;
+
+/* Writes one byte per signal to the supervisor's wake pipe: the signal
+   number, with 0x80 set when the kernel sent it (a terminal's ^C or window
+   change goes to the whole foreground process group, so the child has it
+   already and it must not be forwarded twice). */
+static void tallyfy_signal_to_pipe(int signal, siginfo_t *info, void *context) {
+    (void)context;
+    int saved = errno;
+    unsigned char byte = (unsigned char)signal;
+    if (info != NULL && info->si_code == SI_KERNEL) byte |= 0x80;
+    if (tallyfy_signal_pipe >= 0) (void)write(tallyfy_signal_pipe, &byte, 1);
+    errno = saved;
+}
+
+/* Catches `signal` into the wake pipe `fd` and unblocks it on the calling
+   thread (the supervising one). Returns 1 when the signal was
+   ignored when we started (e.g. under nohup): it is then left ignored, as a
+   shell would, and neither caught nor forwarded. */
+static inline int tallyfy_catch_signal(int signal, int fd) {
+    struct sigaction old;
+    if (sigaction(signal, NULL, &old) == 0 && old.sa_handler == SIG_IGN && signal != SIGCHLD) return 1;
+    tallyfy_signal_pipe = fd;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = tallyfy_signal_to_pipe;
+    action.sa_flags = SA_SIGINFO | SA_RESTART | (signal == SIGCHLD ? SA_NOCLDSTOP : 0);
+    sigemptyset(&action.sa_mask);
+    if (sigaction(signal, &action, NULL) != 0) return -1;
+    /* A parent may have started us with signals blocked (and threads made
+       since inherit that): unblock it here, so it reaches this thread. */
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, signal);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    return 0;
+}
+
+/* fork + execve for a supervised child. The child:
+   - gets SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), and checks it
+     was not orphaned already between fork and prctl;
+   - has every signal back at its default disposition (caught ones and
+     SIGPIPE) and the signal mask the supervisor started with;
+   - gets the core limit the user had (`core`, may be NULL);
+   - reports an execve failure as its errno on `error_pipe` (close-on-exec,
+     so a successful execve closes it with nothing written).
+   Signals are blocked in the parent around fork so no handler runs in the
+   child before its dispositions are reset. Returns the pid, or -1. */
+static inline pid_t tallyfy_spawn_supervised(const char *path, char *const argv[], char *const envp[],
+    const struct rlimit *core, const sigset_t *child_mask, int error_pipe) {
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct sigaction fallback;
+        memset(&fallback, 0, sizeof fallback);
+        fallback.sa_handler = SIG_DFL;
+        sigemptyset(&fallback.sa_mask);
+        for (int signal = 1; signal < NSIG; signal++) {
+            struct sigaction current;
+            if (sigaction(signal, NULL, &current) != 0) continue;
+            if (current.sa_handler != SIG_IGN || signal == SIGPIPE) (void)sigaction(signal, &fallback, NULL);
+        }
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0 || getppid() != parent) _exit(128 + SIGTERM);
+        if (core != NULL) (void)setrlimit(RLIMIT_CORE, core);
+        pthread_sigmask(SIG_SETMASK, child_mask != NULL ? child_mask : &previous, NULL);
+        execve(path, argv, envp);
+        int code = errno;
+        (void)write(error_pipe, &code, sizeof code);
+        _exit(127);
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = saved;
+    return pid;
+}
 #endif

@@ -17,10 +17,20 @@ struct Exec: AsyncParsableCommand {
             their tokens but acts as no user: most Tallyfy API calls, and most commands of Tallyfy's own \
             CLI (`tallyfy` reads TALLYFY_API_TOKEN and TALLYFY_BASE_URL), need a user token. Use \
             `--user EMAIL` after `tallyfy-vault users create` and `users token`.
+
+            With --keep-fresh the command runs as a child instead, for programs that outlive a token: \
+            tallyfy-vault stays as a small supervisor, keeps the token in the file named by \
+            TALLYFY_TOKEN_FILE (private, replaced atomically) and renews it before it gets close to \
+            expiry; --on-renew says how the command hears of it. It forwards INT, TERM, HUP, QUIT, USR1, \
+            USR2 and WINCH, exits with the command's status (128+N for signal N) and removes the file. \
+            It unlocks the vault again at each renewal, so it needs a key file, passphrase file, \
+            TALLYFY_VAULT_PASSPHRASE or systemd credential, not a prompt. 69: the token expired, could \
+            not be renewed and --on-expiry stop stopped the command.
             """)
 
     @OptionGroup var global: GlobalOptions
     @OptionGroup var options: TokenOptions
+    @OptionGroup var keepFresh: KeepFreshArguments
 
     // Everything after `--` is the command, exactly; options before it are
     // ours (including the global ones, which `.captureForPassthrough` would
@@ -31,6 +41,9 @@ struct Exec: AsyncParsableCommand {
     func run() async throws {
         guard !command.isEmpty else {
             throw ValidationError("no command to run: write it after --, as in `tallyfy-vault exec -- ./sync`")
+        }
+        if let supervision = try keepFresh.supervision() {
+            try await Self.supervise(command, context: global.context, selection: options.selection, options: supervision)
         }
         try await Self.launch(command, context: global.context, selection: options.selection)
     }

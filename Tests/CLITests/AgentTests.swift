@@ -160,6 +160,18 @@ import Testing
         #expect(ProcView.coreLimit(pid: agent.pid)?.soft == "0")
     }
 
+    /// `exec --keep-fresh` renews through the agent: no unlock source needed.
+    @Test func keepFreshRenewsThroughTheAgent() async throws {
+        let (sandbox, emulator, unlock, _) = try await world()
+        defer { _ = emulator.stop() }
+        let agent = try startAgent(sandbox, unlock: unlock)
+        defer { agent.kill() }
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .newlines)
+        try sandbox.refused(["exec", "--keep-fresh", "--no-agent", "--", "true"], status: 78)
+        let result = try sandbox.ok(["exec", "--keep-fresh", "--", "sh", "-c", "cat \"$TALLYFY_TOKEN_FILE\""])
+        #expect(result.stdout == token, "\(result.brief)")
+    }
+
     @Test func theIdleTimeoutForgetsTheKey() async throws {
         let (sandbox, emulator, unlock, _) = try await world()
         defer { _ = emulator.stop() }

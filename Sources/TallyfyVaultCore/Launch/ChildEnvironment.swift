@@ -68,10 +68,23 @@ public enum ChildEnvironment {
     }
 
     /// The child's whole environment: the parent's, less unlock material and
-    /// stale values of our variables, plus the grant's variables.
+    /// stale values of our variables, plus the grant's variables. A
+    /// `TALLYFY_TOKEN_FILE` inherited from an outer `exec --keep-fresh` is
+    /// dropped: it would name another grant's token.
     public static func build(parent: [String: String], grant: TokenGrant) -> [String: String] {
-        var environment = parent.filter { !removed.contains($0.key) }
+        var environment = parent.filter { !removed.contains($0.key) && $0.key != tokenFileVariable }
         for (name, value) in variables(for: grant) { environment[name] = value }
+        return environment
+    }
+
+    /// The path of the token file `exec --keep-fresh` keeps renewed (`TokenFile`).
+    public static let tokenFileVariable = "TALLYFY_TOKEN_FILE"
+
+    /// The environment of a supervised child (`exec --keep-fresh`): as
+    /// `build(parent:grant:)`, plus the path of the token file.
+    public static func build(parent: [String: String], grant: TokenGrant, tokenFile: String) -> [String: String] {
+        var environment = build(parent: parent, grant: grant)
+        environment[tokenFileVariable] = tokenFile
         return environment
     }
 

@@ -30,6 +30,10 @@ public enum ProcessHardening {
         tallyfy_set_dumpable(0)
     }
 
+    /// The core limit the user had, for a child started while this process
+    /// stays hardened (`exec --keep-fresh`); `nil` before `protect()`.
+    package static var coreLimitForChild: rlimit? { savedCoreLimit }
+
     /// Puts the core limit back, just before handing the process to a child.
     public static func restoreForChild() {
         guard var limit = savedCoreLimit else { return }

@@ -35,7 +35,7 @@ public enum ProcessReplacement {
     }
 
     /// The file `execve` should run, or a 127 / 126 error.
-    static func resolve(_ command: String, searchPath: String) throws -> String {
+    package static func resolve(_ command: String, searchPath: String) throws -> String {
         if command.contains("/") {
             guard access(command, F_OK) == 0 else {
                 throw LaunchError(status: 127, message: "\(command): no such file")

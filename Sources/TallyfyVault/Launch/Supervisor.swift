@@ -1,0 +1,223 @@
+import Foundation
+import Synchronization
+import TallyfyVaultCore
+
+/// What `exec --keep-fresh` does when the token is renewed, and when it has
+/// expired and cannot be renewed.
+public struct KeepFreshOptions: Sendable, Equatable {
+    /// `--on-renew`: what the child is told after each renewal.
+    public enum OnRenew: Sendable, Equatable {
+        /// Nothing: the child reads `TALLYFY_TOKEN_FILE` when it needs to.
+        case none
+        /// `signal:NAME`: this signal, once per renewal.
+        case signal(Int32)
+        /// SIGTERM, up to `stopGrace` to exit, then SIGKILL; then the command
+        /// is started again with the new token in its environment.
+        case restart
+
+        /// `none`, `signal:NAME` (`signal:HUP`, `signal:SIGUSR1`) or `restart`.
+        public init(parsing text: String) throws {
+            switch text {
+            case "none": self = .none
+            case "restart": self = .restart
+            default:
+                guard text.hasPrefix("signal:"), let number = SignalName.number(String(text.dropFirst("signal:".count))) else {
+                    throw VaultError(.usage, "--on-renew \(text) is not one of none, signal:NAME, restart",
+                        hint: "e.g. --on-renew signal:HUP; NAME is one of HUP, INT, QUIT, TERM, USR1, USR2, WINCH, ALRM, CONT")
+                }
+                self = .signal(number)
+            }
+        }
+    }
+
+    /// `--on-expiry`: when the token has expired and renewing still fails.
+    public enum OnExpiry: String, Sendable, Equatable, CaseIterable {
+        /// Keep the child running (with the expired token) and keep retrying.
+        case keep
+        /// Stop the child (as for a restart) and exit 69.
+        case stop
+    }
+
+    public var onRenew: OnRenew
+    public var onExpiry: OnExpiry
+    /// How long a child has to exit after SIGTERM before it gets SIGKILL.
+    public var stopGrace: TimeInterval
+
+    public init(onRenew: OnRenew = .none, onExpiry: OnExpiry = .keep, stopGrace: TimeInterval = 10) {
+        self.onRenew = onRenew
+        self.onExpiry = onExpiry
+        self.stopGrace = stopGrace
+    }
+}
+
+/// `exec --keep-fresh`: runs a command as a child and keeps its token fresh.
+///
+/// The token goes to a private file (`TokenFile`, `TALLYFY_TOKEN_FILE` in the
+/// child's environment) that a `TokenStream` replaces atomically at every
+/// renewal; the child is told as `KeepFreshOptions.onRenew` says. INT, TERM,
+/// HUP, QUIT, USR1, USR2 and WINCH are forwarded to the child (those a
+/// terminal sends to the whole process group reach it once, not twice,
+/// unless it moved to a process group of its own); the
+/// supervisor ends with the child, with its status (128 + N for a signal),
+/// and removes the token file. It keeps no key while it waits: `source`
+/// reads the unlock secrets again at each renewal. The child is started and
+/// watched from the main thread, or from a thread of its own when called
+/// from any other (the kernel ties the child's death signal to the thread
+/// that forked it; see `SupervisedChild`).
+public enum Supervisor {
+    /// Bytes on the wake pipe that are not signals (signals are 1…64, with
+    /// `WakePipe.fromKernel` perhaps set).
+    static let renewedByte: UInt8 = 0xF0
+    static let expiredByte: UInt8 = 0xF1
+
+    /// Runs `command` until it ends; returns its status. Throws a
+    /// `LaunchError` when it cannot be started (127 / 126), and a
+    /// `VaultError` (69) after stopping it when the token expired and
+    /// `--on-expiry stop` was asked for.
+    public static func run(
+        _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
+        source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule = .standard,
+        note: @escaping @Sendable (String) -> Void
+    ) throws -> Int32 {
+        @Sendable func body() throws -> Int32 {
+            try supervise(command, parentEnvironment: parentEnvironment, request: request, first: first, source: source,
+                options: options, schedule: schedule, note: note)
+        }
+        if Thread.isMainThread { return try body() }
+        // A pool thread (an async caller) may be retired while the child
+        // runs, which would kill the child: use a thread that lives as long.
+        let outcome = Mutex<Result<Int32, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            let result = Result { try body() }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        thread.start()
+        done.wait()
+        return try outcome.withLock { $0! }.get()
+    }
+
+    private static func supervise(
+        _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
+        source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule, note: @escaping @Sendable (String) -> Void
+    ) throws -> Int32 {
+        let tokenFile = try TokenFile.create(environment: parentEnvironment)
+        defer { tokenFile.remove() }
+        try tokenFile.write(first.token)
+        let wake = try WakePipe()
+        _ = wake.catchSignals(SignalName.forwarded + [SIGCHLD])
+        func environment(_ grant: TokenGrant) -> [String: String] {
+            ChildEnvironment.build(parent: parentEnvironment, grant: grant, tokenFile: tokenFile.path)
+        }
+        var child = try SupervisedChild.start(command, environment: environment(first))
+
+        let shared = Shared(first)
+        let what = describe(request)
+        let renewer = Task {
+            let stream = TokenStream(request: request, source: source, initial: first, schedule: schedule, environment: parentEnvironment)
+            var handedOver = false  // the first event is `first`, which the child already has
+            do {
+                for try await event in stream {
+                    if Task.isCancelled { return }
+                    switch event {
+                    case .token(let grant):
+                        guard handedOver else {
+                            handedOver = true
+                            continue
+                        }
+                        do { try tokenFile.write(grant.token) } catch let error as VaultError {
+                            if !Task.isCancelled { note("could not update the token file: \(error.message)") }
+                            continue
+                        }
+                        shared.renewed(grant)
+                        wake.post(renewedByte)
+                    case .renewalFailed(let failure):
+                        if Task.isCancelled { return }
+                        note(failureLine(failure, what: what))
+                        if failure.tokenHasExpired && options.onExpiry == .stop {
+                            shared.expired(failure.reason, at: failure.current.expiresAt)
+                            wake.post(expiredByte)
+                            return
+                        }
+                    }
+                }
+            } catch {}  // only the first grant throws, and it was given
+        }
+        defer { renewer.cancel() }
+
+        var stopDeadline: Date? = nil
+        var restarting = false
+        var terminating = false
+        var expiry: (reason: String, at: Date)? = nil
+        while true {
+            if let status = child.reap() {
+                if let expiry {
+                    throw VaultError(.unavailable,
+                        "the \(what) expired at \(ChildEnvironment.rfc3339(expiry.at)) and could not be renewed (\(expiry.reason)); the command was stopped (--on-expiry stop)",
+                        hint: "check that Tallyfy is reachable and the credentials are valid (`tallyfy-vault login`), then start the command again")
+                }
+                guard restarting && !terminating else { return status }
+                restarting = false
+                stopDeadline = nil
+                child = try SupervisedChild.start(command, environment: environment(shared.latest))
+                continue
+            }
+            if let deadline = stopDeadline, Date() >= deadline {
+                child.send(SIGKILL)
+                stopDeadline = nil
+            }
+            for byte in wake.wait(timeout: stopDeadline.map { $0.timeIntervalSinceNow }) {
+                switch byte {
+                case renewedByte:
+                    guard !terminating && expiry == nil else { continue }
+                    switch options.onRenew {
+                    case .none: break
+                    case .signal(let number): if !restarting { child.send(number) }
+                    case .restart:
+                        guard !restarting else { continue }
+                        restarting = true
+                        child.send(SIGTERM)
+                        stopDeadline = Date().addingTimeInterval(options.stopGrace)
+                    }
+                case expiredByte:
+                    expiry = shared.expiry
+                    child.send(SIGTERM)
+                    stopDeadline = Date().addingTimeInterval(options.stopGrace)
+                default:
+                    let number = Int32(byte & ~WakePipe.fromKernel)
+                    guard number != SIGCHLD else { continue }
+                    if number == SIGINT || number == SIGTERM || number == SIGQUIT { terminating = true }
+                    // A terminal's signal reached the child too, unless it
+                    // left our process group (then it is passed on).
+                    if byte & WakePipe.fromKernel == 0 || getpgid(child.pid) != getpgrp() { child.send(number) }
+                }
+            }
+        }
+    }
+
+    /// One line per failed renewal, never a secret.
+    static func failureLine(_ failure: TokenStream.RenewalFailure, what: String) -> String {
+        let next = max(0, Int(failure.retryAt.timeIntervalSinceNow.rounded(.up)))
+        let state = failure.tokenHasExpired
+            ? "the current one expired at \(ChildEnvironment.rfc3339(failure.current.expiresAt))"
+            : "the command keeps the current one, valid until \(ChildEnvironment.rfc3339(failure.current.expiresAt))"
+        return "could not renew the \(what) (\(failure.reason)); \(state); next attempt in \(next)s"
+    }
+
+    package static func describe(_ request: TokenRequest) -> String {
+        request.user.map { "user token for \($0)" } ?? "application token for profile \"\(request.profile)\""
+    }
+
+    /// What the renewing task tells the supervising thread.
+    final class Shared: Sendable {
+        private let state: Mutex<(latest: TokenGrant, expiry: (reason: String, at: Date)?)>
+
+        init(_ first: TokenGrant) { state = Mutex((first, nil)) }
+
+        var latest: TokenGrant { state.withLock { $0.latest } }
+        var expiry: (reason: String, at: Date)? { state.withLock { $0.expiry } }
+        func renewed(_ grant: TokenGrant) { state.withLock { $0.latest = grant } }
+        func expired(_ reason: String, at date: Date) { state.withLock { $0.expiry = (reason, date) } }
+    }
+}

@@ -1,0 +1,97 @@
+import ArgumentParser
+import Foundation
+import TallyfyVault
+
+/// `exec --keep-fresh [--on-renew …] [--on-expiry …]`: the options that make
+/// `exec` supervise its command instead of replacing itself with it.
+struct KeepFreshArguments: ParsableArguments {
+    @Flag(help: ArgumentHelp("""
+        Run the command as a child and keep its token fresh for as long as it runs, in the file \
+        named by TALLYFY_TOKEN_FILE.
+        """))
+    var keepFresh = false
+
+    @Option(help: ArgumentHelp("""
+        With --keep-fresh, after each renewal: none (the default: the command reads the file), \
+        signal:NAME (e.g. signal:HUP), or restart (SIGTERM, 10 s, SIGKILL, then start it again with \
+        the new token in its environment).
+        """, valueName: "none|signal:NAME|restart"))
+    var onRenew: String?
+
+    @Option(help: ArgumentHelp("""
+        With --keep-fresh, when the token has expired and renewing still fails: keep (the default: \
+        keep the command running and keep trying) or stop (stop the command and exit 69).
+        """, valueName: "keep|stop"))
+    var onExpiry: String?
+
+    /// The supervisor's options, or `nil` for a plain `exec`.
+    func supervision() throws -> KeepFreshOptions? {
+        guard keepFresh else {
+            if onRenew != nil || onExpiry != nil {
+                throw ValidationError("--on-renew and --on-expiry apply only with --keep-fresh")
+            }
+            return nil
+        }
+        var options = KeepFreshOptions()
+        if let onRenew { options.onRenew = try KeepFreshOptions.OnRenew(parsing: onRenew) }
+        if let onExpiry {
+            guard let value = KeepFreshOptions.OnExpiry(rawValue: onExpiry) else {
+                throw ValidationError("--on-expiry \(onExpiry) is not one of keep, stop")
+            }
+            options.onExpiry = value
+        }
+        return options
+    }
+}
+
+extension Exec {
+    /// `exec --keep-fresh`: start the command as a child, supervise it, and
+    /// exit with its status.
+    static func supervise(
+        _ arguments: [String], context: CommandContext, selection: TokenSelection, options: KeepFreshOptions
+    ) async throws -> Never {
+        var options = options
+        #if TALLYFY_TEST_HOOKS
+            // Debug builds only: a short SIGTERM-to-SIGKILL grace, so a test
+            // of a child that ignores SIGTERM need not wait 10 s.
+            if let grace = context.environment["TALLYFY_VAULT_TEST_STOP_GRACE"].flatMap(TimeInterval.init) { options.stopGrace = grace }
+        #endif
+        try ChildEnvironment.refuseNesting(context.environment)
+        guard !selection.noRefresh else {
+            throw ValidationError("--keep-fresh renews the token, which --no-refresh forbids: use one or the other")
+        }
+        ProcessHardening.protect()  // for the supervisor's whole life: it never execs
+        try context.store.checkAccess()
+        let request = try context.tokenRequest(
+            user: selection.user, minimumLifetime: selection.minTTL, noRefresh: false, strict: selection.strict)
+        // The supervisor asks the agent, or unlocks again at every renewal
+        // and keeps no key in between, so it needs a source it can read
+        // again without asking.
+        let agent = AgentClient(environment: context.environment, disabled: selection.noAgent)
+        let agentServes = agent.flatMap { try? $0.grant(request, vaultPath: context.vaultPath) } != nil
+        guard try agentServes || !context.sources.available().isEmpty else {
+            throw VaultError(.configuration,
+                "exec --keep-fresh unlocks the vault again at each renewal, and a passphrase typed at the prompt can't be asked for again",
+                hint: "unlock with --key-file or --passphrase-file (or TALLYFY_VAULT_PASSPHRASE, or a systemd credential), or run the agent (`tallyfy-vault agent`)")
+        }
+        let unlocking = TokenSource.reopening {
+            // Read afresh each time: nothing secret is kept between renewals,
+            // and a source that has gone away is an error, never a prompt.
+            let secrets = try context.sources.available()
+            guard !secrets.isEmpty else {
+                throw VaultError(.configuration, "the unlock source used at start is no longer there")
+            }
+            return TokenBroker(store: context.store, secrets: secrets, environment: context.environment)
+        }
+        let source = TokenSource.agentFirst(agent, vaultPath: context.vaultPath, else: unlocking)
+        let first = try await source.grant(request)
+        if let reason = first.renewalFailure {
+            Output.note("warning: could not renew the \(Supervisor.describe(request)) (\(reason)); using the sealed one, valid until \(ChildEnvironment.rfc3339(first.expiresAt))")
+        }
+        let status = try Supervisor.run(
+            arguments, parentEnvironment: context.environment, request: request, first: first, source: source, options: options,
+            note: { Output.note($0) })
+        fflush(nil)
+        Glibc.exit(status)
+    }
+}
