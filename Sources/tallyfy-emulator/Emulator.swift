@@ -229,6 +229,10 @@ actor EmulatorState {
 
     func clearFaults() { faults = [] }
 
+    /// Seconds added to the real clock (`POST /__emulator/clock`), so tests
+    /// age tokens by moving time instead of waiting for it.
+    private(set) var clockOffset = 0
+
     /// Replaces the accepted secrets of a client, creating it (in `org`, or
     /// the first organization) when it is new.
     func setSecrets(clientID: String, secrets: [String], org: String?) -> Client {
@@ -241,6 +245,14 @@ actor EmulatorState {
 }
 
 extension EmulatorState {
+    /// The emulator's time, Unix seconds: the real clock plus the offset.
+    func now() -> Int { Int(Date().timeIntervalSince1970) + clockOffset }
+
+    func advanceClock(by seconds: Int) -> Int {
+        clockOffset += seconds
+        return clockOffset
+    }
+
     func setLifetimes(app: Int?, user: Int?) -> TokenLifetimes {
         if let app { lifetimes.app = app }
         if let user { lifetimes.user = user }

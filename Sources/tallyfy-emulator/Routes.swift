@@ -98,6 +98,7 @@ struct EmulatorRoutes: Sendable {
         }
         router.put("/__emulator/clients/:id", use: setClientSecrets)
         router.put("/__emulator/ttl", use: setLifetimes)
+        router.post("/__emulator/clock", use: advanceClock)
     }
 
     // MARK: Counting, faults and refusals
@@ -221,7 +222,7 @@ struct EmulatorRoutes: Sendable {
             ])
         }
         let ttl = await state.lifetimes.app
-        let token = issue(kind: .application, subject: client.id, org: client.org, clientID: client.id, ttl: ttl)
+        let token = issue(kind: .application, subject: client.id, org: client.org, clientID: client.id, ttl: ttl, now: await state.now())
         return Reply.json(.ok, ["token_type": "Bearer", "expires_in": ttl, "access_token": token])
     }
 
@@ -328,7 +329,7 @@ struct EmulatorRoutes: Sendable {
         }
         let ttl = await state.lifetimes.user
         let token = issue(kind: .user, subject: user.email, org: claims.org,
-                          clientID: claims.client_id, ttl: ttl)
+                          clientID: claims.client_id, ttl: ttl, now: await state.now())
         return Reply.json(.ok, ["token_type": "Bearer", "expires_in": ttl, "access_token": token])
     }
 
@@ -371,9 +372,8 @@ struct EmulatorRoutes: Sendable {
 
     // MARK: Tokens and authorization
 
-    private func issue(kind: TokenClaims.Kind, subject: String, org: String, clientID: String, ttl: Int) -> String {
-        let now = Int(Date().timeIntervalSince1970)
-        return settings.signer.sign(TokenClaims(
+    private func issue(kind: TokenClaims.Kind, subject: String, org: String, clientID: String, ttl: Int, now: Int) -> String {
+        settings.signer.sign(TokenClaims(
             iss: JWTSigner.issuer, sub: subject, kind: kind, org: org, client_id: clientID,
             iat: now, exp: now + ttl, jti: RandomID.hex()))
     }
@@ -386,7 +386,7 @@ struct EmulatorRoutes: Sendable {
             throw Refusal(response: Reply.apiError(.unauthorized, code: "MISSING_CLIENT_HEADER",
                                                    "The X-Tallyfy-Client: APIClient header is required."))
         }
-        let now = Int(Date().timeIntervalSince1970)
+        let now = await state.now()
         guard let authorization = request.headers[.authorization],
               authorization.count > 7,
               authorization.prefix(7).lowercased() == "bearer ",
@@ -500,6 +500,18 @@ struct EmulatorRoutes: Sendable {
         }
         let client = await state.setSecrets(clientID: clientID, secrets: secrets, org: org)
         return Reply.json(.ok, ["client_id": client.id, "org": client.org, "secrets": client.secrets.count])
+    }
+
+    /// `POST /__emulator/clock` `{"advance":SECONDS}`: moves the emulator's
+    /// clock forward (tokens it issued expire, as far as it is concerned).
+    private func advanceClock(_ request: Request, _ context: Context) async throws -> Response {
+        let data = try? await Self.body(request, context)
+        guard let data, let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let seconds = object["advance"] as? Int, seconds > 0, seconds <= 100 * 365 * 86_400
+        else {
+            return Reply.json(.badRequest, ["error": #"the body must be {"advance":SECONDS} with SECONDS > 0"#])
+        }
+        return Reply.json(.ok, ["offset": await state.advanceClock(by: seconds)])
     }
 
     /// `PUT /__emulator/ttl` `{"app":SECONDS,"user":SECONDS}` (either may be left out).

@@ -202,7 +202,7 @@ struct EmulatorTests {
         let emulator = try await Emulator.start(clients: [Self.client], appTokenTTL: 1)
         defer { emulator.stop() }
         let token = try await Self.appToken(emulator)
-        try await Task.sleep(for: .milliseconds(2200))
+        try await emulator.advanceClock(by: 5)  // the 1-second token has expired
 
         let reply = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
         #expect(reply.status == 401)
