@@ -19,6 +19,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
@@ -41,6 +42,8 @@ let package = Package(
             dependencies: [
                 "TallyfyVaultCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                // etcds:// trusts a given CA and presents a client certificate.
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: testHooks
         ),

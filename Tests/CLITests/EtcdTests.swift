@@ -1,0 +1,342 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A throwaway etcd cluster on loopback, started through `tools/etcd-cluster`
+/// (which installs etcd when it is missing and may).
+final class EtcdCluster: @unchecked Sendable {
+    let folder: String
+    let endpoints: String
+    let tls: Bool
+
+    static let tool = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("tools/etcd-cluster").path
+
+    /// `nil` (and a message) when etcd is not installed and cannot be.
+    static func start(members: Int = 3, tls: Bool = false) throws -> EtcdCluster? {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-etcd-\(UUID().uuidString)").path
+        var arguments = ["start", "--dir", folder, "--members", String(members)]
+        if tls { arguments.append("--tls") }
+        let result = try tool(arguments)
+        guard result.status == 0 else {
+            if !FileManager.default.isExecutableFile(atPath: "/usr/bin/etcd") {
+                print("EtcdTests: skipped, etcd is not installed and could not be: \(result.stderr)")
+                return nil
+            }
+            throw EtcdClusterError(message: "tools/etcd-cluster start: \(result.brief)")
+        }
+        return EtcdCluster(folder: folder, endpoints: result.stdout.trimmingCharacters(in: .whitespacesAndNewlines), tls: tls)
+    }
+
+    private init(folder: String, endpoints: String, tls: Bool) {
+        self.folder = folder
+        self.endpoints = endpoints
+        self.tls = tls
+    }
+
+    static func tool(_ arguments: [String]) throws -> RunResult {
+        try runProcess(URL(fileURLWithPath: "/bin/bash"), [tool] + arguments,
+            environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"])
+    }
+
+    func location(_ prefix: String = "/tallyfy/\(UUID().uuidString.prefix(8))") -> String {
+        "\(tls ? "etcds" : "etcd")://\(endpoints)\(prefix)"
+    }
+
+    var members: Int { endpoints.split(separator: ",").count }
+
+    func kill(member: Int) throws { _ = try Self.tool(["kill", "--dir", folder, String(member)]) }
+    func revive(member: Int) throws { _ = try Self.tool(["revive", "--dir", folder, String(member)]) }
+
+    /// Waits (bounded) until etcdctl reports every member healthy.
+    func waitHealthy(seconds: Double = 30) -> Bool {
+        ProcView.waitUntil(seconds: seconds) {
+            (try? runProcess(URL(fileURLWithPath: "/usr/bin/etcdctl"),
+                ["--endpoints", endpoints, "endpoint", "health", "--command-timeout=1s"],
+                environment: ["ETCDCTL_API": "3"]).status) == 0
+        }
+    }
+
+    deinit { _ = try? Self.tool(["stop", "--dir", folder]) }
+}
+
+struct EtcdClusterError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// The vault on a real 3-member etcd cluster on loopback: the commands, many
+/// machines at once, one refresh for the fleet, the cluster down, migrate.
+/// Serialized: each test runs its own cluster, and two cores are enough for one.
+@Suite(.serialized) struct EtcdTests {
+    let secret = "cs-\(UUID().uuidString)"
+    let client = "client-test"
+
+    /// A "machine": its own home (so its own cache) on the shared location and key.
+    private func machine(location: String, key: String) throws -> Sandbox {
+        let sandbox = try Sandbox()
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = key
+        return sandbox
+    }
+
+    private func cacheFiles(_ sandbox: Sandbox) -> [URL] {
+        filesBelow(sandbox.root.appendingPathComponent(".cache/tallyfy-vault/etcd"))
+    }
+
+    @Test func aLocationThatLooksLikeAURLIsNeverAFile() throws {
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        let here = FileManager.default.currentDirectoryPath
+        for location in ["http://127.0.0.1:2379/x", "etc://127.0.0.1:2379/x", "s3://bucket/vault"] {
+            let result = try sandbox.refused(["--vault", location, "init"], status: 64)
+            #expect(result.stderr.contains("not a vault location"), "\(result.stderr)")
+        }
+        // Plain HTTP to etcd is for this machine only; a malformed location is refused.
+        let remote = try sandbox.refused(["--vault", "etcd://10.1.2.3:2379/tallyfy/prod", "init"], status: 64)
+        #expect(remote.stderr.contains("etcds://"), "\(remote.stderr)")
+        try sandbox.refused(["--vault", "etcd://127.0.0.1:2379", "init"], status: 64)
+        try sandbox.refused(["--vault", "etcd://127.0.0.1/tallyfy", "init"], status: 64)
+        try sandbox.refused(["exec", "--", "true"], status: 64, env: ["TALLYFY_VAULT_FILE": "https://example.com/v"])
+        for name in ["http:", "etc:", "s3:", "etcd:", "https:"] {
+            #expect(!FileManager.default.fileExists(atPath: here + "/" + name), "\(name) was created as a folder")
+            #expect(!FileManager.default.fileExists(atPath: sandbox.root.path + "/" + name))
+        }
+    }
+
+    @Test func everyCommandWorksOnAnEtcdVault() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        let created = try sandbox.ok(["init"])
+        #expect(created.stderr.contains(location))
+        try sandbox.refused(["init"], status: 64)
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        let shown = try sandbox.ok(["credentials", "show"]).stdout
+        #expect(shown.contains("org-test") && !shown.contains(secret))
+        try sandbox.ok(["login"])
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!token.isEmpty)
+        let child = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(child == token)
+        try sandbox.ok(["users", "create", "--email", "ada@example.com", "--first-name", "Ada", "--last-name", "Lovelace"])
+        let userToken = try sandbox.ok(["users", "token", "ada@example.com"]).stdout
+        #expect(!userToken.isEmpty)
+        #expect(try sandbox.ok(["users", "list"]).stdout.contains("ada@example.com"))
+        try sandbox.ok(["status"])
+        try sandbox.ok(["keys", "list"])
+        #expect(try await emulator.counts()["token"] == 1, "the login's token was not reused")
+
+        // Nothing in etcd is readable: the secret and the tokens appear nowhere.
+        let dump = try runProcess(URL(fileURLWithPath: "/usr/bin/etcdctl"),
+            ["--endpoints", cluster.endpoints, "get", "--prefix", "/tallyfy/"], environment: ["ETCDCTL_API": "3"])
+        #expect(dump.status == 0 && dump.stdout.contains("/manifest"))
+        #expect(!dump.stdout.contains(secret) && !dump.stdout.contains(token))
+        // The cache is private, and sealed too.
+        let cache = cacheFiles(sandbox)
+        #expect(cache.count == 1)
+        for file in cache {
+            let mode = (try FileManager.default.attributesOfItem(atPath: file.path)[.posixPermissions] as? Int) ?? 0
+            #expect(mode == 0o600)
+            let bytes = try Data(contentsOf: file)
+            #expect(bytes.range(of: Data(secret.utf8)) == nil && bytes.range(of: Data(token.utf8)) == nil)
+        }
+        // No file was created anywhere for the location.
+        #expect(!FileManager.default.fileExists(atPath: FileManager.default.currentDirectoryPath + "/etcd:"))
+    }
+
+    @Test func threeMachinesWritingAtOnceLoseNoUpdate() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let first = try Sandbox()
+        try first.ok(["keygen", first.keyPath])
+        let machines = try (0..<3).map { _ in try machine(location: location, key: first.keyPath) }
+        try machines[0].ok(["init"])
+
+        var writers: [BackgroundCommand] = []
+        for (index, machine) in machines.enumerated() {
+            for profile in 0..<5 {
+                writers.append(try machine.launch(["--profile", "m\(index)-p\(profile)", "credentials", "set", "--org", "org-test",
+                    "--client-id", client, "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+                    stdin: secret))
+            }
+        }
+        let results = writers.map { $0.wait() }
+        #expect(results.allSatisfy { $0.status == 0 }, "\(results.filter { $0.status != 0 }.map(\.brief))")
+        // Every write is there, seen from every machine.
+        for machine in machines {
+            for index in 0..<3 {
+                for profile in 0..<5 {
+                    try machine.ok(["--profile", "m\(index)-p\(profile)", "credentials", "show"])
+                }
+            }
+        }
+    }
+
+    @Test func threeMachinesManyExecsOneTokenRequest() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let keyHolder = try Sandbox()
+        try keyHolder.ok(["keygen", keyHolder.keyPath])
+        let machines = try (0..<3).map { _ in try machine(location: location, key: keyHolder.keyPath) }
+        try machines[0].ok(["init"])
+        try machines[0].storeCredentials(for: emulator, secret: secret)
+        try machines[0].ok(["login"])
+        for machine in machines {
+            machine.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"  // the sealed token has expired
+            try machine.ok(["status"])  // each machine has the vault (and the expired token) in its cache
+        }
+        try await emulator.setLifetimes(app: 604_800)
+        try await emulator.reset()
+
+        var execs: [BackgroundCommand] = []
+        for _ in 0..<8 {
+            for machine in machines {
+                execs.append(try machine.launch(["exec", "--", "printenv", "TALLYFY_TOKEN"]))
+            }
+        }
+        let results = execs.map { $0.wait() }
+        #expect(results.allSatisfy { $0.status == 0 }, "\(results.filter { $0.status != 0 }.map(\.brief))")
+        #expect(try await emulator.counts()["token"] == 1, "the fleet made more than one token request")
+        let handedOut = Set(results.map { $0.stdout.trimmingCharacters(in: .whitespacesAndNewlines) })
+        #expect(handedOut.count == 1 && !handedOut.contains(""), "\(handedOut.count) different tokens")
+    }
+
+    @Test func withTheClusterDownExecServesTheCacheAndWritesFailCleanly() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let cache = try #require(cacheFiles(sandbox).first)
+        let cached = try Data(contentsOf: cache)
+
+        for member in 1...cluster.members { try cluster.kill(member: member) }
+        let child = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"])
+        #expect(child.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        #expect(try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        // A read that asks the cluster says it used the cache.
+        let listed = try sandbox.ok(["credentials", "show"])
+        #expect(listed.stderr.contains("warning") && listed.stderr.contains("unreachable"), "\(listed.stderr)")
+        // Writes fail with 69 and a hint; nothing changes.
+        let refused = try sandbox.refused(["--profile", "other", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], status: 69, stdin: secret)
+        #expect(refused.stderr.contains("unreachable") && refused.stderr.contains("hint"), "\(refused.stderr)")
+        try sandbox.refused(["login"], status: 69)
+        #expect(try Data(contentsOf: cache) == cached)
+
+        // Back up: everything resumes.
+        for member in 1...cluster.members { try cluster.revive(member: member) }
+        #expect(cluster.waitHealthy())
+        try sandbox.ok(["--profile", "other", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.ok(["--profile", "other", "credentials", "show"])
+        #expect(try sandbox.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+    }
+
+    @Test func migrateMovesAVaultBothWaysSealed() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let original = try sandbox.vaultBytes()
+
+        let location = cluster.location()
+        try sandbox.ok(["migrate", "--to", location])
+        #expect(try sandbox.vaultBytes() == original, "the source changed")
+        try sandbox.refused(["migrate", "--to", location], status: 64)  // never overwrites
+        let fromEtcd = try sandbox.ok(["--vault", location, "token", "--no-refresh"]).stdout
+        #expect(fromEtcd.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+
+        let back = sandbox.path("back/vault")
+        try sandbox.ok(["--vault", location, "migrate", "--to", back])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: back)) == original)
+        let mode = (try FileManager.default.attributesOfItem(atPath: back)[.posixPermissions] as? Int) ?? 0
+        #expect(mode == 0o600)
+        #expect(try sandbox.ok(["--vault", back, "token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        try sandbox.refused(["migrate", "--to", sandbox.vaultPath], status: 64)
+    }
+
+    @Test func aTenThousandUserVaultFitsEtcdsRequestLimit() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        let fixture = BuildProducts.directory.appendingPathComponent("tallyfy-vault-fixture")
+        let filled = try runProcess(fixture, ["add-users", "--vault", sandbox.vaultPath, "--key-file", sandbox.keyPath, "--count", "10000"],
+            environment: sandbox.environment)
+        #expect(filled.status == 0, "\(filled.brief)")
+        #expect(try sandbox.vaultBytes().count > 1_572_864, "the vault is smaller than etcd's request limit")
+
+        let location = cluster.location()
+        try sandbox.ok(["migrate", "--to", location])
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        // A change re-seals the whole vault: it goes in chunks, then one transaction.
+        try sandbox.ok(["--profile", "other", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        let other = try machine(location: location, key: sandbox.keyPath)
+        #expect(try other.ok(["users", "list"]).stdout.contains("user9999@example.com"))
+        try other.ok(["--profile", "other", "credentials", "show"])
+        let keys = try runProcess(URL(fileURLWithPath: "/usr/bin/etcdctl"),
+            ["--endpoints", cluster.endpoints, "get", "--prefix", "--keys-only", "/tallyfy/"], environment: ["ETCDCTL_API": "3"])
+        let chunks = keys.stdout.split(separator: "\n").filter { $0.contains("/chunks/") }
+        #expect(chunks.count >= 3, "\(chunks.count) chunk keys")
+        #expect(Set(chunks.map { $0.split(separator: "/").dropLast().joined(separator: "/") }).count == 1, "old generations were left")
+    }
+
+    @Test func tlsWithClientCertificatesAndAWrongCertificateRefused() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1, tls: true) else { return }
+        let tls = cluster.folder + "/tls"
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        sandbox.environment["TALLYFY_VAULT_ETCD_CACERT"] = tls + "/ca.pem"
+        sandbox.environment["TALLYFY_VAULT_ETCD_CERT"] = tls + "/client.pem"
+        sandbox.environment["TALLYFY_VAULT_ETCD_KEY"] = tls + "/client.key"
+        try sandbox.ok(["init"])
+        try sandbox.ok(["keys", "list"])
+
+        // A client certificate from another CA: refused (77), with a hint.
+        let other = sandbox.path("other")
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let openssl = URL(fileURLWithPath: "/usr/bin/openssl")
+        _ = try runProcess(openssl, ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=intruder",
+            "-keyout", other + "/client.key", "-out", other + "/client.pem"], environment: [:])
+        let refused = try sandbox.refused(["keys", "list"], status: 77, env: [
+            "TALLYFY_VAULT_ETCD_CERT": other + "/client.pem", "TALLYFY_VAULT_ETCD_KEY": other + "/client.key",
+            "XDG_CACHE_HOME": sandbox.path("empty-cache"),
+        ])
+        #expect(refused.stderr.contains("TLS"), "\(refused.stderr)")
+        // Without the CA the server is not trusted.
+        try sandbox.refused(["keys", "list"], status: 77, env: [
+            "TALLYFY_VAULT_ETCD_CACERT": "", "XDG_CACHE_HOME": sandbox.path("empty-cache"),
+        ])
+    }
+}
