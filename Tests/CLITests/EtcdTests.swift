@@ -110,6 +110,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
 
     @Test func everyCommandWorksOnAnEtcdVault() async throws {
         guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let location = cluster.location()
@@ -156,6 +157,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
 
     @Test func threeMachinesWritingAtOnceLoseNoUpdate() async throws {
         guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let location = cluster.location()
@@ -186,6 +188,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
 
     @Test func threeMachinesManyExecsOneTokenRequest() async throws {
         guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }
         let location = cluster.location()
@@ -217,6 +220,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
 
     @Test func withTheClusterDownExecServesTheCacheAndWritesFailCleanly() async throws {
         guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let location = cluster.location()
@@ -256,6 +260,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
 
     @Test func migrateMovesAVaultBothWaysSealed() async throws {
         guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let sandbox = try Sandbox()
@@ -283,6 +288,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
 
     @Test func aTenThousandUserVaultFitsEtcdsRequestLimit() async throws {
         guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let sandbox = try Sandbox()
@@ -312,6 +318,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
 
     @Test func tlsWithClientCertificatesAndAWrongCertificateRefused() async throws {
         guard let cluster = try EtcdCluster.start(members: 1, tls: true) else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let tls = cluster.folder + "/tls"
         let sandbox = try Sandbox()
         try sandbox.ok(["keygen", sandbox.keyPath])
@@ -338,5 +345,69 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         try sandbox.refused(["keys", "list"], status: 77, env: [
             "TALLYFY_VAULT_ETCD_CACERT": "", "XDG_CACHE_HOME": sandbox.path("empty-cache"),
         ])
+    }
+
+    @Test func anEtcdUserWithoutAccessIsRefusedClearly() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let sandbox = try Sandbox()
+        let password = "pw-\(UUID().uuidString)"
+        let ctl = URL(fileURLWithPath: "/usr/bin/etcdctl")
+        func admin(_ arguments: [String]) throws {
+            let result = try runProcess(ctl, ["--endpoints", cluster.endpoints] + arguments, environment: ["ETCDCTL_API": "3"])
+            #expect(result.status == 0, "etcdctl \(arguments.prefix(2)): \(result.brief)")
+        }
+        // etcdctl 3.4 takes passwords only in argv: acceptable for this throwaway test cluster.
+        try admin(["user", "add", "root:\(password)"])
+        try admin(["user", "add", "vault:\(password)"])
+        try admin(["role", "add", "vault-role"])
+        try admin(["role", "grant-permission", "vault-role", "--prefix=true", "readwrite", "/tallyfy/allowed/"])
+        try admin(["user", "grant-role", "vault", "vault-role"])
+        try admin(["auth", "enable"])
+
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_ETCD_USER"] = "vault"
+        sandbox.environment["TALLYFY_VAULT_ETCD_PASSWORD_FILE"] = try sandbox.write(password + "\n", to: "etcd-password")
+        try sandbox.ok(["--vault", cluster.location("/tallyfy/allowed"), "init"])
+        try sandbox.ok(["--vault", cluster.location("/tallyfy/allowed"), "keys", "list"])
+        let denied = try sandbox.refused(["--vault", cluster.location("/tallyfy/other"), "init"], status: 77)
+        #expect(denied.stderr.contains("refused user vault"), "\(denied.stderr)")
+        #expect(!denied.stderr.contains(password))
+        let wrong = try sandbox.refused(["--vault", cluster.location("/tallyfy/allowed"), "keys", "list"], status: 77,
+            env: ["TALLYFY_VAULT_ETCD_PASSWORD_FILE": try sandbox.write("wrong\n", to: "wrong-password"),
+                "XDG_CACHE_HOME": sandbox.path("empty-cache")])
+        #expect(wrong.stderr.contains("TALLYFY_VAULT_ETCD_PASSWORD_FILE"), "\(wrong.stderr)")
+    }
+
+    @Test func killingTheLeaderMidRefreshLosesNothing() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
+        try await emulator.setLifetimes(app: 604_800)
+        try await emulator.reset()
+        // The token request is slow, so the leader dies while it is in flight.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 2000, times: 1))
+        let refresh = try sandbox.launch(["token"])
+        let leader = try EtcdCluster.tool(["leader", "--dir", cluster.folder]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let deadline = ContinuousClock.now + .seconds(15)
+        while try await emulator.counts()["token"] ?? 0 < 1, refresh.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))  // polling for the request to arrive, not a fixed wait
+        }
+        try cluster.kill(member: Int(leader) ?? 1)
+        let result = refresh.wait()
+        #expect(result.status == 0, "\(result.brief)")
+        let token = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try sandbox.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        #expect(try await emulator.counts()["token"] == 1)
     }
 }

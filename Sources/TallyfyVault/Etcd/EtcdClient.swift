@@ -176,7 +176,8 @@ struct EtcdVault: RemoteSealedBytes {
                     hint: "try again; a lock whose holder died expires within \(Self.lockTTL) s (TALLYFY_VAULT_LOCK_TIMEOUT waits longer)")
             }
             // A little jitter keeps many waiting machines from polling in step.
-            try? clock.sleep(for: min(pause + .microseconds(Int.random(in: 0...5000)), deadline - clock.now))
+            let nap = min(pause + .microseconds(Int.random(in: 0...5000)), deadline - clock.now).components
+            usleep(UInt32(max(0, nap.seconds * 1_000_000 + nap.attoseconds / 1_000_000_000_000)))
             pause = min(pause * 2, .milliseconds(100))
         }
     }
@@ -226,7 +227,7 @@ final class EtcdLock: RemoteLock, @unchecked Sendable {
 
 /// One cluster's JSON gateway: tries the members in turn, starting with the
 /// last one that answered, and turns etcd's answers into `VaultError`s.
-struct EtcdGateway: Sendable {
+final class EtcdGateway: Sendable {
     let location: EtcdLocation
     let http: HTTPClient
     private let preferred: Mutex<Int>
@@ -316,7 +317,7 @@ struct EtcdGateway: Sendable {
                 lastProblem = "\(endpoint): \(Self.describe(error))"
                 continue
             }
-            let buffer = response.body.map { Data(buffer: $0) } ?? Data()
+            let buffer = response.body.map { Data($0.readableBytesView) } ?? Data()
             let json = (try? JSONSerialization.jsonObject(with: buffer)) as? [String: Any] ?? [:]
             if response.status == .ok {
                 preferred.withLock { $0 = index }

@@ -19,7 +19,7 @@ public enum VaultLocation: Sendable, Equatable {
     case etcd(EtcdLocation)
 
     public init(parsing text: String, environment: [String: String]) throws {
-        guard let separator = text.range(of: "://") else {
+        guard let separator = text.firstRange(of: "://") else {
             self = .file(text)
             return
         }
@@ -63,7 +63,7 @@ public struct EtcdLocation: Sendable, Equatable, Hashable {
             VaultError(.usage, "\(text.prefix(200)) is not a valid etcd location: \(why)",
                 hint: "write it as etcd://HOST:PORT[,HOST:PORT…]/PREFIX, e.g. etcd://127.0.0.1:2379/tallyfy/prod")
         }
-        guard let separator = text.range(of: "://") else { throw bad("no scheme") }
+        guard let separator = text.firstRange(of: "://") else { throw bad("no scheme") }
         tls = text[..<separator.lowerBound].lowercased() == "etcds"
         let rest = text[separator.upperBound...]
         guard let slash = rest.firstIndex(of: "/") else { throw bad("no key prefix after the endpoints") }
@@ -113,7 +113,7 @@ public struct EtcdLocation: Sendable, Equatable, Hashable {
 
     static func isLoopback(_ endpoint: String) -> Bool {
         guard let colon = endpoint.lastIndex(of: ":") else { return false }
-        let host = endpoint[..<colon].trimmingCharacters(in: CharacterSet(charactersIn: "[]")).lowercased()
+        let host = endpoint[..<colon].filter { $0 != "[" && $0 != "]" }.lowercased()
         return host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }
@@ -176,7 +176,10 @@ public enum RemoteLocations {
             defer { seen = true }
             return !seen
         }
-        if first { FileHandle.standardError.write(Data(("tallyfy-vault: warning: " + text + "\n").utf8)) }
+        if first {
+            let line = Array(("tallyfy-vault: warning: " + text + "\n").utf8)
+            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        }
     }
 }
 
@@ -206,10 +209,14 @@ struct RemoteCache {
             bytes.reduce(0xcbf2_9ce4_8422_2325 as UInt64) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
         }
         let utf8 = Array(text.utf8)
-        return String(format: "%016llx%016llx", fnv(utf8), fnv(utf8.reversed()))
+        func hex(_ value: UInt64) -> String {
+            let digits = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return hex(fnv(utf8)) + hex(fnv(utf8.reversed()))
     }
 
-    var directory: String { (path as NSString).deletingLastPathComponent }
+    var directory: String { URL(fileURLWithPath: path).deletingLastPathComponent().path }
 
     var exists: Bool { FileManager.default.fileExists(atPath: path) }
 

@@ -71,7 +71,7 @@ struct RemoteVault: Sendable {
             remember(snapshot.bytes)
             return snapshot.bytes
         } catch let error as VaultError where error.kind == .unavailable && cache.exists {
-            let age = cache.modified().map { " last refreshed \(ISO8601DateFormatter().string(from: $0))" } ?? ""
+            let age = cache.modified().map { " last refreshed \(ChildEnvironment.rfc3339($0))" } ?? ""
             RemoteLocations.warnOnce("\(error.message); using this machine's cached copy of the vault\(age)")
             return try cache.read()
         }
