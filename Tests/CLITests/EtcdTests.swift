@@ -38,8 +38,37 @@ final class EtcdCluster: @unchecked Sendable {
     }
 
     static func tool(_ arguments: [String]) throws -> RunResult {
-        try runProcess(URL(fileURLWithPath: "/bin/bash"), [tool] + arguments,
-            environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"])
+        try spawnAndWait([tool] + arguments)
+    }
+
+    static func etcdctl(_ arguments: [String]) throws -> RunResult {
+        try spawnAndWait(["/usr/bin/etcdctl"] + arguments)
+    }
+
+    /// Runs a command through `bash -c` with its output in files and waits
+    /// with `waitpid`. Not Foundation's `Process`: a child that leaves daemons
+    /// behind (the etcd members) was seen never to be reported as exited.
+    static func spawnAndWait(_ command: [String]) throws -> RunResult {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("tv-etcd-run-\(UUID().uuidString)").path
+        defer { for suffix in [".out", ".err", ".rc"] { unlink(base + suffix) } }
+        func quoted(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        let script = "ETCDCTL_API=3 " + command.map(quoted).joined(separator: " ")
+            + " </dev/null >\(quoted(base + ".out")) 2>\(quoted(base + ".err")); echo $? >\(quoted(base + ".rc"))"
+        let argv = ["/bin/bash", "-c", script]
+        let environment = ["PATH=" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")]
+        var cArguments = argv.map { strdup($0) } + [nil]
+        var cEnvironment = environment.map { strdup($0) } + [nil]
+        defer { (cArguments + cEnvironment).forEach { free($0) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, "/bin/bash", nil, nil, &cArguments, &cEnvironment) == 0 else {
+            throw EtcdClusterError(message: "could not start bash")
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        // Whoever reaped it, the exit status is in the file.
+        func text(_ suffix: String) -> String { (try? String(contentsOfFile: base + suffix, encoding: .utf8)) ?? "" }
+        let code = Int32(text(".rc").trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        return RunResult(status: code, stdout: text(".out"), stderr: text(".err"))
     }
 
     func location(_ prefix: String = "/tallyfy/\(UUID().uuidString.prefix(8))") -> String {
@@ -54,9 +83,7 @@ final class EtcdCluster: @unchecked Sendable {
     /// Waits (bounded) until etcdctl reports every member healthy.
     func waitHealthy(seconds: Double = 30) -> Bool {
         ProcView.waitUntil(seconds: seconds) {
-            (try? runProcess(URL(fileURLWithPath: "/usr/bin/etcdctl"),
-                ["--endpoints", endpoints, "endpoint", "health", "--command-timeout=1s"],
-                environment: ["ETCDCTL_API": "3"]).status) == 0
+            (try? Self.etcdctl(["--endpoints", endpoints, "endpoint", "health", "--command-timeout=1s"]).status) == 0
         }
     }
 
@@ -138,8 +165,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         #expect(try await emulator.counts()["token"] == 1, "the login's token was not reused")
 
         // Nothing in etcd is readable: the secret and the tokens appear nowhere.
-        let dump = try runProcess(URL(fileURLWithPath: "/usr/bin/etcdctl"),
-            ["--endpoints", cluster.endpoints, "get", "--prefix", "/tallyfy/"], environment: ["ETCDCTL_API": "3"])
+        let dump = try EtcdCluster.etcdctl(["--endpoints", cluster.endpoints, "get", "--prefix", "/tallyfy/"])
         #expect(dump.status == 0 && dump.stdout.contains("/manifest"))
         #expect(!dump.stdout.contains(secret) && !dump.stdout.contains(token))
         // The cache is private, and sealed too.
@@ -309,8 +335,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         let other = try machine(location: location, key: sandbox.keyPath)
         #expect(try other.ok(["users", "list"]).stdout.contains("user9999@example.com"))
         try other.ok(["--profile", "other", "credentials", "show"])
-        let keys = try runProcess(URL(fileURLWithPath: "/usr/bin/etcdctl"),
-            ["--endpoints", cluster.endpoints, "get", "--prefix", "--keys-only", "/tallyfy/"], environment: ["ETCDCTL_API": "3"])
+        let keys = try EtcdCluster.etcdctl(["--endpoints", cluster.endpoints, "get", "--prefix", "--keys-only", "/tallyfy/"])
         let chunks = keys.stdout.split(separator: "\n").filter { $0.contains("/chunks/") }
         #expect(chunks.count >= 3, "\(chunks.count) chunk keys")
         #expect(Set(chunks.map { $0.split(separator: "/").dropLast().joined(separator: "/") }).count == 1, "old generations were left")
@@ -352,9 +377,8 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         defer { withExtendedLifetime(cluster) {} }
         let sandbox = try Sandbox()
         let password = "pw-\(UUID().uuidString)"
-        let ctl = URL(fileURLWithPath: "/usr/bin/etcdctl")
         func admin(_ arguments: [String]) throws {
-            let result = try runProcess(ctl, ["--endpoints", cluster.endpoints] + arguments, environment: ["ETCDCTL_API": "3"])
+            let result = try EtcdCluster.etcdctl(["--endpoints", cluster.endpoints] + arguments)
             #expect(result.status == 0, "etcdctl \(arguments.prefix(2)): \(result.brief)")
         }
         // etcdctl 3.4 takes passwords only in argv: acceptable for this throwaway test cluster.
