@@ -309,8 +309,12 @@ final class EtcdGateway: Sendable {
             do {
                 response = try http.execute(request: try request(path, data, endpoint: endpoint), deadline: .now() + Self.deadline).wait()
             } catch {
-                if error is NIOSSLError || String(describing: error).lowercased().contains("ssl")
-                    || String(describing: error).lowercased().contains("handshake")
+                // A server that rejects the client certificate closes the
+                // connection during the handshake: over TLS, a closed
+                // connection (not a refused one) is taken as a TLS refusal.
+                let text = String(describing: error).lowercased()
+                if error is NIOSSLError || text.contains("ssl") || text.contains("handshake") || text.contains("certificate")
+                    || (location.tls && (error as? HTTPClientError) == .remoteConnectionClosed)
                 {
                     tlsProblem = String(describing: error)
                 }
@@ -335,7 +339,7 @@ final class EtcdGateway: Sendable {
             throw GatewayRefusal(status: response.status.code, code: code, message: Self.clean(message))
         }
         if tlsProblem != nil {
-            throw VaultError(.refused, "etcd at \(location.text) refused the TLS connection (\(lastProblem))",
+            throw VaultError(.refused, "etcd at \(location.text) refused the TLS connection or this machine's certificate (\(lastProblem))",
                 hint: "check TALLYFY_VAULT_ETCD_CACERT, TALLYFY_VAULT_ETCD_CERT and TALLYFY_VAULT_ETCD_KEY against the cluster's certificates")
         }
         throw VaultError(.unavailable, "etcd at \(location.text) is unreachable (\(lastProblem))",
