@@ -369,9 +369,14 @@ final class EtcdGateway: Sendable {
     private static let clients = Mutex<[String: HTTPClient]>([:])
 
     static func client(for location: EtcdLocation) throws -> HTTPClient {
-        guard location.tls else { return HTTPClient.shared }
-        let name = [location.caFile, location.certFile, location.keyFile].map { $0 ?? "" }.joined(separator: "\u{0}")
+        let name = location.tls ? [location.caFile, location.certFile, location.keyFile].map { $0 ?? "" }.joined(separator: "\u{0}") : "plain"
         if let existing = clients.withLock({ $0[name] }) { return existing }
+        // A member that is down refuses the connection: go to the next one at
+        // once, rather than AHC's default of retrying until the deadline.
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout = HTTPClient.Configuration.Timeout(connect: .seconds(1), read: deadline)
+        guard location.tls else { return remember(HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration), as: name) }
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = location.caFile {
             guard FileManager.default.isReadableFile(atPath: ca) else {
@@ -388,9 +393,19 @@ final class EtcdGateway: Sendable {
                     hint: "TALLYFY_VAULT_ETCD_CERT and TALLYFY_VAULT_ETCD_KEY name PEM files")
             }
         }
-        let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
-        clients.withLock { $0[name] = client }
-        return client
+        configuration.tlsConfiguration = tls
+        return remember(HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration), as: name)
+    }
+
+    /// Keeps the first client made under `name` (two threads may race to make one).
+    private static func remember(_ client: HTTPClient, as name: String) -> HTTPClient {
+        let kept = clients.withLock { clients in
+            if let existing = clients[name] { return existing }
+            clients[name] = client
+            return client
+        }
+        if kept !== client { try? client.syncShutdown() }
+        return kept
     }
 }
 
