@@ -406,6 +406,10 @@ struct EtcdClusterError: Error, CustomStringConvertible {
             env: ["TALLYFY_VAULT_ETCD_PASSWORD_FILE": try sandbox.write("wrong\n", to: "wrong-password"),
                 "XDG_CACHE_HOME": sandbox.path("empty-cache")])
         #expect(wrong.stderr.contains("TALLYFY_VAULT_ETCD_PASSWORD_FILE"), "\(wrong.stderr)")
+        let exposed = try sandbox.write(password + "\n", to: "exposed-password", mode: 0o644)
+        let loose = try sandbox.refused(["--vault", cluster.location("/tallyfy/allowed"), "keys", "list"], status: 77,
+            env: ["TALLYFY_VAULT_ETCD_PASSWORD_FILE": exposed, "XDG_CACHE_HOME": sandbox.path("empty-cache")])
+        #expect(loose.stderr.contains("chmod 600"), "\(loose.stderr)")
     }
 
     @Test func killingTheLeaderMidRefreshLosesNothing() async throws {
@@ -437,5 +441,44 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         let token = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(try sandbox.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
         #expect(try await emulator.counts()["token"] == 1)
+    }
+
+    @Test func aLockWhoseHolderDiedExpiresWithItsLease() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        // A login that hangs on Tallyfy while holding the fleet-wide lock, then dies.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 30_000, times: 1))
+        let holder = try sandbox.launch(["login"])
+        let deadline = ContinuousClock.now + .seconds(15)
+        while try await emulator.counts()["token"] ?? 0 < 1, holder.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        holder.kill()
+        _ = holder.wait()
+        // Another writer waits for the lease to expire (10 s), then writes.
+        let started = ContinuousClock.now
+        try sandbox.ok(["--profile", "second", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+            stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "20"])
+        #expect(ContinuousClock.now - started < .seconds(16))
+        // With a short wait, a held lock is 75 and says why.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 5_000, times: 1))
+        let slow = try sandbox.launch(["login"])
+        while try await emulator.counts()["token"] ?? 0 < 2, slow.isRunning, ContinuousClock.now < deadline + .seconds(20) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let busy = try sandbox.refused(["--profile", "third", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+            status: 75, stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "0.5"])
+        #expect(busy.stderr.contains("lock"), "\(busy.stderr)")
+        #expect(slow.wait().status == 0)
     }
 }

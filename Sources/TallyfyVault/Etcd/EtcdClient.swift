@@ -153,15 +153,27 @@ struct EtcdVault: RemoteSealedBytes {
     }
 
     func lock(timeout: Duration) throws -> any RemoteLock {
-        let grant = try gateway.call("/v3/lease/grant", ["TTL": String(Self.lockTTL)])
-        guard let lease = grant["ID"] as? String else {
-            throw VaultError(.unavailable, "etcd at \(location.text) granted no lease for the vault lock")
+        func grantLease() throws -> String {
+            let grant = try gateway.call("/v3/lease/grant", ["TTL": String(Self.lockTTL)])
+            guard let lease = grant["ID"] as? String else {
+                throw VaultError(.unavailable, "etcd at \(location.text) granted no lease for the vault lock")
+            }
+            return lease
         }
+        var lease = try grantLease()
         let owner = Self.newIdentifier()
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         var pause = Duration.milliseconds(5)
+        var leaseRenewed = clock.now
         while true {
+            // The lease must outlive a long wait for another holder.
+            if clock.now - leaseRenewed > .seconds(Self.lockTTL / 3) {
+                let answer = try? gateway.call("/v3/lease/keepalive", ["ID": lease])
+                let left = int64((answer?["result"] as? [String: Any])?["TTL"])
+                if left <= 0 { lease = try grantLease() }
+                leaseRenewed = clock.now
+            }
             let answer = try gateway.call("/v3/kv/txn", [
                 "compare": [["key": b64(lockKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]],
                 "success": [["request_put": ["key": b64(lockKey), "value": b64(owner), "lease": lease]]],
@@ -275,6 +287,11 @@ final class EtcdGateway: Sendable {
 
     private func authenticate() throws {
         guard let user = location.user, let file = location.passwordFile else { return }
+        var info = stat()
+        if stat(file, &info) == 0, info.st_mode & 0o077 != 0 {
+            throw VaultError(.refused, "TALLYFY_VAULT_ETCD_PASSWORD_FILE \(file) can be read by other users (mode \(String(info.st_mode & 0o777, radix: 8)))",
+                hint: "run `chmod 600 \(file)`")
+        }
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
             throw VaultError(.configuration, "could not read TALLYFY_VAULT_ETCD_PASSWORD_FILE \(file)",
                 hint: "put the etcd user's password in that file, readable only by you")
