@@ -481,4 +481,31 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         #expect(busy.stderr.contains("lock"), "\(busy.stderr)")
         #expect(slow.wait().status == 0)
     }
+
+    @Test func aRotationOnOneMachineServesEveryMachine() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let newSecret = "cs-new-\(UUID().uuidString)"
+        let emulator = try await Emulator.start(clients: [(client, secret), (client, newSecret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let keyHolder = try Sandbox()
+        try keyHolder.ok(["keygen", keyHolder.keyPath])
+        let a = try machine(location: location, key: keyHolder.keyPath)
+        let b = try machine(location: location, key: keyHolder.keyPath)
+        try a.ok(["init"])
+        try a.storeCredentials(for: emulator, secret: secret)
+        try a.ok(["login"])
+        let before = try b.ok(["token"]).stdout  // b's cache now holds the old secret
+        try a.ok(["rotate-secret", "--secret-stdin"], stdin: newSecret)
+        try await emulator.setSecrets(client: client, secrets: [newSecret])
+        // b's sealed token is still good from its cache; a renewal on b uses the new secret from etcd.
+        #expect(try b.ok(["token"]).stdout == before)
+        try b.ok(["login"])
+        #expect(try b.ok(["token"]).stdout != before)
+        // a's fast path may still hand out its cached (valid) token; any read
+        // that asks the cluster refreshes a's cache, and then both agree.
+        try a.ok(["status"])
+        #expect(try a.ok(["token", "--no-refresh"]).stdout == b.ok(["token", "--no-refresh"]).stdout)
+    }
 }
