@@ -508,4 +508,34 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         try a.ok(["status"])
         #expect(try a.ok(["token", "--no-refresh"]).stdout == b.ok(["token", "--no-refresh"]).stdout)
     }
+
+    @Test func anAgentSeesAnotherMachinesChangeWithinASecond() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let keyHolder = try Sandbox()
+        try keyHolder.ok(["keygen", keyHolder.keyPath])
+        let a = try machine(location: location, key: keyHolder.keyPath)
+        let b = try machine(location: location, key: keyHolder.keyPath)
+        try a.ok(["init"])
+        try a.storeCredentials(for: emulator, secret: secret)
+        try a.ok(["login"])
+        let runtime = b.root.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        b.environment["XDG_RUNTIME_DIR"] = runtime.path
+        let agent = try b.launch(["agent"])
+        defer { agent.kill(SIGTERM); _ = agent.wait() }
+        #expect(ProcView.waitUntil(seconds: 30) { (try? b.run(["agent", "status"]))?.status == 0 || !agent.isRunning })
+
+        try a.ok(["rotate-secret", "--secret-stdin", "--no-verify"], stdin: "cs-rotated-\(UUID().uuidString)")
+        let written = try Data(contentsOf: try #require(cacheFiles(a).first))
+        let started = ContinuousClock.now
+        let seen = ProcView.waitUntil(seconds: 5) {
+            (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
+        }
+        #expect(seen, "b's agent did not refresh its cache; agent: \(agent.stderrSoFar); files: \(cacheFiles(b))")
+        #expect(ContinuousClock.now - started <= .seconds(1), "seen after \(ContinuousClock.now - started)")
+    }
 }
