@@ -26,7 +26,9 @@ public struct VaultStore: Sendable {
     let remote: Result<RemoteVault, VaultError>?
 
     public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout) {
-        self.init(path: path, lockTimeout: lockTimeout, environment: ProcessInfo.processInfo.environment)
+        // Only a location that looks like a URL needs the environment (TALLYFY_VAULT_ETCD_*).
+        let environment = path.firstRange(of: "://") == nil ? [:] : ProcessInfo.processInfo.environment
+        self.init(path: path, lockTimeout: lockTimeout, environment: environment)
     }
 
     /// `environment` supplies `TALLYFY_VAULT_ETCD_*` and the cache folder
