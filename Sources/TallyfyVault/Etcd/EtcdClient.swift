@@ -63,13 +63,14 @@ struct EtcdVault: RemoteSealedBytes {
         var size: Int
     }
 
-    func read() throws -> RemoteSnapshot? {
+    func read(ifChangedSince known: Int64?) throws -> RemoteRead {
         var attempts = 0
         while true {
             attempts += 1
             let answer = try gateway.call("/v3/kv/range", ["key": b64(manifestKey)])
-            guard let kv = (answer["kvs"] as? [[String: Any]])?.first else { return nil }
+            guard let kv = (answer["kvs"] as? [[String: Any]])?.first else { return .missing }
             let modRevision = int64(kv["mod_revision"])
+            if let known, known == modRevision { return .unchanged }
             let revision = int64((answer["header"] as? [String: Any])?["revision"])
             guard let manifest = try? JSONDecoder().decode(Manifest.self, from: unb64(kv["value"])),
                 manifest.format == Self.manifestFormat, manifest.chunks >= 1, manifest.chunks <= 100_000
@@ -87,7 +88,7 @@ struct EtcdVault: RemoteSealedBytes {
                 }
                 bytes.append(unb64(value))
             }
-            if !missing && bytes.count == manifest.size { return RemoteSnapshot(bytes: bytes, revision: modRevision) }
+            if !missing && bytes.count == manifest.size { return .current(RemoteSnapshot(bytes: bytes, revision: modRevision)) }
             if attempts >= 3 {
                 throw VaultError(.corrupt, "the vault in \(location.text) is incomplete: its manifest names chunks that are not there",
                     hint: "restore the vault from a backup (`etcdctl snapshot` or `tallyfy-vault migrate`)")
@@ -95,38 +96,40 @@ struct EtcdVault: RemoteSealedBytes {
         }
     }
 
-    func create(_ bytes: Data) throws {
+    func create(_ bytes: Data) throws -> Int64 {
         let generation = Self.newIdentifier()
-        let success = try commit(bytes, generation: generation, condition: [
+        guard let revision = try commit(bytes, generation: generation, condition: [
             "key": b64(manifestKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0",
-        ])
-        if !success {
+        ]) else {
             throw VaultError(.usage, "a vault exists already at \(location.text); refusing to overwrite it",
                 hint: "use it as it is, or choose another prefix")
         }
+        return revision
     }
 
-    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) throws {
+    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) throws -> Int64 {
         let generation = Self.newIdentifier()
-        let success = try commit(bytes, generation: generation, condition: [
+        if let revision = try commit(bytes, generation: generation, condition: [
             "key": b64(manifestKey), "target": "MOD", "result": "EQUAL", "mod_revision": String(snapshot.revision),
-        ])
-        if success { return }
+        ]) {
+            return revision
+        }
         // The answer to a transaction that did succeed may have been lost
         // (a leader change): then the manifest names this generation.
         if let answer = try? gateway.call("/v3/kv/range", ["key": b64(manifestKey)]),
-            let value = (answer["kvs"] as? [[String: Any]])?.first?["value"],
-            let manifest = try? JSONDecoder().decode(Manifest.self, from: unb64(value)), manifest.generation == generation
+            let kv = (answer["kvs"] as? [[String: Any]])?.first,
+            let manifest = try? JSONDecoder().decode(Manifest.self, from: unb64(kv["value"])), manifest.generation == generation
         {
-            return
+            return int64(kv["mod_revision"])
         }
         throw VaultError(.tryLater, "the vault at \(location.text) was changed by someone else during this change; nothing was written",
             hint: "run the command again")
     }
 
-    /// Puts the chunks, then the manifest in one conditioned transaction;
-    /// `false` when the condition failed (and the chunks are removed again).
-    private func commit(_ bytes: Data, generation: String, condition: [String: Any]) throws -> Bool {
+    /// Puts the chunks, then the manifest in one conditioned transaction: the
+    /// new revision, or `nil` when the condition failed (and the chunks are
+    /// removed again).
+    private func commit(_ bytes: Data, generation: String, condition: [String: Any]) throws -> Int64? {
         var chunks: [Data] = stride(from: 0, to: max(bytes.count, 1), by: Self.chunkSize).map {
             bytes.subdata(in: $0..<min($0 + Self.chunkSize, bytes.count))
         }
@@ -147,9 +150,9 @@ struct EtcdVault: RemoteSealedBytes {
             ],
             "failure": [] as [Any],
         ])
-        if answer["succeeded"] as? Bool == true { return true }
+        if answer["succeeded"] as? Bool == true { return int64((answer["header"] as? [String: Any])?["revision"]) }
         _ = try? gateway.call("/v3/kv/deleterange", ["key": b64(folder), "range_end": b64(Self.prefixEnd(folder))])
-        return false
+        return nil
     }
 
     func lock(timeout: Duration) throws -> any RemoteLock {

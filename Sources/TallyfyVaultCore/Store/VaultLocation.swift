@@ -130,6 +130,13 @@ public struct RemoteSnapshot: Sendable {
     }
 }
 
+/// What a read found: nothing, the revision the caller already has, or newer bytes.
+public enum RemoteRead: Sendable {
+    case missing
+    case unchanged
+    case current(RemoteSnapshot)
+}
+
 /// A held fleet-wide write lock; `release()` gives it back early (its lease
 /// frees it anyway when the holder dies).
 public protocol RemoteLock: Sendable {
@@ -140,14 +147,24 @@ public protocol RemoteLock: Sendable {
 /// etcd cluster implements (in `TallyfyVault`, which has the HTTP client).
 /// `VaultStore` does everything above it: parsing, unlocking, the cache.
 public protocol RemoteSealedBytes: Sendable {
-    /// The current bytes, or `nil` when no vault is there.
-    func read() throws -> RemoteSnapshot?
-    /// Stores a new vault; refuses (64) when one is there already.
-    func create(_ bytes: Data) throws
+    /// The current bytes; `.unchanged` (one small request) when they are
+    /// still at `revision`, which a caller holding a copy passes.
+    func read(ifChangedSince revision: Int64?) throws -> RemoteRead
+    /// Stores a new vault; refuses (64) when one is there already. Returns its revision.
+    func create(_ bytes: Data) throws -> Int64
     /// Takes the fleet-wide write lock, waiting up to `timeout` (then 75).
     func lock(timeout: Duration) throws -> any RemoteLock
-    /// Replaces the bytes if nothing changed since `snapshot` was read, else 75.
-    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) throws
+    /// Replaces the bytes if nothing changed since `snapshot` was read, else
+    /// 75. Returns the new revision.
+    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) throws -> Int64
+}
+
+extension RemoteSealedBytes {
+    /// The current bytes, or `nil` when no vault is there.
+    public func read() throws -> RemoteSnapshot? {
+        if case .current(let snapshot) = try read(ifChangedSince: nil) { return snapshot }
+        return nil
+    }
 }
 
 /// How a process reaches remote locations. `TallyfyVault` installs the etcd
@@ -186,8 +203,10 @@ public enum RemoteLocations {
 /// This machine's private copy of a remote vault's sealed bytes (SECURITY.md,
 /// "A vault on etcd"): `$XDG_CACHE_HOME/tallyfy-vault/etcd/NAME`, else
 /// `~/.cache/…`, mode 0600 in a 0700 folder, NAME a hash of the location. It
-/// holds exactly what etcd holds, sealed; it lets `exec` hand out a fresh
-/// token without asking etcd and keeps reads working while etcd is down.
+/// holds `TVC1`, the etcd revision (8 bytes, big-endian), then exactly the
+/// sealed bytes etcd holds; it lets `exec` hand out a fresh token without
+/// asking etcd, lets a read skip the download when nothing changed, and
+/// keeps reads working while etcd is down.
 struct RemoteCache {
     let path: String
 
@@ -220,18 +239,28 @@ struct RemoteCache {
 
     var exists: Bool { FileManager.default.fileExists(atPath: path) }
 
-    func read() throws -> Data {
+    static let magic = Data("TVC1".utf8)
+
+    func read() throws -> RemoteSnapshot {
         try FileSafety.requireSafeDirectory(directory)
-        return try FileSafety.readPrivate(path, what: "the cached copy of the vault")
+        let data = try FileSafety.readPrivate(path, what: "the cached copy of the vault")
+        guard data.count >= 12, data.prefix(4) == Self.magic else {
+            throw VaultError(.corrupt, "the cached copy of the vault \(path) is damaged", hint: "remove it; the next read fetches it again")
+        }
+        let revision = data.dropFirst(4).prefix(8).reduce(Int64(0)) { ($0 << 8) | Int64($1) }
+        return RemoteSnapshot(bytes: Data(data.dropFirst(12)), revision: revision)
     }
 
     /// Best effort: a cache that cannot be written costs speed, not data.
-    func store(_ bytes: Data) {
+    func store(_ snapshot: RemoteSnapshot) {
+        var data = Self.magic
+        data.append(contentsOf: (0..<8).reversed().map { UInt8(truncatingIfNeeded: snapshot.revision >> ($0 * 8)) })
+        data.append(snapshot.bytes)
         do {
             try FileSafety.makeDirectory(directory)
             try FileSafety.requireSafeDirectory(directory)
             FileSafety.removeTemporaries(of: path)
-            try FileSafety.atomicReplace(path, with: bytes)
+            try FileSafety.atomicReplace(path, with: data)
         } catch {}
     }
 

@@ -52,8 +52,8 @@ struct RemoteVault: Sendable {
     }
 
     func create(_ bytes: Data) throws {
-        try connection().create(bytes)
-        remember(bytes)
+        let revision = try connection().create(bytes)
+        remember(RemoteSnapshot(bytes: bytes, revision: revision))
     }
 
     /// The current bytes: from the cluster, else (unreachable) from the cache.
@@ -63,23 +63,29 @@ struct RemoteVault: Sendable {
             connection = try self.connection()
         } catch {
             // No etcd client in this program (the launcher): the cache or nothing.
-            if cache.exists { return try cache.read() }
+            if cache.exists { return try cache.read().bytes }
             throw error
         }
+        let cached = cache.exists ? try? cache.read() : nil
         do {
-            guard let snapshot = try connection.read() else { throw notFound }
-            remember(snapshot.bytes)
-            return snapshot.bytes
+            switch try connection.read(ifChangedSince: cached?.revision) {
+            case .missing: throw notFound
+            case .unchanged where cached != nil: return cached!.bytes
+            case .unchanged: throw notFound  // not reached: unchanged needs a known revision
+            case .current(let snapshot):
+                remember(snapshot)
+                return snapshot.bytes
+            }
         } catch let error as VaultError where error.kind == .unavailable && cache.exists {
             let age = cache.modified().map { " last refreshed \(ChildEnvironment.rfc3339($0))" } ?? ""
             RemoteLocations.warnOnce("\(error.message); using this machine's cached copy of the vault\(age)")
-            return try cache.read()
+            return try cache.read().bytes
         }
     }
 
     /// The cache when there is one, else the cluster.
     func bytesPreferringCache() throws -> Data {
-        if cache.exists, let bytes = try? cache.read() { return bytes }
+        if cache.exists, let cached = try? cache.read() { return cached.bytes }
         return try bytes()
     }
 
@@ -91,8 +97,8 @@ struct RemoteVault: Sendable {
 
     /// Keeps the cache equal to what the cluster holds; skips the write (and
     /// its fsync) when nothing changed.
-    func remember(_ bytes: Data) {
-        if (try? cache.read()) != bytes { cache.store(bytes) }
+    func remember(_ snapshot: RemoteSnapshot) {
+        if (try? cache.read())?.revision != snapshot.revision { cache.store(snapshot) }
     }
 
     func update<T>(with unlocker: VaultUnlocker, timeout: Duration, _ change: (UnlockedVault) throws -> T) throws -> T {
@@ -119,7 +125,7 @@ struct RemoteVault: Sendable {
 
     private func read(_ connection: any RemoteSealedBytes, _ unlocker: VaultUnlocker) throws -> (UnlockedVault, RemoteSnapshot) {
         guard let snapshot = try connection.read() else { throw notFound }
-        remember(snapshot.bytes)
+        remember(snapshot)
         return (try UnlockedVault.open(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker), snapshot)
     }
 
@@ -127,8 +133,8 @@ struct RemoteVault: Sendable {
         _ unlocker: VaultUnlocker) throws
     {
         let bytes = try vault.sealed()
-        try connection.write(bytes, replacing: snapshot)
-        remember(bytes)
+        let revision = try connection.write(bytes, replacing: snapshot)
+        remember(RemoteSnapshot(bytes: bytes, revision: revision))
         vault.rememberKey(in: unlocker)
     }
 }
