@@ -42,6 +42,7 @@ let package = Package(
             dependencies: [
                 "TallyfyVaultCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                // TLS errors matched by type; etcds:// trusts a given CA and presents a client certificate.
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: testHooks

@@ -14,7 +14,7 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
             """,
         subcommands: [
             Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
-            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self,
+            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self, Migrate.self,
             Version.self,
         ]
     )
@@ -27,6 +27,7 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
     /// README.md way: `tallyfy-vault: ` on standard error, a hint line, and
     /// the matching exit status.
     static func main() async {
+        EtcdClient.install()  // --vault etcd://…
         do {
             try TallyfyVaultVersion.requireMatchingLauncher(environment: ProcessInfo.processInfo.environment)
             // ArgumentParser's `version:` is a fixed string; ours names both binaries.

@@ -250,7 +250,7 @@ import Testing
              "exec", "--keep-fresh", "--", shell, "-c", "echo $$ > \"$PIDFILE\"; while :; do sleep 0.1; done"],
             environment: sandbox.environment.merging(["PIDFILE": pidFile]) { $1 }, in: folder)
         defer { supervisor.kill() }
-        #expect(ProcView.waitUntil(seconds: 20) { pid(in: pidFile) != nil }, "\(supervisor.isRunning ? "running" : supervisor.wait().brief)")
+        #expect(ProcView.waitUntil(seconds: 90) { pid(in: pidFile) != nil }, "\(supervisor.isRunning ? "running" : supervisor.wait().brief)")
         let child = try #require(pid(in: pidFile))
         #expect(ProcView.owner(pid: supervisor.pid) == 0, "the supervisor is dumpable")
         #expect(ProcView.owner(pid: supervisor.pid, file: "environ") == 0)
@@ -307,7 +307,7 @@ import Testing
             """
         let supervisor = try sandbox.launch(["exec", "--keep-fresh", "--", shell, "-c", script], env: ["LOG": log, "PIDFILE": pidFile])
         defer { supervisor.kill() }
-        #expect(ProcView.waitUntil(seconds: 20) { pid(in: pidFile) != nil })
+        #expect(ProcView.waitUntil(seconds: 90) { pid(in: pidFile) != nil })
         // The supervisor keeps core dumps off for its whole life.
         #expect(ProcView.coreLimit(pid: supervisor.pid)?.soft == "0")
         supervisor.kill(SIGINT)
@@ -371,7 +371,7 @@ import Testing
         let pidFile = sandbox.path("child.pid")
         let supervisor = try sandbox.launch(["exec", "--keep-fresh", "--", shell, "-c", "echo $$ > \"$PIDFILE\"; while :; do sleep 0.1; done"],
             env: ["PIDFILE": pidFile])
-        #expect(ProcView.waitUntil(seconds: 20) { pid(in: pidFile) != nil })
+        #expect(ProcView.waitUntil(seconds: 90) { pid(in: pidFile) != nil })
         let child = try #require(pid(in: pidFile))
         let folders = tokenFolders(sandbox)
         #expect(folders.count == 1 && FileManager.default.fileExists(atPath: folders[0] + "/token"))

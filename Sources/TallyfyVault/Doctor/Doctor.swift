@@ -174,6 +174,7 @@ public struct Doctor: Sendable {
     func vaultFileChecks() -> ([DoctorCheck], Bool) {
         let store = context.store
         var checks: [DoctorCheck] = []
+        if store.isRemote { return remoteVaultChecks(store) }
         var info = stat()
         guard stat(store.path, &info) == 0 else {
             return ([DoctorCheck("vault file", .fail, "\(store.path) does not exist",
@@ -204,6 +205,22 @@ public struct Doctor: Sendable {
             checks.append(DoctorCheck("unlock slots", .ok, text))
         }
         return (checks, true)
+    }
+
+    /// An etcd location: reachable, holding a vault; its slots.
+    private func remoteVaultChecks(_ store: VaultStore) -> ([DoctorCheck], Bool) {
+        do {
+            let bytes = try store.sealedBytes()
+            var checks = [DoctorCheck("vault location", .ok, "\(store.path) (\(bytes.count) bytes, sealed)")]
+            if let slots = try? store.slots() {
+                checks.append(DoctorCheck("unlock slots", .ok, slots.map { "\($0.label) (\($0.kind))" }.joined(separator: ", ")))
+            }
+            return (checks, true)
+        } catch let error as VaultError {
+            return ([DoctorCheck("vault location", .fail, error.message, hint: error.hint)], false)
+        } catch {
+            return ([DoctorCheck("vault location", .fail, "cannot read \(store.path)")], false)
+        }
     }
 
     // MARK: - Unlocking

@@ -55,6 +55,7 @@ public struct AgentClient: Sendable {
 
     /// The vault path as the agent knows it: absolute, links resolved.
     public static func resolved(_ path: String) -> String? {
+        if case .etcd(let location)? = try? VaultLocation(parsing: path, environment: [:]) { return location.text }
         guard let real = realpath(path, nil) else { return nil }
         defer { free(real) }
         return String(cString: real)

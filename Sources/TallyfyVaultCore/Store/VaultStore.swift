@@ -21,9 +21,22 @@ public struct VaultStore: Sendable {
     /// How long a writer waits for another process's lock before giving up (75).
     public var lockTimeout: Duration
 
+    /// Set when `path` names an etcd cluster (or a refused URL): then every
+    /// operation goes to `VaultStore+remote.swift` and no file is touched.
+    let remote: Result<RemoteVault, VaultError>?
+
     public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout) {
+        // Only a location that looks like a URL needs the environment (TALLYFY_VAULT_ETCD_*).
+        let environment = path.firstRange(of: "://") == nil ? [:] : ProcessInfo.processInfo.environment
+        self.init(path: path, lockTimeout: lockTimeout, environment: environment)
+    }
+
+    /// `environment` supplies `TALLYFY_VAULT_ETCD_*` and the cache folder
+    /// when `path` is an etcd location.
+    public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout, environment: [String: String]) {
         self.path = path
         self.lockTimeout = lockTimeout
+        remote = RemoteVault.parse(path, environment: environment)
     }
 
     public static let defaultLockTimeout: Duration = .seconds(10)
@@ -50,10 +63,14 @@ public struct VaultStore: Sendable {
     var lockPath: String { path + ".lock" }
     var directory: String { URL(fileURLWithPath: path).deletingLastPathComponent().path }
 
-    public var exists: Bool { FileManager.default.fileExists(atPath: path) }
+    public var exists: Bool {
+        if let remote { return (try? remote.get().exists()) ?? false }
+        return FileManager.default.fileExists(atPath: path)
+    }
 
     /// Creates a new vault file; refuses to replace an existing one.
     public func create(_ vault: UnlockedVault) throws {
+        if let remote { return try remote.get().create(try vault.sealed()) }
         try requireAbsent()
         try FileSafety.makeDirectory(directory)
         try FileSafety.requireSafeDirectory(directory)
@@ -64,6 +81,7 @@ public struct VaultStore: Sendable {
 
     /// Refuses when a vault is already at `path`: `init` never overwrites.
     public func requireAbsent() throws {
+        if let remote { return try remote.get().requireAbsent() }
         if exists {
             throw VaultError(.usage, "a vault exists already at \(path); refusing to overwrite it",
                 hint: "use it as it is, choose another --vault path, or move the old file away first")
@@ -73,6 +91,7 @@ public struct VaultStore: Sendable {
     /// The file split into its parts, nothing decrypted; refuses a vault that
     /// other users can read.
     func parsed(readSummary: Bool = true) throws -> ParsedVault {
+        if let remote { return try ParsedVault(parsing: try remote.get().bytes(), readSummary: readSummary) }
         try FileSafety.requireSafeDirectory(directory)
         return try ParsedVault(parsing: try FileSafety.readPrivate(path, what: "the vault"), readSummary: readSummary)
     }
@@ -81,6 +100,7 @@ public struct VaultStore: Sendable {
     /// without reading the file, so no one is prompted for a passphrase to
     /// open a vault that isn't there.
     public func checkAccess() throws {
+        if let remote { return try remote.get().checkAccess() }
         try FileSafety.requireSafeDirectory(directory)
         close(try FileSafety.openPrivate(path, what: "the vault").descriptor)
     }
@@ -116,6 +136,7 @@ public struct VaultStore: Sendable {
     /// disk"). A vault that belongs to another user is refused before any
     /// change is attempted.
     public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
+        if let remote { return try await remote.get().update(with: unlocker, timeout: lockTimeout, change) }
         let (store, mode) = try writeTarget()
         let lock = try FileLock(path: store.lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }

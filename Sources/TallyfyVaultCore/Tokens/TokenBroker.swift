@@ -76,7 +76,12 @@ public struct TokenBroker: Sendable {
     /// an expired or missing one is an error (78).
     public func sealedGrant(_ request: TokenRequest) throws -> TokenGrant? {
         guard request.renewal != .always else { return nil }
-        let vault = try store.open(with: unlocker)
+        // An etcd vault is read from this machine's cache here: a renewal
+        // re-reads from the cluster under the fleet-wide lock.
+        var vault = try store.openPreferringCache(with: unlocker)
+        if store.isRemote, !TokenPolicy.isFresh(try sealedToken(request, in: vault), minimumLifetime: request.minimumLifetime, now: now) {
+            vault = try store.open(with: unlocker)  // another machine may have renewed it
+        }
         let profile = try Self.profile(request.profile, in: vault)
         let token = try sealedToken(request, in: vault)
         if TokenPolicy.isFresh(token, minimumLifetime: request.minimumLifetime, now: now) {
@@ -100,7 +105,7 @@ public struct TokenBroker: Sendable {
     /// is not authenticated until the vault is opened, so this only ever
     /// decides where the work happens, never what token is handed out.
     public func summaryPromisesSealedToken(_ request: TokenRequest) -> Bool {
-        guard request.renewal != .always, let summary = try? store.summary(), let profile = summary.profiles[request.profile] else {
+        guard request.renewal != .always, let summary = try? store.summaryPreferringCache(), let profile = summary.profiles[request.profile] else {
             return false
         }
         let expiry = request.user == nil ? profile.applicationTokenExpiresAt : profile.earliestUserTokenExpiresAt

@@ -28,7 +28,7 @@ public struct CommandContext: Sendable {
     public var explicitProfile: String? { profile ?? nonEmpty("TALLYFY_VAULT_PROFILE") }
 
     public var store: VaultStore {
-        VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment))
+        VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment), environment: environment)
     }
 
     public var sources: UnlockSources {

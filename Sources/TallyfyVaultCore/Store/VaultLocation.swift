@@ -1,0 +1,270 @@
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
+import Synchronization
+
+/// Where a vault's sealed bytes live, as `--vault` (or `TALLYFY_VAULT_FILE`)
+/// names it: a file path, or an etcd cluster (CONTRACT.md, "Round 2").
+///
+/// Anything that looks like a URL (`scheme://…`) is never taken as a file
+/// path: `etcd://` and `etcds://` are etcd locations, every other scheme is
+/// refused (64), so a typo never creates a folder named `etcd:`.
+public enum VaultLocation: Sendable, Equatable {
+    case file(String)
+    case etcd(EtcdLocation)
+
+    public init(parsing text: String, environment: [String: String]) throws {
+        guard let separator = text.firstRange(of: "://") else {
+            self = .file(text)
+            return
+        }
+        let scheme = text[..<separator.lowerBound]
+        let looksLikeScheme = !scheme.isEmpty && scheme.allSatisfy { $0.isLetter || $0.isNumber || "+.-".contains($0) }
+        guard looksLikeScheme else {
+            self = .file(text)
+            return
+        }
+        switch scheme.lowercased() {
+        case "etcd", "etcds": self = .etcd(try EtcdLocation(parsing: text, environment: environment))
+        default:
+            throw VaultError(.usage, "\(text.prefix(200)) is not a vault location: only file paths, etcd:// and etcds:// are",
+                hint: "name a file (--vault /path/to/vault) or an etcd cluster (--vault etcd://127.0.0.1:2379/tallyfy/prod)")
+        }
+    }
+}
+
+/// An etcd cluster and the key prefix a vault lives under, with the TLS and
+/// authentication settings `TALLYFY_VAULT_ETCD_*` give (the names follow
+/// `etcdctl`'s `--cacert`, `--cert`, `--key`, `--user`).
+public struct EtcdLocation: Sendable, Equatable, Hashable {
+    /// `host:port` for each member, in the order given; IPv6 hosts in brackets.
+    public var endpoints: [String]
+    /// The key prefix without a trailing slash, starting with `/`: keys are `prefix + "/manifest"`, ….
+    public var prefix: String
+    /// `etcds://`: HTTPS, verified against `caFile` (else the system's CAs).
+    public var tls: Bool
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+    public var user: String?
+    public var passwordFile: String?
+
+    /// The location as written, without credentials: shown in messages and
+    /// used to name this machine's cache of it.
+    public var text: String { "\(tls ? "etcds" : "etcd")://\(endpoints.joined(separator: ","))\(prefix)" }
+
+    public init(parsing text: String, environment: [String: String]) throws {
+        func bad(_ why: String) -> VaultError {
+            VaultError(.usage, "\(text.prefix(200)) is not a valid etcd location: \(why)",
+                hint: "write it as etcd://HOST:PORT[,HOST:PORT…]/PREFIX, e.g. etcd://127.0.0.1:2379/tallyfy/prod")
+        }
+        guard let separator = text.firstRange(of: "://") else { throw bad("no scheme") }
+        tls = text[..<separator.lowerBound].lowercased() == "etcds"
+        let rest = text[separator.upperBound...]
+        guard let slash = rest.firstIndex(of: "/") else { throw bad("no key prefix after the endpoints") }
+        let hosts = rest[..<slash]
+        var path = String(rest[slash...])
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        guard path.count > 1 else { throw bad("the key prefix is empty") }
+        guard path.utf8.count <= 512, path.allSatisfy({ $0.isASCII && !$0.isWhitespace && $0 != "?" && $0 != "#" }) else {
+            throw bad("the key prefix must be printable ASCII without spaces, ? or #")
+        }
+        guard !hosts.contains("@") else { throw bad("credentials do not belong in the location; use TALLYFY_VAULT_ETCD_USER and TALLYFY_VAULT_ETCD_PASSWORD_FILE") }
+        var endpoints: [String] = []
+        for member in hosts.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let colon = member.lastIndex(of: ":"), let port = Int(member[member.index(after: colon)...]),
+                (1...65535).contains(port)
+            else { throw bad("each endpoint needs HOST:PORT") }
+            let host = member[..<colon]
+            guard !host.isEmpty, host.allSatisfy({ $0.isLetter || $0.isNumber || ".-[]:".contains($0) }) else {
+                throw bad("a host name has characters a host cannot have")
+            }
+            endpoints.append(String(member))
+        }
+        guard !endpoints.isEmpty else { throw bad("no endpoint") }
+        self.endpoints = endpoints
+        prefix = path
+        if !tls {
+            for endpoint in endpoints where !Self.isLoopback(endpoint) {
+                throw VaultError(.usage, "etcd://\(endpoint) would send the vault and etcd credentials unencrypted over the network",
+                    hint: "use etcds:// with TALLYFY_VAULT_ETCD_CACERT for any etcd that is not on this machine (127.0.0.1, ::1)")
+            }
+        }
+        func setting(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+        caFile = setting("TALLYFY_VAULT_ETCD_CACERT")
+        certFile = setting("TALLYFY_VAULT_ETCD_CERT")
+        keyFile = setting("TALLYFY_VAULT_ETCD_KEY")
+        user = setting("TALLYFY_VAULT_ETCD_USER")
+        passwordFile = setting("TALLYFY_VAULT_ETCD_PASSWORD_FILE")
+        if (certFile == nil) != (keyFile == nil) {
+            throw VaultError(.usage, "TALLYFY_VAULT_ETCD_CERT and TALLYFY_VAULT_ETCD_KEY go together; only one is set",
+                hint: "set both to the client certificate and its key, or neither")
+        }
+        if user != nil && passwordFile == nil {
+            throw VaultError(.usage, "TALLYFY_VAULT_ETCD_USER is set without TALLYFY_VAULT_ETCD_PASSWORD_FILE",
+                hint: "put the etcd user's password in a file only you can read and name it in TALLYFY_VAULT_ETCD_PASSWORD_FILE")
+        }
+    }
+
+    static func isLoopback(_ endpoint: String) -> Bool {
+        guard let colon = endpoint.lastIndex(of: ":") else { return false }
+        let host = endpoint[..<colon].filter { $0 != "[" && $0 != "]" }.lowercased()
+        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+}
+
+/// The sealed bytes of a remote location and the version they were read at.
+public struct RemoteSnapshot: Sendable {
+    public var bytes: Data
+    /// Opaque to the store: what a conditional write compares against.
+    public var revision: Int64
+
+    public init(bytes: Data, revision: Int64) {
+        self.bytes = bytes
+        self.revision = revision
+    }
+}
+
+/// What a read found: nothing, the revision the caller already has, or newer bytes.
+public enum RemoteRead: Sendable {
+    case missing
+    case unchanged
+    case current(RemoteSnapshot)
+}
+
+/// A held fleet-wide write lock; `release()` gives it back early (its lease
+/// frees it anyway when the holder dies).
+public protocol RemoteLock: Sendable {
+    func release()
+}
+
+/// Where the sealed bytes live when it is not a file: the small protocol an
+/// etcd cluster implements (in `TallyfyVault`, which has the HTTP client).
+/// `VaultStore` does everything above it: parsing, unlocking, the cache.
+public protocol RemoteSealedBytes: Sendable {
+    /// The current bytes; `.unchanged` (one small request) when they are
+    /// still at `revision`, which a caller holding a copy passes.
+    func read(ifChangedSince revision: Int64?) throws -> RemoteRead
+    /// Stores a new vault; refuses (64) when one is there already. Returns its revision.
+    func create(_ bytes: Data) throws -> Int64
+    /// Takes the fleet-wide write lock, waiting up to `timeout` (then 75).
+    func lock(timeout: Duration) throws -> any RemoteLock
+    /// Replaces the bytes if nothing changed since `snapshot` was read, else
+    /// 75. Returns the new revision.
+    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) throws -> Int64
+}
+
+extension RemoteSealedBytes {
+    /// The current bytes, or `nil` when no vault is there.
+    public func read() throws -> RemoteSnapshot? {
+        if case .current(let snapshot) = try read(ifChangedSince: nil) { return snapshot }
+        return nil
+    }
+}
+
+/// How a process reaches remote locations. `TallyfyVault` installs the etcd
+/// client (`EtcdClient.install()`); the `tallyfy-vault` launcher, which has no
+/// HTTP stack, installs nothing and serves only from this machine's cache,
+/// handing everything else to the full CLI.
+public enum RemoteLocations {
+    private static let factory = Mutex<(@Sendable (EtcdLocation) throws -> any RemoteSealedBytes)?>(nil)
+
+    public static func install(_ make: @escaping @Sendable (EtcdLocation) throws -> any RemoteSealedBytes) {
+        factory.withLock { $0 = make }
+    }
+
+    static func connect(_ location: EtcdLocation) throws -> any RemoteSealedBytes {
+        guard let make = factory.withLock({ $0 }) else {
+            throw VaultError(.unavailable, "this program cannot reach etcd at \(location.text): it has no etcd client",
+                hint: "use the full `tallyfy-vault` command, or call EtcdClient.install() in a program that imports TallyfyVault")
+        }
+        return try make(location)
+    }
+
+    /// One warning per process when the cache stands in for an unreachable cluster.
+    private static let warned = Mutex(false)
+    static func warnOnce(_ text: String) {
+        let first = warned.withLock { seen in
+            defer { seen = true }
+            return !seen
+        }
+        if first {
+            let line = Array(("tallyfy-vault: warning: " + text + "\n").utf8)
+            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        }
+    }
+}
+
+/// This machine's private copy of a remote vault's sealed bytes (SECURITY.md,
+/// "A vault on etcd"): `$XDG_CACHE_HOME/tallyfy-vault/etcd/NAME`, else
+/// `~/.cache/…`, mode 0600 in a 0700 folder, NAME a hash of the location. It
+/// holds `TVC1`, the etcd revision (8 bytes, big-endian), then exactly the
+/// sealed bytes etcd holds; it lets `exec` hand out a fresh token without
+/// asking etcd, lets a read skip the download when nothing changed, and
+/// keeps reads working while etcd is down.
+struct RemoteCache {
+    let path: String
+
+    init(location: EtcdLocation, environment: [String: String]) {
+        let base: String
+        if let cache = environment["XDG_CACHE_HOME"], cache.hasPrefix("/") {
+            base = cache
+        } else {
+            let home = environment["HOME"] ?? String(cString: getpwuid(getuid()).pointee.pw_dir)
+            base = home + "/.cache"
+        }
+        path = base + "/tallyfy-vault/etcd/" + Self.name(for: location.text)
+    }
+
+    /// FNV-1a 64 twice (forwards and over the reversed text): a stable,
+    /// collision-unlikely file name, not a secret.
+    static func name(for text: String) -> String {
+        func fnv(_ bytes: some Sequence<UInt8>) -> UInt64 {
+            bytes.reduce(0xcbf2_9ce4_8422_2325 as UInt64) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+        }
+        let utf8 = Array(text.utf8)
+        func hex(_ value: UInt64) -> String {
+            let digits = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return hex(fnv(utf8)) + hex(fnv(utf8.reversed()))
+    }
+
+    var directory: String { URL(fileURLWithPath: path).deletingLastPathComponent().path }
+
+    var exists: Bool { FileManager.default.fileExists(atPath: path) }
+
+    static let magic = Data("TVC1".utf8)
+
+    func read() throws -> RemoteSnapshot {
+        try FileSafety.requireSafeDirectory(directory)
+        let data = try FileSafety.readPrivate(path, what: "the cached copy of the vault")
+        guard data.count >= 12, data.prefix(4) == Self.magic else {
+            throw VaultError(.corrupt, "the cached copy of the vault \(path) is damaged", hint: "remove it; the next read fetches it again")
+        }
+        let revision = data.dropFirst(4).prefix(8).reduce(Int64(0)) { ($0 << 8) | Int64($1) }
+        return RemoteSnapshot(bytes: Data(data.dropFirst(12)), revision: revision)
+    }
+
+    /// Best effort: a cache that cannot be written costs speed, not data.
+    func store(_ snapshot: RemoteSnapshot) {
+        var data = Self.magic
+        data.append(contentsOf: (0..<8).reversed().map { UInt8(truncatingIfNeeded: snapshot.revision >> ($0 * 8)) })
+        data.append(snapshot.bytes)
+        do {
+            try FileSafety.makeDirectory(directory)
+            try FileSafety.requireSafeDirectory(directory)
+            FileSafety.removeTemporaries(of: path)
+            try FileSafety.atomicReplace(path, with: data)
+        } catch {}
+    }
+
+    func modified() -> Date? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+    }
+}

@@ -1,0 +1,198 @@
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// A vault whose sealed bytes live in etcd: the same reads and writes as a
+/// vault file, with etcd's transactions and lease-held lock in place of
+/// `flock` and rename, and this machine's private cache in front.
+///
+/// - Reads ask the cluster and keep the cache up to date; when the cluster is
+///   unreachable they use the cache, with one warning.
+/// - The `exec` fast path (`openPreferringCache`) reads the cache first: a
+///   fresh sealed token is handed out without a round trip to etcd.
+/// - Writes take the fleet-wide lock, re-read from the cluster (never the
+///   cache), apply the change and store it conditioned on the revision read.
+///   With the cluster unreachable they fail (69) and nothing changes.
+struct RemoteVault: Sendable {
+    let location: EtcdLocation
+    let cache: RemoteCache
+
+    /// `nil` for a file path; a refused location is kept as its error and
+    /// thrown by the first operation (`VaultStore.init` cannot throw).
+    static func parse(_ path: String, environment: [String: String]) -> Result<RemoteVault, VaultError>? {
+        do {
+            switch try VaultLocation(parsing: path, environment: environment) {
+            case .file: return nil
+            case .etcd(let location):
+                return .success(RemoteVault(location: location, cache: RemoteCache(location: location, environment: environment)))
+            }
+        } catch let error as VaultError {
+            return .failure(error)
+        } catch {
+            return .failure(VaultError(.usage, "\(path.prefix(200)) is not a vault location"))
+        }
+    }
+
+    func connection() throws -> any RemoteSealedBytes { try RemoteLocations.connect(location) }
+
+    var notFound: VaultError {
+        VaultError(.notFound, "there is no vault at \(location.text)",
+            hint: "create one with `tallyfy-vault --vault \(location.text) init`, or move one there with `tallyfy-vault migrate --to \(location.text)`")
+    }
+
+    func exists() throws -> Bool { try connection().read() != nil }
+
+    func requireAbsent() throws {
+        if try connection().read() != nil {
+            throw VaultError(.usage, "a vault exists already at \(location.text); refusing to overwrite it",
+                hint: "use it as it is, or choose another prefix")
+        }
+    }
+
+    func create(_ bytes: Data) throws {
+        let revision = try connection().create(bytes)
+        remember(RemoteSnapshot(bytes: bytes, revision: revision))
+    }
+
+    /// The current bytes: from the cluster, else (unreachable) from the cache.
+    func bytes() throws -> Data {
+        let connection: any RemoteSealedBytes
+        do {
+            connection = try self.connection()
+        } catch {
+            // No etcd client in this program (the launcher): the cache or nothing.
+            if cache.exists { return try cache.read().bytes }
+            throw error
+        }
+        let cached = cache.exists ? try? cache.read() : nil
+        do {
+            switch try connection.read(ifChangedSince: cached?.revision) {
+            case .missing: throw notFound
+            case .unchanged where cached != nil: return cached!.bytes
+            case .unchanged: throw notFound  // not reached: unchanged needs a known revision
+            case .current(let snapshot):
+                remember(snapshot)
+                return snapshot.bytes
+            }
+        } catch let error as VaultError where error.kind == .unavailable && cache.exists {
+            let age = cache.modified().map { " last refreshed \(ChildEnvironment.rfc3339($0))" } ?? ""
+            RemoteLocations.warnOnce("\(error.message); using this machine's cached copy of the vault\(age)")
+            return try cache.read().bytes
+        }
+    }
+
+    /// The cache when there is one, else the cluster.
+    func bytesPreferringCache() throws -> Data {
+        if cache.exists, let cached = try? cache.read() { return cached.bytes }
+        return try bytes()
+    }
+
+    /// Fails as opening would, without a round trip when the cache has a copy.
+    func checkAccess() throws {
+        if cache.exists { return }
+        _ = try bytes()
+    }
+
+    /// Keeps the cache equal to what the cluster holds; skips the write (and
+    /// its fsync) when nothing changed.
+    func remember(_ snapshot: RemoteSnapshot) {
+        if (try? cache.read())?.revision != snapshot.revision { cache.store(snapshot) }
+    }
+
+    func update<T>(with unlocker: VaultUnlocker, timeout: Duration, _ change: (UnlockedVault) throws -> T) throws -> T {
+        let connection = try self.connection()
+        let lock = try connection.lock(timeout: timeout)
+        defer { lock.release() }
+        let (vault, snapshot) = try read(connection, unlocker)
+        let before = vault.modificationCount
+        let result = try change(vault)
+        if vault.modificationCount != before { try write(vault, replacing: snapshot, connection, unlocker) }
+        return result
+    }
+
+    func update<T>(with unlocker: VaultUnlocker, timeout: Duration, _ change: (UnlockedVault) async throws -> T) async throws -> T {
+        let connection = try self.connection()
+        let lock = try connection.lock(timeout: timeout)
+        defer { lock.release() }
+        let (vault, snapshot) = try read(connection, unlocker)
+        let before = vault.modificationCount
+        let result = try await change(vault)
+        if vault.modificationCount != before { try write(vault, replacing: snapshot, connection, unlocker) }
+        return result
+    }
+
+    private func read(_ connection: any RemoteSealedBytes, _ unlocker: VaultUnlocker) throws -> (UnlockedVault, RemoteSnapshot) {
+        guard let snapshot = try connection.read() else { throw notFound }
+        remember(snapshot)
+        return (try UnlockedVault.open(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker), snapshot)
+    }
+
+    private func write(_ vault: UnlockedVault, replacing snapshot: RemoteSnapshot, _ connection: any RemoteSealedBytes,
+        _ unlocker: VaultUnlocker) throws
+    {
+        let bytes = try vault.sealed()
+        let revision = try connection.write(bytes, replacing: snapshot)
+        remember(RemoteSnapshot(bytes: bytes, revision: revision))
+        vault.rememberKey(in: unlocker)
+    }
+}
+
+extension VaultStore {
+    /// Whether the sealed bytes live somewhere other than a file (etcd).
+    public var isRemote: Bool { remote != nil }
+
+    /// The vault's location, parsed; throws for a refused one (a URL that is
+    /// not etcd://, a malformed etcd location).
+    public func location() throws -> VaultLocation {
+        switch remote {
+        case nil: .file(path)
+        case .success(let remote): .etcd(remote.location)
+        case .failure(let error): throw error
+        }
+    }
+
+    /// Opens the vault the fastest way: for an etcd vault, from this
+    /// machine's cache when it has a copy (no round trip); for a file, as
+    /// `open`. For the token fast path, where a copy that is a little behind
+    /// is harmless: a renewal re-reads from the cluster under the lock.
+    public func openPreferringCache(with unlocker: VaultUnlocker) throws -> UnlockedVault {
+        guard let remote else { return try open(with: unlocker) }
+        return try UnlockedVault.open(try ParsedVault(parsing: try remote.get().bytesPreferringCache(), readSummary: false), with: unlocker)
+    }
+
+    /// The clear summary from the cache when there is one (see `openPreferringCache`).
+    public func summaryPreferringCache() throws -> VaultSummary {
+        guard let remote else { return try summary() }
+        return try ParsedVault(parsing: try remote.get().bytesPreferringCache()).summary
+    }
+
+    /// The sealed bytes as stored, checked to be a vault but not decrypted:
+    /// what `migrate` copies.
+    public func sealedBytes() throws -> Data {
+        let bytes: Data
+        if let remote {
+            bytes = try remote.get().bytes()
+        } else {
+            try FileSafety.requireSafeDirectory(directory)
+            bytes = try FileSafety.readPrivate(path, what: "the vault")
+        }
+        _ = try ParsedVault(parsing: bytes)
+        return bytes
+    }
+
+    /// Stores `bytes` (a sealed vault, checked by parsing) as a new vault;
+    /// refuses to replace an existing one. Nothing is decrypted or written in
+    /// the clear.
+    public func create(sealedBytes bytes: Data) throws {
+        _ = try ParsedVault(parsing: bytes)
+        if let remote { return try remote.get().create(bytes) }
+        try requireAbsent()
+        try FileSafety.makeDirectory(directory)
+        try FileSafety.requireSafeDirectory(directory)
+        let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        try FileSafety.atomicReplace(path, with: bytes, exclusive: true)
+        withExtendedLifetime(lock) {}
+    }
+}

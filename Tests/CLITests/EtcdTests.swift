@@ -1,0 +1,541 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A throwaway etcd cluster on loopback, started through `tools/etcd-cluster`
+/// (which installs etcd when it is missing and may).
+final class EtcdCluster: @unchecked Sendable {
+    let folder: String
+    let endpoints: String
+    let tls: Bool
+
+    static let tool = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("tools/etcd-cluster").path
+
+    /// `nil` (and a message) when etcd is not installed and cannot be.
+    static func start(members: Int = 3, tls: Bool = false) throws -> EtcdCluster? {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-etcd-\(UUID().uuidString)").path
+        var arguments = ["start", "--dir", folder, "--members", String(members)]
+        if tls { arguments.append("--tls") }
+        let result = try tool(arguments)
+        guard result.status == 0 else {
+            if !FileManager.default.isExecutableFile(atPath: "/usr/bin/etcd") {
+                print("EtcdTests: skipped, etcd is not installed and could not be: \(result.stderr)")
+                return nil
+            }
+            throw EtcdClusterError(message: "tools/etcd-cluster start: \(result.brief)")
+        }
+        return EtcdCluster(folder: folder, endpoints: result.stdout.trimmingCharacters(in: .whitespacesAndNewlines), tls: tls)
+    }
+
+    private init(folder: String, endpoints: String, tls: Bool) {
+        self.folder = folder
+        self.endpoints = endpoints
+        self.tls = tls
+    }
+
+    static func tool(_ arguments: [String]) throws -> RunResult {
+        try spawnAndWait([tool] + arguments)
+    }
+
+    static func etcdctl(_ arguments: [String]) throws -> RunResult {
+        try spawnAndWait(["/usr/bin/etcdctl"] + arguments)
+    }
+
+    /// Runs a command through `bash -c` with its output in files and waits
+    /// with `waitpid`. Not Foundation's `Process`: a child that leaves daemons
+    /// behind (the etcd members) was seen never to be reported as exited.
+    static func spawnAndWait(_ command: [String]) throws -> RunResult {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("tv-etcd-run-\(UUID().uuidString)").path
+        defer { for suffix in [".out", ".err", ".rc"] { unlink(base + suffix) } }
+        func quoted(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        let script = "ETCDCTL_API=3 " + command.map(quoted).joined(separator: " ")
+            + " </dev/null >\(quoted(base + ".out")) 2>\(quoted(base + ".err")); echo $? >\(quoted(base + ".rc"))"
+        let argv = ["/bin/bash", "-c", script]
+        let environment = ["PATH=" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")]
+        var cArguments = argv.map { strdup($0) } + [nil]
+        var cEnvironment = environment.map { strdup($0) } + [nil]
+        defer { (cArguments + cEnvironment).forEach { free($0) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, "/bin/bash", nil, nil, &cArguments, &cEnvironment) == 0 else {
+            throw EtcdClusterError(message: "could not start bash")
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        // Whoever reaped it, the exit status is in the file.
+        // Sealed values are binary: decoded leniently.
+        func text(_ suffix: String) -> String {
+            String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: base + suffix))) ?? Data(), as: UTF8.self)
+        }
+        let code = Int32(text(".rc").trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        return RunResult(status: code, stdout: text(".out"), stderr: text(".err"))
+    }
+
+    func location(_ prefix: String = "/tallyfy/\(UUID().uuidString.prefix(8))") -> String {
+        "\(tls ? "etcds" : "etcd")://\(endpoints)\(prefix)"
+    }
+
+    var members: Int { endpoints.split(separator: ",").count }
+
+    func kill(member: Int) throws { _ = try Self.tool(["kill", "--dir", folder, String(member)]) }
+    func revive(member: Int) throws { _ = try Self.tool(["revive", "--dir", folder, String(member)]) }
+
+    /// Waits (bounded) until etcdctl reports every member healthy.
+    func waitHealthy(seconds: Double = 30) -> Bool {
+        ProcView.waitUntil(seconds: seconds) {
+            (try? Self.etcdctl(["--endpoints", endpoints, "endpoint", "health", "--command-timeout=1s"]).status) == 0
+        }
+    }
+
+    deinit { _ = try? Self.tool(["stop", "--dir", folder]) }
+}
+
+struct EtcdClusterError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// The vault on a real 3-member etcd cluster on loopback: the commands, many
+/// machines at once, one refresh for the fleet, the cluster down, migrate.
+/// Serialized: each test runs its own cluster, and two cores are enough for one.
+@Suite(.serialized) struct EtcdTests {
+    let secret = "cs-\(UUID().uuidString)"
+    let client = "client-test"
+
+    /// A "machine": its own home (so its own cache) on the shared location and key.
+    private func machine(location: String, key: String) throws -> Sandbox {
+        let sandbox = try Sandbox()
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = key
+        return sandbox
+    }
+
+    private func cacheFiles(_ sandbox: Sandbox) -> [URL] {
+        filesBelow(sandbox.root.appendingPathComponent(".cache/tallyfy-vault/etcd"))
+    }
+
+    @Test func aLocationThatLooksLikeAURLIsNeverAFile() throws {
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        let here = FileManager.default.currentDirectoryPath
+        for location in ["http://127.0.0.1:2379/x", "etc://127.0.0.1:2379/x", "s3://bucket/vault"] {
+            let result = try sandbox.refused(["--vault", location, "init"], status: 64)
+            #expect(result.stderr.contains("not a vault location"), "\(result.stderr)")
+        }
+        // Plain HTTP to etcd is for this machine only; a malformed location is refused.
+        let remote = try sandbox.refused(["--vault", "etcd://10.1.2.3:2379/tallyfy/prod", "init"], status: 64)
+        #expect(remote.stderr.contains("etcds://"), "\(remote.stderr)")
+        try sandbox.refused(["--vault", "etcd://127.0.0.1:2379", "init"], status: 64)
+        try sandbox.refused(["--vault", "etcd://127.0.0.1/tallyfy", "init"], status: 64)
+        try sandbox.refused(["exec", "--", "true"], status: 64, env: ["TALLYFY_VAULT_FILE": "https://example.com/v"])
+        for name in ["http:", "etc:", "s3:", "etcd:", "https:"] {
+            #expect(!FileManager.default.fileExists(atPath: here + "/" + name), "\(name) was created as a folder")
+            #expect(!FileManager.default.fileExists(atPath: sandbox.root.path + "/" + name))
+        }
+    }
+
+    @Test func everyCommandWorksOnAnEtcdVault() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        let created = try sandbox.ok(["init"])
+        #expect(created.stderr.contains(location))
+        try sandbox.refused(["init"], status: 64)
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        let shown = try sandbox.ok(["credentials", "show"]).stdout
+        #expect(shown.contains("org-test") && !shown.contains(secret))
+        try sandbox.ok(["login"])
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!token.isEmpty)
+        let child = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(child == token)
+        try sandbox.ok(["users", "create", "--email", "ada@example.com", "--first-name", "Ada", "--last-name", "Lovelace"])
+        try sandbox.ok(["users", "token", "ada@example.com"])
+        let userToken = try sandbox.ok(["token", "--user", "ada@example.com", "--no-refresh"]).stdout
+        #expect(!userToken.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        #expect(try sandbox.ok(["users", "list"]).stdout.contains("ada@example.com"))
+        try sandbox.ok(["status"])
+        try sandbox.ok(["keys", "list"])
+        #expect(try await emulator.counts()["token"] == 1, "the login's token was not reused")
+
+        // Nothing in etcd is readable: the secret and the tokens appear nowhere.
+        let dump = try EtcdCluster.etcdctl(["--endpoints", cluster.endpoints, "get", "--prefix", "/tallyfy/"])
+        #expect(dump.status == 0 && dump.stdout.contains("/manifest"))
+        #expect(!dump.stdout.contains(secret) && !dump.stdout.contains(token))
+        // The cache is private, and sealed too.
+        let cache = cacheFiles(sandbox)
+        #expect(cache.count == 1)
+        for file in cache {
+            let mode = (try FileManager.default.attributesOfItem(atPath: file.path)[.posixPermissions] as? Int) ?? 0
+            #expect(mode == 0o600)
+            let bytes = try Data(contentsOf: file)
+            #expect(bytes.range(of: Data(secret.utf8)) == nil && bytes.range(of: Data(token.utf8)) == nil)
+        }
+        // No file was created anywhere for the location.
+        #expect(!FileManager.default.fileExists(atPath: FileManager.default.currentDirectoryPath + "/etcd:"))
+    }
+
+    @Test func threeMachinesWritingAtOnceLoseNoUpdate() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let first = try Sandbox()
+        try first.ok(["keygen", first.keyPath])
+        let machines = try (0..<3).map { _ in try machine(location: location, key: first.keyPath) }
+        try machines[0].ok(["init"])
+
+        var writers: [BackgroundCommand] = []
+        for (index, machine) in machines.enumerated() {
+            for profile in 0..<5 {
+                writers.append(try machine.launch(["--profile", "m\(index)-p\(profile)", "credentials", "set", "--org", "org-test",
+                    "--client-id", client, "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+                    stdin: secret))
+            }
+        }
+        let results = writers.map { $0.wait() }
+        #expect(results.allSatisfy { $0.status == 0 }, "\(results.filter { $0.status != 0 }.map(\.brief))")
+        // Every write is there, seen from every machine.
+        for machine in machines {
+            for index in 0..<3 {
+                for profile in 0..<5 {
+                    try machine.ok(["--profile", "m\(index)-p\(profile)", "credentials", "show"])
+                }
+            }
+        }
+    }
+
+    @Test func threeMachinesManyExecsOneTokenRequest() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let keyHolder = try Sandbox()
+        try keyHolder.ok(["keygen", keyHolder.keyPath])
+        let machines = try (0..<3).map { _ in try machine(location: location, key: keyHolder.keyPath) }
+        try machines[0].ok(["init"])
+        try machines[0].storeCredentials(for: emulator, secret: secret)
+        try machines[0].ok(["login"])
+        for machine in machines {
+            machine.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"  // the sealed token has expired
+            try machine.ok(["status"])  // each machine has the vault (and the expired token) in its cache
+        }
+        try await emulator.setLifetimes(app: 604_800)
+        try await emulator.reset()
+
+        var execs: [BackgroundCommand] = []
+        for _ in 0..<8 {
+            for machine in machines {
+                execs.append(try machine.launch(["exec", "--", "printenv", "TALLYFY_TOKEN"]))
+            }
+        }
+        let results = execs.map { $0.wait() }
+        #expect(results.allSatisfy { $0.status == 0 }, "\(results.filter { $0.status != 0 }.map(\.brief))")
+        #expect(try await emulator.counts()["token"] == 1, "the fleet made more than one token request")
+        let handedOut = Set(results.map { $0.stdout.trimmingCharacters(in: .whitespacesAndNewlines) })
+        #expect(handedOut.count == 1 && !handedOut.contains(""), "\(handedOut.count) different tokens")
+    }
+
+    @Test func withTheClusterDownExecServesTheCacheAndWritesFailCleanly() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let cache = try #require(cacheFiles(sandbox).first)
+        let cached = try Data(contentsOf: cache)
+
+        for member in 1...cluster.members { try cluster.kill(member: member) }
+        let child = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"])
+        #expect(child.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        #expect(try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        // A read that asks the cluster says it used the cache.
+        let listed = try sandbox.ok(["credentials", "show"])
+        #expect(listed.stderr.contains("warning") && listed.stderr.contains("unreachable"), "\(listed.stderr)")
+        // Writes fail with 69 and a hint; nothing changes.
+        let refused = try sandbox.refused(["--profile", "other", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], status: 69, stdin: secret)
+        #expect(refused.stderr.contains("unreachable") && refused.stderr.contains("hint"), "\(refused.stderr)")
+        try sandbox.refused(["login"], status: 69)
+        #expect(try Data(contentsOf: cache) == cached)
+
+        // Back up: everything resumes.
+        for member in 1...cluster.members { try cluster.revive(member: member) }
+        #expect(cluster.waitHealthy())
+        try sandbox.ok(["--profile", "other", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        try sandbox.ok(["--profile", "other", "credentials", "show"])
+        #expect(try sandbox.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+    }
+
+    @Test func migrateMovesAVaultBothWaysSealed() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let original = try sandbox.vaultBytes()
+
+        let location = cluster.location()
+        try sandbox.ok(["migrate", "--to", location])
+        #expect(try sandbox.vaultBytes() == original, "the source changed")
+        try sandbox.refused(["migrate", "--to", location], status: 64)  // never overwrites
+        let fromEtcd = try sandbox.ok(["--vault", location, "token", "--no-refresh"]).stdout
+        #expect(fromEtcd.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+
+        let back = sandbox.path("back/vault")
+        try sandbox.ok(["--vault", location, "migrate", "--to", back])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: back)) == original)
+        let mode = (try FileManager.default.attributesOfItem(atPath: back)[.posixPermissions] as? Int) ?? 0
+        #expect(mode == 0o600)
+        #expect(try sandbox.ok(["--vault", back, "token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        try sandbox.refused(["migrate", "--to", sandbox.vaultPath], status: 64)
+    }
+
+    @Test func aTenThousandUserVaultFitsEtcdsRequestLimit() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        let fixture = BuildProducts.directory.appendingPathComponent("tallyfy-vault-fixture")
+        let filled = try runProcess(fixture, ["add-users", "--vault", sandbox.vaultPath, "--key-file", sandbox.keyPath, "--count", "10000"],
+            environment: sandbox.environment)
+        #expect(filled.status == 0, "\(filled.brief)")
+        #expect(try sandbox.vaultBytes().count > 1_572_864, "the vault is smaller than etcd's request limit")
+
+        let location = cluster.location()
+        try sandbox.ok(["migrate", "--to", location])
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        // A change re-seals the whole vault: it goes in chunks, then one transaction.
+        try sandbox.ok(["--profile", "other", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        let other = try machine(location: location, key: sandbox.keyPath)
+        #expect(try other.ok(["users", "list"]).stdout.contains("user9999@example.com"))
+        try other.ok(["--profile", "other", "credentials", "show"])
+        let keys = try EtcdCluster.etcdctl(["--endpoints", cluster.endpoints, "get", "--prefix", "--keys-only", "/tallyfy/"])
+        let chunks = keys.stdout.split(separator: "\n").filter { $0.contains("/chunks/") }
+        #expect(chunks.count >= 3, "\(chunks.count) chunk keys")
+        #expect(Set(chunks.map { $0.split(separator: "/").dropLast().joined(separator: "/") }).count == 1, "old generations were left")
+    }
+
+    @Test func tlsWithClientCertificatesAndAWrongCertificateRefused() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1, tls: true) else { return }
+        defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
+        let tls = cluster.folder + "/tls"
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        sandbox.environment["TALLYFY_VAULT_ETCD_CACERT"] = tls + "/ca.pem"
+        sandbox.environment["TALLYFY_VAULT_ETCD_CERT"] = tls + "/client.pem"
+        sandbox.environment["TALLYFY_VAULT_ETCD_KEY"] = tls + "/client.key"
+        try sandbox.ok(["init"])
+        try sandbox.ok(["keys", "list"])
+
+        // A client certificate from another CA: refused (77), with a hint.
+        let other = sandbox.path("other")
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let openssl = URL(fileURLWithPath: "/usr/bin/openssl")
+        _ = try runProcess(openssl, ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=intruder",
+            "-keyout", other + "/client.key", "-out", other + "/client.pem"], environment: [:])
+        let refused = try sandbox.refused(["keys", "list"], status: 77, env: [
+            "TALLYFY_VAULT_ETCD_CERT": other + "/client.pem", "TALLYFY_VAULT_ETCD_KEY": other + "/client.key",
+            "XDG_CACHE_HOME": sandbox.path("empty-cache"),
+        ])
+        #expect(refused.stderr.contains("TLS"), "\(refused.stderr)")
+        // Without the CA the server is not trusted.
+        try sandbox.refused(["keys", "list"], status: 77, env: [
+            "TALLYFY_VAULT_ETCD_CACERT": "", "XDG_CACHE_HOME": sandbox.path("empty-cache"),
+        ])
+    }
+
+    @Test func anEtcdUserWithoutAccessIsRefusedClearly() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let sandbox = try Sandbox()
+        let password = "pw-\(UUID().uuidString)"
+        func admin(_ arguments: [String]) throws {
+            let result = try EtcdCluster.etcdctl(["--endpoints", cluster.endpoints] + arguments)
+            #expect(result.status == 0, "etcdctl \(arguments.prefix(2)): \(result.brief)")
+        }
+        // etcdctl 3.4 takes passwords only in argv: acceptable for this throwaway test cluster.
+        try admin(["user", "add", "root:\(password)"])
+        try admin(["user", "add", "vault:\(password)"])
+        try admin(["role", "add", "vault-role"])
+        try admin(["role", "grant-permission", "vault-role", "--prefix=true", "readwrite", "/tallyfy/allowed/"])
+        try admin(["user", "grant-role", "vault", "vault-role"])
+        try admin(["auth", "enable"])
+
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_ETCD_USER"] = "vault"
+        sandbox.environment["TALLYFY_VAULT_ETCD_PASSWORD_FILE"] = try sandbox.write(password + "\n", to: "etcd-password")
+        try sandbox.ok(["--vault", cluster.location("/tallyfy/allowed"), "init"])
+        try sandbox.ok(["--vault", cluster.location("/tallyfy/allowed"), "keys", "list"])
+        let denied = try sandbox.refused(["--vault", cluster.location("/tallyfy/other"), "init"], status: 77)
+        #expect(denied.stderr.contains("refused user vault"), "\(denied.stderr)")
+        #expect(!denied.stderr.contains(password))
+        let wrong = try sandbox.refused(["--vault", cluster.location("/tallyfy/allowed"), "keys", "list"], status: 77,
+            env: ["TALLYFY_VAULT_ETCD_PASSWORD_FILE": try sandbox.write("wrong\n", to: "wrong-password"),
+                "XDG_CACHE_HOME": sandbox.path("empty-cache")])
+        #expect(wrong.stderr.contains("TALLYFY_VAULT_ETCD_PASSWORD_FILE"), "\(wrong.stderr)")
+        let exposed = try sandbox.write(password + "\n", to: "exposed-password", mode: 0o644)
+        let loose = try sandbox.refused(["--vault", cluster.location("/tallyfy/allowed"), "keys", "list"], status: 77,
+            env: ["TALLYFY_VAULT_ETCD_PASSWORD_FILE": exposed, "XDG_CACHE_HOME": sandbox.path("empty-cache")])
+        #expect(loose.stderr.contains("chmod 600"), "\(loose.stderr)")
+    }
+
+    @Test func killingTheLeaderMidRefreshLosesNothing() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
+        try await emulator.setLifetimes(app: 604_800)
+        try await emulator.reset()
+        // The token request is slow, so the leader dies while it is in flight.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 2000, times: 1))
+        let refresh = try sandbox.launch(["token"])
+        let leader = try EtcdCluster.tool(["leader", "--dir", cluster.folder]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let deadline = ContinuousClock.now + .seconds(15)
+        while try await emulator.counts()["token"] ?? 0 < 1, refresh.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))  // polling for the request to arrive, not a fixed wait
+        }
+        try cluster.kill(member: Int(leader) ?? 1)
+        let result = refresh.wait()
+        #expect(result.status == 0, "\(result.brief)")
+        let token = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try sandbox.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+        #expect(try await emulator.counts()["token"] == 1)
+    }
+
+    @Test func aLockWhoseHolderDiedExpiresWithItsLease() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        // A login that hangs on Tallyfy while holding the fleet-wide lock, then dies.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 30_000, times: 1))
+        let holder = try sandbox.launch(["login"])
+        let deadline = ContinuousClock.now + .seconds(15)
+        while try await emulator.counts()["token"] ?? 0 < 1, holder.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        holder.kill()
+        _ = holder.wait()
+        // Another writer waits for the lease to expire (10 s), then writes.
+        let started = ContinuousClock.now
+        try sandbox.ok(["--profile", "second", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+            stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "20"])
+        #expect(ContinuousClock.now - started < .seconds(16))
+        // With a short wait, a held lock is 75 and says why.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 5_000, times: 1))
+        let slow = try sandbox.launch(["login"])
+        while try await emulator.counts()["token"] ?? 0 < 2, slow.isRunning, ContinuousClock.now < deadline + .seconds(20) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let busy = try sandbox.refused(["--profile", "third", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+            status: 75, stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "0.5"])
+        #expect(busy.stderr.contains("lock"), "\(busy.stderr)")
+        #expect(slow.wait().status == 0)
+    }
+
+    @Test func aRotationOnOneMachineServesEveryMachine() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let newSecret = "cs-new-\(UUID().uuidString)"
+        let emulator = try await Emulator.start(clients: [(client, secret), (client, newSecret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let keyHolder = try Sandbox()
+        try keyHolder.ok(["keygen", keyHolder.keyPath])
+        let a = try machine(location: location, key: keyHolder.keyPath)
+        let b = try machine(location: location, key: keyHolder.keyPath)
+        try a.ok(["init"])
+        try a.storeCredentials(for: emulator, secret: secret)
+        try a.ok(["login"])
+        let before = try b.ok(["token"]).stdout  // b's cache now holds the old secret
+        try a.ok(["rotate-secret", "--secret-stdin"], stdin: newSecret)
+        try await emulator.setSecrets(client: client, secrets: [newSecret])
+        // b's sealed token is still good from its cache; a renewal on b uses the new secret from etcd.
+        #expect(try b.ok(["token"]).stdout == before)
+        try b.ok(["login"])
+        #expect(try b.ok(["token"]).stdout != before)
+        // a's fast path may still hand out its cached (valid) token; any read
+        // that asks the cluster refreshes a's cache, and then both agree.
+        try a.ok(["status"])
+        #expect(try a.ok(["token", "--no-refresh"]).stdout == b.ok(["token", "--no-refresh"]).stdout)
+    }
+
+    @Test func anAgentSeesAnotherMachinesChangeWithinASecond() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let keyHolder = try Sandbox()
+        try keyHolder.ok(["keygen", keyHolder.keyPath])
+        let a = try machine(location: location, key: keyHolder.keyPath)
+        let b = try machine(location: location, key: keyHolder.keyPath)
+        try a.ok(["init"])
+        try a.storeCredentials(for: emulator, secret: secret)
+        try a.ok(["login"])
+        let runtime = b.root.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        b.environment["XDG_RUNTIME_DIR"] = runtime.path
+        let agent = try b.launch(["agent"])
+        defer { agent.kill(SIGTERM); _ = agent.wait() }
+        #expect(ProcView.waitUntil(seconds: 30) { (try? b.run(["agent", "status"]))?.status == 0 || !agent.isRunning })
+
+        try a.ok(["rotate-secret", "--secret-stdin", "--no-verify"], stdin: "cs-rotated-\(UUID().uuidString)")
+        let written = try Data(contentsOf: try #require(cacheFiles(a).first))
+        let started = ContinuousClock.now
+        let seen = ProcView.waitUntil(seconds: 5) {
+            (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
+        }
+        #expect(seen, "b's agent did not refresh its cache; agent: \(agent.stderrSoFar); files: \(cacheFiles(b))")
+        #expect(ContinuousClock.now - started <= .seconds(1), "seen after \(ContinuousClock.now - started)")
+    }
+}

@@ -1,0 +1,71 @@
+import Foundation
+import Testing
+@testable import TallyfyVault
+@testable import TallyfyVaultCore
+
+/// How `--vault` is read: a file path, an etcd location, or a refusal (64).
+@Suite struct VaultLocationTests {
+    @Test(arguments: ["vault", "./vault", "/var/lib/tallyfy/vault", "dir/with:colon", "C:vault", "./a://b", "name:with//slashes"])
+    func filePaths(_ text: String) throws {
+        #expect(try VaultLocation(parsing: text, environment: [:]) == .file(text))
+    }
+
+    @Test func etcdLocations() throws {
+        let location = try EtcdLocation(parsing: "etcd://127.0.0.1:2379,localhost:22379,[::1]:32379/tallyfy/prod/", environment: [:])
+        #expect(location.endpoints == ["127.0.0.1:2379", "localhost:22379", "[::1]:32379"])
+        #expect(location.prefix == "/tallyfy/prod")
+        #expect(!location.tls)
+        #expect(location.text == "etcd://127.0.0.1:2379,localhost:22379,[::1]:32379/tallyfy/prod")
+
+        let secure = try EtcdLocation(parsing: "etcds://etcd-1.internal:2379/tallyfy", environment: [
+            "TALLYFY_VAULT_ETCD_CACERT": "/ca.pem", "TALLYFY_VAULT_ETCD_CERT": "/c.pem", "TALLYFY_VAULT_ETCD_KEY": "/c.key",
+            "TALLYFY_VAULT_ETCD_USER": "vault", "TALLYFY_VAULT_ETCD_PASSWORD_FILE": "/pw",
+        ])
+        #expect(secure.tls && secure.caFile == "/ca.pem" && secure.certFile == "/c.pem" && secure.user == "vault")
+    }
+
+    @Test(arguments: [
+        "http://127.0.0.1:2379/x",  // another scheme
+        "s3://bucket/vault",
+        "etcd://127.0.0.1:2379",  // no prefix
+        "etcd://127.0.0.1:2379/",
+        "etcd://127.0.0.1/tallyfy",  // no port
+        "etcd://127.0.0.1:0/tallyfy",
+        "etcd://127.0.0.1:2379,/tallyfy",  // an empty endpoint
+        "etcd://user:pw@127.0.0.1:2379/tallyfy",  // credentials in the location
+        "etcd://10.0.0.5:2379/tallyfy",  // plain HTTP off this machine
+        "etcd://127.0.0.1:2379/tally fy",
+    ])
+    func refused(_ text: String) {
+        #expect(throws: VaultError.self) { try VaultLocation(parsing: text, environment: [:]) }
+        let error = try? VaultLocation(parsing: text, environment: [:])
+        #expect(error == nil)
+        // The store keeps the refusal and throws it before touching anything.
+        let store = VaultStore(path: text, environment: [:])
+        #expect(throws: VaultError.self) { try store.checkAccess() }
+        #expect(!store.exists)
+    }
+
+    @Test func settingsThatGoTogether() {
+        #expect(throws: VaultError.self) {
+            try EtcdLocation(parsing: "etcd://127.0.0.1:2379/t", environment: ["TALLYFY_VAULT_ETCD_CERT": "/c.pem"])
+        }
+        #expect(throws: VaultError.self) {
+            try EtcdLocation(parsing: "etcd://127.0.0.1:2379/t", environment: ["TALLYFY_VAULT_ETCD_USER": "vault"])
+        }
+    }
+
+    @Test func theCacheIsPrivatePerLocation() throws {
+        let one = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/a", environment: [:])
+        let two = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/b", environment: [:])
+        let first = RemoteCache(location: one, environment: ["XDG_CACHE_HOME": "/c", "HOME": "/h"])
+        #expect(first.path.hasPrefix("/c/tallyfy-vault/etcd/"))
+        #expect(first.path != RemoteCache(location: two, environment: ["XDG_CACHE_HOME": "/c"]).path)
+        #expect(RemoteCache(location: one, environment: ["HOME": "/h"]).path.hasPrefix("/h/.cache/tallyfy-vault/etcd/"))
+        #expect(RemoteCache.name(for: one.text).count == 32)
+    }
+
+    @Test func prefixEnd() {
+        #expect(EtcdVault.prefixEnd("/t/chunks/") == "/t/chunks0")
+    }
+}
