@@ -352,7 +352,7 @@ import Testing
         terminal.standardError = FileHandle.nullDevice
         try terminal.run()
         defer { if terminal.isRunning { terminal.terminate() } }
-        #expect(ProcView.waitUntil(seconds: 20) { lines(log) == ["ready"] })
+        #expect(ProcView.waitUntil(seconds: 60) { lines(log) == ["ready"] })
         let supervisor = try #require(pid(in: log + ".supervisor"))
         keyboard.fileHandleForWriting.write(Data([0x03]))
         #expect(ProcView.waitUntil(seconds: 10) { lines(log).contains("INT") }, "the child never saw the ^C")
@@ -392,14 +392,14 @@ import Testing
             "echo \"$TALLYFY_TOKEN_FILE\" > \"$PIDFILE\"; while :; do sleep 0.2; done"], env: ["PIDFILE": pidFile])
         defer { supervisor.kill() }
         try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "status", status: 503))
-        #expect(ProcView.waitUntil(seconds: 20) { contents(pidFile)?.hasSuffix("\n") == true })
+        #expect(ProcView.waitUntil(seconds: 60) { contents(pidFile)?.hasSuffix("\n") == true })
         let tokenFile = try #require(contents(pidFile)?.trimmingCharacters(in: .whitespacesAndNewlines))
         let first = try #require(contents(tokenFile))
-        #expect(ProcView.waitUntil(seconds: 20) { supervisor.stderrSoFar.contains("could not renew") }, "\(supervisor.stderrSoFar)")
+        #expect(ProcView.waitUntil(seconds: 60) { supervisor.stderrSoFar.contains("could not renew") }, "\(supervisor.stderrSoFar)")
         #expect(contents(tokenFile) == first, "the file changed while Tallyfy was down")
         #expect(try await accepted(first, by: emulator), "the token kept during the outage is not valid")
         try await emulator.clearFaults()
-        #expect(ProcView.waitUntil(seconds: 20) { (contents(tokenFile) ?? first) != first })
+        #expect(ProcView.waitUntil(seconds: 60) { (contents(tokenFile) ?? first) != first })
         let renewed = try #require(contents(tokenFile))
         #expect(try await accepted(renewed, by: emulator))
         supervisor.kill(SIGTERM)
