@@ -93,7 +93,7 @@ let package = Package(
         .testTarget(
             name: "TallyfyVaultTests",
             dependencies: ["TallyfyVault", "TallyfyVaultCore", "CSodium"],
-            resources: [.copy("Vectors")],
+            resources: [.copy("Vectors"), .copy("FuzzSeeds")],
             swiftSettings: testHooks
         ),
         .testTarget(
