@@ -40,9 +40,9 @@ public enum FuzzEntry {
     /// input (chosen by its length, so a replay picks the same one): the
     /// edges of the dates a vault holds, and the clocks a debug build's
     /// `TALLYFY_VAULT_TEST_NOW` can set, however absurd.
-    static let otherClocks: [Date] = [
+    static let otherClocks: [Date] = ([
         0, VaultBounds.latestDate, -62_135_596_800, 1e300, -1e300, .greatestFiniteMagnitude, .infinity, .nan,
-    ].map { Date(timeIntervalSince1970: $0) }
+    ] as [TimeInterval]).map { Date(timeIntervalSince1970: $0) }
 
     /// Called with the stage about to run (`parse`, `open`, `records`), so a
     /// replay can show where a crash happened. Not used while fuzzing.
