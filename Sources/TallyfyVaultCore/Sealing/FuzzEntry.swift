@@ -36,10 +36,9 @@ public enum FuzzEntry {
     /// fixed so that an input replays exactly as it ran.
     public static let fixedNow = Date(timeIntervalSince1970: 1_795_910_400)
 
-    /// The clocks the consumers of a parsed summary also run with, one per
-    /// input (chosen by its length, so a replay picks the same one): the
-    /// edges of the dates a vault holds, and the clocks a debug build's
-    /// `TALLYFY_VAULT_TEST_NOW` can set, however absurd.
+    /// The clocks the consumers of a parsed summary run with besides
+    /// `fixedNow`: the edges of the dates a vault holds, and the clocks a
+    /// debug build's `TALLYFY_VAULT_TEST_NOW` can set, however absurd.
     static let otherClocks: [Date] = ([
         0, VaultBounds.latestDate, -62_135_596_800, 1e300, -1e300, .greatestFiniteMagnitude, .infinity, .nan,
     ] as [TimeInterval]).map { Date(timeIntervalSince1970: $0) }
@@ -110,7 +109,7 @@ public enum FuzzEntry {
     /// is a summary that passes while breaking a bound the reader promises
     /// (checked here with `precondition`).
     @discardableResult
-    public static func parseSummary(_ data: Data) -> Outcome {
+    public static func parseSummary(_ data: Data, exhaustive: Bool = false) -> Outcome {
         var stage = "parse"
         do {
             stageHook?(stage)
@@ -120,9 +119,7 @@ public enum FuzzEntry {
                 precondition((try? Credentials.checkProfileName(name)) != nil, "a summary with a bad profile name was accepted")
                 precondition(profile.isReadable, "a summary with a date, count or reason out of bounds was accepted")
             }
-            stage = "check"
-            stageHook?(stage)
-            let other = otherClocks[data.count % otherClocks.count]
+            let clocks = [fixedNow] + otherClocks
             let names = summary.profiles.keys.sorted()
             let lists: [[String]?] = [nil, [names.first ?? "default"], names + ["missing"]]
             let thresholds = [
@@ -130,20 +127,24 @@ public enum FuzzEntry {
                 HealthCheck.Thresholds(warnBefore: 0, criticalBefore: 0, secretMaxAge: 0),
                 HealthCheck.Thresholds(warnBefore: 3650 * 86400, criticalBefore: 3650 * 86400, secretMaxAge: 3650 * 86400),
             ]
-            for (index, now) in [fixedNow, other].enumerated() {
+            // One clock, profile list and set of thresholds per input, chosen
+            // by its length (so a replay makes the same choice); every one of
+            // them when `exhaustive`, as the test suite replays the seeds.
+            for choice in exhaustive ? Array(0..<clocks.count * lists.count * thresholds.count) : [data.count] {
+                let now = clocks[choice % clocks.count]
+                stage = "check"
+                stageHook?(stage)
                 let report = HealthCheck.evaluate(
-                    summary, profiles: lists[(data.count + index) % lists.count],
-                    thresholds: thresholds[(data.count / 3 + index) % thresholds.count], now: now)
+                    summary, profiles: lists[choice / clocks.count % lists.count],
+                    thresholds: thresholds[choice / clocks.count / lists.count % thresholds.count], now: now)
                 for format in CheckFormat.allCases {
                     // `check` prints what this returns; a throw would end it
                     // outside the exit statuses 0..3 it promises.
                     guard let text = try? format.render(report) else { preconditionFailure("check --format \(format) failed") }
                     _ = text
                 }
-            }
-            stage = "status"
-            stageHook?(stage)
-            for now in [fixedNow, other] {
+                stage = "status"
+                stageHook?(stage)
                 let status = VaultStatus.make(summary: summary, slots: parsed.slots.map(SlotInfo.init), vault: "fuzz.vault", now: now)
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
