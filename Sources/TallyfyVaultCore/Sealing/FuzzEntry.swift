@@ -7,9 +7,10 @@
     import Glibc
 #endif
 
-/// The parser and the key-file unlock path over untrusted bytes, for the
-/// libFuzzer harness (`Sources/tallyfy-vault-fuzz`, `tools/fuzz`) and its
-/// replay mode. It never reads a file, never runs Argon2id (only a key-file
+/// The parser and the key-file unlock path over untrusted bytes, and the
+/// clear summary with what reads it (the token answer's target is in
+/// `TallyfyVault`), for the libFuzzer harness (`Sources/tallyfy-vault-fuzz`,
+/// `tools/fuzz`), its replay mode and `FuzzSeedTests`. It never reads a file, never runs Argon2id (only a key-file
 /// secret is given, and a passphrase slot is tried only with a passphrase)
 /// and never throws: an error is the expected answer to a hostile file; only
 /// a crash, a trap or a sanitizer report is a finding.
