@@ -87,8 +87,9 @@ let package = Package(
             name: "tallyfy-vault-example",
             dependencies: ["TallyfyVault"]
         ),
-        // libFuzzer harness over the vault parser and unlock path; built with
-        // -sanitize=fuzzer by tools/fuzz, a replay tool in a normal build.
+        // libFuzzer harness over the vault parser and unlock path, the token
+        // answer and the clear summary; built with -sanitize=fuzzer by
+        // tools/fuzz, a replay tool in a normal build.
         .executableTarget(
             name: "tallyfy-vault-fuzz",
             dependencies: ["TallyfyVault"]
@@ -96,7 +97,7 @@ let package = Package(
         .testTarget(
             name: "TallyfyVaultTests",
             dependencies: ["TallyfyVault", "TallyfyVaultCore", "CSodium"],
-            resources: [.copy("Vectors")],
+            resources: [.copy("Vectors"), .copy("FuzzSeeds")],
             swiftSettings: testHooks
         ),
         .testTarget(

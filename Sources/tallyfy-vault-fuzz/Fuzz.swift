@@ -1,13 +1,19 @@
 import Foundation
 import TallyfyVault
 
-// libFuzzer harness for the vault parser and the key-file unlock path
-// (SECURITY.md, "Fuzzing"). `tools/fuzz` builds it with
-// `-sanitize=fuzzer,address -DTALLYFY_FUZZ`: libFuzzer then provides `main`
-// and calls `LLVMFuzzerTestOneInput` for every input. In any other build
-// (`swift build`) the same target is a replay tool:
+// libFuzzer harness (SECURITY.md, "Fuzzing") with three targets, chosen by
+// `TALLYFY_FUZZ_TARGET`:
 //
-//     tallyfy-vault-fuzz FILE...
+//   vault    (the default) the vault parser and the key-file unlock path
+//   token    a token endpoint's answer body (`FuzzEntry.tokenResponse`)
+//   summary  the clear summary and what keyless `status`/`check` do with it
+//            (`FuzzEntry.parseSummary`)
+//
+// `tools/fuzz` builds it with `-sanitize=fuzzer,address -DTALLYFY_FUZZ`:
+// libFuzzer then provides `main` and calls `LLVMFuzzerTestOneInput` for every
+// input. In any other build (`swift build`) the same target is a replay tool:
+//
+//     tallyfy-vault-fuzz [--target vault|token|summary] FILE...
 //
 // runs the same function once over each file and prints how far it got, so a
 // crasher can be replayed under a debugger or checked after a fix.
@@ -26,10 +32,31 @@ let trace: Bool = {
     return true
 }()
 
+/// The targets, by the name `TALLYFY_FUZZ_TARGET` (or `--target`) gives.
+let targets: [String: @Sendable (Data) -> FuzzEntry.Outcome] = [
+    "vault": { FuzzEntry.parseAndOpen($0, keyFile: vectorKeyFile) },
+    "token": { FuzzEntry.tokenResponse($0) },
+    "summary": { FuzzEntry.parseSummary($0) },
+]
+
+/// The target this process runs: set once, before the first input.
+nonisolated(unsafe) var targetName = ProcessInfo.processInfo.environment["TALLYFY_FUZZ_TARGET"] ?? "vault"
+nonisolated(unsafe) var target: (Data) -> FuzzEntry.Outcome = { _ in fatalError("no fuzz target chosen") }
+
+/// Chooses `targetName`'s function, or says which names exist.
+func chooseTarget() -> Bool {
+    guard let chosen = targets[targetName] else {
+        FileHandle.standardError.write(Data("tallyfy-vault-fuzz: unknown target \"\(targetName)\" (TALLYFY_FUZZ_TARGET): use vault, token or summary\n".utf8))
+        return false
+    }
+    target = chosen
+    return true
+}
+
 @discardableResult
 func run(_ data: Data) -> FuzzEntry.Outcome {
     _ = trace
-    let outcome = FuzzEntry.parseAndOpen(data, keyFile: vectorKeyFile)
+    let outcome = target(data)
     if trace {
         let message = outcome.message.isEmpty ? "" : ": \(outcome.message)"
         FileHandle.standardError.write(Data("tallyfy-vault-fuzz: outcome \(outcome.expect) at stage \(outcome.stage)\(message)\n".utf8))
@@ -57,6 +84,7 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
 
     @_cdecl("tallyfy_vault_fuzz_main")
     public func fuzzerMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+        guard chooseTarget() else { return 64 }
         var argc = argc
         var argv = argv
         return LLVMFuzzerRunDriver(&argc, &argv, fuzz)
@@ -65,18 +93,25 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     @main
     struct Replay {
         static func main() {
-            let paths = CommandLine.arguments.dropFirst()
+            var paths = Array(CommandLine.arguments.dropFirst())
+            if paths.first == "--target", paths.count >= 2 {
+                targetName = paths[1]
+                paths.removeFirst(2)
+            }
             guard !paths.isEmpty, !paths.contains(where: { $0 == "-h" || $0 == "--help" }) else {
                 let usage = """
-                    usage: tallyfy-vault-fuzz FILE...
-                    Runs the fuzz target (parse, open with the key file 0x00..0x1f, read every
-                    user token) once over each file and prints its outcome. tools/fuzz builds
-                    the libFuzzer version of this target.
+                    usage: tallyfy-vault-fuzz [--target vault|token|summary] FILE...
+                    Runs a fuzz target once over each file and prints its outcome: vault (the
+                    default: parse, open with the key file 0x00..0x1f, read every user token),
+                    token (a token endpoint's answer body) or summary (the clear summary's JSON,
+                    then what keyless status and check do with it). TALLYFY_FUZZ_TARGET chooses
+                    it too. tools/fuzz builds the libFuzzer version of these targets.
 
                     """
                 FileHandle.standardError.write(Data(usage.utf8))
                 exit(paths.isEmpty ? 64 : 0)
             }
+            guard chooseTarget() else { exit(64) }
             var failed = false
             for path in paths {
                 guard let data = FileManager.default.contents(atPath: path) else {

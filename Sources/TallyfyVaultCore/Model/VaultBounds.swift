@@ -109,5 +109,15 @@ extension ProfileSummary {
             && (earliestUserTokenExpiresAt.map(VaultBounds.isValid) ?? true)
             && userTokenCount >= 0 && userTokenCount <= VaultFormat.maxRecords
             && (lastRenewalFailure.map { VaultBounds.isValid($0.at) && $0.reason.utf8.count <= RenewalFailure.maxReasonLength } ?? true)
+            && (lastRenewalFailure?.hasNoControlCharacters ?? true)
+    }
+}
+
+extension RenewalFailure {
+    /// `check` prints the reason from the clear summary before any key has
+    /// authenticated it: a reader refuses control characters in it (the
+    /// writer strips them, see `init(at:reason:)`).
+    var hasNoControlCharacters: Bool {
+        reason.unicodeScalars.allSatisfy { $0.properties.generalCategory != .control }
     }
 }

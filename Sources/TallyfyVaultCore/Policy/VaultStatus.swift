@@ -25,8 +25,11 @@ public struct VaultStatus: Sendable, Encodable {
     public var profiles: [ProfileStatus]
 
     public static func read(store: VaultStore, now: Date) throws -> VaultStatus {
-        let summary = try store.summary()
-        let slots = try store.slots()
+        make(summary: try store.summary(), slots: try store.slots(), vault: store.path, now: now)
+    }
+
+    /// The report for a summary and slot table already read.
+    public static func make(summary: VaultSummary, slots: [SlotInfo], vault: String, now: Date) -> VaultStatus {
         let rfc = ChildEnvironment.rfc3339
         let profiles = summary.profiles.sorted { $0.key < $1.key }.map { name, profile in
             ProfileStatus(
@@ -39,7 +42,7 @@ public struct VaultStatus: Sendable, Encodable {
                 secretSetAt: rfc(profile.secretSetAt),
                 secretAge: DurationText.format(now.timeIntervalSince(profile.secretSetAt)))
         }
-        return VaultStatus(vault: store.path, slots: slots, profiles: profiles)
+        return VaultStatus(vault: vault, slots: slots, profiles: profiles)
     }
 }
 
