@@ -22,7 +22,7 @@ extension FuzzEntry {
     /// JWT `exp` already past is kept on purpose: the token is renewed at its
     /// next use.) The outcome is the one at `fixedNow`.
     @discardableResult
-    public static func tokenResponse(_ body: Data) -> Outcome {
+    package static func tokenResponse(_ body: Data) -> Outcome {
         _ = errorCode(in: body)
         _ = fieldErrors(in: body)
         _ = ServerDetail(body: body, requestID: nil, redacting: ["fuzz-secret"]).suffix

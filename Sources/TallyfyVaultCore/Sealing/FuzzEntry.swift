@@ -35,7 +35,7 @@ package enum FuzzEntry {
 
     /// The moment the targets below take as "now" (2026-11-29T00:00:00Z),
     /// fixed so that an input replays exactly as it ran.
-    public static let fixedNow = Date(timeIntervalSince1970: 1_795_910_400)
+    package static let fixedNow = Date(timeIntervalSince1970: 1_795_910_400)
 
     /// The clocks the consumers of a parsed summary run with besides
     /// `fixedNow`: the edges of the dates a vault holds, and the clocks a
@@ -110,7 +110,7 @@ package enum FuzzEntry {
     /// is a summary that passes while breaking a bound the reader promises
     /// (checked here with `precondition`).
     @discardableResult
-    public static func parseSummary(_ data: Data, exhaustive: Bool = false) -> Outcome {
+    package static func parseSummary(_ data: Data, exhaustive: Bool = false) -> Outcome {
         var stage = "parse"
         do {
             stageHook?(stage)
