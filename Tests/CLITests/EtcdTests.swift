@@ -117,6 +117,15 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         filesBelow(sandbox.root.appendingPathComponent(".cache/tallyfy-vault/etcd"))
     }
 
+    /// A sandbox with a key file whose vault location is `location`.
+    static func sandbox(on location: String) throws -> Sandbox {
+        let sandbox = try Sandbox()
+        try sandbox.ok(["keygen", sandbox.keyPath])
+        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
+        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        return sandbox
+    }
+
     @Test func aLocationThatLooksLikeAURLIsNeverAFile() throws {
         let sandbox = try Sandbox()
         try sandbox.ok(["keygen", sandbox.keyPath])
@@ -144,10 +153,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let location = cluster.location()
-        let sandbox = try Sandbox()
-        try sandbox.ok(["keygen", sandbox.keyPath])
-        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
-        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        let sandbox = try Self.sandbox(on: location)
         let created = try sandbox.ok(["init"])
         #expect(created.stderr.contains(location))
         try sandbox.refused(["init"], status: 64)
@@ -254,10 +260,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let location = cluster.location()
-        let sandbox = try Sandbox()
-        try sandbox.ok(["keygen", sandbox.keyPath])
-        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
-        sandbox.environment["TALLYFY_VAULT_FILE"] = location
+        let sandbox = try Self.sandbox(on: location)
         try sandbox.ok(["init"])
         try sandbox.storeCredentials(for: emulator, secret: secret)
         try sandbox.ok(["login"])
