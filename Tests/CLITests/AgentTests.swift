@@ -253,6 +253,8 @@ import Testing
         #expect(exec.status == 0 && kdf == 0, "\(exec.brief)")
         // Its /proc files are root's (not dumpable) and its core limit is 0.
         #expect(ProcView.coreLimit(pid: pid)?.soft == "0")
+        let doctor = try sandbox.run(["doctor"], env: unlock)
+        #expect(doctor.stdout.contains("holds the key, for this vault"), "\(doctor.stdout)")
         // The passphrase is nowhere in its environment.
         let environ = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))) ?? Data()
         #expect(!String(decoding: environ, as: UTF8.self).contains("TALLYFY_VAULT_PASSPHRASE"))

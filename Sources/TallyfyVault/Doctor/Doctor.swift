@@ -126,7 +126,7 @@ public struct Doctor: Sendable {
                 }
             }
         }
-        checks.append(DoctorCheck("agent", .skip, "not checked: this version has no agent"))
+        checks.append(agentCheck())
         return DoctorReport(checks: checks)
     }
 
@@ -367,5 +367,19 @@ public struct Doctor: Sendable {
             return DoctorCheck(name, .warn, "expires \(until), in \(DurationText.format(left))", hint: "renew it with `\(renew)`")
         }
         return DoctorCheck(name, .ok, "valid until \(until), \(DurationText.format(left)) left")
+    }
+}
+
+extension Doctor {
+    /// Whether an agent answers on this environment's socket, and for which
+    /// vault; no agent is fine (clients unlock the vault themselves).
+    func agentCheck() -> DoctorCheck {
+        let path = AgentSocket.path(environment: context.environment)
+        guard let answer = try? AgentClient(socketPath: path).ask(.init(op: .status)), answer.ok, let status = answer.status else {
+            return DoctorCheck("agent", .ok, "none running on \(path) (commands unlock the vault themselves)")
+        }
+        let held = status.locked ? "locked (holds no key)" : "holds the key"
+        let here = AgentClient.resolved(context.vaultPath).map { $0 == status.vault } ?? false
+        return DoctorCheck("agent", .ok, "pid \(status.pid) on \(path), \(held), for \(here ? "this vault" : status.vault)")
     }
 }
