@@ -33,6 +33,11 @@ if let invocation = ExecFastPath.parse(arguments), let environment = invocation.
     _ = try? ProcessReplacement.execute(invocation.command, environment: environment)
 }
 
+if let line = HelperFastPath.answer(arguments) {
+    print(line)
+    exit(0)
+}
+
 let cli: String
 switch CLILocation.find() {
 case .found(let path):

@@ -253,6 +253,12 @@ import Testing
         #expect(exec.status == 0 && kdf == 0, "\(exec.brief)")
         // Its /proc files are root's (not dumpable) and its core limit is 0.
         #expect(ProcView.coreLimit(pid: pid)?.soft == "0")
+        // Tallyfy CLI's apiKeyHelper is answered by the launcher alone.
+        let alone = try BuildProducts.copy(into: sandbox.root.appendingPathComponent("alone"), withCLI: false)
+        let helper = try runProcess(alone, ["token", "--format", "helper", "--min-ttl", "1m"], environment: sandbox.environment)
+        #expect(helper.status == 0 && helper.stdout.hasPrefix("{\"expiresInSeconds\":") && helper.stdout.contains("\"token\":\"ey"),
+            "\(helper.brief)")
+        #expect(try runProcess(alone, ["token", "--format", "raw"], environment: sandbox.environment).status == 78)
         let doctor = try sandbox.run(["doctor"], env: unlock)
         #expect(doctor.stdout.contains("holds the key, for this vault"), "\(doctor.stdout)")
         // The passphrase is nowhere in its environment.
