@@ -91,16 +91,7 @@ enum ExecFastPath {
                 invocation.noAgent = true
                 continue
             }
-            var name = word
-            let value: String
-            if let equals = word.firstIndex(of: "="), word.hasPrefix("--") {
-                name = String(word[..<equals])
-                value = String(word[word.index(after: equals)...])
-            } else {
-                guard index < terminator, !arguments[index].hasPrefix("-") else { return nil }
-                value = arguments[index]
-                index += 1
-            }
+            guard let (name, value) = option(word, in: arguments, before: terminator, at: &index) else { return nil }
             guard globalOptions.contains(name) || (sawExec && execOptions.contains(name)) else { return nil }
             switch name {
             case "--vault": invocation.context.vault = value
@@ -112,5 +103,18 @@ enum ExecFastPath {
             }
         }
         return sawExec ? invocation : nil
+    }
+
+    /// An option and its value, written `--name value` or `--name=value`
+    /// (`word` is the name; `index` points past it and moves past the value);
+    /// `nil` when the value is missing. The launcher's hand-written grammars
+    /// (`exec`, `token --format helper`) share it.
+    static func option(_ word: String, in arguments: [String], before end: Int, at index: inout Int) -> (String, String)? {
+        if let equals = word.firstIndex(of: "="), word.hasPrefix("--") {
+            return (String(word[..<equals]), String(word[word.index(after: equals)...]))
+        }
+        guard index < end, !arguments[index].hasPrefix("-") else { return nil }
+        index += 1
+        return (word, arguments[index - 1])
     }
 }

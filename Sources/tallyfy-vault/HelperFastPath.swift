@@ -30,15 +30,8 @@ enum HelperFastPath {
                 sawToken = true
                 continue
             }
-            var name = word
-            let value: String
-            if let equals = word.firstIndex(of: "="), word.hasPrefix("--") {
-                name = String(word[..<equals])
-                value = String(word[word.index(after: equals)...])
-            } else {
-                guard index < arguments.count, !arguments[index].hasPrefix("-") else { return nil }
-                value = arguments[index]
-                index += 1
+            guard let (name, value) = ExecFastPath.option(word, in: arguments, before: arguments.count, at: &index) else {
+                return nil
             }
             switch (name, sawToken) {
             case ("--vault", _): context.vault = value
