@@ -16,10 +16,13 @@ final class EtcdCluster: @unchecked Sendable {
         .deletingLastPathComponent().appendingPathComponent("tools/etcd-cluster").path
 
     /// `nil` (and a message) when etcd is not installed and cannot be.
-    static func start(members: Int = 3, tls: Bool = false) throws -> EtcdCluster? {
+    /// With `owner`, the cluster is stopped when that process ends (for a
+    /// cluster shared by the whole test process, which no `deinit` stops).
+    static func start(members: Int = 3, tls: Bool = false, owner: pid_t? = nil) throws -> EtcdCluster? {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-etcd-\(UUID().uuidString)").path
         var arguments = ["start", "--dir", folder, "--members", String(members)]
         if tls { arguments.append("--tls") }
+        if let owner { arguments += ["--owner", String(owner)] }
         let result = try tool(arguments)
         guard result.status == 0 else {
             if !FileManager.default.isExecutableFile(atPath: "/usr/bin/etcd") {

@@ -4,6 +4,8 @@ import Testing
 /// End-to-end tests of the Tallyfy flow: the real `tallyfy-vault` binary
 /// against the real `tallyfy-emulator`, each test with its own emulator
 /// (random client secret) and its own sandbox, so they run in parallel.
+/// Every test runs twice: on a vault file and on a vault on etcd (the shared
+/// test cluster, one key prefix per test).
 @Suite("Tallyfy flow")
 struct TallyfyFlowTests {
     static let org = "org-test"
@@ -45,12 +47,12 @@ struct TallyfyFlowTests {
 
     /// Starts an emulator that accepts `client-test` with a random secret and
     /// a sandbox whose default profile points at it (the secret on stdin).
-    static func world(storedSecret: String? = nil, appTokenTTL: Int? = nil, userTokenTTL: Int? = nil) async throws -> World {
+    static func world(vault: VaultKind, storedSecret: String? = nil, appTokenTTL: Int? = nil, userTokenTTL: Int? = nil) async throws -> World {
         let secret = "cs-\(UUID().uuidString)"
         let stored = storedSecret ?? secret
         let world = try await LoggedIn.start(
             secrets: [secret], stored: stored, client: clientID, org: org, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL,
-            login: false)
+            login: false, vault: vault)
         return World(emulator: world.emulator, sandbox: world.sandbox, secret: secret, storedSecret: stored)
     }
 
@@ -77,8 +79,8 @@ struct TallyfyFlowTests {
 
     // MARK: - The happy path
 
-    @Test func loginTokenFormatsAndUserTokens() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func loginTokenFormatsAndUserTokens(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
 
@@ -179,8 +181,8 @@ struct TallyfyFlowTests {
         #expect(again.stderr.contains("nobody@example.com"))
     }
 
-    @Test func fastPathMinTTLAndNoRefresh() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func fastPathMinTTLAndNoRefresh(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         try sandbox.ok(["login"])
@@ -210,10 +212,10 @@ struct TallyfyFlowTests {
         #expect(try await world.counts() == Self.zeroCounts.merging(["token": 2]) { $1 })
     }
 
-    @Test func shortLivedTokenExpiresForNoRefresh() async throws {
+    @Test(arguments: VaultKind.allCases) func shortLivedTokenExpiresForNoRefresh(_ vault: VaultKind) async throws {
         // 4 s (the JWT's whole-second `exp` may make it 3): long enough for
         // the first read even on a loaded machine.
-        let world = try await Self.world(appTokenTTL: 4)
+        let world = try await Self.world(vault: vault, appTokenTTL: 4)
         defer { world.emulator.stop() }
         try world.sandbox.ok(["login"])
         let helper = try world.sandbox.ok(["token", "--no-refresh", "--format", "helper"])
@@ -226,8 +228,8 @@ struct TallyfyFlowTests {
 
     // MARK: - Validation before any request
 
-    @Test func invalidUsersAreRefusedBeforeAnyRequest() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func invalidUsersAreRefusedBeforeAnyRequest(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let base = ["users", "create", "--email", "grace@example.com", "--first-name", "Grace", "--last-name", "Hopper"]
         func with(_ option: String, _ value: String) -> [String] {
@@ -260,8 +262,8 @@ struct TallyfyFlowTests {
 
     // MARK: - Refusals from Tallyfy
 
-    @Test func wrongSecretIsInvalidClient() async throws {
-        let world = try await Self.world(storedSecret: "cs-wrong-\(UUID().uuidString)")
+    @Test(arguments: VaultKind.allCases) func wrongSecretIsInvalidClient(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, storedSecret: "cs-wrong-\(UUID().uuidString)")
         defer { world.emulator.stop() }
         let result = try world.refused(["login"], status: 77)
         #expect(result.stderr.contains("invalid_client"))
@@ -271,8 +273,8 @@ struct TallyfyFlowTests {
         #expect(try await world.counts()["token"] == 2)
     }
 
-    @Test func unknownUserAndDuplicateUserAreUsageErrors() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func unknownUserAndDuplicateUserAreUsageErrors(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         try world.sandbox.ok(["login"])
 
@@ -290,8 +292,8 @@ struct TallyfyFlowTests {
 
     // MARK: - Server trouble
 
-    @Test func twoServerErrorsThenSuccess() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func twoServerErrorsThenSuccess(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         try await world.emulator.inject(["endpoint": "token", "kind": "status", "status": 503, "times": 2])
         try world.sandbox.ok(["login"])
@@ -301,8 +303,8 @@ struct TallyfyFlowTests {
         #expect(try await world.counts()["token"] == 3)
     }
 
-    @Test func serverErrorsThroughEveryAttemptAreUnavailable() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func serverErrorsThroughEveryAttemptAreUnavailable(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         try await world.emulator.inject(["endpoint": "token", "kind": "status", "status": 503])
         let result = try world.refused(["login"], status: 69)
@@ -311,8 +313,8 @@ struct TallyfyFlowTests {
         #expect(try await world.counts()["token"] == 4)
     }
 
-    @Test func rateLimitThroughEveryAttemptIsTryLater() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func rateLimitThroughEveryAttemptIsTryLater(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         try await world.emulator.inject(["endpoint": "token", "kind": "rate-limit", "retryAfter": 1])
         let started = Date()
@@ -331,8 +333,8 @@ struct TallyfyFlowTests {
         _ = try world.sandbox.ok(["token", "--no-refresh"])
     }
 
-    @Test func rateLimitLongerThanTheVaultWaitsGivesUpAtOnce() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func rateLimitLongerThanTheVaultWaitsGivesUpAtOnce(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         try await world.emulator.inject(["endpoint": "token", "kind": "rate-limit", "retryAfter": 3600])
         let result = try world.refused(["login"], status: 75)
@@ -340,8 +342,8 @@ struct TallyfyFlowTests {
         #expect(try await world.counts()["token"] == 1)
     }
 
-    @Test func htmlErrorPagesAndBrokenJSONAreUnavailable() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func htmlErrorPagesAndBrokenJSONAreUnavailable(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
 
         // A proxy's 502 page: retried like any 5xx, then a plain message.
@@ -378,8 +380,8 @@ struct TallyfyFlowTests {
         #expect(try await world.counts()["users.token"] == 1)
     }
 
-    @Test func slowServerTimesOut() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func slowServerTimesOut(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         try await world.emulator.inject(["endpoint": "token", "kind": "delay", "delayMs": 5000])
         let started = Date()
@@ -389,8 +391,8 @@ struct TallyfyFlowTests {
         #expect(result.stderr.contains("127.0.0.1"))
     }
 
-    @Test func slowUserCreationIsNotRepeated() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func slowUserCreationIsNotRepeated(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         try world.sandbox.ok(["login"])
         try await world.emulator.inject(["endpoint": "users.create", "kind": "delay", "delayMs": 4000])
@@ -414,8 +416,8 @@ struct TallyfyFlowTests {
 
     // MARK: - Where requests may go
 
-    @Test func plainHTTPToANonLoopbackHostIsRefused() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func plainHTTPToANonLoopbackHostIsRefused(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let result = try world.refused(
             ["credentials", "set", "--org", Self.org, "--client-id", Self.clientID, "--secret-stdin",
@@ -432,8 +434,8 @@ struct TallyfyFlowTests {
         try world.sandbox.ok(["login"])
     }
 
-    @Test func connectionRefusedIsUnavailable() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func connectionRefusedIsUnavailable(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         try world.sandbox.ok(["login"])
         world.emulator.stop()
         let login = try world.refused(["login"], status: 69)

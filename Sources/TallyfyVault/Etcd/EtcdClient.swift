@@ -114,31 +114,37 @@ struct EtcdVault: RemoteSealedBytes {
         ]) {
             return revision
         }
-        // The answer to a transaction that did succeed may have been lost
-        // (a leader change): then the manifest names this generation.
-        if let answer = try? gateway.call("/v3/kv/range", ["key": b64(manifestKey)]),
-            let kv = (answer["kvs"] as? [[String: Any]])?.first,
-            let manifest = try? JSONDecoder().decode(Manifest.self, from: unb64(kv["value"])), manifest.generation == generation
-        {
-            return int64(kv["mod_revision"])
-        }
         throw VaultError(.tryLater, "the vault at \(location.text) was changed by someone else during this change; nothing was written",
             hint: "run the command again")
     }
 
+    /// How long a write keeps trying while the cluster has no leader (a
+    /// leader was killed, an election is under way: 1–3 s measured). Safe to
+    /// repeat: every write is conditioned on the revision it replaces.
+    static let writePatience = Duration.seconds(12)
+
     /// Puts the chunks, then the manifest in one conditioned transaction: the
     /// new revision, or `nil` when the condition failed (and the chunks are
     /// removed again).
+    ///
+    /// A transaction's answer can be lost while it is applied (the member
+    /// asked dies, a leader change cuts the connection), and the gateway then
+    /// sends it again to another member, where the condition now fails. So a
+    /// failed condition is not taken at its word: when the manifest names this
+    /// generation, it was this write that committed, and the chunks it names
+    /// must stay.
     private func commit(_ bytes: Data, generation: String, condition: [String: Any]) throws -> Int64? {
         var chunks: [Data] = stride(from: 0, to: max(bytes.count, 1), by: Self.chunkSize).map {
             bytes.subdata(in: $0..<min($0 + Self.chunkSize, bytes.count))
         }
         if chunks.isEmpty { chunks = [Data()] }
         for index in 0..<(chunks.count - 1) {
-            _ = try gateway.call("/v3/kv/put", ["key": b64(chunkKey(generation, index)), "value": chunks[index].base64EncodedString()])
+            _ = try gateway.call("/v3/kv/put", ["key": b64(chunkKey(generation, index)), "value": chunks[index].base64EncodedString()],
+                patience: Self.writePatience)
         }
         let manifest = Manifest(format: Self.manifestFormat, generation: generation, chunks: chunks.count, size: bytes.count)
         let folder = chunkFolder(generation)
+        TestHooks.beforeCommit(location.prefix)
         let answer = try gateway.call("/v3/kv/txn", [
             "compare": [condition],
             "success": [
@@ -148,9 +154,15 @@ struct EtcdVault: RemoteSealedBytes {
                 ["request_delete_range": ["key": b64(chunksRoot), "range_end": b64(folder)]],
                 ["request_delete_range": ["key": b64(Self.prefixEnd(folder)), "range_end": b64(Self.prefixEnd(chunksRoot))]],
             ],
-            "failure": [] as [Any],
-        ])
+            // Read the manifest as it is, in the same transaction: whose generation won.
+            "failure": [["request_range": ["key": b64(manifestKey)]]],
+        ], patience: Self.writePatience)
         if answer["succeeded"] as? Bool == true { return int64((answer["header"] as? [String: Any])?["revision"]) }
+        let responses = answer["responses"] as? [[String: Any]]
+        let current = ((responses?.first?["response_range"] as? [String: Any])?["kvs"] as? [[String: Any]])?.first
+        if let current, let named = try? JSONDecoder().decode(Manifest.self, from: unb64(current["value"])), named.generation == generation {
+            return int64(current["mod_revision"])  // an earlier attempt of this very transaction committed
+        }
         _ = try? gateway.call("/v3/kv/deleterange", ["key": b64(folder), "range_end": b64(Self.prefixEnd(folder))])
         return nil
     }
@@ -180,9 +192,14 @@ struct EtcdVault: RemoteSealedBytes {
             let answer = try gateway.call("/v3/kv/txn", [
                 "compare": [["key": b64(lockKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]],
                 "success": [["request_put": ["key": b64(lockKey), "value": b64(owner), "lease": lease]]],
-                "failure": [] as [Any],
-            ])
-            if answer["succeeded"] as? Bool == true {
+                "failure": [["request_range": ["key": b64(lockKey)]]],
+            ], patience: Self.writePatience)
+            // Held by this owner after a failed compare: an earlier attempt
+            // whose answer was lost (see `commit`) took it.
+            let holder = ((answer["responses"] as? [[String: Any]])?.first?["response_range"] as? [String: Any]).flatMap {
+                ($0["kvs"] as? [[String: Any]])?.first?["value"]
+            }
+            if answer["succeeded"] as? Bool == true || unb64(holder) == Data(owner.utf8) {
                 return EtcdLock(vault: self, lease: lease, owner: owner)
             }
             if clock.now >= deadline {
@@ -191,8 +208,7 @@ struct EtcdVault: RemoteSealedBytes {
                     hint: "try again; a lock whose holder died expires within \(Self.lockTTL) s (TALLYFY_VAULT_LOCK_TIMEOUT waits longer)")
             }
             // A little jitter keeps many waiting machines from polling in step.
-            let nap = min(pause + .microseconds(Int.random(in: 0...5000)), deadline - clock.now).components
-            usleep(UInt32(max(0, nap.seconds * 1_000_000 + nap.attoseconds / 1_000_000_000_000)))
+            nap(min(pause + .microseconds(Int.random(in: 0...5000)), deadline - clock.now))
             pause = min(pause * 2, .milliseconds(100))
         }
     }
@@ -276,7 +292,35 @@ final class EtcdGateway: Sendable {
         return try HTTPClient.Request(url: "\(scheme)://\(endpoint)\(path)", method: .POST, headers: headers, body: .data(body))
     }
 
+    /// `call`, tried again for up to `patience` while members answer but
+    /// cannot serve (no leader: one was killed, an election is under way,
+    /// 1–3 s measured). Only for requests that are safe to repeat; a cluster
+    /// whose every member refuses connections fails at once.
+    func call(_ path: String, _ body: [String: Any], patience: Duration) throws -> [String: Any] {
+        let clock = ContinuousClock()
+        let deadline = clock.now + patience
+        var pause = Duration.milliseconds(50)
+        while true {
+            do {
+                return try callOnce(path, body)
+            } catch let problem as NoServingMember where problem.reachable && clock.now + pause < deadline {
+                nap(pause)  // between rounds over the members, while a leader is elected
+                pause = min(pause * 2, .milliseconds(500))
+            } catch let problem as NoServingMember {
+                throw problem.error
+            }
+        }
+    }
+
     func call(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
+        do {
+            return try callOnce(path, body)
+        } catch let problem as NoServingMember {
+            throw problem.error
+        }
+    }
+
+    private func callOnce(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
         if location.user != nil, token.withLock({ $0 }) == nil { try authenticate() }
         do {
             return try attempt(path, body)
@@ -322,6 +366,7 @@ final class EtcdGateway: Sendable {
         let start = preferred.withLock { $0 }
         var lastProblem = "no member answered"
         var tlsProblem: String?
+        var reachable = false  // some member answered or took the request, and could not serve it
         for step in 0..<count {
             let index = (start + step) % count
             let endpoint = location.endpoints[index]
@@ -339,6 +384,7 @@ final class EtcdGateway: Sendable {
                     tlsProblem = String(describing: error)
                 }
                 lastProblem = "\(endpoint): \(Self.describe(error))"
+                if !lastProblem.hasSuffix("connection refused") { reachable = true }
                 continue
             }
             let buffer = response.body.map { Data($0.readableBytesView) } ?? Data()
@@ -354,6 +400,7 @@ final class EtcdGateway: Sendable {
                 || message.contains("timed out")
             {
                 lastProblem = "\(endpoint): \(Self.clean(message))"
+                reachable = true
                 continue
             }
             throw GatewayRefusal(status: response.status.code, code: code, message: Self.clean(message))
@@ -362,8 +409,8 @@ final class EtcdGateway: Sendable {
             throw VaultError(.refused, "etcd at \(location.text) refused the TLS connection or this machine's certificate (\(lastProblem))",
                 hint: "check TALLYFY_VAULT_ETCD_CACERT, TALLYFY_VAULT_ETCD_CERT and TALLYFY_VAULT_ETCD_KEY against the cluster's certificates")
         }
-        throw VaultError(.unavailable, "etcd at \(location.text) is unreachable (\(lastProblem))",
-            hint: "check that the cluster is running and reachable: `etcdctl --endpoints \(location.endpoints.joined(separator: ",")) endpoint health`")
+        throw NoServingMember(reachable: reachable, error: VaultError(.unavailable, "etcd at \(location.text) is unreachable (\(lastProblem))",
+            hint: "check that the cluster is running and reachable: `etcdctl --endpoints \(location.endpoints.joined(separator: ",")) endpoint health`"))
     }
 
     static func describe(_ error: any Error) -> String {
@@ -427,6 +474,19 @@ final class EtcdGateway: Sendable {
         if kept !== client { try? client.syncShutdown() }
         return kept
     }
+}
+
+/// No member could serve a request; `reachable` when one at least answered
+/// (an election is under way) rather than every one refusing connections.
+struct NoServingMember: Error {
+    let reachable: Bool
+    let error: VaultError
+}
+
+/// Pauses this thread (the gateway's calls are blocking, like the file lock's wait).
+func nap(_ duration: Duration) {
+    let parts = duration.components
+    usleep(UInt32(max(0, min(parts.seconds * 1_000_000 + parts.attoseconds / 1_000_000_000_000, 1_000_000))))
 }
 
 /// etcd answered, and said no (not a member being unavailable).

@@ -117,7 +117,12 @@ final class Sandbox: @unchecked Sendable {
             "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
     }
 
-    func vaultBytes() throws -> Data { try Data(contentsOf: URL(fileURLWithPath: vaultPath)) }
+    /// What the vault location stores: the file's bytes, or for etcd every
+    /// key under the vault's prefix and its value (`EtcdKeys.stored`).
+    func vaultBytes() throws -> Data {
+        if let keys = etcdKeys { return try keys.stored() }
+        return try Data(contentsOf: URL(fileURLWithPath: vaultPath))
+    }
 
     func write(_ text: String, to name: String, mode: Int = 0o600) throws -> String {
         let path = path(name)
@@ -126,7 +131,7 @@ final class Sandbox: @unchecked Sendable {
     }
 
     /// Runs a command that must be refused with `status`, and checks the vault
-    /// file is byte-for-byte what it was.
+    /// is byte-for-byte what it was (the file, or every key in etcd).
     @discardableResult
     func refused(_ arguments: [String], status: Int32, stdin: String? = nil, env extra: [String: String] = [:],
         sourceLocation: SourceLocation = #_sourceLocation) throws -> RunResult {
@@ -141,7 +146,8 @@ final class Sandbox: @unchecked Sendable {
 
 /// The one "logged-in sandbox" fixture: an emulator that accepts `client`
 /// with `secrets` (the first is stored in the vault, on stdin), a sandbox
-/// with a key-file vault whose default profile points at the emulator, and,
+/// with a key-file vault (a file, or on the shared etcd cluster) whose
+/// default profile points at the emulator, and,
 /// unless `login` is false, a sealed application token.
 struct LoggedIn: Sendable {
     let sandbox: Sandbox
@@ -149,11 +155,11 @@ struct LoggedIn: Sendable {
 
     static func start(
         secrets: [String] = ["cs-\(UUID().uuidString)"], stored: String? = nil, client: String = "client-test",
-        org: String = "org-test", appTokenTTL: Int? = nil, userTokenTTL: Int? = nil, login: Bool = true
+        org: String = "org-test", appTokenTTL: Int? = nil, userTokenTTL: Int? = nil, login: Bool = true, vault: VaultKind = .file
     ) async throws -> LoggedIn {
         let emulator = try await Emulator.start(
             orgs: [org], clients: secrets.map { (client, $0) }, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL)
-        let sandbox = try Sandbox()
+        let sandbox = try Sandbox(vault: vault)
         try sandbox.initWithKeyFile()
         try sandbox.ok(["credentials", "set", "--org", org, "--client-id", client, "--secret-stdin",
             "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: (stored ?? secrets[0]) + "\n")
