@@ -55,7 +55,12 @@ final class EtcdCluster: @unchecked Sendable {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("tv-etcd-run-\(UUID().uuidString)").path
         defer { for suffix in [".out", ".err", ".rc"] { unlink(base + suffix) } }
         func quoted(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
-        let script = "ETCDCTL_API=3 " + command.map(quoted).joined(separator: " ")
+        // First close every descriptor beyond 2 that bash inherited: posix_spawn
+        // passes on the test runner's open pipes (other tests' children's
+        // output), and an etcd member keeping one open would keep that test
+        // waiting for an end of file forever.
+        let closeInherited = "for fd in /proc/self/fd/*; do fd=${fd##*/}; [ \"$fd\" -gt 2 ] && exec {fd}>&-; done; "
+        let script = closeInherited + "ETCDCTL_API=3 " + command.map(quoted).joined(separator: " ")
             + " </dev/null >\(quoted(base + ".out")) 2>\(quoted(base + ".err")); echo $? >\(quoted(base + ".rc"))"
         let argv = ["/bin/bash", "-c", script]
         let environment = ["PATH=" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")]
