@@ -84,6 +84,9 @@ public final class AgentServer: Sendable {
         acceptor.start()
         log("serving \(configuration.vaultPath) on \(configuration.socketPath) (pid \(getpid()))")
         ready()
+        // A vault on etcd: changes from other machines reach the cache at once (VaultWatch.swift).
+        let watch = VaultWatch.start(store: store, log: log)
+        defer { watch?.stop() }
         while !state.withLock({ $0.stopping }) {
             await tick()
             try? await Task.sleep(for: .milliseconds(250))

@@ -274,7 +274,7 @@ final class EtcdGateway: Sendable {
         token = Mutex(nil)
     }
 
-    private var scheme: String { location.tls ? "https" : "http" }
+    var scheme: String { location.tls ? "https" : "http" }
 
     /// Sends and forgets (lease keep-alives and revokes).
     func send(_ path: String, _ body: [String: Any]) {
@@ -331,6 +331,22 @@ final class EtcdGateway: Sendable {
             throw error.vaultError(location)
         }
     }
+
+    /// The `Authorization` header's value for a request made outside
+    /// `call` (a watch): etcd's token for the configured user, or `nil`.
+    func authorization() throws -> String? {
+        guard location.user != nil else { return nil }
+        if let token = token.withLock({ $0 }) { return token }
+        do {
+            try authenticate()
+        } catch let problem as NoServingMember {
+            throw problem.error
+        }
+        return token.withLock { $0 }
+    }
+
+    /// Forgets etcd's token, so the next request authenticates again (a watch refused with 401).
+    func forgetToken() { token.withLock { $0 = nil } }
 
     private func authenticate() throws {
         guard let user = location.user, let file = location.passwordFile else { return }
@@ -435,14 +451,17 @@ final class EtcdGateway: Sendable {
     /// the CLI exits, an agent keeps using it).
     private static let clients = Mutex<[String: HTTPClient]>([:])
 
-    static func client(for location: EtcdLocation) throws -> HTTPClient {
-        let name = location.tls ? [location.caFile, location.certFile, location.keyFile].map { $0 ?? "" }.joined(separator: "\u{0}") : "plain"
+    /// `streaming`: for watches, whose answer is a stream that may be quiet
+    /// for hours, so it has no read timeout.
+    static func client(for location: EtcdLocation, streaming: Bool = false) throws -> HTTPClient {
+        let name = (streaming ? "watch\u{0}" : "")
+            + (location.tls ? [location.caFile, location.certFile, location.keyFile].map { $0 ?? "" }.joined(separator: "\u{0}") : "plain")
         if let existing = clients.withLock({ $0[name] }) { return existing }
         // A member that is down refuses the connection: go to the next one at
         // once, rather than AHC's default of retrying until the deadline.
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.retryConnectionEstablishment = false
-        configuration.timeout = HTTPClient.Configuration.Timeout(connect: .seconds(1), read: deadline)
+        configuration.timeout = HTTPClient.Configuration.Timeout(connect: .seconds(1), read: streaming ? nil : deadline)
         guard location.tls else { return remember(HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration), as: name) }
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca = location.caFile {

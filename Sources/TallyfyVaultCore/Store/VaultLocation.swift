@@ -186,6 +186,20 @@ public enum RemoteLocations {
         return try make(location)
     }
 
+    /// Locations this process watches (the agent): while a watch is live,
+    /// reads take this machine's cache, which the watch refreshes on every
+    /// change, instead of asking etcd each time.
+    private static let watched = Mutex<Set<EtcdLocation>>([])
+
+    /// Called by a watch when it is established (`true`: the cache has just
+    /// been brought up to date) and when it is lost (`false`: reads ask etcd
+    /// again until it is back).
+    public static func setWatched(_ location: EtcdLocation, _ live: Bool) {
+        _ = watched.withLock { live ? $0.insert(location).inserted : $0.remove(location) != nil }
+    }
+
+    static func isWatched(_ location: EtcdLocation) -> Bool { watched.withLock { $0.contains(location) } }
+
     /// One warning per process when the cache stands in for an unreachable cluster.
     private static let warned = Mutex(false)
     static func warnOnce(_ text: String) {

@@ -57,7 +57,10 @@ struct RemoteVault: Sendable {
     }
 
     /// The current bytes: from the cluster, else (unreachable) from the cache.
+    /// In a process that watches the location (the agent), from the cache:
+    /// the watch brings it up to date as soon as anything changes.
     func bytes() throws -> Data {
+        if RemoteLocations.isWatched(location), let cached = try? cache.read() { return cached.bytes }
         let connection: any RemoteSealedBytes
         do {
             connection = try self.connection()
@@ -80,6 +83,19 @@ struct RemoteVault: Sendable {
             let age = cache.modified().map { " last refreshed \(ChildEnvironment.rfc3339($0))" } ?? ""
             RemoteLocations.warnOnce("\(error.message); using this machine's cached copy of the vault\(age)")
             return try cache.read().bytes
+        }
+    }
+
+    /// Asks the cluster now (never trusting a watch) and brings the cache up
+    /// to date: whether it changed.
+    func refresh() throws -> Bool {
+        let cached = cache.exists ? try? cache.read() : nil
+        switch try connection().read(ifChangedSince: cached?.revision) {
+        case .missing: throw notFound
+        case .unchanged: return false
+        case .current(let snapshot):
+            remember(snapshot)
+            return true
         }
     }
 
@@ -160,6 +176,15 @@ extension VaultStore {
     public func openPreferringCache(with unlocker: VaultUnlocker) throws -> UnlockedVault {
         guard let remote else { return try open(with: unlocker) }
         return try UnlockedVault.open(try ParsedVault(parsing: try remote.get().bytesPreferringCache(), readSummary: false), with: unlocker)
+    }
+
+    /// For an etcd vault: reads it from the cluster now and brings this
+    /// machine's cache up to date; whether anything had changed. What a watch
+    /// on the vault's keys calls on every change. `false` for a file.
+    @discardableResult
+    public func refreshCache() throws -> Bool {
+        guard let remote else { return false }
+        return try remote.get().refresh()
     }
 
     /// The clear summary from the cache when there is one (see `openPreferringCache`).

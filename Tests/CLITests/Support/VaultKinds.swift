@@ -37,7 +37,8 @@ enum SharedEtcd {
 /// The keys of a vault on etcd, read and written through the cluster's v3
 /// JSON gateway: what "the vault's bytes" means for an etcd location.
 struct EtcdKeys {
-    let endpoint: String
+    /// The members, tried in turn (a test may have killed one).
+    let endpoints: [String]
     /// The vault's key prefix, without a trailing slash.
     let prefix: String
 
@@ -46,7 +47,7 @@ struct EtcdKeys {
         guard location.hasPrefix("etcd://") else { return nil }
         let rest = location.dropFirst("etcd://".count)
         guard let slash = rest.firstIndex(of: "/") else { return nil }
-        endpoint = String(rest[..<slash].split(separator: ",")[0])
+        endpoints = rest[..<slash].split(separator: ",").map(String.init)
         prefix = String(rest[slash...])
     }
 
@@ -113,14 +114,20 @@ struct EtcdKeys {
     }
 
     private func call(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
-        var request = try HTTPClient.Request(url: "http://\(endpoint)\(path)", method: .POST)
-        request.body = .data(try JSONSerialization.data(withJSONObject: body))
-        let response = try HTTPClient.shared.execute(request: request, deadline: .now() + .seconds(20)).wait()
-        let data = response.body.map { Data($0.readableBytesView) } ?? Data()
-        guard response.status == .ok, let json = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw EtcdClusterError(message: "etcd \(path): HTTP \(response.status.code)")
+        var problem = "no member"
+        for endpoint in endpoints {
+            do {
+                var request = try HTTPClient.Request(url: "http://\(endpoint)\(path)", method: .POST)
+                request.body = .data(try JSONSerialization.data(withJSONObject: body))
+                let response = try HTTPClient.shared.execute(request: request, deadline: .now() + .seconds(10)).wait()
+                let data = response.body.map { Data($0.readableBytesView) } ?? Data()
+                if response.status == .ok, let json = try JSONSerialization.jsonObject(with: data) as? [String: Any] { return json }
+                problem = "HTTP \(response.status.code)"
+            } catch {
+                problem = "\(error)"
+            }
         }
-        return json
+        throw EtcdClusterError(message: "etcd \(path): \(problem)")
     }
 
     private func b64(_ text: String) -> String { Data(text.utf8).base64EncodedString() }

@@ -1,0 +1,147 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import TallyfyVaultCore
+
+/// Keeps this machine's cache of a vault on etcd current for a long-lived
+/// process (the agent): a change made on any machine (`rotate-secret`,
+/// `rekey`, a renewal) reaches the cache as soon as etcd reports it, instead
+/// of on the next poll.
+///
+/// It holds one etcd watch on the vault's manifest key (every change to a
+/// vault commits a new manifest) through the v3 JSON gateway's `/v3/watch`,
+/// which answers with a stream of JSON objects, one per line; the HTTP client
+/// we already have reads it as a streamed response body. On every event it
+/// re-reads the vault (`VaultStore.refreshCache`). While the watch is live the
+/// process's reads take the cache without asking etcd
+/// (`RemoteLocations.setWatched`); when the stream breaks (the member died,
+/// lost its leader) reads ask etcd again, and the watch is opened anew on the
+/// next member, catching up with one read once it is back.
+public final class VaultWatch: Sendable {
+    private let task: Mutex<Task<Void, Never>?>
+
+    /// Starts watching when `store` is a vault on etcd; `nil` for a file
+    /// (whose readers re-read it: a rename is atomic and cheap to notice).
+    public static func start(store: VaultStore, log: @escaping @Sendable (String) -> Void) -> VaultWatch? {
+        guard store.isRemote, case .etcd(let location)? = try? store.location(), let vault = try? EtcdVault(location: location),
+            let client = try? EtcdGateway.client(for: location, streaming: true)
+        else { return nil }
+        let watch = VaultWatch()
+        let stream = WatchStream(store: store, vault: vault, client: client, log: log)
+        watch.task.withLock { $0 = Task { await stream.run() } }
+        return watch
+    }
+
+    private init() { task = Mutex(nil) }
+
+    /// Ends the watch; reads ask etcd again.
+    public func stop() {
+        task.withLock { $0 }?.cancel()
+    }
+}
+
+/// One watch and its reconnections.
+private struct WatchStream: Sendable {
+    let store: VaultStore
+    let vault: EtcdVault
+    let client: HTTPClient
+    let log: @Sendable (String) -> Void
+
+    var location: EtcdLocation { vault.location }
+
+    func run() async {
+        var member = 0
+        var pause = Duration.milliseconds(100)
+        var lastProblem: String?
+        while !Task.isCancelled {
+            let endpoint = location.endpoints[member % location.endpoints.count]
+            do {
+                try await follow(endpoint) {
+                    // Established: from now on every change is reported.
+                    pause = .milliseconds(100)
+                    lastProblem = nil
+                }
+            } catch {
+                if Task.isCancelled { break }
+                let problem = Self.describe(error)
+                // One line per new problem, not one per attempt while etcd is down.
+                if problem != lastProblem { log("lost the watch on \(location.text) at \(endpoint): \(problem); reading from etcd until it is back") }
+                lastProblem = problem
+            }
+            RemoteLocations.setWatched(location, false)
+            if Task.isCancelled { break }
+            member += 1
+            try? await Task.sleep(for: pause)  // a back-off between reconnections, not a wait for a change
+            pause = min(pause * 2, .seconds(5))
+        }
+        RemoteLocations.setWatched(location, false)
+    }
+
+    /// Opens the watch at `endpoint` and follows it until it ends.
+    private func follow(_ endpoint: String, established: () -> Void) async throws {
+        var request = HTTPClientRequest(url: "\(vault.gateway.scheme)://\(endpoint)/v3/watch")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        // etcd ends the stream when this member loses its leader, so a member
+        // cut off from the others is never trusted to report changes.
+        request.headers.add(name: "Grpc-Metadata-hasleader", value: "true")
+        if let token = try vault.gateway.authorization() { request.headers.add(name: "Authorization", value: token) }
+        let body = ["create_request": ["key": b64(vault.manifestKey)]]
+        request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+        let response = try await client.execute(request, deadline: .distantFuture)
+        guard response.status == .ok else {
+            if response.status == .unauthorized { vault.gateway.forgetToken() }
+            throw WatchEnded(reason: "etcd answered \(response.status.code)")
+        }
+        var pending = Data()
+        for try await chunk in response.body {
+            pending.append(contentsOf: chunk.readableBytesView)
+            while let newline = pending.firstIndex(of: 0x0A) {
+                let line = pending[pending.startIndex..<newline]
+                pending = Data(pending[pending.index(after: newline)...])
+                try handle(line, endpoint: endpoint, established: established)
+            }
+        }
+        throw WatchEnded(reason: "the stream ended")
+    }
+
+    private func handle(_ line: Data, endpoint: String, established: () -> Void) throws {
+        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else { return }
+        if let error = object["error"] as? [String: Any] {
+            throw WatchEnded(reason: EtcdGateway.clean((error["message"] as? String) ?? "an error"))
+        }
+        guard let result = object["result"] as? [String: Any] else { return }
+        if result["canceled"] as? Bool == true {
+            throw WatchEnded(reason: EtcdGateway.clean((result["cancel_reason"] as? String) ?? "canceled by etcd"))
+        }
+        if result["created"] as? Bool == true {
+            // Anything that changed before the watch began is read now.
+            _ = try store.refreshCache()
+            RemoteLocations.setWatched(location, true)
+            established()
+            log("watching \(location.text) for changes (through \(endpoint))")
+        }
+        if let events = result["events"] as? [[String: Any]], !events.isEmpty {
+            let revision = events.compactMap { ($0["kv"] as? [String: Any])?["mod_revision"] }.last.map(int64) ?? 0
+            do {
+                if try store.refreshCache() { log("the vault changed in etcd (revision \(revision)); this machine's cache is up to date") }
+            } catch {
+                // Not current: reads must ask etcd until a read succeeds.
+                RemoteLocations.setWatched(location, false)
+                throw error
+            }
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let ended = error as? WatchEnded { return ended.reason }
+        if let error = error as? VaultError { return error.message }
+        return EtcdGateway.describe(error)
+    }
+}
+
+private struct WatchEnded: Error {
+    let reason: String
+}
