@@ -113,13 +113,22 @@ struct EtcdKeys {
         _ = try call("/v3/kv/put", ["key": b64(key), "value": value.base64EncodedString()])
     }
 
+    /// A member that is down refuses at once: go to the next one rather than
+    /// retrying the connection until the deadline (tests stop whole clusters).
+    private static let http: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout = HTTPClient.Configuration.Timeout(connect: .seconds(2), read: .seconds(10))
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }()
+
     private func call(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
         var problem = "no member"
         for endpoint in endpoints {
             do {
                 var request = try HTTPClient.Request(url: "http://\(endpoint)\(path)", method: .POST)
                 request.body = .data(try JSONSerialization.data(withJSONObject: body))
-                let response = try HTTPClient.shared.execute(request: request, deadline: .now() + .seconds(10)).wait()
+                let response = try Self.http.execute(request: request, deadline: .now() + .seconds(10)).wait()
                 let data = response.body.map { Data($0.readableBytesView) } ?? Data()
                 if response.status == .ok, let json = try JSONSerialization.jsonObject(with: data) as? [String: Any] { return json }
                 problem = "HTTP \(response.status.code)"
