@@ -2,12 +2,13 @@ import Foundation
 import Testing
 
 /// `exec` and `export` end to end: the real binary, the real emulator.
+/// Every test runs on a vault file and on a vault on etcd.
 @Suite struct ExecTests {
     let secret = "cs-\(UUID().uuidString)"
 
     /// A sandbox whose vault holds credentials for a fresh emulator, logged in.
-    private func loggedIn(appTokenTTL: Int? = nil) async throws -> (Sandbox, Emulator) {
-        let world = try await LoggedIn.start(secrets: [secret], appTokenTTL: appTokenTTL)
+    private func loggedIn(_ vault: VaultKind, appTokenTTL: Int? = nil) async throws -> (Sandbox, Emulator) {
+        let world = try await LoggedIn.start(secrets: [secret], appTokenTTL: appTokenTTL, vault: vault)
         return (world.sandbox, world.emulator)
     }
 
@@ -15,8 +16,8 @@ import Testing
         text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init).filter { !$0.isEmpty }
     }
 
-    @Test func argumentsPassThroughExactly() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func argumentsPassThroughExactly(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         let odd = ["a b", "", "$HOME", "--flag", "-x", "--", "it's", "*", "new\nline", "--help"]
         let result = try sandbox.ok(["exec", "--", "/bin/sh", "-c", "for a; do printf '[%s]\\n' \"$a\"; done", "sh"] + odd)
@@ -25,13 +26,13 @@ import Testing
 
     /// A plain `exec` is recognised without ArgumentParser (for speed); every
     /// other spelling goes through ArgumentParser. Both must behave alike.
-    @Test func theFastPathAndArgumentParserAgree() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func theFastPathAndArgumentParserAgree(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         let expected = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"]).stdout
         let spellings: [[String]] = [
-            ["--vault", sandbox.vaultPath, "exec", "--min-ttl", "1m", "--", "printenv", "TALLYFY_TOKEN"],
-            ["exec", "--vault=\(sandbox.vaultPath)", "--min-ttl=1m", "--no-refresh", "--", "printenv", "TALLYFY_TOKEN"],
+            ["--vault", sandbox.vaultLocation, "exec", "--min-ttl", "1m", "--", "printenv", "TALLYFY_TOKEN"],
+            ["exec", "--vault=\(sandbox.vaultLocation)", "--min-ttl=1m", "--no-refresh", "--", "printenv", "TALLYFY_TOKEN"],
             ["exec", "--profile", "default", "--key-file", sandbox.keyPath, "--", "printenv", "TALLYFY_TOKEN"],
         ]
         for arguments in spellings {
@@ -46,8 +47,8 @@ import Testing
         #expect(badTTL.status == 64 && badTTL.stderr.contains("is not a duration"), "\(badTTL.brief)")
     }
 
-    @Test func theChildsStatusIsTheStatus() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func theChildsStatusIsTheStatus(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         #expect(try sandbox.run(["exec", "--", "true"]).status == 0)
         #expect(try sandbox.run(["exec", "--", "sh", "-c", "exit 42"]).status == 42)
@@ -61,15 +62,15 @@ import Testing
         #expect(noCommand.status == 64, "\(noCommand.brief)")
     }
 
-    @Test func theChildKeepsThePid() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func theChildKeepsThePid(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         let result = try sandbox.ok(["exec", "--", "sh", "-c", "echo $$"])
         #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == String(result.pid))
     }
 
-    @Test func theChildGetsEveryVariableAndNoUnlockMaterial() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func theChildGetsEveryVariableAndNoUnlockMaterial(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         let passphrase = "pp-\(UUID().uuidString)"
         let passFile = try sandbox.write(passphrase + "\n", to: "pass")
@@ -101,16 +102,16 @@ import Testing
         #expect(me.status == 200)
     }
 
-    @Test func nestedExecIsRefused() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func nestedExecIsRefused(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         let result = try sandbox.run(["exec", "--", BuildProducts.vault.path, "exec", "--", "true"])
         #expect(result.status == 64, "\(result.brief)")
         #expect(result.stderr.contains("already running under `tallyfy-vault exec`"))
     }
 
-    @Test func aTokenTooCloseToExpiryIsRenewedAndSealed() async throws {
-        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 120)
+    @Test(arguments: VaultKind.allCases) func aTokenTooCloseToExpiryIsRenewedAndSealed(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault, appTokenTTL: 120)
         defer { _ = emulator.stop() }
         let before = try sandbox.vaultBytes()
         let first = try sandbox.ok(["exec", "--min-ttl", "1m", "--", "printenv", "TALLYFY_TOKEN"]).stdout
@@ -123,8 +124,8 @@ import Testing
         #expect(try sandbox.ok(["exec", "--min-ttl", "1m", "--", "printenv", "TALLYFY_TOKEN"]).stdout == renewed)
     }
 
-    @Test func noRefreshWithAnExpiredTokenIs78() async throws {
-        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 1)
+    @Test(arguments: VaultKind.allCases) func noRefreshWithAnExpiredTokenIs78(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault, appTokenTTL: 1)
         defer { _ = emulator.stop() }
         // The vault's clock an hour on: the 1-second token has expired.
         sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
@@ -133,8 +134,8 @@ import Testing
         #expect(try await emulator.counts()["token"] == 1)
     }
 
-    @Test func userTokensAreHandedOutAndRenewedThroughTheApplicationToken() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func userTokensAreHandedOutAndRenewedThroughTheApplicationToken(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         try sandbox.ok(["users", "create", "--email", "ann@example.com", "--first-name", "Ann", "--last-name", "Lee"])
         let result = try sandbox.ok(["exec", "--user", "ann@example.com", "--", "printenv", "TALLYFY_TOKEN"])
@@ -148,8 +149,8 @@ import Testing
         #expect(try await emulator.counts()["users.token"] == 1)
     }
 
-    @Test func fiftyConcurrentExecsMakeOneTokenRequest() async throws {
-        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 1)
+    @Test(arguments: VaultKind.allCases) func fiftyConcurrentExecsMakeOneTokenRequest(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault, appTokenTTL: 1)
         defer { _ = emulator.stop() }
         sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"  // the sealed token has expired
         try await emulator.setLifetimes(app: 604_800)
@@ -165,8 +166,8 @@ import Testing
         #expect(try await emulator.counts()["token"] == 1)
     }
 
-    @Test func exportFormatsRoundTrip() async throws {
-        let (sandbox, emulator) = try await loggedIn()
+    @Test(arguments: VaultKind.allCases) func exportFormatsRoundTrip(_ vault: VaultKind) async throws {
+        let (sandbox, emulator) = try await loggedIn(vault)
         defer { _ = emulator.stop() }
         let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let sh = try sandbox.ok(["export", "--format", "sh"]).stdout

@@ -3,7 +3,7 @@ import Testing
 
 /// `rotate-secret`, `check` and `status` end to end: the real binary against
 /// the real emulator, short token lifetimes, and TALLYFY_VAULT_TEST_NOW
-/// instead of sleeping.
+/// instead of sleeping. Every test runs on a vault file and on a vault on etcd.
 @Suite struct RotationCheckTests {
     static let org = "org-test"
     static let client = "client-test"
@@ -21,11 +21,11 @@ import Testing
     /// one when empty), a sandbox whose default profile stores the first of
     /// them, and (unless `login` is false) a sealed application token.
     static func world(
-        accepted: [String] = [], also: [String] = [], appTokenTTL: Int? = nil, userTokenTTL: Int? = nil, login: Bool = true
+        vault: VaultKind, accepted: [String] = [], also: [String] = [], appTokenTTL: Int? = nil, userTokenTTL: Int? = nil, login: Bool = true
     ) async throws -> World {
         let secrets = accepted.isEmpty ? ["cs-\(UUID().uuidString)"] : accepted
         let world = try await LoggedIn.start(
-            secrets: secrets, client: client, org: org, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL, login: login)
+            secrets: secrets, client: client, org: org, appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL, login: login, vault: vault)
         return World(sandbox: world.sandbox, emulator: world.emulator, secrets: secrets + also)
     }
 
@@ -82,8 +82,8 @@ import Testing
 
     // MARK: - rotate-secret
 
-    @Test func rotatingToASecretTallyfyDoesNotKnowIsRefused() async throws {
-        let world = try await Self.world(also: ["wrong-\(UUID().uuidString)"])
+    @Test(arguments: VaultKind.allCases) func rotatingToASecretTallyfyDoesNotKnowIsRefused(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, also: ["wrong-\(UUID().uuidString)"])
         defer { world.emulator.stop() }
         let before = try Self.sealedToken(world.sandbox)
         let result = try world.sandbox.refused(["rotate-secret", "--secret-stdin"], status: 77, stdin: world.secrets[1] + "\n")
@@ -95,9 +95,9 @@ import Testing
         #expect(try await world.counts()["token"] == 3)  // login, refused rotation, login
     }
 
-    @Test func rotatingToTheNewSecretSealsItAndTheTokenItObtained() async throws {
+    @Test(arguments: VaultKind.allCases) func rotatingToTheNewSecretSealsItAndTheTokenItObtained(_ vault: VaultKind) async throws {
         let old = "old-\(UUID().uuidString)", new = "new-\(UUID().uuidString)"
-        let world = try await Self.world(accepted: [old, new])
+        let world = try await Self.world(vault: vault, accepted: [old, new])
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         let before = try Self.sealedToken(sandbox)
@@ -135,8 +135,8 @@ import Testing
         #expect(try await world.counts()["token"] == 2)
     }
 
-    @Test func unreachableTallyfyAndTheSameSecretChangeNothing() async throws {
-        let world = try await Self.world(also: ["next-\(UUID().uuidString)"])
+    @Test(arguments: VaultKind.allCases) func unreachableTallyfyAndTheSameSecretChangeNothing(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, also: ["next-\(UUID().uuidString)"])
         let sandbox = world.sandbox
         let same = try sandbox.refused(["rotate-secret", "--secret-stdin"], status: 64, stdin: world.secrets[0] + "\n")
         #expect(same.stderr.contains("already stored"), "\(same.stderr)")
@@ -148,9 +148,9 @@ import Testing
         Self.expectNoLeak(down, world.secrets)
     }
 
-    @Test func noVerifySealsWithoutAnyRequest() async throws {
+    @Test(arguments: VaultKind.allCases) func noVerifySealsWithoutAnyRequest(_ vault: VaultKind) async throws {
         let new = "new-\(UUID().uuidString)"
-        let world = try await Self.world(also: [new])
+        let world = try await Self.world(vault: vault, also: [new])
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         let before = try Self.sealedToken(sandbox)
@@ -171,8 +171,8 @@ import Testing
         #expect(try await world.counts()["token"] == 2)
     }
 
-    @Test func anEmptySecretIsAUsageError() async throws {
-        let world = try await Self.world(login: false)
+    @Test(arguments: VaultKind.allCases) func anEmptySecretIsAUsageError(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, login: false)
         defer { world.emulator.stop() }
         for input in ["", "\n", "\r\n"] {
             let result = try world.sandbox.refused(["rotate-secret", "--secret-stdin"], status: 64, stdin: input)
@@ -183,8 +183,8 @@ import Testing
 
     // MARK: - check
 
-    @Test func aFreshTokenIsSilentAndStatusShowsIt() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func aFreshTokenIsSilentAndStatusShowsIt(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         let result = try Self.check(sandbox)
@@ -224,12 +224,12 @@ import Testing
         #expect(profile["name"] as? String == "default")
         #expect((profile["applicationTokenLeft"] as? String)?.hasPrefix("in 6d 23h") == true)
         #expect(profile["userTokenCount"] as? Int == 1)
-        #expect(status["vault"] as? String == sandbox.vaultPath)
+        #expect(status["vault"] as? String == sandbox.vaultLocation)
         #expect(Set(profile.keys).isDisjoint(with: ["clientSecret", "secret", "token", "accessToken"]))
     }
 
-    @Test func aOneDayTokenWarnsAndAnHourIsCritical() async throws {
-        let world = try await Self.world(appTokenTTL: 86_400)
+    @Test(arguments: VaultKind.allCases) func aOneDayTokenWarnsAndAnHourIsCritical(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, appTokenTTL: 86_400)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         let warning = try Self.check(sandbox)
@@ -248,8 +248,8 @@ import Testing
         #expect(Self.lines(critical.stdout).count == 1 && critical.stdout.hasPrefix("CRITICAL: "), "\(critical.stdout)")
     }
 
-    @Test func anExpiredTokenIsCritical() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func anExpiredTokenIsCritical(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let result = try Self.check(world.sandbox, env: Self.pinnedClock(offset: 8 * 86_400))
         #expect(result.status == 2, "\(result.brief)")
@@ -257,26 +257,26 @@ import Testing
         #expect(lines.count == 1 && lines[0].hasPrefix("CRITICAL: ") && lines[0].contains("expired 1d"), "\(result.stdout)")
     }
 
-    @Test func aVaultThatCantBeReadIsUnknown() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func aVaultThatCantBeReadIsUnknown(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
-        let bytes = try sandbox.vaultBytes()
+        let bytes = try sandbox.sealedVault()
         for length in [bytes.count - 1, bytes.count / 2, 10] {
-            try bytes.prefix(length).write(to: URL(fileURLWithPath: sandbox.vaultPath))
+            try sandbox.replaceSealedVault(with: bytes.prefix(length))
             let result = try Self.check(sandbox)
             #expect(result.status == 3, "truncated to \(length): \(result.brief)")
             let lines = Self.lines(result.stdout)
             #expect(lines.count == 1 && lines[0].hasPrefix("UNKNOWN: "), "truncated to \(length): \(result.stdout)")
         }
-        try FileManager.default.removeItem(atPath: sandbox.vaultPath)
+        try sandbox.removeVault()
         let missing = try Self.check(sandbox)
         #expect(missing.status == 3, "\(missing.brief)")
         #expect(Self.lines(missing.stdout).count == 1 && missing.stdout.hasPrefix("UNKNOWN: "), "\(missing.stdout)")
     }
 
-    @Test func refreshRenewsApplicationAndUserTokens() async throws {
-        let world = try await Self.world(appTokenTTL: 86_400, userTokenTTL: 86_400)
+    @Test(arguments: VaultKind.allCases) func refreshRenewsApplicationAndUserTokens(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, appTokenTTL: 86_400, userTokenTTL: 86_400)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         try sandbox.ok(["users", "create", "--email", "ann@example.com", "--first-name", "Ann", "--last-name", "Lee"])
@@ -301,9 +301,9 @@ import Testing
         #expect(try await world.counts() == ["token": 1, "users.create": 0, "users.token": 1, "me": 0])
     }
 
-    @Test func refreshAlsoRenewsWhatIsOnlyInsideALongerCriticalWindow() async throws {
+    @Test(arguments: VaultKind.allCases) func refreshAlsoRenewsWhatIsOnlyInsideALongerCriticalWindow(_ vault: VaultKind) async throws {
         // 60h left: outside the default 48h warning, inside a 3-day critical window.
-        let world = try await Self.world(appTokenTTL: 60 * 3600)
+        let world = try await Self.world(vault: vault, appTokenTTL: 60 * 3600)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         #expect(try Self.check(sandbox).status == 0)
@@ -314,8 +314,8 @@ import Testing
         #expect(try await world.counts()["token"] == 2)
     }
 
-    @Test func refreshWithoutAnUnlockSourceIsUnknown() async throws {
-        let world = try await Self.world(appTokenTTL: 86_400)
+    @Test(arguments: VaultKind.allCases) func refreshWithoutAnUnlockSourceIsUnknown(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, appTokenTTL: 86_400)
         defer { world.emulator.stop() }
         var environment = world.sandbox.environment
         environment.removeValue(forKey: "TALLYFY_VAULT_KEY_FILE")
@@ -325,8 +325,8 @@ import Testing
         #expect(try await world.counts()["token"] == 1)
     }
 
-    @Test func jsonPrometheusAndTheOutputFile() async throws {
-        let world = try await Self.world(appTokenTTL: 86_400)
+    @Test(arguments: VaultKind.allCases) func jsonPrometheusAndTheOutputFile(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, appTokenTTL: 86_400)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         let sealed = try Self.sealedToken(sandbox)
@@ -391,8 +391,8 @@ import Testing
         #expect(unwritable.stdout.hasPrefix("UNKNOWN: "), "\(unwritable.stdout)")
     }
 
-    @Test func anOldSecretWarnsWithTheWayOut() async throws {
-        let world = try await Self.world()
+    @Test(arguments: VaultKind.allCases) func anOldSecretWarnsWithTheWayOut(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         // Two days on, a 7-day token is fine for these thresholds; only the secret is old.
@@ -420,8 +420,8 @@ import Testing
         #expect(rotated.status == 0 && rotated.stdout.isEmpty, "\(rotated.brief) \(rotated.stdout)")
     }
 
-    @Test func aBadDurationIsUnknown() async throws {
-        let world = try await Self.world(login: false)
+    @Test(arguments: VaultKind.allCases) func aBadDurationIsUnknown(_ vault: VaultKind) async throws {
+        let world = try await Self.world(vault: vault, login: false)
         defer { world.emulator.stop() }
         for arguments in [["--warn-before", "10x"], ["--critical-before", "h"], ["--secret-max-age", "1.5d"]] {
             let result = try Self.check(world.sandbox, arguments)

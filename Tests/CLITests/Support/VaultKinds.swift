@@ -109,6 +109,11 @@ struct EtcdKeys {
         try put(prefix + "/manifest", try JSONEncoder().encode(manifest))
     }
 
+    /// Deletes every key of the vault, as losing it would.
+    func removeAll() throws {
+        _ = try call("/v3/kv/deleterange", ["key": b64(prefix + "/"), "range_end": b64(prefix + "0")])
+    }
+
     func put(_ key: String, _ value: Data) throws {
         _ = try call("/v3/kv/put", ["key": b64(key), "value": value.base64EncodedString()])
     }
@@ -171,6 +176,12 @@ extension Sandbox {
     func replaceSealedVault(with bytes: Data) throws {
         if let keys = etcdKeys { return try keys.replaceSealed(with: bytes) }
         try bytes.write(to: URL(fileURLWithPath: vaultPath))
+    }
+
+    /// Deletes the vault behind the program's back (the file, or every key in etcd).
+    func removeVault() throws {
+        if let keys = etcdKeys { return try keys.removeAll() }
+        try FileManager.default.removeItem(atPath: vaultPath)
     }
 
     /// This machine's cached copies of etcd vaults (`~/.cache/tallyfy-vault/etcd/…`).
