@@ -564,6 +564,28 @@ struct EtcdClusterError: Error, CustomStringConvertible {
             #expect(ProcView.waitUntil(seconds: 30) { watchedMembers().count >= 2 && watchedMembers().last != member },
                 "\(agent.stderrSoFar)")
         }
+
+        // The member watched loses the cluster's leader (the last other member
+        // dies): etcd ends the stream rather than leaving it silent, and the
+        // agent says so. With the cluster whole again it watches again.
+        let endpoints = cluster.endpoints.split(separator: ",").map(String.init)
+        let watched = try #require(watchedMembers().last)
+        let firstWatched = try #require(watchedMembers().first)
+        let first = try #require(endpoints.firstIndex(of: firstWatched))
+        let last = try #require(endpoints.indices.first { $0 != first && endpoints[$0] != watched })
+        try cluster.kill(member: last + 1)
+        #expect(ProcView.waitUntil(seconds: 30) { agent.stderrSoFar.contains("lost the watch on \(location) at \(watched): etcdserver: no leader") },
+            "\(agent.stderrSoFar)")
+        let watches = watchedMembers().count
+        try cluster.revive(member: first + 1)
+        try cluster.revive(member: last + 1)
+        #expect(cluster.waitHealthy())
+        #expect(ProcView.waitUntil(seconds: 30) { watchedMembers().count > watches }, "\(agent.stderrSoFar)")
+        try a.ok(["rotate-secret", "--secret-stdin", "--no-verify"], stdin: "cs-rotated-\(UUID().uuidString)")
+        let written = try Data(contentsOf: try #require(cacheFiles(a).first))
+        #expect(ProcView.waitUntil(seconds: 30) {
+            (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
+        }, "b's agent did not refresh its cache after the cluster came back; agent: \(agent.stderrSoFar)")
     }
 
     /// The leader dies while a renewal's write transaction is on its way: the

@@ -104,6 +104,8 @@ private struct WatchStream: Sendable {
                 try handle(line, endpoint: endpoint, established: established)
             }
         }
+        // etcd's last word may come without a newline (`{"error":{…"no leader"}}`).
+        try handle(pending, endpoint: endpoint, established: established)
         throw WatchEnded(reason: "the stream ended")
     }
 
