@@ -454,6 +454,40 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         #expect(try await emulator.counts()["token"] == 1)
     }
 
+    /// etcd applied the transaction but its answer never arrived (a
+    /// connection cut in a leader change), so the same transaction is sent
+    /// again and its condition now fails. Both the lock's and the write's
+    /// transactions lose their answers here: the process must see that it
+    /// holds the lock and that its write committed (never clean it up as a
+    /// loser's), and the renewal seals the one token Tallyfy issued.
+    @Test func aTransactionWhoseAnswerWasLostIsRecognisedAsDone() async throws {
+        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
+        defer { _ = emulator.stop() }
+        let sandbox = try Self.sandbox(on: cluster.location())
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        try await emulator.setLifetimes(app: 604_800)
+        try await emulator.reset()
+        // An hour on, the 1-second token has expired: `token` renews it.
+        let lost = ["TALLYFY_VAULT_TEST_LOSE_TXN_ANSWERS": "2", "TALLYFY_VAULT_TEST_NOW": "+1h"]
+        let renewed = try sandbox.ok(["token"], env: lost).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try await emulator.counts()["token"] == 1)
+        try sandbox.ok(["--profile", "second", "credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: lost)
+        // Intact, as another machine (no cache) reads it from etcd; the lock was given back.
+        let other = try machine(location: sandbox.vaultLocation, key: sandbox.keyPath)
+        #expect(try other.ok(["token", "--no-refresh"], env: ["TALLYFY_VAULT_TEST_NOW": "+1h"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines) == renewed)
+        try other.ok(["--profile", "second", "credentials", "show"])
+        let keys = try #require(other.etcdKeys).all().map(\.key)
+        #expect(keys.filter { $0.contains("/chunks/") }.count == 1, "\(keys)")
+        try other.ok(["--profile", "third", "credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "0"])
+    }
+
     @Test func aLockWhoseHolderDiedExpiresWithItsLease() async throws {
         guard let cluster = try EtcdCluster.start(members: 1) else { return }
         defer { withExtendedLifetime(cluster) {} }

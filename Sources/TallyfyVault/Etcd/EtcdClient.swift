@@ -405,6 +405,11 @@ final class EtcdGateway: Sendable {
             }
             let buffer = response.body.map { Data($0.readableBytesView) } ?? Data()
             let json = (try? JSONSerialization.jsonObject(with: buffer)) as? [String: Any] ?? [:]
+            if response.status == .ok && TestHooks.loseAnswer(path, data) {
+                lastProblem = "\(endpoint): the answer was lost (test hook)"
+                reachable = true
+                continue
+            }
             if response.status == .ok {
                 preferred.withLock { $0 = index }
                 return json
