@@ -198,6 +198,67 @@ import Testing
         #expect(agent.stderrSoFar.contains("forgot the key: the vault's key slots changed"))
     }
 
+    /// The agent answers from the vault it holds only while the vault's file
+    /// is the one it read: every change by the CLI replaces the file, and is
+    /// in the very next answer.
+    @Test func aChangeByTheCLIIsInTheNextAnswer() async throws {
+        let (sandbox, emulator, unlock, _) = try await world()
+        defer { _ = emulator.stop() }
+        try sandbox.ok(["users", "create", "--email", "ann@example.com", "--first-name", "Ann", "--last-name", "Lee"], env: unlock)
+        try sandbox.ok(["users", "token", "ann@example.com"], env: unlock)
+        let agent = try startAgent(sandbox, unlock: unlock)
+        defer { agent.kill() }
+        let first = try sandbox.ok(["token"]).stdout
+        #expect(try sandbox.ok(["token"]).stdout == first)
+
+        // A new application token sealed by the CLI (`login` never asks the agent).
+        try sandbox.ok(["login"], env: unlock)
+        let second = try sandbox.ok(["token"]).stdout
+        #expect(second != first, "the agent handed out the token it held before `login`")
+        #expect(try sandbox.ok(["token", "--no-agent"], env: unlock).stdout == second)
+
+        // `users forget`: the agent no longer has that token to give.
+        try sandbox.ok(["token", "--user", "ann@example.com", "--no-refresh"])
+        try sandbox.ok(["users", "forget", "ann@example.com"], env: unlock)
+        let forgotten = try sandbox.refused(["token", "--user", "ann@example.com", "--no-refresh"], status: 78)
+        #expect(forgotten.stderr.contains("no valid user token for ann@example.com is sealed"), "\(forgotten.brief)")
+
+        // `credentials set` drops the application token (it belonged to the
+        // old client): the agent has none to give, and renews when allowed.
+        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: unlock)
+        let dropped = try sandbox.refused(["token", "--no-refresh"], status: 78)
+        #expect(dropped.stderr.contains("no valid application token for profile \"default\" is sealed"), "\(dropped.brief)")
+        let renewed = try sandbox.ok(["token"]).stdout
+        #expect(renewed != second && !renewed.isEmpty)
+        #expect(try sandbox.ok(["token", "--no-agent"], env: unlock).stdout == renewed)
+        #expect(!agent.stderrSoFar.contains("forgot the key"), "\(agent.stderrSoFar)")
+    }
+
+    /// `rekey` (a new data key) and `keys remove` leave the agent's key unable
+    /// to open the vault: it forgets the key at the next request, and clients
+    /// unlock for themselves.
+    @Test func aRekeyOrARemovedSlotMakesTheAgentForgetTheKey() async throws {
+        let (sandbox, emulator, unlock, _) = try await world()
+        defer { _ = emulator.stop() }
+        let token = try sandbox.ok(["token"], env: unlock).stdout
+        for change in [["rekey"], ["keys", "remove", "backup"]] {
+            if change.first == "keys" {
+                try sandbox.ok(["keygen", sandbox.path("key2")])
+                try sandbox.ok(["keys", "add", "--new-key-file", sandbox.path("key2"), "--label", "backup"], env: unlock)
+            }
+            let agent = try startAgent(sandbox, unlock: unlock)
+            defer { agent.kill() }
+            #expect(try sandbox.ok(["token"]).stdout == token)
+            try sandbox.ok(change, env: unlock)
+            try sandbox.refused(["token"], status: 78)
+            #expect(agent.stderrSoFar.contains("forgot the key: the vault's key slots changed"), "\(agent.stderrSoFar)")
+            #expect(try sandbox.ok(["token"], env: unlock).stdout == token)
+            agent.kill()
+            _ = agent.wait()
+        }
+    }
+
     /// The socket's file and folder must be ours, and so must the process
     /// answering: a socket owned by another user is not used.
     @Test func aSocketOwnedByAnotherUserIsNotTrusted() async throws {
