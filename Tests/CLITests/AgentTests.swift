@@ -136,6 +136,27 @@ import Testing
         try sandbox.ok(["exec", "--", "true"], env: unlock)
     }
 
+    /// Renewals that hang (Tallyfy answers after a minute) hold up no one:
+    /// more of them than the agent has serving threads, and a client whose
+    /// sealed token is fresh enough is still answered by the agent at once.
+    @Test func aSlowRenewalHoldsUpNoOtherClient() async throws {
+        let (sandbox, emulator, unlock, _) = try await world()
+        defer { _ = emulator.stop() }
+        let agent = try startAgent(sandbox, unlock: unlock)
+        defer { agent.kill() }
+        let token = try sandbox.ok(["token"]).stdout
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 60_000))
+        // A 7-day token never satisfies --min-ttl 8d: each of these makes the agent renew.
+        let waiting = try (0..<6).map { _ in try sandbox.launch(["token", "--min-ttl", "8d"]) }
+        defer { waiting.forEach { $0.kill() } }
+        let stuck = await eventually(seconds: 30) { (try? await emulator.counts()["token"]) ?? 0 >= 2 }
+        #expect(stuck, "no renewal reached Tallyfy: \(agent.stderrSoFar)")
+        let (fresh, kdf) = try derivations(sandbox, ["token"])
+        #expect(fresh.status == 0 && fresh.stdout == token && kdf == 0, "\(fresh.brief)")
+        #expect(!agent.stderrSoFar.contains("renewed"), "the hanging renewal finished early: \(agent.stderrSoFar)")
+        try await emulator.clearFaults()
+    }
+
     /// For its whole life the agent is not dumpable (its /proc files are
     /// root's) and its core limit is 0; run as `nobody` to see it (as root,
     /// every /proc file is root's anyway).

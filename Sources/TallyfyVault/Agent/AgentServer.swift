@@ -276,10 +276,10 @@ public final class AgentServer: Sendable {
         do {
             let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
             return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(try await broker.grant(request)))
-        } catch let error as VaultError where error.kind == .refused {
-            lock(reason: "the vault's key slots changed")
-            return .failure("locked", "the agent holds no key")
         } catch {
+            // A key that stopped opening the vault meanwhile is noticed (and
+            // forgotten) by the next request; `.refused` here may as well be
+            // Tallyfy refusing the client secret.
             return Self.failed(error)
         }
     }
