@@ -252,12 +252,16 @@ public final class AgentServer: Sendable {
         case .success(let valid): request = valid
         case .failure(let refusal): return refusal.answer
         }
-        let now = self.now
-        let outcome = withHeldVault { vault, unlocker, state -> Result<TokenGrant?, Error> in
-            state.lastUsed = now
-            state.served += 1
+        let outcome = withHeldVault { vault, unlocker -> Result<TokenGrant?, Error> in
             let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
             return Result { try broker.sealedGrant(request, in: vault) }
+        }
+        if outcome != nil {
+            let now = self.now
+            state.withLock {
+                $0.lastUsed = now
+                $0.served += 1
+            }
         }
         switch outcome {
         case nil: return .failure("locked", "the agent holds no key")
@@ -294,22 +298,18 @@ public final class AgentServer: Sendable {
     /// opened again with the held key. `nil` when no key is held or the vault
     /// cannot be opened now (being replaced, say: the client falls back);
     /// the key is forgotten when it no longer opens the vault.
-    ///
-    /// A vault in etcd has no file to watch: it is opened for every call.
-    private enum HeldVault<T> { case done(T), locked, unreadable }
-
-    private func withHeldVault<T>(_ body: (UnlockedVault, VaultUnlocker, inout State) -> T) -> T? {
+    private func withHeldVault<T>(_ body: (UnlockedVault, VaultUnlocker) -> T) -> T? {
+        if store.isRemote { return withRemoteVault(body) }
         let outcome = state.withLock { state -> HeldVault<T> in
             guard let unlocker = state.unlocker else { return .locked }
             if let pinned = state.pinned, store.isCurrent(pinned) {
-                return .done(body(pinned.vault, unlocker, &state))
+                return .done(body(pinned.vault, unlocker))
             }
             state.pinned = nil
             do {
-                if store.isRemote { return .done(body(try store.open(with: unlocker), unlocker, &state)) }
                 let pinned = try store.openPinned(with: unlocker)
                 state.pinned = pinned
-                return .done(body(pinned.vault, unlocker, &state))
+                return .done(body(pinned.vault, unlocker))
             } catch let error as VaultError where error.kind == .refused {
                 return .locked
             } catch {
@@ -325,6 +325,22 @@ public final class AgentServer: Sendable {
         }
     }
 
+    private enum HeldVault<T> { case done(T), locked, unreadable }
+
+    /// A vault in etcd has no file to watch: it is read for every call, and
+    /// outside the state lock, since the cluster is a network away.
+    private func withRemoteVault<T>(_ body: (UnlockedVault, VaultUnlocker) -> T) -> T? {
+        guard let unlocker = state.withLock({ $0.unlocker }) else { return nil }
+        do {
+            return body(try store.open(with: unlocker), unlocker)
+        } catch let error as VaultError where error.kind == .refused {
+            lock(reason: "the vault's key slots changed")
+            return nil
+        } catch {
+            return nil
+        }
+    }
+
     // MARK: - Background renewal
 
     private func tick() async {
@@ -336,7 +352,7 @@ public final class AgentServer: Sendable {
             lock(reason: "running for \(DurationText.format(lifetime)) (--max-lifetime)")
         }
         // The held vault tells what is due; it is re-read only when its file changed.
-        guard let (unlocker, profiles, nearUsers) = withHeldVault({ vault, unlocker, _ in
+        guard let (unlocker, profiles, nearUsers) = withHeldVault({ vault, unlocker in
             let summary = vault.summary()
             let near = summary.profiles.filter { _, profile in
                 profile.earliestUserTokenExpiresAt.map { $0.timeIntervalSince(now) <= Self.longestUserMargin } ?? false
