@@ -9,10 +9,10 @@
 // A client is a short-lived process (the launcher's `exec`, Tallyfy CLI's
 // `apiKeyHelper`), and in a fresh process the first use of each Codable type
 // costs runtime work (protocol-conformance scans over the whole binary,
-// generic metadata): measured with perf, encoding the request and decoding
-// the answer through JSONEncoder/JSONDecoder took more of the launcher's
-// time than connecting, the agent's work and reading the answer together.
-// So a client writes its request and reads the answer by hand. The agent,
+// generic metadata). Measured with perf on `exec -- true`, JSONEncoder and
+// JSONDecoder made the launcher's whole exchange with the agent cost more
+// CPU than opening the vault with a key file; written and read by hand it
+// costs about a third of what it did. So a client does that. The agent,
 // which pays that cost once in its life, keeps Codable; the tests check that
 // both sides read each other's JSON alike (`AgentWireTests`).
 
