@@ -18,7 +18,7 @@
 
 extension AgentProtocol.Request {
     /// This request as one JSON object (what `JSONEncoder` writes, up to key order).
-    public func json() throws -> [UInt8] {
+    func json() throws -> [UInt8] {
         var writer = JSONObjectWriter()
         writer.add("version", number: Double(version))
         writer.add("op", string: op.rawValue)
@@ -37,7 +37,7 @@ extension AgentProtocol.Request {
 extension AgentProtocol.Answer {
     /// Reads an answer frame's JSON as `JSONDecoder` would; throws on
     /// anything else (broken JSON, a missing field, a wrong type).
-    public init(json: [UInt8]) throws {
+    init(json: [UInt8]) throws {
         var reader = JSONReader(json)
         let object = try reader.document().object()
         self.init(ok: try object.bool("ok"), error: try object.string("error"), message: try object.string("message"),

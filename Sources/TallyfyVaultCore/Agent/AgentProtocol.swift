@@ -141,7 +141,7 @@ public enum AgentProtocol {
     }
 
     /// Writes one frame: the length of `body`, then `body`.
-    public static func sendFrame(_ body: [UInt8], to descriptor: Int32) throws {
+    static func sendFrame(_ body: [UInt8], to descriptor: Int32) throws {
         let length = UInt32(body.count)
         var frame = [UInt8(length >> 24), UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff), UInt8(length & 0xff)]
         frame.append(contentsOf: body)
@@ -165,7 +165,7 @@ public enum AgentProtocol {
     }
 
     /// Reads one frame of at most `maxLength` bytes: its body.
-    public static func receiveFrame(from descriptor: Int32, maxLength: Int) throws -> [UInt8] {
+    static func receiveFrame(from descriptor: Int32, maxLength: Int) throws -> [UInt8] {
         let header = try readExactly(4, from: descriptor)
         let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
         guard length <= maxLength else { throw AgentError.connection("a frame of \(length) bytes is over the limit of \(maxLength)") }

@@ -14,7 +14,7 @@
 /// renamed over the old one, with new times. Device and inode say which
 /// file; size and the change and modification times in nanoseconds catch
 /// anything written in place, and `chmod`/`chown` (they change the ctime).
-public struct FileIdentity: Equatable, Sendable {
+package struct FileIdentity: Equatable, Sendable {
     var device: UInt64
     var inode: UInt64
     var size: Int64
@@ -38,10 +38,11 @@ public struct FileIdentity: Equatable, Sendable {
 /// once replaced, keeps its inode, so no later vault file can be given the
 /// same inode number, and a replace is seen however coarse the file
 /// system's clock is.
-public final class PinnedVault: @unchecked Sendable {
+package final class PinnedVault: @unchecked Sendable {
     /// Not safe to use from two threads at once: the holder serialises.
-    public let vault: UnlockedVault
-    public let identity: FileIdentity
+    package let vault: UnlockedVault
+    /// The file `vault` was read from.
+    package let identity: FileIdentity
     private let descriptor: Int32
 
     init(vault: UnlockedVault, identity: FileIdentity, descriptor: Int32) {
@@ -56,7 +57,7 @@ public final class PinnedVault: @unchecked Sendable {
 extension VaultStore {
     /// Opens the vault and keeps its file pinned (see `PinnedVault`), with
     /// the same checks as `open`. A vault in etcd has no file: `.usage`.
-    public func openPinned(with unlocker: VaultUnlocker) throws -> PinnedVault {
+    package func openPinned(with unlocker: VaultUnlocker) throws -> PinnedVault {
         guard remote == nil else { throw VaultError(.usage, "a vault in etcd has no file to pin") }
         try FileSafety.requireSafeDirectory(directory)
         let (descriptor, _) = try FileSafety.openPrivate(path, what: "the vault")
@@ -75,7 +76,7 @@ extension VaultStore {
     /// Whether the file at `path` is still the one `pinned` was read from,
     /// in a folder that is still safe: one `stat` each, nothing read. When
     /// not, the caller opens the vault again (and hears any refusal then).
-    public func isCurrent(_ pinned: PinnedVault) -> Bool {
+    package func isCurrent(_ pinned: PinnedVault) -> Bool {
         guard remote == nil, (try? FileSafety.requireSafeDirectory(directory)) != nil else { return false }
         var info = stat()
         return stat(path, &info) == 0 && FileIdentity(info) == pinned.identity

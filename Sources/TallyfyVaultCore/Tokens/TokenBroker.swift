@@ -88,7 +88,7 @@ public struct TokenBroker: Sendable {
     /// `sealedGrant(_:)` on a vault already open: the agent keeps the vault
     /// open while its file stays the same, and decides here without reading
     /// or decrypting it again.
-    public func sealedGrant(_ request: TokenRequest, in vault: UnlockedVault) throws -> TokenGrant? {
+    package func sealedGrant(_ request: TokenRequest, in vault: UnlockedVault) throws -> TokenGrant? {
         guard request.renewal != .always else { return nil }
         let profile = try Self.profile(request.profile, in: vault)
         let token = try sealedToken(request, in: vault)
