@@ -21,7 +21,7 @@ struct Init: ParsableCommand {
         ProcessHardening.protect()
         let store = global.store
         try store.requireAbsent()  // before prompting for a passphrase that would be wasted
-        if let label { try UnlockedVault.checkLabel(label) }  // the rule `keys add --label` and the reader apply
+        if let label { try SlotLabel.check(label) }  // the rule `keys add --label` and the reader apply
         let secret = try global.sources.secretToCreate(what: "the new vault")
         let vault = try UnlockedVault.create(
             secret: secret, label: label ?? secret.kind.name, kdf: kdf)

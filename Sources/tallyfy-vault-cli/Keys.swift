@@ -49,7 +49,7 @@ struct Keys: ParsableCommand {
         }
 
         func run() async throws {
-            if let label { try UnlockedVault.checkLabel(label) }
+            if let label { try SlotLabel.check(label) }
             let secrets = try global.secretsToOpen()
             let newSecret: UnlockSecret =
                 if let newKeyFile { try UnlockSources.readKeyFile(newKeyFile) }

@@ -136,6 +136,27 @@ import Testing
         try sandbox.ok(["exec", "--", "true"], env: unlock)
     }
 
+    /// Renewals that hang (Tallyfy answers after a minute) hold up no one:
+    /// more of them than the agent has serving threads, and a client whose
+    /// sealed token is fresh enough is still answered by the agent at once.
+    @Test func aSlowRenewalHoldsUpNoOtherClient() async throws {
+        let (sandbox, emulator, unlock, _) = try await world()
+        defer { _ = emulator.stop() }
+        let agent = try startAgent(sandbox, unlock: unlock)
+        defer { agent.kill() }
+        let token = try sandbox.ok(["token"]).stdout
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 60_000))
+        // A 7-day token never satisfies --min-ttl 8d: each of these makes the agent renew.
+        let waiting = try (0..<6).map { _ in try sandbox.launch(["token", "--min-ttl", "8d"]) }
+        defer { waiting.forEach { $0.kill() } }
+        let stuck = await eventually(seconds: 30) { (try? await emulator.counts()["token"]) ?? 0 >= 2 }
+        #expect(stuck, "no renewal reached Tallyfy: \(agent.stderrSoFar)")
+        let (fresh, kdf) = try derivations(sandbox, ["token"])
+        #expect(fresh.status == 0 && fresh.stdout == token && kdf == 0, "\(fresh.brief)")
+        #expect(!agent.stderrSoFar.contains("renewed"), "the hanging renewal finished early: \(agent.stderrSoFar)")
+        try await emulator.clearFaults()
+    }
+
     /// For its whole life the agent is not dumpable (its /proc files are
     /// root's) and its core limit is 0; run as `nobody` to see it (as root,
     /// every /proc file is root's anyway).
@@ -196,6 +217,67 @@ import Testing
         try sandbox.ok(["keys", "add", "--new-key-file", sandbox.path("key2")], env: unlock)
         try sandbox.refused(["token"], status: 78)
         #expect(agent.stderrSoFar.contains("forgot the key: the vault's key slots changed"))
+    }
+
+    /// The agent answers from the vault it holds only while the vault's file
+    /// is the one it read: every change by the CLI replaces the file, and is
+    /// in the very next answer.
+    @Test func aChangeByTheCLIIsInTheNextAnswer() async throws {
+        let (sandbox, emulator, unlock, _) = try await world()
+        defer { _ = emulator.stop() }
+        try sandbox.ok(["users", "create", "--email", "ann@example.com", "--first-name", "Ann", "--last-name", "Lee"], env: unlock)
+        try sandbox.ok(["users", "token", "ann@example.com"], env: unlock)
+        let agent = try startAgent(sandbox, unlock: unlock)
+        defer { agent.kill() }
+        let first = try sandbox.ok(["token"]).stdout
+        #expect(try sandbox.ok(["token"]).stdout == first)
+
+        // A new application token sealed by the CLI (`login` never asks the agent).
+        try sandbox.ok(["login"], env: unlock)
+        let second = try sandbox.ok(["token"]).stdout
+        #expect(second != first, "the agent handed out the token it held before `login`")
+        #expect(try sandbox.ok(["token", "--no-agent"], env: unlock).stdout == second)
+
+        // `users forget`: the agent no longer has that token to give.
+        try sandbox.ok(["token", "--user", "ann@example.com", "--no-refresh"])
+        try sandbox.ok(["users", "forget", "ann@example.com"], env: unlock)
+        let forgotten = try sandbox.refused(["token", "--user", "ann@example.com", "--no-refresh"], status: 78)
+        #expect(forgotten.stderr.contains("no valid user token for ann@example.com is sealed"), "\(forgotten.brief)")
+
+        // `credentials set` drops the application token (it belonged to the
+        // old client): the agent has none to give, and renews when allowed.
+        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: unlock)
+        let dropped = try sandbox.refused(["token", "--no-refresh"], status: 78)
+        #expect(dropped.stderr.contains("no valid application token for profile \"default\" is sealed"), "\(dropped.brief)")
+        let renewed = try sandbox.ok(["token"]).stdout
+        #expect(renewed != second && !renewed.isEmpty)
+        #expect(try sandbox.ok(["token", "--no-agent"], env: unlock).stdout == renewed)
+        #expect(!agent.stderrSoFar.contains("forgot the key"), "\(agent.stderrSoFar)")
+    }
+
+    /// `rekey` (a new data key) and `keys remove` leave the agent's key unable
+    /// to open the vault: it forgets the key at the next request, and clients
+    /// unlock for themselves.
+    @Test func aRekeyOrARemovedSlotMakesTheAgentForgetTheKey() async throws {
+        let (sandbox, emulator, unlock, _) = try await world()
+        defer { _ = emulator.stop() }
+        let token = try sandbox.ok(["token"], env: unlock).stdout
+        for change in [["rekey"], ["keys", "remove", "backup"]] {
+            if change.first == "keys" {
+                try sandbox.ok(["keygen", sandbox.path("key2")])
+                try sandbox.ok(["keys", "add", "--new-key-file", sandbox.path("key2"), "--label", "backup"], env: unlock)
+            }
+            let agent = try startAgent(sandbox, unlock: unlock)
+            defer { agent.kill() }
+            #expect(try sandbox.ok(["token"]).stdout == token)
+            try sandbox.ok(change, env: unlock)
+            try sandbox.refused(["token"], status: 78)
+            #expect(agent.stderrSoFar.contains("forgot the key: the vault's key slots changed"), "\(agent.stderrSoFar)")
+            #expect(try sandbox.ok(["token"], env: unlock).stdout == token)
+            agent.kill()
+            _ = agent.wait()
+        }
     }
 
     /// The socket's file and folder must be ours, and so must the process

@@ -120,7 +120,7 @@ import Testing
     @Test func oneLabelRuleForInitKeysAddAndTheReader() throws {
         for bad in ["", "esc\u{1B}[31m", String(repeating: "x", count: 65), String(repeating: "é", count: 33), "two\nlines"] {
             #expect(throws: VaultError.self) { try UnlockedVault.create(secret: TestKeys.keyFile(1), label: bad, kdf: .moderate) }
-            #expect(throws: VaultError.self) { try UnlockedVault.checkLabel(bad) }
+            #expect(throws: VaultError.self) { try SlotLabel.check(bad) }
         }
         #expect(try UnlockedVault.create(secret: TestKeys.keyFile(1), label: String(repeating: "x", count: 64), kdf: .moderate).slotList.count == 1)
     }

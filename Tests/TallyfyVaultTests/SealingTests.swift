@@ -80,6 +80,23 @@ import Testing
         #expect(!opensWithOldKey)
     }
 
+    /// A listing and a rekey open every record in one reused buffer: a short
+    /// record after a long one must still read only its own bytes.
+    @Test func recordsOfEverySizeSurviveAListingAndARekey() throws {
+        let key = TestKeys.keyFile(7)
+        let vault = try UnlockedVault.create(secret: key, label: "key-file", kdf: .moderate)
+        vault.content.profiles["default"] = TestKeys.profile()
+        let values = [10, 3_000, 5, 600, 1, 2_000].enumerated().map { "v\($0.offset)-" + String(repeating: "x", count: $0.element) }
+        try vault.setUserTokens(values.enumerated().map {
+            UserTokenRecord(profile: "default", email: "u\($0.offset)@b.io", token: TestKeys.token($0.element))
+        })
+        #expect(try vault.userTokens(profile: "default").map(\.token.value) == values)
+        try vault.rekey(secrets: [key], dropOthers: false)
+        let reopened = try UnlockedVault.open(try ParsedVault(parsing: try vault.sealed()), with: [key])
+        #expect(try reopened.userTokens(profile: "default").map(\.token.value) == values)
+        #expect(try reopened.userToken(profile: "default", email: "U4@b.io")?.token.value == values[4])
+    }
+
     @Test func rekeyRefusesSlotsItCannotRewrapUnlessTold() throws {
         let key = TestKeys.keyFile(5)
         let vault = try UnlockedVault.create(secret: key, label: "key-file", kdf: .moderate)

@@ -6,13 +6,17 @@ import TallyfyVaultCore
 /// hands out tokens over a Unix socket to processes of its own uid, and
 /// renews tokens in the background before they get close to expiry.
 ///
-/// It runs the same code as the CLI: `TokenBroker.grant` under the same vault
-/// lock and atomic replace, so it is single-flight with every CLI process,
-/// and it re-reads the vault for every request, so changes made by the CLI
-/// (`credentials set`, `rotate-secret`, `users forget`) are seen at once. When
-/// the key slots change (`keys add`/`remove`, `rekey`) its key no longer
-/// opens the vault as it is, and it forgets the key: clients fall back to
-/// unlocking for themselves. docs/agent.md describes the protocol.
+/// It keeps the vault it last opened, with the identity of its file
+/// (`PinnedVault`), and answers a request whose sealed token is fresh enough
+/// from it: one `stat` per request, nothing re-read or decrypted. Every
+/// change by the CLI (`credentials set`, `rotate-secret`, `users forget`,
+/// `rekey`, `keys remove`) replaces the file, so the next request re-opens
+/// it and sees the change at once. When the key slots change its key no
+/// longer opens the vault, and it forgets the key: clients fall back to
+/// unlocking for themselves. Renewing runs the same code as the CLI:
+/// `TokenBroker.grant` under the same vault lock and atomic replace, so it
+/// is single-flight with every CLI process. docs/agent.md describes the
+/// protocol.
 public final class AgentServer: Sendable {
     public struct Configuration: Sendable {
         public var socketPath: String
@@ -35,14 +39,20 @@ public final class AgentServer: Sendable {
         }
     }
 
-    /// A token is renewed when this share of its life is left (a quarter),
-    /// plus up to a tenth of that again at random, so a fleet of agents
-    /// started together does not renew in the same second.
-    public static let renewalShare = 0.25
-    public static let jitterShare = 0.1
+    /// When a token is renewed and failures retried: the schedule
+    /// `exec --keep-fresh` uses (a quarter of its life left, brought forward
+    /// at random by up to a twentieth of it, so a fleet of agents started
+    /// together does not renew in the same second).
+    public static let schedule = RenewalSchedule.standard
+
+    /// Threads that accept and serve connections (see `acceptLoop`).
+    static let servingThreads = 4
 
     private struct State {
         var unlocker: VaultUnlocker?
+        /// The vault as last opened with `unlocker`, and its file; dropped
+        /// with the key. Used under this state's lock only.
+        var pinned: PinnedVault?
         var lastUsed: Date
         var served = 0
         var renewals = 0
@@ -51,8 +61,8 @@ public final class AgentServer: Sendable {
         /// When each token is due for renewal, keyed by profile (and user),
         /// fixed once per token value so the jitter stays put.
         var due: [String: (token: String, at: Date)] = [:]
-        /// After a failed renewal: not before this, and the next pause.
-        var retry: [String: (at: Date, pause: TimeInterval)] = [:]
+        /// After a failed renewal: not before this, and how many failed in a row.
+        var retry: [String: (at: Date, attempt: Int)] = [:]
     }
 
     public let configuration: Configuration
@@ -79,9 +89,11 @@ public final class AgentServer: Sendable {
     public func run(ready: @Sendable () -> Void) async throws {
         let listener = try AgentSocket.listen(at: configuration.socketPath)
         state.withLock { $0.listener = listener }
-        let acceptor = Thread { [self] in acceptLoop(listener) }
-        acceptor.stackSize = 1 << 20
-        acceptor.start()
+        for _ in 0..<Self.servingThreads {
+            let thread = Thread { [self] in acceptLoop(listener) }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
         log("serving \(configuration.vaultPath) on \(configuration.socketPath) (pid \(getpid()))")
         ready()
         // A vault on etcd: changes from other machines reach the cache at once (VaultWatch.swift).
@@ -101,6 +113,7 @@ public final class AgentServer: Sendable {
     public func stop() {
         let listener = state.withLock {
             $0.unlocker = nil
+            $0.pinned = nil
             $0.stopping = true
             return $0.listener
         }
@@ -111,12 +124,22 @@ public final class AgentServer: Sendable {
     /// Forgets the key and keeps answering "locked".
     public func lock(reason: String) {
         let wasUnlocked = state.withLock { state -> Bool in
-            defer { state.unlocker = nil }
+            defer {
+                state.unlocker = nil
+                state.pinned = nil
+            }
             return state.unlocker != nil
         }
         if wasUnlocked { log("forgot the key: \(reason)") }
     }
 
+    /// Each of the `servingThreads` runs this: the kernel hands every
+    /// connection to one thread waiting in `accept`, and that thread answers
+    /// it. A token the held vault can answer is served right there: no
+    /// thread, task or queue between request and answer, each of which costs
+    /// a wake-up (under load, milliseconds). Only what may wait (a renewal
+    /// talking to Tallyfy, a client slow to send) leaves the thread, so a
+    /// slow renewal never holds up other clients.
     private func acceptLoop(_ listener: Int32) {
         while !state.withLock({ $0.stopping }) {
             let connection = accept(listener, nil, nil)
@@ -126,54 +149,60 @@ public final class AgentServer: Sendable {
                 continue
             }
             _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
-            let thread = Thread { [self] in serve(connection) }
-            thread.stackSize = 1 << 20
-            thread.start()
+            serve(connection)
         }
     }
 
     // MARK: - Serving one connection
 
     private func serve(_ connection: Int32) {
-        defer { close(connection) }
         AgentSocket.setTimeouts(connection, seconds: AgentProtocol.ioTimeout)
         guard let peer = AgentSocket.peerCredentials(connection), peer.uid == geteuid() else {
             let who = AgentSocket.peerCredentials(connection).map { "uid \($0.uid) (pid \($0.pid))" } ?? "an unknown peer"
             log("refused a connection from \(who): the agent serves uid \(geteuid()) only")
+            close(connection)
             return
         }
+        // Clients send their request as soon as they are connected. One that
+        // has not within a moment gets a thread of its own to wait on (up to
+        // the protocol's 5 s), so it holds up no one else.
+        var ready = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
+        if poll(&ready, 1, 100) != 1 {
+            let thread = Thread { [self] in receiveAndAnswer(connection, from: peer.pid) }
+            thread.stackSize = 1 << 20
+            thread.start()
+            return
+        }
+        receiveAndAnswer(connection, from: peer.pid)
+    }
+
+    private func receiveAndAnswer(_ connection: Int32, from pid: pid_t) {
         let request: AgentProtocol.Request
         do {
             request = try AgentProtocol.receive(AgentProtocol.Request.self, from: connection, maxLength: AgentProtocol.maxRequestLength)
         } catch {
-            log("dropped a connection from pid \(peer.pid): \(error)")
+            log("dropped a connection from pid \(pid): \(error)")
+            close(connection)
             return
         }
-        let answer: AgentProtocol.Answer
         if request.version != AgentProtocol.version {
-            answer = .failure("bad-request", "this agent speaks protocol version \(AgentProtocol.version)")
+            reply(.failure("bad-request", "this agent speaks protocol version \(AgentProtocol.version)"), on: connection, to: request)
+        } else if let answer = immediateAnswer(request) {
+            reply(answer, on: connection, to: request)
         } else {
-            answer = blockingAnswer(request)
+            Task { reply(await self.renewingAnswer(request), on: connection, to: request) }
         }
+    }
+
+    private func reply(_ answer: AgentProtocol.Answer, on connection: Int32, to request: AgentProtocol.Request) {
         try? AgentProtocol.send(answer, to: connection)
+        close(connection)
         if request.op == .stop { stop() }
     }
 
-    /// Runs the async answer on the concurrency pool while this connection's
-    /// own thread waits, so a slow renewal never holds the accept loop.
-    private func blockingAnswer(_ request: AgentProtocol.Request) -> AgentProtocol.Answer {
-        let result = Mutex<AgentProtocol.Answer?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            let answer = await self.answer(request)
-            result.withLock { $0 = answer }
-            done.signal()
-        }
-        done.wait()
-        return result.withLock { $0 } ?? .failure("failed", "internal error")
-    }
-
-    private func answer(_ request: AgentProtocol.Request) async -> AgentProtocol.Answer {
+    /// The answer when it needs no waiting: everything but a token that must
+    /// be renewed first (`nil`: `renewingAnswer` does that).
+    private func immediateAnswer(_ request: AgentProtocol.Request) -> AgentProtocol.Answer? {
         switch request.op {
         case .status:
             return AgentProtocol.Answer(ok: true, status: status())
@@ -184,7 +213,7 @@ public final class AgentServer: Sendable {
             log("asked to stop")
             return AgentProtocol.Answer(ok: true)
         case .token:
-            return await token(request)
+            return sealedAnswer(request)
         }
     }
 
@@ -196,12 +225,13 @@ public final class AgentServer: Sendable {
         }
     }
 
-    private func token(_ wire: AgentProtocol.Request) async -> AgentProtocol.Answer {
+    /// The request in library terms, or the answer that refuses it.
+    private func tokenRequest(_ wire: AgentProtocol.Request) -> Result<TokenRequest, AgentFailure> {
         guard wire.vault == configuration.vaultPath else {
-            return .failure("other-vault", "this agent holds \(configuration.vaultPath) only")
+            return .failure(AgentFailure(.failure("other-vault", "this agent holds \(configuration.vaultPath) only")))
         }
         guard let profile = wire.profile, let minimum = wire.minimumLifetime, minimum.isFinite, minimum >= 0 else {
-            return .failure("bad-request", "a token request needs a profile and a minimum lifetime")
+            return .failure(AgentFailure(.failure("bad-request", "a token request needs a profile and a minimum lifetime")))
         }
         let renewal: TokenRequest.Renewal
         switch wire.renewal {
@@ -209,35 +239,109 @@ public final class AgentServer: Sendable {
         case "never": renewal = .never
         default: renewal = .whenStale
         }
-        guard let broker = openBroker() else { return .failure("locked", "the agent holds no key") }
-        state.withLock {
-            $0.lastUsed = now
-            $0.served += 1
+        return .success(TokenRequest(profile: profile, user: wire.user, minimumLifetime: minimum, renewal: renewal))
+    }
+
+    private struct AgentFailure: Error {
+        var answer: AgentProtocol.Answer
+        init(_ answer: AgentProtocol.Answer) { self.answer = answer }
+    }
+
+    /// The sealed token from the held vault when it satisfies the request;
+    /// `nil` when it must be renewed.
+    private func sealedAnswer(_ wire: AgentProtocol.Request) -> AgentProtocol.Answer? {
+        let request: TokenRequest
+        switch tokenRequest(wire) {
+        case .success(let valid): request = valid
+        case .failure(let refusal): return refusal.answer
         }
-        do {
-            let grant = try await broker.grant(
-                TokenRequest(profile: profile, user: wire.user, minimumLifetime: minimum, renewal: renewal))
-            return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant))
-        } catch let error as VaultError {
-            return AgentProtocol.Answer(ok: false, error: "failed", message: error.message, hint: error.hint, exitStatus: error.exitStatus)
-        } catch {
-            return .failure("failed", "unexpected error")
+        let outcome = withHeldVault { vault, unlocker -> Result<TokenGrant?, Error> in
+            let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+            return Result { try broker.sealedGrant(request, in: vault) }
+        }
+        if outcome != nil {
+            let now = self.now
+            state.withLock {
+                $0.lastUsed = now
+                $0.served += 1
+            }
+        }
+        switch outcome {
+        case nil: return .failure("locked", "the agent holds no key")
+        case .success(let grant?)?: return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant))
+        case .success(nil)?: return nil
+        case .failure(let error)?: return Self.failed(error)
         }
     }
 
-    /// A broker over the held key, after proving the key still opens the
-    /// vault as it is now; forgets the key when it does not.
-    private func openBroker() -> TokenBroker? {
+    /// A token that had to be renewed: `TokenBroker.grant`, under the vault
+    /// lock, exactly as the CLI does it (another process may have renewed
+    /// meanwhile; then its token is taken).
+    private func renewingAnswer(_ wire: AgentProtocol.Request) async -> AgentProtocol.Answer {
+        guard case .success(let request) = tokenRequest(wire) else { return .failure("bad-request", "not a token request") }
+        guard let unlocker = state.withLock({ $0.unlocker }) else { return .failure("locked", "the agent holds no key") }
+        do {
+            let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+            return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(try await broker.grant(request)))
+        } catch {
+            // A key that stopped opening the vault meanwhile is noticed (and
+            // forgotten) by the next request; `.refused` here may as well be
+            // Tallyfy refusing the client secret.
+            return Self.failed(error)
+        }
+    }
+
+    private static func failed(_ error: Error) -> AgentProtocol.Answer {
+        guard let error = error as? VaultError else { return .failure("failed", "unexpected error") }
+        return AgentProtocol.Answer(ok: false, error: "failed", message: error.message, hint: error.hint, exitStatus: error.exitStatus)
+    }
+
+    /// Runs `body` on the vault as it is on disk now, under the state lock:
+    /// the held one while its file is unchanged (one `stat`), else the file
+    /// opened again with the held key. `nil` when no key is held or the vault
+    /// cannot be opened now (being replaced, say: the client falls back);
+    /// the key is forgotten when it no longer opens the vault.
+    private func withHeldVault<T>(_ body: (UnlockedVault, VaultUnlocker) -> T) -> T? {
+        if store.isRemote { return withRemoteVault(body) }
+        let outcome = state.withLock { state -> HeldVault<T> in
+            guard let unlocker = state.unlocker else { return .locked }
+            if let pinned = state.pinned, store.isCurrent(pinned) {
+                return .done(body(pinned.vault, unlocker))
+            }
+            state.pinned = nil
+            do {
+                let pinned = try store.openPinned(with: unlocker)
+                state.pinned = pinned
+                return .done(body(pinned.vault, unlocker))
+            } catch let error as VaultError where error.kind == .refused {
+                return .locked
+            } catch {
+                return .unreadable
+            }
+        }
+        switch outcome {
+        case .done(let value): return value
+        case .unreadable: return nil
+        case .locked:
+            lock(reason: "the vault's key slots changed")  // logs only when a key was held
+            return nil
+        }
+    }
+
+    private enum HeldVault<T> { case done(T), locked, unreadable }
+
+    /// A vault in etcd has no file to watch: it is read for every call, and
+    /// outside the state lock, since the cluster is a network away.
+    private func withRemoteVault<T>(_ body: (UnlockedVault, VaultUnlocker) -> T) -> T? {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return nil }
         do {
-            _ = try store.open(with: unlocker)
+            return body(try store.open(with: unlocker), unlocker)
         } catch let error as VaultError where error.kind == .refused {
             lock(reason: "the vault's key slots changed")
             return nil
         } catch {
-            return nil  // unreadable for now (being replaced, say): the client falls back
+            return nil
         }
-        return TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
     }
 
     // MARK: - Background renewal
@@ -250,17 +354,25 @@ public final class AgentServer: Sendable {
         if let lifetime = configuration.maxLifetime, now.timeIntervalSince(startedAt) >= lifetime {
             lock(reason: "running for \(DurationText.format(lifetime)) (--max-lifetime)")
         }
-        guard let broker = openBroker(), let vault = try? store.open(with: broker.unlocker) else { return }
-        for (name, profile) in vault.content.profiles.sorted(by: { $0.key < $1.key }) {
+        // The held vault tells what is due; it is re-read only when its file changed.
+        guard let (unlocker, profiles, nearUsers) = withHeldVault({ vault, unlocker in
+            let summary = vault.summary()
+            let near = summary.profiles.filter { _, profile in
+                profile.earliestUserTokenExpiresAt.map { $0.timeIntervalSince(now) <= Self.longestUserMargin } ?? false
+            }
+            return (unlocker, vault.content.profiles, Set(near.keys))
+        }) else { return }
+        let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+        for (name, profile) in profiles.sorted(by: { $0.key < $1.key }) {
             if let token = profile.applicationToken {
                 await renewIfDue(key: name, token: token, what: "the application token of profile \(name)", now: now, broker: broker) {
                     TokenRequest(profile: name, minimumLifetime: $0, renewal: .whenStaleStrictly)
                 }
             }
-            // User records are opened only when the earliest is near its window.
-            guard let earliest = vault.summary().profiles[name]?.earliestUserTokenExpiresAt,
-                earliest.timeIntervalSince(now) <= Self.longestUserMargin
-            else { continue }
+            // User records are opened only when the earliest is near its
+            // window, and in a copy of their own: opening thousands of them
+            // under the state lock would hold up every client meanwhile.
+            guard nearUsers.contains(name), let vault = try? store.open(with: unlocker) else { continue }
             for record in (try? vault.userTokens(profile: name)) ?? [] {
                 await renewIfDue(key: name + "\u{0}" + record.email, token: record.token, what: "the token of \(record.email)", now: now, broker: broker) {
                     TokenRequest(profile: name, user: record.email, minimumLifetime: $0, renewal: .whenStaleStrictly)
@@ -269,9 +381,9 @@ public final class AgentServer: Sendable {
         }
     }
 
-    /// A quarter of a 90-day user token's life: user records further from
-    /// expiry than this are not opened by the renewal loop.
-    static let longestUserMargin: TimeInterval = 90 * 86_400 * (renewalShare + jitterShare * renewalShare)
+    /// The longest lead the schedule gives a 90-day user token: user records
+    /// further from expiry than this are not opened by the renewal loop.
+    static let longestUserMargin: TimeInterval = 90 * 86_400 * (schedule.fractionLeft + schedule.jitter)
 
     private func renewIfDue(
         key: String, token: SealedToken, what: String, now: Date, broker: TokenBroker, request: (TimeInterval) -> TokenRequest
@@ -279,8 +391,8 @@ public final class AgentServer: Sendable {
         let life = max(1, token.expiresAt.timeIntervalSince(token.obtainedAt))
         let due = state.withLock { state -> Date in
             if let known = state.due[key], known.token == token.value { return known.at }
-            let margin = life * Self.renewalShare * (1 + Double.random(in: 0...Self.jitterShare))
-            let at = token.expiresAt.addingTimeInterval(-margin)
+            let at = Self.schedule.renewalDate(expiresAt: token.expiresAt, receivedAt: token.obtainedAt, minimumLifetime: 0,
+                random: Double.random(in: 0...1))
             state.due[key] = (token.value, at)
             return at
         }
@@ -300,12 +412,13 @@ public final class AgentServer: Sendable {
             }
         } catch {
             let reason = (error as? VaultError)?.message ?? "unexpected error"
-            let pause = state.withLock { state -> TimeInterval in
-                let pause = min((state.retry[key]?.pause ?? 2.5) * 2, 300)
-                state.retry[key] = (now.addingTimeInterval(pause), pause)
-                return pause
+            let retryAt = state.withLock { state -> Date in
+                let attempt = (state.retry[key]?.attempt ?? 0) + 1
+                let at = Self.schedule.retryDate(afterFailure: attempt, lifetime: life, expiresAt: token.expiresAt, now: now)
+                state.retry[key] = (at, attempt)
+                return at
             }
-            log("could not renew \(what): \(reason); trying again in \(DurationText.format(pause)), the sealed token stays valid until \(ChildEnvironment.rfc3339(token.expiresAt))")
+            log("could not renew \(what): \(reason); trying again in \(DurationText.format(max(1, retryAt.timeIntervalSince(now).rounded()))), the sealed token stays valid until \(ChildEnvironment.rfc3339(token.expiresAt))")
         }
     }
 }

@@ -27,12 +27,15 @@ public struct AgentClient: Sendable {
         self.init(socketPath: AgentSocket.path(environment: environment))
     }
 
-    /// One request, one answer.
+    /// One request, one answer; written and read without Codable, which in
+    /// a short-lived client costs more than the round trip (see
+    /// `AgentProtocol+client.swift`).
     public func ask(_ request: AgentProtocol.Request) throws -> AgentProtocol.Answer {
+        let body = try request.json()
         let descriptor = try AgentSocket.connect(to: socketPath)
         defer { close(descriptor) }
-        try AgentProtocol.send(request, to: descriptor)
-        return try AgentProtocol.receive(AgentProtocol.Answer.self, from: descriptor, maxLength: AgentProtocol.maxAnswerLength)
+        try AgentProtocol.sendFrame(body, to: descriptor)
+        return try AgentProtocol.Answer(json: AgentProtocol.receiveFrame(from: descriptor, maxLength: AgentProtocol.maxAnswerLength))
     }
 
     /// The token for `request` from the agent: the grant, `nil` when the

@@ -137,7 +137,11 @@ public enum AgentProtocol {
 
     /// Writes one frame: length, then `value` as JSON.
     public static func send(_ value: some Encodable, to descriptor: Int32) throws {
-        let body = try JSONEncoder().encode(value)
+        try sendFrame(Array(try JSONEncoder().encode(value)), to: descriptor)
+    }
+
+    /// Writes one frame: the length of `body`, then `body`.
+    static func sendFrame(_ body: [UInt8], to descriptor: Int32) throws {
         let length = UInt32(body.count)
         var frame = [UInt8(length >> 24), UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff), UInt8(length & 0xff)]
         frame.append(contentsOf: body)
@@ -152,15 +156,20 @@ public enum AgentProtocol {
 
     /// Reads one frame of at most `maxLength` bytes and decodes it.
     public static func receive<T: Decodable>(_ type: T.Type, from descriptor: Int32, maxLength: Int) throws -> T {
-        let header = try readExactly(4, from: descriptor)
-        let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
-        guard length <= maxLength else { throw AgentError.connection("a frame of \(length) bytes is over the limit of \(maxLength)") }
-        let body = try readExactly(length, from: descriptor)
+        let body = try receiveFrame(from: descriptor, maxLength: maxLength)
         do {
             return try JSONDecoder().decode(T.self, from: Data(body))
         } catch {
             throw AgentError.connection("a frame is not the expected JSON")
         }
+    }
+
+    /// Reads one frame of at most `maxLength` bytes: its body.
+    static func receiveFrame(from descriptor: Int32, maxLength: Int) throws -> [UInt8] {
+        let header = try readExactly(4, from: descriptor)
+        let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
+        guard length <= maxLength else { throw AgentError.connection("a frame of \(length) bytes is over the limit of \(maxLength)") }
+        return try readExactly(length, from: descriptor)
     }
 
     private static func readExactly(_ count: Int, from descriptor: Int32) throws -> [UInt8] {

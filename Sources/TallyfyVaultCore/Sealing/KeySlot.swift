@@ -15,7 +15,6 @@
 struct KeySlot: Sendable, Equatable {
     static let saltLength = 16
     static let wrappedKeyLength = 32 + 16
-    static let maxLabelLength = 64
 
     var kind: SlotKind
     var label: String

@@ -70,6 +70,25 @@ public struct SecretBytes: ~Copyable {
     }
 }
 
+/// One guarded buffer reused for many short secrets in a row (each record of
+/// a listing or a rekey): a `sodium_malloc` costs about ten system calls
+/// (guard pages, mlock, mprotect), which for ten thousand records was most of
+/// the time `users list` and `rekey` took. Each use is wiped when it ends.
+struct GuardedScratch: ~Copyable {
+    private var buffer = SecretBytes(count: 0)
+
+    /// The first `count` bytes of the buffer (grown when too small) for the
+    /// duration of `body`, zeroed afterwards.
+    mutating func use<R, E: Error>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        if buffer.count < count { buffer = SecretBytes(count: max(count, 2 * buffer.count)) }
+        return try buffer.withUnsafeMutableBytes { (all) throws(E) -> R in
+            let part = UnsafeMutableRawBufferPointer(rebasing: all[..<count])
+            defer { if count > 0 { sodium_memzero(part.baseAddress, count) } }
+            return try body(part)
+        }
+    }
+}
+
 /// A reference-counted home for `SecretBytes`, for places that need to keep a
 /// key alive across several calls (an opened vault keeps its data key here).
 public final class SecretBox: @unchecked Sendable {

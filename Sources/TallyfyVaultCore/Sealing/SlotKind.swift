@@ -29,3 +29,21 @@ public enum SlotKind: UInt8, Sendable, Equatable, Codable {
         try container.encode(name)
     }
 }
+
+/// The one rule for slot labels, applied by `init --label`, `keys add
+/// --label` and the reader alike: 1 to 64 bytes of UTF-8, no control
+/// characters (a label is printed by `keys list` and `status`).
+public enum SlotLabel {
+    static let maxLength = 64
+
+    public static func isValid(_ label: String) -> Bool {
+        !label.isEmpty && label.utf8.count <= maxLength && !label.unicodeScalars.contains(where: \.isControl)
+    }
+
+    public static func check(_ label: String) throws {
+        guard isValid(label) else {
+            throw VaultError(.usage, "a slot label must be 1 to \(maxLength) bytes on one line, without control characters",
+                hint: "choose a shorter --label, e.g. ops-laptop")
+        }
+    }
+}

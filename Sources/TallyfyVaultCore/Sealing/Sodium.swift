@@ -59,46 +59,71 @@ package enum Sodium {
         _ ciphertext: some ContiguousBytes, key: borrowing SecretBytes, nonce: some ContiguousBytes,
         associatedData: some ContiguousBytes
     ) -> SecretBytes? {
-        _ = ready
         let sealedLength = ciphertext.withUnsafeBytes { $0.count }
         guard sealedLength >= aeadTagBytes else { return nil }
         var plain = SecretBytes(count: sealedLength - aeadTagBytes)
-        let rc = plain.withUnsafeMutableBytes { p in
-            ciphertext.withUnsafeBytes { c in
-                nonce.withUnsafeBytes { n in
-                    associatedData.withUnsafeBytes { ad in
-                        key.withUnsafeBytes { k in
-                            precondition(n.count == aeadNonceBytes && k.count == aeadKeyBytes)
-                            var plainLength: UInt64 = 0
-                            return crypto_aead_xchacha20poly1305_ietf_decrypt(
-                                p.baseAddress?.assumingMemoryBound(to: UInt8.self), &plainLength, nil,
-                                c.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(c.count),
-                                ad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(ad.count),
-                                n.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                k.baseAddress!.assumingMemoryBound(to: UInt8.self))
-                        }
+        let opened = plain.withUnsafeMutableBytes {
+            open(ciphertext, key: key, nonce: nonce, associatedData: associatedData, into: $0)
+        }
+        guard opened != nil else { return nil }
+        return plain
+    }
+
+    /// Decryption into the start of `plain` (which must have room for the
+    /// ciphertext less its tag): returns the plaintext's length, or `nil` when
+    /// the tag does not verify. Lets a listing reuse one guarded buffer.
+    static func open(
+        _ ciphertext: some ContiguousBytes, key: borrowing SecretBytes, nonce: some ContiguousBytes,
+        associatedData: some ContiguousBytes, into plain: UnsafeMutableRawBufferPointer
+    ) -> Int? {
+        _ = ready
+        let rc = ciphertext.withUnsafeBytes { c -> Int32 in
+            guard c.count >= aeadTagBytes else { return -1 }
+            precondition(plain.count >= c.count - aeadTagBytes)
+            return nonce.withUnsafeBytes { n in
+                associatedData.withUnsafeBytes { ad in
+                    key.withUnsafeBytes { k in
+                        precondition(n.count == aeadNonceBytes && k.count == aeadKeyBytes)
+                        var plainLength: UInt64 = 0
+                        return crypto_aead_xchacha20poly1305_ietf_decrypt(
+                            plain.baseAddress?.assumingMemoryBound(to: UInt8.self), &plainLength, nil,
+                            c.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(c.count),
+                            ad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(ad.count),
+                            n.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                            k.baseAddress!.assumingMemoryBound(to: UInt8.self))
                     }
                 }
             }
         }
-        if rc != 0 { return nil }
-        return plain
+        return rc == 0 ? ciphertext.withUnsafeBytes { $0.count } - aeadTagBytes : nil
     }
 
     /// Keyed BLAKE2b (`crypto_generichash`) into guarded memory.
     static func keyedHash(outputBytes: Int, key: UnsafeRawBufferPointer, message: some ContiguousBytes) -> SecretBytes {
-        _ = ready
         var out = SecretBytes(count: outputBytes)
-        out.withUnsafeMutableBytes { o in
-            message.withUnsafeBytes { m in
-                let rc = crypto_generichash(
-                    o.baseAddress!.assumingMemoryBound(to: UInt8.self), outputBytes,
-                    m.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(m.count),
-                    key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count)
-                precondition(rc == 0, "crypto_generichash cannot fail on valid sizes")
-            }
-        }
+        out.withUnsafeMutableBytes { keyedHash(key: key, message: message, into: $0) }
         return out
+    }
+
+    /// Keyed BLAKE2b into an ordinary array, for names that are stored in the
+    /// clear anyway (record locators, profile tags): guarded memory would cost
+    /// a dozen system calls per name and protect nothing.
+    static func keyedName(outputBytes: Int, key: UnsafeRawBufferPointer, message: some ContiguousBytes) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: outputBytes) { out, count in
+            keyedHash(key: key, message: message, into: UnsafeMutableRawBufferPointer(out))
+            count = outputBytes
+        }
+    }
+
+    private static func keyedHash(key: UnsafeRawBufferPointer, message: some ContiguousBytes, into out: UnsafeMutableRawBufferPointer) {
+        _ = ready
+        message.withUnsafeBytes { m in
+            let rc = crypto_generichash(
+                out.baseAddress!.assumingMemoryBound(to: UInt8.self), out.count,
+                m.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(m.count),
+                key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count)
+            precondition(rc == 0, "crypto_generichash cannot fail on valid sizes")
+        }
     }
 
     /// Argon2id v1.3 (`crypto_pwhash`) of a passphrase into a 32-byte key.
@@ -124,32 +149,44 @@ package enum Sodium {
     /// ISO/IEC 7816-4 padding (`sodium_pad`) to a multiple of `blockSize`,
     /// into guarded memory.
     static func pad(_ content: some ContiguousBytes, blockSize: Int) -> SecretBytes {
+        var out = SecretBytes(count: paddedLength(content.withUnsafeBytes { $0.count }, blockSize: blockSize))
+        _ = out.withUnsafeMutableBytes { pad(content, blockSize: blockSize, into: $0) }
+        return out
+    }
+
+    /// The length `content.count` bytes have once padded.
+    static func paddedLength(_ length: Int, blockSize: Int) -> Int {
+        (length / blockSize + 1) * blockSize
+    }
+
+    /// Padding into the start of `out` (room for `paddedLength`); returns the
+    /// padded length.
+    static func pad(_ content: some ContiguousBytes, blockSize: Int, into out: UnsafeMutableRawBufferPointer) -> Int {
         _ = ready
         let length = content.withUnsafeBytes { $0.count }
-        let paddedLength = (length / blockSize + 1) * blockSize
-        var out = SecretBytes(count: paddedLength)
-        out.withUnsafeMutableBytes { o in
-            content.withUnsafeBytes { bytes in
-                if length > 0 { o.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: length) }
-            }
-            var resultLength = 0
-            let rc = sodium_pad(
-                &resultLength, o.baseAddress!.assumingMemoryBound(to: UInt8.self), length, blockSize, o.count)
-            precondition(rc == 0 && resultLength == paddedLength)
+        let padded = paddedLength(length, blockSize: blockSize)
+        precondition(out.count >= padded)
+        content.withUnsafeBytes { bytes in
+            if length > 0 { out.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: length) }
         }
-        return out
+        var resultLength = 0
+        let rc = sodium_pad(&resultLength, out.baseAddress!.assumingMemoryBound(to: UInt8.self), length, blockSize, padded)
+        precondition(rc == 0 && resultLength == padded)
+        return padded
     }
 
     /// The length of the content before `sodium_pad` padding, or `nil` when
     /// the padding is malformed.
     static func unpaddedLength(_ bytes: borrowing SecretBytes, blockSize: Int) -> Int? {
+        bytes.withUnsafeBytes { unpaddedLength($0, blockSize: blockSize) }
+    }
+
+    static func unpaddedLength(_ b: UnsafeRawBufferPointer, blockSize: Int) -> Int? {
         _ = ready
-        return bytes.withUnsafeBytes { b in
-            guard b.count > 0, b.count % blockSize == 0 else { return nil }
-            var length = 0
-            let rc = sodium_unpad(&length, b.baseAddress!.assumingMemoryBound(to: UInt8.self), b.count, blockSize)
-            return rc == 0 ? length : nil
-        }
+        guard b.count > 0, b.count % blockSize == 0 else { return nil }
+        var length = 0
+        let rc = sodium_unpad(&length, b.baseAddress!.assumingMemoryBound(to: UInt8.self), b.count, blockSize)
+        return rc == 0 ? length : nil
     }
 
     /// Constant-time comparison, for anything derived from secrets.

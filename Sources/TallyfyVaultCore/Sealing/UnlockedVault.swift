@@ -45,7 +45,7 @@ public final class UnlockedVault: @unchecked Sendable {
     /// A new, empty vault with a fresh random data key and one slot.
     public static func create(secret: UnlockSecret, label: String, kdf: KDFLevel) throws -> UnlockedVault {
         ProcessHardening.protect()
-        try checkLabel(label)
+        try SlotLabel.check(label)
         let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
         let slot = try KeySlot.make(wrapping: key, with: secret, label: label, kdf: kdf)
         return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]))
@@ -72,7 +72,9 @@ public final class UnlockedVault: @unchecked Sendable {
             throw VaultError(.corrupt, "the vault was modified or damaged: its sealed body does not authenticate",
                 hint: ByteReader.restoreHint)
         }
-        let content: VaultContent = try decodePadded(padded, what: "sealed body")
+        let content: VaultContent = try padded.withUnsafeBytes { (bytes) throws(VaultError) in
+            try decodePadded(bytes, what: "sealed body")
+        }
         guard content.hasReadableDates else {
             throw VaultError(.corrupt, "the vault's sealed body holds a date outside 1970..9999", hint: ByteReader.restoreHint)
         }
@@ -175,13 +177,18 @@ public final class UnlockedVault: @unchecked Sendable {
     public func userToken(profile: String, email: String) throws -> UserTokenRecord? {
         let locator = locator(profile: profile, email: email)
         guard let record = recordTable.find(locator) else { return nil }
-        return try openRecord(record)
+        var scratch = GuardedScratch()
+        return try openRecord(record, scratch: &scratch)
     }
 
     /// Every user token of `profile`, opened one by one (for listing and checks).
     public func userTokens(profile: String) throws -> [UserTokenRecord] {
         let tag = profileTag(profile)
-        let opened = try records.filter { $0.entry.profileTag == tag }.map(openRecord)
+        var scratch = GuardedScratch()
+        var opened: [UserTokenRecord] = []
+        for record in records where record.entry.profileTag == tag {
+            opened.append(try openRecord(record, scratch: &scratch))
+        }
         // Lowercase each email once, not twice per comparison.
         return zip(opened.map { $0.email.lowercased() }, opened).sorted { $0.0 < $1.0 }.map(\.1)
     }
@@ -199,12 +206,15 @@ public final class UnlockedVault: @unchecked Sendable {
 
     /// Seals many records in one pass (one scan of the index, not one per record).
     public func setUserTokens(_ newRecords: [UserTokenRecord]) throws {
-        let sealed = try newRecords.map(seal)
+        var scratch = GuardedScratch()
+        var sealed: [SealedRecord] = []
+        sealed.reserveCapacity(newRecords.count)
+        for record in newRecords { sealed.append(try seal(record, scratch: &scratch)) }
         recordTable.upsert(sealed)
         modificationCount += 1
     }
 
-    private func seal(_ record: UserTokenRecord) throws -> SealedRecord {
+    private func seal(_ record: UserTokenRecord, scratch: inout GuardedScratch) throws -> SealedRecord {
         guard record.isWithinBounds else {
             throw VaultError(.usage, "the user token to be sealed is outside the vault's limits (its expiry, email or length); nothing was changed")
         }
@@ -213,11 +223,15 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: "drop tokens you no longer need with `tallyfy-vault users forget EMAIL`")
         }
         let locator = locator(profile: record.profile, email: record.email)
-        let padded = try Self.paddedJSON(record, encoder: recordEncoder)
-        guard padded.count + Sodium.aeadTagBytes <= VaultFormat.maxRecordLength else { throw Self.tooLarge("user-token record") }
+        var json = try recordEncoder.encode(record)
+        defer { json.wipe() }
+        let paddedLength = Sodium.paddedLength(json.count, blockSize: VaultFormat.padBlock)
+        guard paddedLength + Sodium.aeadTagBytes <= VaultFormat.maxRecordLength else { throw Self.tooLarge("user-token record") }
         let nonce = Sodium.randomBytes(Sodium.aeadNonceBytes)
-        let sealed = padded.withUnsafeBytes {
-            Sodium.seal($0, key: dataKey.bytes, nonce: nonce, associatedData: VaultFormat.recordAssociatedPrefix + locator)
+        let sealed = scratch.use(paddedLength) { padded in
+            _ = Sodium.pad(json, blockSize: VaultFormat.padBlock, into: padded)
+            return Sodium.seal(UnsafeRawBufferPointer(padded), key: dataKey.bytes, nonce: nonce,
+                associatedData: VaultFormat.recordAssociatedPrefix + locator)
         }
         let entry = IndexEntry(
             locator: locator, profileTag: profileTag(record.profile),
@@ -242,19 +256,23 @@ public final class UnlockedVault: @unchecked Sendable {
         if recordTable.removeAll(where: { $0.entry.profileTag == tag }) > 0 { modificationCount += 1 }
     }
 
-    private func openRecord(_ record: SealedRecord) throws -> UserTokenRecord {
+    /// Opens one record into `scratch`, the guarded buffer a whole listing shares.
+    private func openRecord(_ record: SealedRecord, scratch: inout GuardedScratch) throws -> UserTokenRecord {
         let bytes = record.bytes
         let nonce = bytes.prefix(Sodium.aeadNonceBytes)
         let sealed = bytes.dropFirst(Sodium.aeadNonceBytes)
-        guard Array(sealed.suffix(Sodium.aeadTagBytes)) == record.entry.tag,
-            let padded = Sodium.open(
-                sealed, key: dataKey.bytes, nonce: nonce,
-                associatedData: VaultFormat.recordAssociatedPrefix + record.entry.locator)
-        else {
-            throw VaultError(.corrupt, "the vault was modified or damaged: a user-token record does not authenticate",
-                hint: ByteReader.restoreHint)
+        let decoded = try scratch.use(max(0, sealed.count - Sodium.aeadTagBytes)) { (plain) throws(VaultError) -> UserTokenRecord in
+            guard Array(sealed.suffix(Sodium.aeadTagBytes)) == record.entry.tag,
+                let length = Sodium.open(
+                    sealed, key: dataKey.bytes, nonce: nonce,
+                    associatedData: VaultFormat.recordAssociatedPrefix + record.entry.locator, into: plain)
+            else {
+                throw VaultError(.corrupt, "the vault was modified or damaged: a user-token record does not authenticate",
+                    hint: ByteReader.restoreHint)
+            }
+            return try Self.decodePadded(
+                UnsafeRawBufferPointer(rebasing: plain[..<length]), what: "user-token record", decoder: recordDecoder)
         }
-        let decoded: UserTokenRecord = try Self.decodePadded(padded, what: "user-token record", decoder: recordDecoder)
         guard decoded.token.hasReadableDates else {
             throw VaultError(.corrupt, "the vault's user-token record holds a date outside 1970..9999", hint: ByteReader.restoreHint)
         }
@@ -279,7 +297,7 @@ public final class UnlockedVault: @unchecked Sendable {
 
     /// Adds a slot that opens the vault with `secret`.
     public func addSlot(secret: UnlockSecret, label: String, kdf: KDFLevel) throws {
-        try Self.checkLabel(label)
+        try SlotLabel.check(label)
         guard !slots.contains(where: { $0.label == label }) else {
             throw VaultError(.usage, "a key slot labelled \"\(label)\" exists already", hint: "choose another --label")
         }
@@ -333,7 +351,10 @@ public final class UnlockedVault: @unchecked Sendable {
         guard !newSlots.isEmpty else {
             throw VaultError(.refused, "none of the given keys opens a slot of this vault")
         }
-        let opened = try records.map(openRecord)
+        var scratch = GuardedScratch()
+        var opened: [UserTokenRecord] = []
+        opened.reserveCapacity(records.count)
+        for record in records { opened.append(try openRecord(record, scratch: &scratch)) }
         // Re-sealing may throw halfway: keep everything it touches, so the
         // object is never left half old, half new.
         let previous = (dataKey, indexKey, slots, recordTable)
@@ -349,18 +370,6 @@ public final class UnlockedVault: @unchecked Sendable {
         }
     }
 
-    /// The one rule for slot labels, applied by `init --label`, `keys add
-    /// --label` and the reader alike: 1 to 64 bytes of UTF-8, no control
-    /// characters (a label is printed by `keys list` and `status`).
-    public static func checkLabel(_ label: String) throws {
-        guard !label.isEmpty, label.utf8.count <= KeySlot.maxLabelLength,
-            !label.unicodeScalars.contains(where: \.isControl)
-        else {
-            throw VaultError(.usage, "a slot label must be 1 to \(KeySlot.maxLabelLength) bytes on one line, without control characters",
-                hint: "choose a shorter --label, e.g. ops-laptop")
-        }
-    }
-
     // MARK: - Keyed names
 
     private static func deriveIndexKey(_ dataKey: SecretBox) -> SecretBox {
@@ -371,9 +380,7 @@ public final class UnlockedVault: @unchecked Sendable {
 
     private func keyedName(_ parts: [String], length: Int) -> [UInt8] {
         let message = Array(parts.joined(separator: "\0").utf8)
-        return indexKey.bytes.withUnsafeBytes { key in
-            Sodium.keyedHash(outputBytes: length, key: key, message: message).withUnsafeBytes { Array($0) }
-        }
+        return indexKey.bytes.withUnsafeBytes { Sodium.keyedName(outputBytes: length, key: $0, message: message) }
     }
 
     func locator(profile: String, email: String) -> [UInt8] {
@@ -385,22 +392,20 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// `value` as padded JSON in guarded memory; the encoder's plain copy is wiped.
-    private static func paddedJSON(_ value: some Encodable, encoder: JSONEncoder = SealedJSON.encoder()) throws -> SecretBytes {
-        var json = try encoder.encode(value)
+    private static func paddedJSON(_ value: some Encodable) throws -> SecretBytes {
+        var json = try SealedJSON.encoder().encode(value)
         defer { json.wipe() }
         return Sodium.pad(json, blockSize: VaultFormat.padBlock)
     }
 
     private static func decodePadded<T: Decodable>(
-        _ padded: borrowing SecretBytes, what: String, decoder: JSONDecoder = SealedJSON.decoder()
-    ) throws -> T {
+        _ padded: UnsafeRawBufferPointer, what: String, decoder: JSONDecoder = SealedJSON.decoder()
+    ) throws(VaultError) -> T {
         guard let length = Sodium.unpaddedLength(padded, blockSize: VaultFormat.padBlock) else {
             throw VaultError(.corrupt, "the vault's \(what) has broken padding", hint: ByteReader.restoreHint)
         }
-        let decoded = padded.withUnsafeBytes { bytes -> T? in
-            let json = Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: bytes.baseAddress!), count: length, deallocator: .none)
-            return try? decoder.decode(T.self, from: json)
-        }
+        let json = Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: padded.baseAddress!), count: length, deallocator: .none)
+        let decoded = try? decoder.decode(T.self, from: json)
         guard let decoded else {
             throw VaultError(.corrupt, "the vault's \(what) is not the expected JSON", hint: ByteReader.restoreHint)
         }

@@ -324,7 +324,7 @@ extension KeySlot {
         }
         let labelLength = Int(try reader.u8("key slot"))
         guard let label = String(data: try reader.raw(labelLength, "key slot"), encoding: .utf8),
-            (try? UnlockedVault.checkLabel(label)) != nil
+            SlotLabel.isValid(label)
         else {
             throw VaultError(.corrupt, "the vault header has a damaged key slot label", hint: ByteReader.restoreHint)
         }

@@ -60,6 +60,11 @@ enum FileSafety {
     static func readPrivate(_ path: String, what: String) throws -> Data {
         let (fd, size) = try openPrivate(path, what: what)
         defer { close(fd) }
+        return try readAll(fd, size: size, path: path, what: what)
+    }
+
+    /// The `size` bytes of the open private file `fd`, mapped (see `readPrivate`).
+    static func readAll(_ fd: Int32, size: Int, path: String, what: String) throws -> Data {
         guard size > 0 else { return Data() }
         guard let pointer = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), pointer != MAP_FAILED else {
             throw VaultError(.io, "could not read \(what) \(path): \(String(cString: strerror(errno)))")

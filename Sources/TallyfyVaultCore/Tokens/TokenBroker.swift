@@ -82,6 +82,14 @@ public struct TokenBroker: Sendable {
         if store.isRemote, !TokenPolicy.isFresh(try sealedToken(request, in: vault), minimumLifetime: request.minimumLifetime, now: now) {
             vault = try store.open(with: unlocker)  // another machine may have renewed it
         }
+        return try sealedGrant(request, in: vault)
+    }
+
+    /// `sealedGrant(_:)` on a vault already open: the agent keeps the vault
+    /// open while its file stays the same, and decides here without reading
+    /// or decrypting it again.
+    package func sealedGrant(_ request: TokenRequest, in vault: UnlockedVault) throws -> TokenGrant? {
+        guard request.renewal != .always else { return nil }
         let profile = try Self.profile(request.profile, in: vault)
         let token = try sealedToken(request, in: vault)
         if TokenPolicy.isFresh(token, minimumLifetime: request.minimumLifetime, now: now) {
