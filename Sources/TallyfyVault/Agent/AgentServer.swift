@@ -330,8 +330,9 @@ public final class AgentServer: Sendable {
 
     private enum HeldVault<T> { case done(T), locked, unreadable }
 
-    /// A vault in etcd has no file to watch: it is read for every call, and
-    /// outside the state lock, since the cluster is a network away.
+    /// A vault in etcd has no file to watch: it is read for every call (from
+    /// this machine's cache while `VaultWatch` keeps it current, else from the
+    /// cluster), and outside the state lock, since the cluster may be a network away.
     private func withRemoteVault<T>(_ body: (UnlockedVault, VaultUnlocker) -> T) -> T? {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return nil }
         do {
