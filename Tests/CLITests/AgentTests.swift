@@ -157,6 +157,29 @@ import Testing
         try await emulator.clearFaults()
     }
 
+    /// Renewals in the agent take turns (they need the same vault lock, and
+    /// waiting for it would block the few threads every task of the agent
+    /// shares): six clients that all need a renewal at once, while Tallyfy
+    /// is slow, get one new token from one request.
+    @Test func clientsRenewingAtOnceMakeOneRequest() async throws {
+        let (sandbox, emulator, unlock, _) = try await world(appTokenTTL: 3_600)
+        defer { _ = emulator.stop() }
+        let agent = try startAgent(sandbox, unlock: unlock)
+        defer { agent.kill() }
+        let old = try sandbox.ok(["token"]).stdout
+        try await emulator.setLifetimes(app: 7 * 86_400)
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 2_000))
+        let before = try await emulator.counts()["token"] ?? 0
+        // The sealed token has an hour left; each client wants two.
+        let clients = try (0..<6).map { _ in try sandbox.launch(["token", "--min-ttl", "2h"]) }
+        let results = clients.map { $0.wait() }
+        for result in results { #expect(result.status == 0, "\(result.brief)\n\(agent.stderrSoFar)") }
+        #expect(Set(results.map(\.stdout)).count == 1 && results[0].stdout != old, "not one new token: \(agent.stderrSoFar)")
+        let requests = try await emulator.counts()["token"] ?? 0
+        #expect(requests - before == 1, "\(requests - before) token requests for one renewal")
+        try await emulator.clearFaults()
+    }
+
     /// For its whole life the agent is not dumpable (its /proc files are
     /// root's) and its core limit is 0; run as `nobody` to see it (as root,
     /// every /proc file is root's anyway).

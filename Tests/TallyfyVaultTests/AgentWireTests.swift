@@ -71,6 +71,12 @@ import Testing
         #expect(throws: (any Error).self) { try JSONDecoder().decode(AgentProtocol.Answer.self, from: Data(json.utf8)) }
     }
 
+    /// JSONDecoder would read the first `ok` of two; the client refuses the
+    /// frame rather than read it another way.
+    @Test func aKeyGivenTwiceIsRefused() {
+        #expect(throws: AgentError.self) { try AgentProtocol.Answer(json: Array(#"{"version":1,"ok":true,"ok":false}"#.utf8)) }
+    }
+
     @Test func bytesThatAreNotUTF8AreRefused() {
         let json: [UInt8] = Array(#"{"version":1,"ok":true,"message":""#.utf8) + [0xff, 0xfe] + Array(#""}"#.utf8)
         #expect(throws: AgentError.self) { try AgentProtocol.Answer(json: json) }

@@ -50,9 +50,6 @@ public final class AgentServer: Sendable {
 
     private struct State {
         var unlocker: VaultUnlocker?
-        /// The vault as last opened with `unlocker`, and its file; dropped
-        /// with the key. Used under this state's lock only.
-        var pinned: PinnedVault?
         var lastUsed: Date
         var served = 0
         var renewals = 0
@@ -69,6 +66,14 @@ public final class AgentServer: Sendable {
     private let store: VaultStore
     private let startedAt: Date
     private let state: Mutex<State>
+    /// The vault as last opened with the held key, and its file. A lock of
+    /// its own, so reading a file (which may hang on a network file system)
+    /// never holds up `lock`, `stop` or `status`; dropped with the key.
+    private let held = Mutex<PinnedVault?>(nil)
+    /// Renewals run one at a time: they all take the same vault lock anyway,
+    /// and waiting here is asynchronous, where waiting for the lock blocks a
+    /// thread of the small shared pool that every task of the agent needs.
+    private let renewalTurn = TakingTurns()
     private let log: @Sendable (String) -> Void
 
     public init(configuration: Configuration, unlocker: VaultUnlocker, log: @escaping @Sendable (String) -> Void) {
@@ -113,10 +118,10 @@ public final class AgentServer: Sendable {
     public func stop() {
         let listener = state.withLock {
             $0.unlocker = nil
-            $0.pinned = nil
             $0.stopping = true
             return $0.listener
         }
+        dropHeldVault()
         // Wake accept() at once, so no request is served after this.
         if listener >= 0 { shutdown(listener, Int32(SHUT_RDWR)) }
     }
@@ -124,13 +129,18 @@ public final class AgentServer: Sendable {
     /// Forgets the key and keeps answering "locked".
     public func lock(reason: String) {
         let wasUnlocked = state.withLock { state -> Bool in
-            defer {
-                state.unlocker = nil
-                state.pinned = nil
-            }
+            defer { state.unlocker = nil }
             return state.unlocker != nil
         }
+        dropHeldVault()
         if wasUnlocked { log("forgot the key: \(reason)") }
+    }
+
+    /// Drops the held vault (and the data key in it) unless a request is
+    /// reading it right now; that request, or the next tick, drops it once
+    /// it finds no key.
+    private func dropHeldVault() {
+        _ = held.withLockIfAvailable { $0 = nil }
     }
 
     /// Each of the `servingThreads` runs this: the kernel hands every
@@ -185,33 +195,40 @@ public final class AgentServer: Sendable {
             close(connection)
             return
         }
-        if request.version != AgentProtocol.version {
-            reply(.failure("bad-request", "this agent speaks protocol version \(AgentProtocol.version)"), on: connection, to: request)
-        } else if let answer = immediateAnswer(request) {
-            reply(answer, on: connection, to: request)
-        } else {
-            Task { reply(await self.renewingAnswer(request), on: connection, to: request) }
+        guard request.version == AgentProtocol.version else {
+            reply(.failure("bad-request", "this agent speaks protocol version \(AgentProtocol.version)"), on: connection)
+            return
+        }
+        switch answer(request) {
+        case .now(let answer):
+            reply(answer, on: connection)
+            if request.op == .stop { stop() }
+        case .afterRenewing(let tokenRequest):
+            Task { reply(await self.renewedAnswer(tokenRequest), on: connection) }
         }
     }
 
-    private func reply(_ answer: AgentProtocol.Answer, on connection: Int32, to request: AgentProtocol.Request) {
+    private func reply(_ answer: AgentProtocol.Answer, on connection: Int32) {
         try? AgentProtocol.send(answer, to: connection)
         close(connection)
-        if request.op == .stop { stop() }
     }
 
-    /// The answer when it needs no waiting: everything but a token that must
-    /// be renewed first (`nil`: `renewingAnswer` does that).
-    private func immediateAnswer(_ request: AgentProtocol.Request) -> AgentProtocol.Answer? {
+    /// An answer at once, or a token to renew first (`renewedAnswer`).
+    private enum Reply {
+        case now(AgentProtocol.Answer)
+        case afterRenewing(TokenRequest)
+    }
+
+    private func answer(_ request: AgentProtocol.Request) -> Reply {
         switch request.op {
         case .status:
-            return AgentProtocol.Answer(ok: true, status: status())
+            return .now(AgentProtocol.Answer(ok: true, status: status()))
         case .lock:
             lock(reason: "asked to by `agent lock`")
-            return AgentProtocol.Answer(ok: true, status: status())
+            return .now(AgentProtocol.Answer(ok: true, status: status()))
         case .stop:
             log("asked to stop")
-            return AgentProtocol.Answer(ok: true)
+            return .now(AgentProtocol.Answer(ok: true))
         case .token:
             return sealedAnswer(request)
         }
@@ -247,13 +264,13 @@ public final class AgentServer: Sendable {
         init(_ answer: AgentProtocol.Answer) { self.answer = answer }
     }
 
-    /// The sealed token from the held vault when it satisfies the request;
-    /// `nil` when it must be renewed.
-    private func sealedAnswer(_ wire: AgentProtocol.Request) -> AgentProtocol.Answer? {
+    /// The sealed token from the held vault when it satisfies the request,
+    /// else the request to renew.
+    private func sealedAnswer(_ wire: AgentProtocol.Request) -> Reply {
         let request: TokenRequest
         switch tokenRequest(wire) {
         case .success(let valid): request = valid
-        case .failure(let refusal): return refusal.answer
+        case .failure(let refusal): return .now(refusal.answer)
         }
         let outcome = withHeldVault { vault, unlocker -> Result<TokenGrant?, Error> in
             let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
@@ -267,22 +284,22 @@ public final class AgentServer: Sendable {
             }
         }
         switch outcome {
-        case nil: return .failure("locked", "the agent holds no key")
-        case .success(let grant?)?: return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant))
-        case .success(nil)?: return nil
-        case .failure(let error)?: return Self.failed(error)
+        case nil: return .now(.failure("locked", "the agent holds no key"))
+        case .success(let grant?)?: return .now(AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant)))
+        case .success(nil)?: return .afterRenewing(request)
+        case .failure(let error)?: return .now(Self.failed(error))
         }
     }
 
     /// A token that had to be renewed: `TokenBroker.grant`, under the vault
     /// lock, exactly as the CLI does it (another process may have renewed
     /// meanwhile; then its token is taken).
-    private func renewingAnswer(_ wire: AgentProtocol.Request) async -> AgentProtocol.Answer {
-        guard case .success(let request) = tokenRequest(wire) else { return .failure("bad-request", "not a token request") }
+    private func renewedAnswer(_ request: TokenRequest) async -> AgentProtocol.Answer {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return .failure("locked", "the agent holds no key") }
         do {
             let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
-            return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(try await broker.grant(request)))
+            let grant = try await renewalTurn.run { try await broker.grant(request) }
+            return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant))
         } catch {
             // A key that stopped opening the vault meanwhile is noticed (and
             // forgotten) by the next request; `.refused` here may as well be
@@ -296,39 +313,42 @@ public final class AgentServer: Sendable {
         return AgentProtocol.Answer(ok: false, error: "failed", message: error.message, hint: error.hint, exitStatus: error.exitStatus)
     }
 
-    /// Runs `body` on the vault as it is on disk now, under the state lock:
-    /// the held one while its file is unchanged (one `stat`), else the file
-    /// opened again with the held key. `nil` when no key is held or the vault
-    /// cannot be opened now (being replaced, say: the client falls back);
-    /// the key is forgotten when it no longer opens the vault.
+    /// Runs `body` on the vault as it is on disk now: the held one while its
+    /// file is unchanged (one `stat`), else the file opened again with the
+    /// held key. `nil` when no key is held or the vault cannot be opened now
+    /// (being replaced, say: the client falls back); the key is forgotten
+    /// when it no longer opens the vault.
     private func withHeldVault<T>(_ body: (UnlockedVault, VaultUnlocker) -> T) -> T? {
         if store.isRemote { return withRemoteVault(body) }
-        let outcome = state.withLock { state -> HeldVault<T> in
-            guard let unlocker = state.unlocker else { return .locked }
-            if let pinned = state.pinned, store.isCurrent(pinned) {
-                return .done(body(pinned.vault, unlocker))
+        let outcome = held.withLock { pinned -> HeldVault<T> in
+            guard let unlocker = state.withLock({ $0.unlocker }) else {
+                pinned = nil
+                return .noKey
             }
-            state.pinned = nil
+            if let current = pinned, store.isCurrent(current) {
+                return .done(body(current.vault, unlocker))
+            }
+            pinned = nil
             do {
-                let pinned = try store.openPinned(with: unlocker)
-                state.pinned = pinned
-                return .done(body(pinned.vault, unlocker))
+                let opened = try store.openPinned(with: unlocker)
+                pinned = opened
+                return .done(body(opened.vault, unlocker))
             } catch let error as VaultError where error.kind == .refused {
-                return .locked
+                return .slotsChanged
             } catch {
                 return .unreadable
             }
         }
         switch outcome {
         case .done(let value): return value
-        case .unreadable: return nil
-        case .locked:
-            lock(reason: "the vault's key slots changed")  // logs only when a key was held
+        case .noKey, .unreadable: return nil
+        case .slotsChanged:
+            lock(reason: "the vault's key slots changed")
             return nil
         }
     }
 
-    private enum HeldVault<T> { case done(T), locked, unreadable }
+    private enum HeldVault<T> { case done(T), noKey, slotsChanged, unreadable }
 
     /// A vault in etcd has no file to watch: it is read for every call (from
     /// this machine's cache while `VaultWatch` keeps it current, else from the
@@ -349,6 +369,7 @@ public final class AgentServer: Sendable {
 
     private func tick() async {
         let now = self.now
+        if state.withLock({ $0.unlocker == nil }) { dropHeldVault() }
         if let idle = configuration.idleTimeout, now.timeIntervalSince(state.withLock { $0.lastUsed }) >= idle {
             lock(reason: "no token was asked for in \(DurationText.format(idle)) (--idle-timeout)")
         }
@@ -403,7 +424,8 @@ public final class AgentServer: Sendable {
         // have renewed already, and then the broker takes its token.
         let margin = token.expiresAt.timeIntervalSince(due) + 1
         do {
-            let grant = try await broker.grant(request(margin))
+            let wanted = request(margin)
+            let grant = try await renewalTurn.run { try await broker.grant(wanted) }
             state.withLock {
                 $0.retry[key] = nil
                 if grant.token != token.value { $0.renewals += 1 }
@@ -421,5 +443,24 @@ public final class AgentServer: Sendable {
             }
             log("could not renew \(what): \(reason); trying again in \(DurationText.format(max(1, retryAt.timeIntervalSince(now).rounded()))), the sealed token stays valid until \(ChildEnvironment.rfc3339(token.expiresAt))")
         }
+    }
+}
+
+/// Runs one body at a time, in the order they asked; the others wait
+/// without holding a thread.
+actor TakingTurns {
+    private var busy = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    func run<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {
+        if busy {
+            await withCheckedContinuation { waiting.append($0) }
+        } else {
+            busy = true
+        }
+        defer {
+            if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+        }
+        return try await body()
     }
 }

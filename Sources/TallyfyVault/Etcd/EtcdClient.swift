@@ -509,8 +509,10 @@ struct NoServingMember: Error {
 
 /// Pauses this thread (the gateway's calls are blocking, like the file lock's wait).
 func nap(_ duration: Duration) {
-    let parts = duration.components
-    usleep(UInt32(max(0, min(parts.seconds * 1_000_000 + parts.attoseconds / 1_000_000_000_000, 1_000_000))))
+    let parts = max(duration, .zero).components
+    var left = timespec(tv_sec: Int(parts.seconds), tv_nsec: Int(parts.attoseconds / 1_000_000_000))
+    var asked = left
+    while nanosleep(&asked, &left) != 0 && errno == EINTR { asked = left }
 }
 
 /// etcd answered, and said no (not a member being unavailable).

@@ -19,8 +19,17 @@ import TallyfyVaultCore
 /// (`RemoteLocations.setWatched`); when the stream breaks (the member died,
 /// lost its leader) reads ask etcd again, and the watch is opened anew on the
 /// next member, catching up with one read once it is back.
+///
+/// A watch can also die without a word: a member whose host hangs, or a
+/// connection a firewall forgot, leaves the stream open and silent. So a
+/// thread of its own also asks etcd every `checkInterval` while the watch
+/// is live, which bounds how stale the cache can be to that interval, and
+/// also repairs a cache that a slower reader in another process overwrote
+/// with an older revision.
 public final class VaultWatch: Sendable {
     private let task: Mutex<Task<Void, Never>?>
+    private let stopped = Mutex(false)
+    public static let checkInterval = Duration.seconds(2)
 
     /// Starts watching when `store` is a vault on etcd; `nil` for a file
     /// (whose readers re-read it: a rename is atomic and cheap to notice).
@@ -31,13 +40,29 @@ public final class VaultWatch: Sendable {
         let watch = VaultWatch()
         let stream = WatchStream(store: store, vault: vault, client: client, log: log)
         watch.task.withLock { $0 = Task { await stream.run() } }
+        let checker = Thread { [watch] in watch.check(store: store, location: location, log: log) }
+        checker.stackSize = 1 << 20
+        checker.start()
         return watch
+    }
+
+    /// The periodic check: a thread, since reading etcd blocks, and the
+    /// agent's few pool threads must stay free for its tasks.
+    private func check(store: VaultStore, location: EtcdLocation, log: @Sendable (String) -> Void) {
+        while !stopped.withLock({ $0 }) {
+            nap(Self.checkInterval)
+            guard RemoteLocations.isWatched(location) else { continue }
+            if (try? store.refreshCache()) == true {
+                log("the vault in etcd was newer than this machine's cache (found by the periodic check); the cache is up to date")
+            }
+        }
     }
 
     private init() { task = Mutex(nil) }
 
     /// Ends the watch; reads ask etcd again.
     public func stop() {
+        stopped.withLock { $0 = true }
         task.withLock { $0 }?.cancel()
     }
 }
@@ -57,10 +82,11 @@ private struct WatchStream: Sendable {
         var lastProblem: String?
         while !Task.isCancelled {
             let endpoint = location.endpoints[member % location.endpoints.count]
+            var establishedAt: ContinuousClock.Instant?
             do {
                 try await follow(endpoint) {
                     // Established: from now on every change is reported.
-                    pause = .milliseconds(100)
+                    establishedAt = .now
                     lastProblem = nil
                 }
             } catch {
@@ -72,6 +98,9 @@ private struct WatchStream: Sendable {
             }
             RemoteLocations.setWatched(location, false)
             if Task.isCancelled { break }
+            // Back to a short pause only after a watch that lasted: a member
+            // that accepts watches and ends them at once gets no tight loop.
+            if let establishedAt, establishedAt.duration(to: .now) > .seconds(10) { pause = .milliseconds(100) }
             member += 1
             try? await Task.sleep(for: pause)  // a back-off between reconnections, not a wait for a change
             pause = min(pause * 2, .seconds(5))

@@ -216,6 +216,8 @@ struct JSONReader {
                 let key = try string()
                 skipSpace()
                 guard take(UInt8(ascii: ":")) else { throw Self.malformed("no colon after a key") }
+                // JSONDecoder keeps the first of two equal keys; refuse, rather than read it otherwise.
+                guard members[key] == nil else { throw Self.malformed("a key given twice") }
                 members[key] = try value(depth: depth + 1)
                 skipSpace()
             } while take(UInt8(ascii: ","))

@@ -75,13 +75,15 @@ public struct SecretBytes: ~Copyable {
 /// (guard pages, mlock, mprotect), which for ten thousand records was most of
 /// the time `users list` and `rekey` took. Each use is wiped when it ends.
 struct GuardedScratch: ~Copyable {
-    private var buffer = SecretBytes(count: 0)
+    /// Allocated on first use, so one lookup costs one allocation.
+    private var buffer: SecretBytes? = nil
 
     /// The first `count` bytes of the buffer (grown when too small) for the
     /// duration of `body`, zeroed afterwards.
     mutating func use<R, E: Error>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R) throws(E) -> R {
-        if buffer.count < count { buffer = SecretBytes(count: max(count, 2 * buffer.count)) }
-        return try buffer.withUnsafeMutableBytes { (all) throws(E) -> R in
+        let capacity = buffer?.count ?? 0
+        if buffer == nil || capacity < count { buffer = SecretBytes(count: max(count, 2 * capacity)) }
+        return try buffer!.withUnsafeMutableBytes { (all) throws(E) -> R in
             let part = UnsafeMutableRawBufferPointer(rebasing: all[..<count])
             defer { if count > 0 { sodium_memzero(part.baseAddress, count) } }
             return try body(part)

@@ -198,7 +198,7 @@ public enum RemoteLocations {
         _ = watched.withLock { live ? $0.insert(location).inserted : $0.remove(location) != nil }
     }
 
-    static func isWatched(_ location: EtcdLocation) -> Bool { watched.withLock { $0.contains(location) } }
+    package static func isWatched(_ location: EtcdLocation) -> Bool { watched.withLock { $0.contains(location) } }
 
     /// One warning per process when the cache stands in for an unreachable cluster.
     private static let warned = Mutex(false)

@@ -208,12 +208,12 @@ final class Emulator: @unchecked Sendable {
         try await send(.PUT, "/__emulator/ttl", json: try JSONSerialization.data(withJSONObject: body)).expect(200)
     }
 
-    /// Replaces the secrets `client` is accepted with (e.g. to retire the old one after a rotation).
     /// Moves the emulator's clock forward by `seconds`.
     func advanceClock(by seconds: Int) async throws {
         try await send(.POST, "/__emulator/clock", json: try JSONSerialization.data(withJSONObject: ["advance": seconds])).expect(200)
     }
 
+    /// Replaces the secrets `client` is accepted with (e.g. to retire the old one after a rotation).
     func setSecrets(client: String, secrets: [String]) async throws {
         let id = client.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? client
         try await send(.PUT, "/__emulator/clients/\(id)",
