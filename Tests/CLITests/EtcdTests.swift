@@ -91,6 +91,14 @@ final class EtcdCluster: @unchecked Sendable {
     func kill(member: Int) throws { _ = try Self.tool(["kill", "--dir", folder, String(member)]) }
     func revive(member: Int) throws { _ = try Self.tool(["revive", "--dir", folder, String(member)]) }
 
+    /// Stops (SIGSTOP) or continues member N: a hung host, whose connections
+    /// stay open and silent.
+    func signal(member: Int, _ signal: Int32) throws {
+        let text = try String(contentsOfFile: "\(folder)/m\(member).pid", encoding: .utf8)
+        let pid = try #require(pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(Glibc.kill(pid, signal) == 0)
+    }
+
     /// Waits (bounded) until etcdctl reports every member healthy.
     func waitHealthy(seconds: Double = 30) -> Bool {
         ProcView.waitUntil(seconds: seconds) {
@@ -620,6 +628,48 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         #expect(ProcView.waitUntil(seconds: 30) {
             (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
         }, "b's agent did not refresh its cache after the cluster came back; agent: \(agent.stderrSoFar)")
+    }
+
+    /// The member a watch goes through hangs (SIGSTOP): its connection stays
+    /// open and says nothing, so the watch cannot tell. The agent's periodic
+    /// check still brings a change made through the other members into the
+    /// cache.
+    @Test func aSilentlyHungWatchDoesNotLeaveTheCacheStale() async throws {
+        guard let cluster = try EtcdCluster.start() else { return }
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let location = cluster.location()
+        let keyHolder = try Sandbox()
+        try keyHolder.ok(["keygen", keyHolder.keyPath])
+        let a = try machine(location: location, key: keyHolder.keyPath)
+        let b = try machine(location: location, key: keyHolder.keyPath)
+        try a.ok(["init"])
+        try a.storeCredentials(for: emulator, secret: secret)
+        try a.ok(["login"])
+        let runtime = b.root.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        b.environment["XDG_RUNTIME_DIR"] = runtime.path
+        let agent = try b.launch(["agent"])
+        defer { agent.kill(SIGTERM); _ = agent.wait() }
+        var watched: String?
+        #expect(ProcView.waitUntil(seconds: 30) {
+            watched = agent.stderrSoFar.split(separator: "\n").last { $0.contains("watching \(location)") }
+                .flatMap { line in line.range(of: "(through ").map { String(line[$0.upperBound...].dropLast()) } }
+            return watched != nil || !agent.isRunning
+        }, "\(agent.stderrSoFar)")
+        let endpoints = cluster.endpoints.split(separator: ",").map(String.init)
+        let member = try #require(endpoints.firstIndex { $0 == watched }) + 1
+        try cluster.signal(member: member, SIGSTOP)
+        defer { try? cluster.signal(member: member, SIGCONT) }
+        // a writes through the two members left (a majority).
+        try a.ok(["rotate-secret", "--secret-stdin", "--no-verify"], stdin: "cs-rotated-\(UUID().uuidString)")
+        let written = try Data(contentsOf: try #require(cacheFiles(a).first))
+        let seen = ProcView.waitUntil(seconds: 60) {
+            (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
+        }
+        #expect(seen, "b's cache stayed stale behind a hung watch; agent: \(agent.stderrSoFar)")
+        #expect(agent.stderrSoFar.contains("found by the periodic check"), "\(agent.stderrSoFar)")
     }
 
     /// The leader dies while a renewal's write transaction is on its way: the

@@ -157,7 +157,9 @@ private struct WatchStream: Sendable {
         if let events = result["events"] as? [[String: Any]], !events.isEmpty {
             let revision = events.compactMap { ($0["kv"] as? [String: Any])?["mod_revision"] }.last.map(int64) ?? 0
             do {
-                if try store.refreshCache() { log("the vault changed in etcd (revision \(revision)); this machine's cache is up to date") }
+                // Logged even when the periodic check got there first.
+                try store.refreshCache()
+                log("the vault changed in etcd (revision \(revision)); this machine's cache is up to date")
             } catch {
                 // Not current: reads must ask etcd until a read succeeds.
                 RemoteLocations.setWatched(location, false)
