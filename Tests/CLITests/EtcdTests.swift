@@ -669,7 +669,8 @@ struct EtcdClusterError: Error, CustomStringConvertible {
             (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
         }
         #expect(seen, "b's cache stayed stale behind a hung watch; agent: \(agent.stderrSoFar)")
-        #expect(agent.stderrSoFar.contains("found by the periodic check"), "\(agent.stderrSoFar)")
+        // The agent logs just after it has written the cache.
+        #expect(ProcView.waitUntil(seconds: 30) { agent.stderrSoFar.contains("found by the periodic check") }, "\(agent.stderrSoFar)")
     }
 
     /// The leader dies while a renewal's write transaction is on its way: the

@@ -331,6 +331,9 @@ public final class AgentServer: Sendable {
             pinned = nil
             do {
                 let opened = try store.openPinned(with: unlocker)
+                // Answers need tokens, never the client secret (a renewal
+                // opens the vault afresh), so the held copy keeps none.
+                opened.vault.forgetClientSecrets()
                 pinned = opened
                 return .done(body(opened.vault, unlocker))
             } catch let error as VaultError where error.kind == .refused {

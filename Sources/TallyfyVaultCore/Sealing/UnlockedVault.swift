@@ -32,6 +32,18 @@ public final class UnlockedVault: @unchecked Sendable {
     /// thousand of them), instead of one per record.
     private lazy var recordEncoder = SealedJSON.encoder()
     private lazy var recordDecoder = SealedJSON.decoder()
+    /// Set by `forgetClientSecrets`: this copy may no longer be sealed.
+    private var forgotClientSecrets = false
+
+    /// Blanks every profile's client secret in this copy, for a long-lived
+    /// reader that hands out tokens and never renews from it (the agent
+    /// renews from a fresh open under the lock): the secret then spends
+    /// milliseconds in ordinary memory rather than the reader's whole life.
+    package func forgetClientSecrets() {
+        for name in content.profiles.keys { content.profiles[name]?.clientSecret = "" }
+        forgotClientSecrets = true
+    }
+
     /// Grows with every change, so a store writes only when something changed.
     private(set) var modificationCount = 0
     private init(dataKey box: SecretBox, slots: [KeySlot], content: VaultContent, records: RecordTable) {
@@ -115,6 +127,7 @@ public final class UnlockedVault: @unchecked Sendable {
     /// Refuses (`.usage`, nothing written) a state that a reader would refuse:
     /// a value outside `VaultBounds`, or a part over the format's limits.
     public func sealed() throws -> Data {
+        precondition(!forgotClientSecrets, "a copy of the vault without its client secrets is never sealed")
         guard content.isWithinBounds else {
             throw VaultError(.usage, "a value to be sealed is outside the vault's limits (a date outside 1970..9999, or a name, ID, URL, secret or token too long); nothing was changed",
                 hint: "SECURITY.md, \"Limits on what goes in\", lists them; a profile stored by an older release with a longer value can be stored again with `tallyfy-vault credentials set`")
