@@ -129,6 +129,35 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         return sandbox
     }
 
+    /// Machines a and b on one vault in `cluster`, logged in through a, and an
+    /// agent running on b (the caller stops it).
+    private func machinesWithAnAgentOnB(_ cluster: EtcdCluster, _ emulator: Emulator) throws
+        -> (a: Sandbox, b: Sandbox, agent: BackgroundCommand, location: String)
+    {
+        let location = cluster.location()
+        // The key lives in a's folder, which lives as long as the test holds a.
+        let a = try Sandbox()
+        try a.ok(["keygen", a.keyPath])
+        a.environment["TALLYFY_VAULT_FILE"] = location
+        a.environment["TALLYFY_VAULT_KEY_FILE"] = a.keyPath
+        let b = try machine(location: location, key: a.keyPath)
+        try a.ok(["init"])
+        try a.storeCredentials(for: emulator, secret: secret)
+        try a.ok(["login"])
+        let runtime = b.root.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        b.environment["XDG_RUNTIME_DIR"] = runtime.path
+        return (a, b, try b.launch(["agent"]), location)
+    }
+
+    /// The members an agent's log says its watch went through, in order.
+    private static func watchedMembers(_ agent: BackgroundCommand, _ location: String) -> [String] {
+        agent.stderrSoFar.split(separator: "\n").compactMap { line in
+            guard line.contains("watching \(location)"), let through = line.range(of: "(through ") else { return nil }
+            return String(line[through.upperBound...].dropLast())
+        }
+    }
+
     private func cacheFiles(_ sandbox: Sandbox) -> [URL] {
         filesBelow(sandbox.root.appendingPathComponent(".cache/tallyfy-vault/etcd"))
     }
@@ -570,25 +599,9 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
-        let location = cluster.location()
-        let keyHolder = try Sandbox()
-        try keyHolder.ok(["keygen", keyHolder.keyPath])
-        let a = try machine(location: location, key: keyHolder.keyPath)
-        let b = try machine(location: location, key: keyHolder.keyPath)
-        try a.ok(["init"])
-        try a.storeCredentials(for: emulator, secret: secret)
-        try a.ok(["login"])
-        let runtime = b.root.appendingPathComponent("run")
-        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        b.environment["XDG_RUNTIME_DIR"] = runtime.path
-        let agent = try b.launch(["agent"])
+        let (a, b, agent, location) = try machinesWithAnAgentOnB(cluster, emulator)
         defer { agent.kill(SIGTERM); _ = agent.wait() }
-        func watchedMembers() -> [String] {
-            agent.stderrSoFar.split(separator: "\n").compactMap { line in
-                guard line.contains("watching \(location)"), let through = line.range(of: "(through ") else { return nil }
-                return String(line[through.upperBound...].dropLast())
-            }
-        }
+        func watchedMembers() -> [String] { Self.watchedMembers(agent, location) }
         #expect(ProcView.waitUntil(seconds: 30) { !watchedMembers().isEmpty || !agent.isRunning }, "\(agent.stderrSoFar)")
 
         for round in 1...2 {
@@ -639,25 +652,10 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
-        let location = cluster.location()
-        let keyHolder = try Sandbox()
-        try keyHolder.ok(["keygen", keyHolder.keyPath])
-        let a = try machine(location: location, key: keyHolder.keyPath)
-        let b = try machine(location: location, key: keyHolder.keyPath)
-        try a.ok(["init"])
-        try a.storeCredentials(for: emulator, secret: secret)
-        try a.ok(["login"])
-        let runtime = b.root.appendingPathComponent("run")
-        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        b.environment["XDG_RUNTIME_DIR"] = runtime.path
-        let agent = try b.launch(["agent"])
+        let (a, b, agent, location) = try machinesWithAnAgentOnB(cluster, emulator)
         defer { agent.kill(SIGTERM); _ = agent.wait() }
-        var watched: String?
-        #expect(ProcView.waitUntil(seconds: 30) {
-            watched = agent.stderrSoFar.split(separator: "\n").last { $0.contains("watching \(location)") }
-                .flatMap { line in line.range(of: "(through ").map { String(line[$0.upperBound...].dropLast()) } }
-            return watched != nil || !agent.isRunning
-        }, "\(agent.stderrSoFar)")
+        #expect(ProcView.waitUntil(seconds: 30) { !Self.watchedMembers(agent, location).isEmpty || !agent.isRunning }, "\(agent.stderrSoFar)")
+        let watched = Self.watchedMembers(agent, location).last
         let endpoints = cluster.endpoints.split(separator: ",").map(String.init)
         let member = try #require(endpoints.firstIndex { $0 == watched }) + 1
         try cluster.signal(member: member, SIGSTOP)
