@@ -292,11 +292,12 @@ final class EtcdGateway: Sendable {
         return try HTTPClient.Request(url: "\(scheme)://\(endpoint)\(path)", method: .POST, headers: headers, body: .data(body))
     }
 
-    /// `call`, tried again for up to `patience` while members answer but
-    /// cannot serve (no leader: one was killed, an election is under way,
-    /// 1–3 s measured). Only for requests that are safe to repeat; a cluster
-    /// whose every member refuses connections fails at once.
-    func call(_ path: String, _ body: [String: Any], patience: Duration) throws -> [String: Any] {
+    /// One request to the first member that serves it; with `patience`,
+    /// tried again for up to that long while members answer but cannot serve
+    /// (no leader: one was killed, an election is under way, 1–3 s measured).
+    /// Patience only for requests that are safe to repeat; a cluster whose
+    /// every member refuses connections fails at once.
+    func call(_ path: String, _ body: [String: Any], patience: Duration = .zero) throws -> [String: Any] {
         let clock = ContinuousClock()
         let deadline = clock.now + patience
         var pause = Duration.milliseconds(50)
@@ -309,14 +310,6 @@ final class EtcdGateway: Sendable {
             } catch let problem as NoServingMember {
                 throw problem.error
             }
-        }
-    }
-
-    func call(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
-        do {
-            return try callOnce(path, body)
-        } catch let problem as NoServingMember {
-            throw problem.error
         }
     }
 
