@@ -129,6 +129,16 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         return sandbox
     }
 
+    /// A machine with a key file of its own, logged in to `emulator` through
+    /// a new vault at `location`.
+    private func loggedIn(on location: String, _ emulator: Emulator) throws -> Sandbox {
+        let sandbox = try Self.sandbox(on: location)
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        try sandbox.ok(["login"])
+        return sandbox
+    }
+
     /// Machines a and b on one vault in `cluster`, logged in through a, and an
     /// agent running on b (the caller stops it).
     private func machinesWithAnAgentOnB(_ cluster: EtcdCluster, _ emulator: Emulator) throws
@@ -136,14 +146,8 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     {
         let location = cluster.location()
         // The key lives in a's folder, which lives as long as the test holds a.
-        let a = try Sandbox()
-        try a.ok(["keygen", a.keyPath])
-        a.environment["TALLYFY_VAULT_FILE"] = location
-        a.environment["TALLYFY_VAULT_KEY_FILE"] = a.keyPath
+        let a = try loggedIn(on: location, emulator)
         let b = try machine(location: location, key: a.keyPath)
-        try a.ok(["init"])
-        try a.storeCredentials(for: emulator, secret: secret)
-        try a.ok(["login"])
         let runtime = b.root.appendingPathComponent("run")
         try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         b.environment["XDG_RUNTIME_DIR"] = runtime.path
@@ -305,10 +309,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
         let location = cluster.location()
-        let sandbox = try Self.sandbox(on: location)
-        try sandbox.ok(["init"])
-        try sandbox.storeCredentials(for: emulator, secret: secret)
-        try sandbox.ok(["login"])
+        let sandbox = try loggedIn(on: location, emulator)
         let token = try sandbox.ok(["token"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let cache = try #require(cacheFiles(sandbox).first)
         let cached = try Data(contentsOf: cache)
@@ -397,10 +398,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         guard let cluster = try EtcdCluster.start(members: 1, tls: true) else { return }
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let tls = cluster.folder + "/tls"
-        let sandbox = try Sandbox()
-        try sandbox.ok(["keygen", sandbox.keyPath])
-        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
-        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        let sandbox = try Self.sandbox(on: cluster.location())
         sandbox.environment["TALLYFY_VAULT_ETCD_CACERT"] = tls + "/ca.pem"
         sandbox.environment["TALLYFY_VAULT_ETCD_CERT"] = tls + "/client.pem"
         sandbox.environment["TALLYFY_VAULT_ETCD_KEY"] = tls + "/client.key"
@@ -465,13 +463,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }
-        let sandbox = try Sandbox()
-        try sandbox.ok(["keygen", sandbox.keyPath])
-        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
-        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
-        try sandbox.ok(["init"])
-        try sandbox.storeCredentials(for: emulator, secret: secret)
-        try sandbox.ok(["login"])
+        let sandbox = try loggedIn(on: cluster.location(), emulator)
         sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
         try await emulator.setLifetimes(app: 604_800)
         try await emulator.reset()
@@ -502,10 +494,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }
-        let sandbox = try Self.sandbox(on: cluster.location())
-        try sandbox.ok(["init"])
-        try sandbox.storeCredentials(for: emulator, secret: secret)
-        try sandbox.ok(["login"])
+        let sandbox = try loggedIn(on: cluster.location(), emulator)
         try await emulator.setLifetimes(app: 604_800)
         try await emulator.reset()
         // An hour on, the 1-second token has expired: `token` renews it.
@@ -530,10 +519,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
-        let sandbox = try Sandbox()
-        try sandbox.ok(["keygen", sandbox.keyPath])
-        sandbox.environment["TALLYFY_VAULT_KEY_FILE"] = sandbox.keyPath
-        sandbox.environment["TALLYFY_VAULT_FILE"] = cluster.location()
+        let sandbox = try Self.sandbox(on: cluster.location())
         try sandbox.ok(["init"])
         try sandbox.storeCredentials(for: emulator, secret: secret)
         // A login that hangs on Tallyfy while holding the fleet-wide lock, then dies.
@@ -681,10 +667,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }
-        let sandbox = try Self.sandbox(on: cluster.location())
-        try sandbox.ok(["init"])
-        try sandbox.storeCredentials(for: emulator, secret: secret)
-        try sandbox.ok(["login"])
+        let sandbox = try loggedIn(on: cluster.location(), emulator)
         sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
         try await emulator.setLifetimes(app: 604_800)
         try await emulator.reset()
