@@ -31,16 +31,7 @@ struct Credentials: ParsableCommand {
                 profile: global.profileName, orgID: org, clientID: clientId, tokenURL: discover ? nil : tokenUrl, apiURL: apiUrl)
             var tokenUrl = self.tokenUrl
             if discover {
-                let candidates = TallyfyClient.discoveryCandidates(environment: global.context.environment)
-                let client = TallyfyClient(requestTimeout: .seconds(10), retry: .none, totalTimeout: .seconds(10))
-                let found: String
-                do {
-                    found = try await client.discoverTokenURL(candidates: candidates)
-                    await client.shutdown()
-                } catch {
-                    await client.shutdown()
-                    throw error
-                }
+                let found = try await TallyfyClient.discoverTokenURL(environment: global.context.environment)
                 Output.note("\(found) answers as an OAuth token endpoint (asked without the secret); storing it as the token URL")
                 tokenUrl = found
             }

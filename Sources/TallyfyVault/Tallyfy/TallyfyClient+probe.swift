@@ -100,6 +100,21 @@ extension TallyfyClient {
     /// token endpoint. Nothing secret is sent to any of them, which is why
     /// the vault may try several: the secret goes later, to the one found.
     /// Throws `.unavailable` (69), listing what each answered, when none does.
+    /// `discoverTokenURL(candidates:)` with a client of its own: one try per
+    /// candidate, 10 s in all, shut down afterwards (`credentials set
+    /// --token-url discover`).
+    public static func discoverTokenURL(environment: [String: String]) async throws -> String {
+        let client = TallyfyClient(requestTimeout: .seconds(10), retry: .none, totalTimeout: .seconds(10))
+        let found: Result<String, Error>
+        do {
+            found = .success(try await client.discoverTokenURL(candidates: discoveryCandidates(environment: environment)))
+        } catch {
+            found = .failure(error)
+        }
+        await client.shutdown()
+        return try found.get()
+    }
+
     public func discoverTokenURL(candidates: [String]) async throws -> String {
         var answers: [String] = []
         for candidate in candidates {
