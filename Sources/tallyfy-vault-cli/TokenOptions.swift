@@ -39,20 +39,36 @@ struct TokenSelection {
     var strict = false
     var noAgent = false
 
-    /// The token: from a running agent (no unlocking here at all), else from
-    /// the vault when fresh (no HTTP client, no event loop), else renewed
-    /// from Tallyfy, else (renewal failed, token still valid) the sealed one
-    /// with a warning.
-    func grant(_ context: CommandContext) async throws -> TokenGrant {
+    /// The token, the one way every command gets it: from a running agent
+    /// (no unlocking here at all), else one pass over the vault — read once,
+    /// then the secrets to open it (so a missing vault is reported before
+    /// any prompt), then `TokenBroker`'s decision. A grant that rides out a
+    /// failed renewal is reported here, in one warning line.
+    ///
+    /// With a `deadline` (the helper's) the agent is asked only for what is
+    /// left of it, and a renewal still running at the deadline counts as
+    /// Tallyfy not answering.
+    func grant(
+        _ context: CommandContext, deadline: Duration? = nil, secrets: (() throws -> [UnlockSecret])? = nil
+    ) async throws -> TokenGrant {
         let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: noRefresh, strict: strict)
+        let unlockSecrets = secrets ?? context.sources.secretsToOpen
+        if let seen = Handover.seen(for: request, vault: context.vaultPath, environment: context.environment) {
+            // The launcher asked the agent, read the vault and found the
+            // token too old: renew now, without reading it again first.
+            let broker = TokenBroker(store: context.store, secrets: try unlockSecrets(), environment: context.environment)
+            return warnIfDegraded(try await broker.grant(request, handedOver: seen, deadline: deadline), request)
+        }
+        let start = ContinuousClock.now
         if let agent = AgentClient(environment: context.environment, disabled: noAgent),
-            let grant = try agent.grant(request, vaultPath: context.vaultPath)
+            deadline.map({ $0 > .milliseconds(100) }) ?? true,
+            let grant = try agent.grant(request, vaultPath: context.vaultPath, timeout: deadline)
         {
             return warnIfDegraded(grant, request)
         }
-        let broker = try context.broker()
-        if let grant = try broker.sealedGrant(request) { return grant }
-        return warnIfDegraded(try await broker.grant(request), request)
+        let left = deadline.map { max(.zero, $0 - (ContinuousClock.now - start)) }
+        let (broker, vault) = try context.pass(secrets: unlockSecrets)
+        return warnIfDegraded(try await broker.grant(request, from: vault, deadline: left), request)
     }
 
     private func warnIfDegraded(_ grant: TokenGrant, _ request: TokenRequest) -> TokenGrant {

@@ -27,30 +27,47 @@ enum ExecFastPath {
         var noAgent = false
         var command: [String] = []
 
-        /// The child's environment when the sealed token will do; `nil` for
-        /// anything else (a refresh, an error, a nested exec), which the full
-        /// CLI then handles and reports.
-        func childEnvironment() -> [String: String]? {
+        /// What the launcher does with this `exec`.
+        enum Decision {
+            /// Replace the process with the command, in this environment.
+            case run([String: String])
+            /// Hand the command line to the full CLI, with `Handover.note`
+            /// when this pass found the sealed token too old (the CLI renews
+            /// at once), `nil` for anything else (an error, a nested exec, no
+            /// unlock source at hand), which the CLI then handles and reports.
+            case handOver(note: String?)
+        }
+
+        func decide() -> Decision {
             ProcessHardening.protect()
             // Never prompt here: without a key file or passphrase at hand, the
             // CLI asks (once).
             guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
                 let request = try? context.tokenRequest(user: user, minimumLifetime: minimumLifetime, noRefresh: noRefresh)
-            else { return nil }
+            else { return .handOver(note: nil) }
             // A running agent answers without any unlocking here. Anything it
             // can't serve, or an error, goes to the full CLI, which says why.
             if let agent = AgentClient(environment: context.environment, disabled: noAgent),
                 let grant = try? agent.grant(request, vaultPath: context.vaultPath), grant.renewalFailure == nil
             {
-                return ChildEnvironment.build(parent: context.environment, grant: grant)
+                return .run(ChildEnvironment.build(parent: context.environment, grant: grant))
             }
-            guard (try? context.store.checkAccess()) != nil,
-                let available = try? context.sources.available(),
-                case let secrets = ExecFastPath.worthUnlocking(available, for: request, context: context), !secrets.isEmpty,
+            // One pass: the vault read once (the summary only when a
+            // passphrase might be spent), unlocked once, decided once.
+            guard let available = try? context.sources.available(), !available.isEmpty,
+                let read = try? context.store.read(withSummary: available.contains { $0.kind != .keyFile }),
+                case let secrets = ExecFastPath.worthUnlocking(available, for: request, read: read, context: context), !secrets.isEmpty,
                 case let broker = TokenBroker(store: context.store, secrets: secrets, environment: context.environment),
-                let grant = try? broker.sealedGrant(request)
-            else { return nil }
-            return ChildEnvironment.build(parent: context.environment, grant: grant)
+                let vault = try? broker.open(read),
+                case let decided = Result(catching: { try broker.sealedGrant(request, in: vault) })
+            else { return .handOver(note: nil) }
+            switch decided {
+            case .success(let grant?): return .run(ChildEnvironment.build(parent: context.environment, grant: grant))
+            case .success(nil):
+                let seen = try? broker.sealedToken(request, in: vault)
+                return .handOver(note: Handover.note(seen: seen?.identity, for: request, vault: context.vaultPath))
+            case .failure: return .handOver(note: nil)
+            }
         }
     }
 
@@ -58,11 +75,11 @@ enum ExecFastPath {
     /// tried. A passphrase costs an Argon2id derivation: it is spent here only
     /// when the clear summary says the sealed token will do; otherwise the
     /// full CLI, which renews, derives the key once for the whole run.
-    private static func worthUnlocking(_ secrets: [UnlockSecret], for request: TokenRequest, context: CommandContext) -> [UnlockSecret] {
+    private static func worthUnlocking(_ secrets: [UnlockSecret], for request: TokenRequest, read: VaultRead, context: CommandContext) -> [UnlockSecret] {
         let keyFiles = secrets.filter { $0.kind == .keyFile }
         guard keyFiles.count < secrets.count else { return secrets }
         let broker = TokenBroker(store: context.store, secrets: [], environment: context.environment)
-        return broker.summaryPromisesSealedToken(request) ? secrets : keyFiles
+        return broker.summaryPromisesSealedToken(request, in: read) ? secrets : keyFiles
     }
 
     private static let globalOptions: Set<String> = ["--vault", "--profile", "--key-file", "--passphrase-file"]

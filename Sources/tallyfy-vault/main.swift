@@ -27,10 +27,18 @@ func fail(_ message: String, hint: String) -> Never {
 
 // With /proc unmounted or a strange parent, argv can be empty: nothing here
 // may trap on it, and nothing may be looked up relative to it.
+let launchedAt = Handover.monotonicNow()
 let arguments = Array(CommandLine.arguments.dropFirst())
-if let invocation = ExecFastPath.parse(arguments), let environment = invocation.childEnvironment() {
-    // Returns only if the command can't be run; the CLI then reports 126/127.
-    _ = try? ProcessReplacement.execute(invocation.command, environment: environment)
+if let invocation = ExecFastPath.parse(arguments) {
+    switch invocation.decide() {
+    case .run(let environment):
+        // Returns only if the command can't be run; the CLI then reports 126/127.
+        _ = try? ProcessReplacement.execute(invocation.command, environment: environment)
+    case .handOver(let note?):
+        setenv(Handover.seenVariable, note, 1)
+    case .handOver(nil):
+        break
+    }
 }
 
 if let line = HelperFastPath.answer(arguments) {
@@ -54,6 +62,7 @@ case .unknownLocation:
 
 ProcessHardening.restoreForChild()
 setenv(TallyfyVaultVersion.launcherVariable, TallyfyVaultVersion.current, 1)
+setenv(Handover.launchedAtVariable, String(launchedAt), 1)
 let programName = CommandLine.arguments.first ?? "tallyfy-vault"
 let argv = [strdup(programName)] + arguments.map { strdup($0) } + [nil]
 execv(cli, argv)

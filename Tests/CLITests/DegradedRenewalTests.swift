@@ -40,6 +40,10 @@ import Testing
         let check = try sandbox.run(["check"])
         #expect(check.status == 1, "\(check.brief)")
         #expect(check.stdout.contains("profile default: the last renewal failed at "), "\(check.stdout)")
+        // The clear summary records the kind of failure, never the message that names Tallyfy's host.
+        let host = try #require(URL(string: emulator.apiURL).flatMap { url in url.port.map { "\(url.host ?? ""):\($0)" } })
+        #expect(!check.stdout.contains(host), "\(check.stdout)")
+        #expect(try sandbox.vaultBytes().range(of: Data(host.utf8)) == nil, "the vault's clear part names \(host)")
 
         // --strict-ttl: the hard failure, and nothing written.
         try sandbox.refused(["exec", "--strict-ttl", "--min-ttl", "8d", "--", "true"], status: 69)

@@ -18,18 +18,17 @@ final class EtcdCluster: @unchecked Sendable {
     /// `nil` (and a message) when etcd is not installed and cannot be.
     /// With `owner`, the cluster is stopped when that process ends (for a
     /// cluster shared by the whole test process, which no `deinit` stops).
-    static func start(members: Int = 3, tls: Bool = false, owner: pid_t? = nil) throws -> EtcdCluster? {
+    /// Throws when the cluster can't start, etcd missing included: a test of
+    /// the fleet that passes without a fleet proves nothing (tools/test
+    /// installs etcd-server).
+    static func start(members: Int = 3, tls: Bool = false, owner: pid_t? = nil) throws -> EtcdCluster {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-etcd-\(UUID().uuidString)").path
         var arguments = ["start", "--dir", folder, "--members", String(members)]
         if tls { arguments.append("--tls") }
         if let owner { arguments += ["--owner", String(owner)] }
         let result = try tool(arguments)
         guard result.status == 0 else {
-            if !FileManager.default.isExecutableFile(atPath: "/usr/bin/etcd") {
-                print("EtcdTests: skipped, etcd is not installed and could not be: \(result.stderr)")
-                return nil
-            }
-            throw EtcdClusterError(message: "tools/etcd-cluster start: \(result.brief)")
+            throw EtcdClusterError(message: "tools/etcd-cluster start (tools/test installs etcd-server): \(result.brief)")
         }
         return EtcdCluster(folder: folder, endpoints: result.stdout.trimmingCharacters(in: .whitespacesAndNewlines), tls: tls)
     }
@@ -197,7 +196,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func everyCommandWorksOnAnEtcdVault() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -241,7 +240,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func threeMachinesWritingAtOnceLoseNoUpdate() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -272,7 +271,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func threeMachinesManyExecsOneTokenRequest() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }
@@ -304,7 +303,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func withTheClusterDownExecServesTheCacheAndWritesFailCleanly() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -338,7 +337,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func migrateMovesAVaultBothWaysSealed() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -366,7 +365,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func aTenThousandUserVaultFitsEtcdsRequestLimit() async throws {
-        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        let cluster = try EtcdCluster.start(members: 1)
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -395,7 +394,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func tlsWithClientCertificatesAndAWrongCertificateRefused() async throws {
-        guard let cluster = try EtcdCluster.start(members: 1, tls: true) else { return }
+        let cluster = try EtcdCluster.start(members: 1, tls: true)
         defer { withExtendedLifetime(cluster) {} }  // stopped at the end, not after its last use
         let tls = cluster.folder + "/tls"
         let sandbox = try Self.sandbox(on: cluster.location())
@@ -423,7 +422,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func anEtcdUserWithoutAccessIsRefusedClearly() async throws {
-        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        let cluster = try EtcdCluster.start(members: 1)
         defer { withExtendedLifetime(cluster) {} }
         let sandbox = try Sandbox()
         let password = "pw-\(UUID().uuidString)"
@@ -459,7 +458,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func killingTheLeaderMidRefreshLosesNothing() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }
@@ -490,7 +489,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     /// holds the lock and that its write committed (never clean it up as a
     /// loser's), and the renewal seals the one token Tallyfy issued.
     @Test func aTransactionWhoseAnswerWasLostIsRecognisedAsDone() async throws {
-        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        let cluster = try EtcdCluster.start(members: 1)
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }
@@ -515,7 +514,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func aLockWhoseHolderDiedExpiresWithItsLease() async throws {
-        guard let cluster = try EtcdCluster.start(members: 1) else { return }
+        let cluster = try EtcdCluster.start(members: 1)
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -551,7 +550,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     }
 
     @Test func aRotationOnOneMachineServesEveryMachine() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }
         let newSecret = "cs-new-\(UUID().uuidString)"
         let emulator = try await Emulator.start(clients: [(client, secret), (client, newSecret)])
@@ -581,7 +580,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     /// cache through the watch (while it is live the agent never polls etcd),
     /// and the watch moves to another member when its member dies.
     @Test func anAgentSeesAnotherMachinesChangeThroughItsWatch() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -634,7 +633,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     /// check still brings a change made through the other members into the
     /// cache.
     @Test func aSilentlyHungWatchDoesNotLeaveTheCacheStale() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)])
         defer { _ = emulator.stop() }
@@ -663,7 +662,7 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     /// new leader. It completes after the election; the token Tallyfy issued
     /// is the one sealed, and no second request is made.
     @Test func killingTheLeaderDuringTheWriteTransactionLosesNothing() async throws {
-        guard let cluster = try EtcdCluster.start() else { return }
+        let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }
         let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
         defer { _ = emulator.stop() }

@@ -43,8 +43,7 @@ public enum AgentLauncher {
         let arguments = ["tallyfy-vault", "agent", "--vault", vaultPath, "--socket", socketPath, "--key-fd", "3",
             "--idle-timeout", idleTimeout, "--max-lifetime", maxLifetime]
         // The agent needs no unlock material: it gets the key on descriptor 3.
-        let dropped: Set<String> = [UnlockSources.passphraseVariable, TallyfyVaultVersion.launcherVariable,
-            "TALLYFY_VAULT_KEY_FILE", "TALLYFY_VAULT_PASSPHRASE_FILE"]
+        let dropped = ChildEnvironment.removed.union(["TALLYFY_VAULT_KEY_FILE", "TALLYFY_VAULT_PASSPHRASE_FILE"])
         let childEnvironment = environment.filter { !dropped.contains($0.key) }.map { "\($0.key)=\($0.value)" }
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = childEnvironment.map { strdup($0) } + [nil]

@@ -203,8 +203,8 @@ public final class AgentServer: Sendable {
         case .now(let answer):
             reply(answer, on: connection)
             if request.op == .stop { stop() }
-        case .afterRenewing(let tokenRequest):
-            Task { reply(await self.renewedAnswer(tokenRequest), on: connection) }
+        case .afterRenewing(let tokenRequest, let vault):
+            Task { reply(await self.renewedAnswer(tokenRequest, from: vault), on: connection) }
         }
     }
 
@@ -216,7 +216,9 @@ public final class AgentServer: Sendable {
     /// An answer at once, or a token to renew first (`renewedAnswer`).
     private enum Reply {
         case now(AgentProtocol.Answer)
-        case afterRenewing(TokenRequest)
+        /// With the vault the request was decided on (held, or for etcd
+        /// read from the cache): the renewal reads it again only under the lock.
+        case afterRenewing(TokenRequest, UnlockedVault)
     }
 
     private func answer(_ request: AgentProtocol.Request) -> Reply {
@@ -272,9 +274,9 @@ public final class AgentServer: Sendable {
         case .success(let valid): request = valid
         case .failure(let refusal): return .now(refusal.answer)
         }
-        let outcome = withHeldVault { vault, unlocker -> Result<TokenGrant?, Error> in
+        let outcome = withHeldVault { vault, unlocker -> Result<(TokenGrant?, UnlockedVault), Error> in
             let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
-            return Result { try broker.sealedGrant(request, in: vault) }
+            return Result { (try broker.sealedGrant(request, in: vault), vault) }
         }
         if outcome != nil {
             let now = self.now
@@ -285,8 +287,8 @@ public final class AgentServer: Sendable {
         }
         switch outcome {
         case nil: return .now(.failure("locked", "the agent holds no key"))
-        case .success(let grant?)?: return .now(AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant)))
-        case .success(nil)?: return .afterRenewing(request)
+        case .success((let grant?, _))?: return .now(AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant)))
+        case .success((nil, let vault))?: return .afterRenewing(request, vault)
         case .failure(let error)?: return .now(Self.failed(error))
         }
     }
@@ -294,16 +296,16 @@ public final class AgentServer: Sendable {
     /// A token that had to be renewed: `TokenBroker.grant`, under the vault
     /// lock, exactly as the CLI does it (another process may have renewed
     /// meanwhile; then its token is taken).
-    private func renewedAnswer(_ request: TokenRequest) async -> AgentProtocol.Answer {
+    private func renewedAnswer(_ request: TokenRequest, from vault: UnlockedVault) async -> AgentProtocol.Answer {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return .failure("locked", "the agent holds no key") }
         do {
             let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
-            let grant = try await renewalTurn.run { try await broker.grant(request) }
+            let grant = try await renewalTurn.run { try await broker.grant(request, from: vault) }
             return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant))
         } catch {
             // A key that stopped opening the vault meanwhile is noticed (and
-            // forgotten) by the next request; `.refused` here may as well be
-            // Tallyfy refusing the client secret.
+            // forgotten) by the next request (`VaultError.Cause.keyOpensNoSlot`);
+            // a refusal here may as well be Tallyfy refusing the client secret.
             return Self.failed(error)
         }
     }
@@ -336,7 +338,7 @@ public final class AgentServer: Sendable {
                 opened.vault.forgetClientSecrets()
                 pinned = opened
                 return .done(body(opened.vault, unlocker))
-            } catch let error as VaultError where error.kind == .refused {
+            } catch let error as VaultError where error.cause == .keyOpensNoSlot {
                 return .slotsChanged
             } catch {
                 return .unreadable
@@ -360,7 +362,9 @@ public final class AgentServer: Sendable {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return nil }
         do {
             return body(try store.open(with: unlocker), unlocker)
-        } catch let error as VaultError where error.kind == .refused {
+        } catch let error as VaultError where error.cause == .keyOpensNoSlot {
+            // Only this: etcd refusing a certificate or a user (77 too) is the
+            // cluster's business, and the key still opens the vault.
             lock(reason: "the vault's key slots changed")
             return nil
         } catch {
@@ -380,17 +384,18 @@ public final class AgentServer: Sendable {
             lock(reason: "running for \(DurationText.format(lifetime)) (--max-lifetime)")
         }
         // The held vault tells what is due; it is re-read only when its file changed.
-        guard let (unlocker, profiles, nearUsers) = withHeldVault({ vault, unlocker in
+        guard let (unlocker, held, nearUsers) = withHeldVault({ vault, unlocker in
             let summary = vault.summary()
             let near = summary.profiles.filter { _, profile in
                 profile.earliestUserTokenExpiresAt.map { $0.timeIntervalSince(now) <= Self.longestUserMargin } ?? false
             }
-            return (unlocker, vault.content.profiles, Set(near.keys))
+            return (unlocker, vault, Set(near.keys))
         }) else { return }
+        let profiles = held.content.profiles
         let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
         for (name, profile) in profiles.sorted(by: { $0.key < $1.key }) {
             if let token = profile.applicationToken {
-                await renewIfDue(key: name, token: token, what: "the application token of profile \(name)", now: now, broker: broker) {
+                await renewIfDue(key: name, token: token, what: "the application token of profile \(name)", now: now, broker: broker, vault: held) {
                     TokenRequest(profile: name, minimumLifetime: $0, renewal: .whenStaleStrictly)
                 }
             }
@@ -399,7 +404,7 @@ public final class AgentServer: Sendable {
             // under the state lock would hold up every client meanwhile.
             guard nearUsers.contains(name), let vault = try? store.open(with: unlocker) else { continue }
             for record in (try? vault.userTokens(profile: name)) ?? [] {
-                await renewIfDue(key: name + "\u{0}" + record.email, token: record.token, what: "the token of \(record.email)", now: now, broker: broker) {
+                await renewIfDue(key: name + "\u{0}" + record.email, token: record.token, what: "the token of \(record.email)", now: now, broker: broker, vault: vault) {
                     TokenRequest(profile: name, user: record.email, minimumLifetime: $0, renewal: .whenStaleStrictly)
                 }
             }
@@ -411,7 +416,8 @@ public final class AgentServer: Sendable {
     static let longestUserMargin: TimeInterval = 90 * 86_400 * (schedule.fractionLeft + schedule.jitter)
 
     private func renewIfDue(
-        key: String, token: SealedToken, what: String, now: Date, broker: TokenBroker, request: (TimeInterval) -> TokenRequest
+        key: String, token: SealedToken, what: String, now: Date, broker: TokenBroker, vault: UnlockedVault,
+        request: (TimeInterval) -> TokenRequest
     ) async {
         let life = max(1, token.expiresAt.timeIntervalSince(token.obtainedAt))
         let due = state.withLock { state -> Date in
@@ -428,7 +434,8 @@ public final class AgentServer: Sendable {
         let margin = token.expiresAt.timeIntervalSince(due) + 1
         do {
             let wanted = request(margin)
-            let grant = try await renewalTurn.run { try await broker.grant(wanted) }
+            // Decided on the vault in hand: the renewal reads it again only under the lock.
+            let grant = try await renewalTurn.run { try await broker.grant(wanted, from: vault) }
             state.withLock {
                 $0.retry[key] = nil
                 if grant.token != token.value { $0.renewals += 1 }

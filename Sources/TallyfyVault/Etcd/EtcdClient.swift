@@ -359,12 +359,12 @@ final class EtcdGateway: Sendable {
             let answer = try attempt("/v3/auth/authenticate", ["name": user, "password": password])
             guard let value = answer["token"] as? String else {
                 throw VaultError(.refused, "etcd at \(location.text) gave no token to user \(user)",
-                    hint: "check that authentication is enabled on the cluster (`etcdctl auth enable`)")
+                    hint: "check that authentication is enabled on the cluster (`etcdctl auth enable`)", cause: .etcdRefusedAccess)
             }
             token.withLock { $0 = value }
         } catch let error as GatewayRefusal {
             throw VaultError(.refused, "etcd at \(location.text) refused user \(user): \(error.message)",
-                hint: "check TALLYFY_VAULT_ETCD_USER and the password in TALLYFY_VAULT_ETCD_PASSWORD_FILE")
+                hint: "check TALLYFY_VAULT_ETCD_USER and the password in TALLYFY_VAULT_ETCD_PASSWORD_FILE", cause: .etcdRefusedAccess)
         }
     }
 
@@ -383,11 +383,11 @@ final class EtcdGateway: Sendable {
             do {
                 response = try http.execute(request: try request(path, data, endpoint: endpoint), deadline: .now() + Self.deadline).wait()
             } catch {
-                // A server that rejects the client certificate closes the
-                // connection during the handshake: over TLS, a closed
-                // connection (not a refused one) is taken as a TLS refusal.
-                let text = String(describing: error).lowercased()
-                if error is NIOSSLError || text.contains("ssl") || text.contains("handshake") || text.contains("certificate")
+                // Matched by type, never by text. A server that rejects the
+                // client certificate closes the connection during the
+                // handshake: over TLS, a closed connection (not a refused
+                // one) is taken as a TLS refusal.
+                if error is NIOSSLError || error is NIOSSLExtraError || error is BoringSSLError
                     || (location.tls && (error as? HTTPClientError) == .remoteConnectionClosed)
                 {
                     tlsProblem = String(describing: error)
@@ -421,7 +421,8 @@ final class EtcdGateway: Sendable {
         }
         if tlsProblem != nil {
             throw VaultError(.refused, "etcd at \(location.text) refused the TLS connection or this machine's certificate (\(lastProblem))",
-                hint: "check TALLYFY_VAULT_ETCD_CACERT, TALLYFY_VAULT_ETCD_CERT and TALLYFY_VAULT_ETCD_KEY against the cluster's certificates")
+                hint: "check TALLYFY_VAULT_ETCD_CACERT, TALLYFY_VAULT_ETCD_CERT and TALLYFY_VAULT_ETCD_KEY against the cluster's certificates",
+                cause: .etcdRefusedTLS)
         }
         throw NoServingMember(reachable: reachable, error: VaultError(.unavailable, "etcd at \(location.text) is unreachable (\(lastProblem))",
             hint: "check that the cluster is running and reachable: `etcdctl --endpoints \(location.endpoints.joined(separator: ",")) endpoint health`"))
@@ -519,7 +520,8 @@ struct GatewayRefusal: Error {
         case 7, 16:
             let who = location.user.map { "user \($0)" } ?? "an unauthenticated client"
             return VaultError(.refused, "etcd at \(location.text) refused \(who) access to \(location.prefix): \(message)",
-                hint: "grant the user's role readwrite on the prefix (`etcdctl role grant-permission ROLE --prefix readwrite \(location.prefix)/`)")
+                hint: "grant the user's role readwrite on the prefix (`etcdctl role grant-permission ROLE --prefix readwrite \(location.prefix)/`)",
+                cause: .etcdRefusedAccess)
         default:
             if message.contains("request is too large") {
                 return VaultError(.io, "etcd at \(location.text) refused a request as too large: \(message)",

@@ -184,7 +184,7 @@ public final class TallyfyClient: Sendable {
         switch errorCode(in: reply.body) {
         case "invalid_client":
             return VaultError(.refused, "Tallyfy refused the client credentials (invalid_client)" + detail.requestSuffix,
-                              hint: credentialsHint + "; Tallyfy's client IDs are numeric")
+                              hint: credentialsHint + "; Tallyfy's client IDs are numeric", cause: .tallyfyRefusedCredentials)
         case let code? where code == "invalid_grant" || code == "unauthorized_client":
             return VaultError(
                 .refused, "Tallyfy refused the token request (\(code))" + detail.suffix,
@@ -201,7 +201,7 @@ public final class TallyfyClient: Sendable {
         switch reply.status {
         case 401:
             return VaultError(.refused, "Tallyfy refused the client credentials (\(reply.statusText))" + detail.suffix,
-                              hint: credentialsHint)
+                              hint: credentialsHint, cause: .tallyfyRefusedCredentials)
         case 403:
             return VaultError(.refused, "Tallyfy refused the token request (\(reply.statusText))" + detail.suffix,
                               hint: credentialsHint)

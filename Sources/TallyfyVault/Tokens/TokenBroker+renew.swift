@@ -9,45 +9,100 @@ extension TokenBroker {
     /// valid (`TokenPolicy.canFallBack`), that token, with the reason in
     /// `renewalFailure`; the failure is also recorded for `check`.
     public func grant(_ request: TokenRequest) async throws -> TokenGrant {
-        if let grant = try sealedGrant(request) { return grant }
+        try await grant(request, from: open(store.read()))
+    }
+
+    /// The one hand-out decision, on a vault this pass has already read and
+    /// opened: every consumer (`exec`, `token` and its helper format,
+    /// `export`, the agent, keep-fresh) comes here, so they all decide alike.
+    ///
+    /// - fresh enough: handed out, nothing else read;
+    /// - stale: renewed under the vault lock, where the vault is read again
+    ///   (that is the pass's second read) and another process's renewal is
+    ///   taken instead of asking Tallyfy twice;
+    /// - renewal failed, or did not finish within `deadline`: one rule,
+    ///   `TokenPolicy.canFallBack` (passing reasons only, never with
+    ///   `--strict-ttl`, more than a minute left), then the sealed token is
+    ///   handed out with the reason in `renewalFailure`; else the error.
+    package func grant(_ request: TokenRequest, from vault: UnlockedVault, deadline: Duration? = nil) async throws -> TokenGrant {
+        if let grant = try sealedGrant(request, in: vault) { return grant }
+        return try await renewOrRideOut(request, seen: try sealedToken(request, in: vault)?.identity, deadline: deadline) { vault }
+    }
+
+    /// The rest of a pass the launcher began: it read and opened the vault,
+    /// found the sealed token too old and handed over which one it saw
+    /// (`Handover.seen`), so this goes straight to the renewal under the
+    /// lock. Only a failure that may be ridden out reads the vault before that.
+    package func grant(_ request: TokenRequest, handedOver seen: SealedToken.Identity?, deadline: Duration? = nil) async throws -> TokenGrant {
+        try await renewOrRideOut(request, seen: seen, deadline: deadline) { try open(store.read()) }
+    }
+
+    private func renewOrRideOut(
+        _ request: TokenRequest, seen: SealedToken.Identity?, deadline: Duration?, readBefore: () throws -> UnlockedVault
+    ) async throws -> TokenGrant {
         do {
-            return try await renewedGrant(request)
+            return try await withDeadline(deadline) { try await renewedGrant(request, seen: seen) }
         } catch let error as VaultError {
-            guard let fallback = try await fallbackGrant(request, after: error) else { throw error }
-            return fallback
-        }
-    }
-
-    private func fallbackGrant(_ request: TokenRequest, after error: VaultError) async throws -> TokenGrant? {
-        let vault = try store.open(with: unlocker)
-        let profile = try Self.profile(request.profile, in: vault)
-        guard let token = try sealedToken(request, in: vault),
-            TokenPolicy.canFallBack(token, after: error, request: request, now: now)
-        else { return nil }
-        await recordRenewalFailure(profile: request.profile, reason: error.message)
-        var grant = Self.grant(token, profile: profile, request: request)
-        grant.renewalFailure = error.message
-        return grant
-    }
-
-    /// Best effort, and never waiting: a lock held elsewhere means someone
-    /// else is renewing, and the token is being handed out either way.
-    private func recordRenewalFailure(profile name: String, reason: String) async {
-        var impatient = store
-        impatient.lockTimeout = .zero
-        _ = try? await impatient.update(with: unlocker) { vault in
-            vault.content.profiles[name]?.lastRenewalFailure = RenewalFailure(at: now, reason: reason)
+            // The lock, the location or the deadline failed before the vault
+            // could be read again: ride out on the token the pass read before.
+            guard request.renewal == .whenStale, TokenPolicy.isPassing(error), let vault = try? readBefore(),
+                let token = try sealedToken(request, in: vault), TokenPolicy.canFallBack(token, after: error, request: request, now: now)
+            else { throw error }
+            return Self.degraded(token, profile: try Self.profile(request.profile, in: vault), request: request, reason: error.message)
         }
     }
 
     /// Renews the token under the vault lock. Another process may have done it
     /// while we waited for the lock; then its token is used and Tallyfy is not
-    /// asked again.
-    public func renewedGrant(_ request: TokenRequest) async throws -> TokenGrant {
-        let seen: SealedToken? = try? sealedToken(request, in: store.open(with: unlocker))
-        return try await Self.withClient { client in
+    /// asked again. `seen` is the token read before waiting for the lock.
+    public func renewedGrant(_ request: TokenRequest, seen: SealedToken.Identity? = nil) async throws -> TokenGrant {
+        try await Self.withClient { client in
             try await store.update(with: unlocker) { vault in
-                try await renew(request, seen: seen, in: vault, client: client)
+                let current = try sealedToken(request, in: vault)
+                do {
+                    return try await renew(request, seen: seen, in: vault, client: client)
+                } catch let error as VaultError {
+                    guard let current, TokenPolicy.canFallBack(current, after: error, request: request, now: now) else { throw error }
+                    // Recorded for `check` in the same write (whatever this
+                    // renewal did get, an application token, is kept too).
+                    vault.content.profiles[request.profile]?.lastRenewalFailure = RenewalFailure(at: now, reason: Self.clearReason(error))
+                    return Self.degraded(current, profile: try Self.profile(request.profile, in: vault), request: request, reason: error.message)
+                }
+            }
+        }
+    }
+
+    /// What the clear summary says of a failed renewal: its kind, never the
+    /// message, which names Tallyfy's host (SECURITY.md: the header holds
+    /// no URL). The warning line of the command that failed has the detail.
+    static func clearReason(_ error: VaultError) -> String {
+        error.kind == .tryLater
+            ? "Tallyfy asked to slow down (429) or another process held the vault lock"
+            : "Tallyfy could not be reached, timed out or answered with a server error"
+    }
+
+    private static func degraded(_ token: SealedToken, profile: Profile, request: TokenRequest, reason: String) -> TokenGrant {
+        var grant = Self.grant(token, profile: profile, request: request)
+        grant.renewalFailure = reason
+        return grant
+    }
+
+    /// `body`, or a passing failure (69) once `deadline` has passed. The body
+    /// is abandoned, not stopped: callers with a deadline (the helper) end
+    /// their process soon after, which releases the vault lock; a write in
+    /// flight leaves the old vault or the new one.
+    private func withDeadline(_ deadline: Duration?, _ body: @escaping @Sendable () async throws -> TokenGrant) async throws -> TokenGrant {
+        guard let deadline else { return try await body() }
+        let answer = FirstAnswer<TokenGrant>()
+        return try await withCheckedThrowingContinuation { continuation in
+            answer.set(continuation)
+            Task {
+                do { answer.give(.success(try await body())) } catch { answer.give(.failure(error)) }
+            }
+            Task {
+                try? await Task.sleep(for: deadline)
+                answer.give(.failure(VaultError(.unavailable, "Tallyfy did not answer within \(DurationText.format(deadline.seconds))",
+                    hint: "run `tallyfy-vault doctor` to see why, and `tallyfy-vault login` once Tallyfy answers")))
             }
         }
     }
@@ -59,7 +114,7 @@ extension TokenBroker {
         try await body(TallyfyClient.shared)
     }
 
-    private func renew(_ request: TokenRequest, seen: SealedToken?, in vault: UnlockedVault, client: TallyfyClient) async throws -> TokenGrant {
+    private func renew(_ request: TokenRequest, seen: SealedToken.Identity?, in vault: UnlockedVault, client: TallyfyClient) async throws -> TokenGrant {
         var profile = try Self.profile(request.profile, in: vault)
         let current = try sealedToken(request, in: vault)
         if request.renewal != .always && TokenPolicy.canReuse(current, seen: seen, minimumLifetime: request.minimumLifetime, now: now) {
@@ -104,5 +159,42 @@ extension TokenBroker {
         profile.applicationToken = token
         vault.content.profiles[request.profile] = profile
         return token
+    }
+}
+
+/// Resumes a continuation with whichever answer comes first.
+private final class FirstAnswer<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var continuation: CheckedContinuation<T, Error>?
+    private var early: Result<T, Error>?
+
+    func set(_ continuation: CheckedContinuation<T, Error>) {
+        lock.lock()
+        if let early {
+            lock.unlock()
+            continuation.resume(with: early)
+            return
+        }
+        self.continuation = continuation
+        lock.unlock()
+    }
+
+    func give(_ result: Result<T, Error>) {
+        lock.lock()
+        guard let continuation else {
+            if early == nil { early = result }
+            lock.unlock()
+            return
+        }
+        self.continuation = nil
+        early = result  // later answers are dropped
+        lock.unlock()
+        continuation.resume(with: result)
+    }
+}
+
+extension Duration {
+    fileprivate var seconds: TimeInterval {
+        TimeInterval(components.seconds) + TimeInterval(components.attoseconds) / 1e18
     }
 }

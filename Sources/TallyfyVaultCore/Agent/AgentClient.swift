@@ -30,17 +30,22 @@ public struct AgentClient: Sendable {
     /// One request, one answer; written and read without Codable, which in
     /// a short-lived client costs more than the round trip (see
     /// `AgentProtocol+client.swift`).
-    public func ask(_ request: AgentProtocol.Request) throws -> AgentProtocol.Answer {
+    /// `timeout` bounds each wait on the socket (default `AgentProtocol.ioTimeout`).
+    public func ask(_ request: AgentProtocol.Request, timeout: Duration? = nil) throws -> AgentProtocol.Answer {
         let body = try request.json()
         let descriptor = try AgentSocket.connect(to: socketPath)
         defer { close(descriptor) }
+        if let timeout {
+            let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+            AgentSocket.setTimeouts(descriptor, seconds: min(AgentProtocol.ioTimeout, max(0.001, seconds)))
+        }
         try AgentProtocol.sendFrame(body, to: descriptor)
         return try AgentProtocol.Answer(json: AgentProtocol.receiveFrame(from: descriptor, maxLength: AgentProtocol.maxAnswerLength))
     }
 
     /// The token for `request` from the agent: the grant, `nil` when the
     /// caller should do the work itself, or the agent's failure as an error.
-    public func grant(_ request: TokenRequest, vaultPath: String) throws -> TokenGrant? {
+    public func grant(_ request: TokenRequest, vaultPath: String, timeout: Duration? = nil) throws -> TokenGrant? {
         guard request.renewal != .always, let vault = Self.resolved(vaultPath) else { return nil }
         let renewal: String
         switch request.renewal {
@@ -50,7 +55,7 @@ public struct AgentClient: Sendable {
         }
         let wire = AgentProtocol.Request(op: .token, vault: vault, profile: request.profile, user: request.user,
             minimumLifetime: request.minimumLifetime, renewal: renewal)
-        guard let answer = try? ask(wire) else { return nil }
+        guard let answer = try? ask(wire, timeout: timeout) else { return nil }
         if answer.ok, let grant = answer.grant?.grant { return grant }
         guard answer.error == "failed", let message = answer.message else { return nil }
         throw VaultError(VaultError.Kind(exitStatus: answer.exitStatus ?? 69), message, hint: answer.hint)

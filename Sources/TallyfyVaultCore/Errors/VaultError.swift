@@ -32,11 +32,41 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
     public let message: String
     /// What to do next, when there is something useful to say.
     public let hint: String?
+    /// Why, finer than `kind`: what a caller matches when causes of one exit
+    /// status call for different actions. Never the message text.
+    public let cause: Cause
 
-    public init(_ kind: Kind, _ message: String, hint: String? = nil) {
+    public init(_ kind: Kind, _ message: String, hint: String? = nil, cause: Cause = .unspecified) {
         self.kind = kind
         self.message = message
         self.hint = hint
+        self.cause = cause
+    }
+
+    /// The causes callers act on. A struct over a private code (as
+    /// AsyncHTTPClient's `HTTPClientError`), so causes can be added without
+    /// breaking anyone's `switch`.
+    public struct Cause: Hashable, Sendable, CustomStringConvertible {
+        private enum Code: Hashable, Sendable {
+            case unspecified, keyOpensNoSlot, tallyfyRefusedCredentials, etcdRefusedAccess, etcdRefusedTLS
+        }
+
+        private let code: Code
+        private init(_ code: Code) { self.code = code }
+
+        /// Nothing finer than the kind is known.
+        public static let unspecified = Cause(.unspecified)
+        /// The given passphrase or key opens none of the vault's slots (the
+        /// slots changed, or it was never one of them): 77.
+        public static let keyOpensNoSlot = Cause(.keyOpensNoSlot)
+        /// Tallyfy refused the client ID and secret (`invalid_client`, 401/403 at the token endpoint): 77.
+        public static let tallyfyRefusedCredentials = Cause(.tallyfyRefusedCredentials)
+        /// etcd refused this machine's user, password or permissions: 77.
+        public static let etcdRefusedAccess = Cause(.etcdRefusedAccess)
+        /// etcd refused the TLS connection or this machine's certificate: 77.
+        public static let etcdRefusedTLS = Cause(.etcdRefusedTLS)
+
+        public var description: String { "\(code)" }
     }
 
     /// The process exit status README.md assigns to this kind of failure.

@@ -37,7 +37,7 @@ public enum ChildEnvironment {
 
     /// Variables that carried unlock material, or were meant for our own
     /// CLI only: never passed on.
-    public static let removed: Set<String> = [UnlockSources.passphraseVariable, TallyfyVaultVersion.launcherVariable]
+    public static let removed: Set<String> = Handover.variables.union([UnlockSources.passphraseVariable])
 
     /// The variables `exec` sets, in a stable order: `exported` and the
     /// nesting marker.

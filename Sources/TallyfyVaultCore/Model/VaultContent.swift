@@ -76,6 +76,21 @@ public struct SealedToken: Codable, Sendable, Equatable {
         self.expiresAt = expiresAt
         self.obtainedAt = obtainedAt
     }
+
+    /// Tells tokens apart without their value, so "the token I saw before
+    /// waiting for the lock" can be passed on (from the launcher to the CLI)
+    /// without passing the token.
+    public struct Identity: Sendable, Equatable {
+        public var expiresAt: Date
+        public var obtainedAt: Date
+
+        public init(expiresAt: Date, obtainedAt: Date) {
+            self.expiresAt = expiresAt
+            self.obtainedAt = obtainedAt
+        }
+    }
+
+    public var identity: Identity { Identity(expiresAt: expiresAt, obtainedAt: obtainedAt) }
 }
 
 /// A user-scoped token, sealed as its own record.

@@ -29,9 +29,9 @@ public enum TokenPolicy {
     /// (`seen` is what we read before waiting for the lock). That second rule
     /// is what makes a refresh single-flight even when `--min-ttl` is longer
     /// than Tallyfy's lifetime would allow.
-    public static func canReuse(_ token: SealedToken?, seen: SealedToken?, minimumLifetime: TimeInterval, now: Date) -> Bool {
+    public static func canReuse(_ token: SealedToken?, seen: SealedToken.Identity?, minimumLifetime: TimeInterval, now: Date) -> Bool {
         if isFresh(token, minimumLifetime: minimumLifetime, now: now) { return true }
-        guard let token, token != seen else { return false }
+        guard let token, token.identity != seen else { return false }
         return isValid(token, now: now)
     }
 

@@ -19,18 +19,20 @@ public enum VaultCheck {
         renew: (TokenBroker, [String]?) async throws -> [HealthCheck.Problem]
     ) async -> HealthCheck.Report {
         do {
-            try store.checkAccess()
             var refreshProblems: [HealthCheck.Problem] = []
             let unlocker: VaultUnlocker
             if refresh {
+                try store.checkAccess()  // a missing vault is reported before anyone is prompted
                 ProcessHardening.protect()
                 unlocker = VaultUnlocker(secrets: try sources.secretsToOpen())
                 refreshProblems = try await renew(TokenBroker(store: store, unlocker: unlocker, environment: sources.environment), profiles)
             } else {
                 unlocker = VaultUnlocker(secrets: try sources.available())
             }
-            try verifySummary(store: store, unlocker: unlocker)
-            var report = HealthCheck.evaluate(try store.summary(), profiles: profiles, thresholds: thresholds, now: now)
+            // One read (after any renewals): evaluated, and verified when a key is at hand.
+            let read = try store.read(withSummary: true, cached: false)
+            try verifySummary(read, unlocker: unlocker)
+            var report = HealthCheck.evaluate(read.summary, profiles: profiles, thresholds: thresholds, now: now)
             report.problems = refreshProblems + report.problems
             report.status = report.problems.map(\.status).max() ?? .ok
             return report
@@ -44,11 +46,10 @@ public enum VaultCheck {
     /// With a key, proves the clear summary matches the sealed content: it is
     /// authenticated as associated data already, and this also catches a
     /// writer that sealed a wrong summary. Without a key, does nothing.
-    public static func verifySummary(store: VaultStore, unlocker: VaultUnlocker) throws {
+    public static func verifySummary(_ read: VaultRead, unlocker: VaultUnlocker) throws {
         guard !unlocker.secrets.isEmpty else { return }
-        let parsedSummary = try store.summary()
-        let vault = try store.open(with: unlocker)
-        guard vault.summary() == parsedSummary else {
+        let vault = try UnlockedVault.open(read.parsed, with: unlocker)
+        guard vault.summary() == read.summary else {
             throw VaultError(.corrupt, "the vault's clear summary does not match its sealed content")
         }
     }

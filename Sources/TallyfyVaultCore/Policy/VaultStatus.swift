@@ -25,7 +25,8 @@ public struct VaultStatus: Sendable, Encodable {
     public var profiles: [ProfileStatus]
 
     public static func read(store: VaultStore, now: Date) throws -> VaultStatus {
-        make(summary: try store.summary(), slots: try store.slots(), vault: store.path, now: now)
+        let read = try store.read(withSummary: true, cached: false)
+        return make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
     }
 
     /// The report for a summary and slot table already read.

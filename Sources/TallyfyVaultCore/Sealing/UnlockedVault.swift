@@ -109,14 +109,15 @@ public final class UnlockedVault: @unchecked Sendable {
         let kinds = Set(slots.map(\.kind))
         if secrets.allSatisfy({ $0.kind == .keyFile }) && !kinds.contains(.keyFile) {
             return VaultError(.refused, "this vault has no key-file slot, so \(origins) cannot open it",
-                hint: "unlock it with its passphrase (--passphrase-file or the prompt)")
+                hint: "unlock it with its passphrase (--passphrase-file or the prompt)", cause: .keyOpensNoSlot)
         }
         if secrets.allSatisfy({ $0.kind == .passphrase }) && !kinds.contains(.passphrase) {
             return VaultError(.refused, "this vault has no passphrase slot, so \(origins) cannot open it",
-                hint: "unlock it with its key file (--key-file)")
+                hint: "unlock it with its key file (--key-file)", cause: .keyOpensNoSlot)
         }
         return VaultError(.refused, "wrong passphrase or key: \(origins) opens none of the vault's key slots",
-            hint: "check which key file or passphrase this vault was made with (`tallyfy-vault keys list` shows its slots)")
+            hint: "check which key file or passphrase this vault was made with (`tallyfy-vault keys list` shows its slots)",
+            cause: .keyOpensNoSlot)
     }
 
     // MARK: - Producing the file
@@ -362,7 +363,7 @@ public final class UnlockedVault: @unchecked Sendable {
                 hint: "give those key files or passphrases as well, or pass --drop-other-slots to remove them")
         }
         guard !newSlots.isEmpty else {
-            throw VaultError(.refused, "none of the given keys opens a slot of this vault")
+            throw VaultError(.refused, "none of the given keys opens a slot of this vault", cause: .keyOpensNoSlot)
         }
         var scratch = GuardedScratch()
         var opened: [UserTokenRecord] = []

@@ -17,8 +17,43 @@ final class FileLock {
     private let descriptor: Int32
 
     /// Waits up to `timeout` for the lock, polling, so a hung holder gives
-    /// `.tryLater` (exit 75) instead of hanging the caller.
+    /// `.tryLater` (exit 75) instead of hanging the caller. For callers that
+    /// are not async (`create`, which never waits long for a new file's lock).
     init(path: String, timeout: Duration) throws {
+        let fd = try Self.openLockFile(path)
+        let deadline = ContinuousClock.now + timeout
+        var pause = Duration.milliseconds(2)
+        while try !Self.tryLock(fd, path: path, deadline: deadline, timeout: timeout) {
+            usleep(UInt32(pause.components.attoseconds / 1_000_000_000_000))
+            pause = min(pause * 2, .milliseconds(50))
+        }
+        descriptor = fd
+    }
+
+    private init(descriptor: Int32) {
+        self.descriptor = descriptor
+    }
+
+    /// As `init`, but the wait suspends instead of blocking a thread, so a
+    /// renewal waiting for another process's lock holds none of the
+    /// cooperative pool's few threads (a helper's deadline timer needs one).
+    static func acquire(path: String, timeout: Duration) async throws -> FileLock {
+        let fd = try openLockFile(path)
+        let deadline = ContinuousClock.now + timeout
+        var pause = Duration.milliseconds(2)
+        while try !tryLock(fd, path: path, deadline: deadline, timeout: timeout) {
+            do {
+                try await Task.sleep(for: pause)
+            } catch {
+                close(fd)
+                throw error
+            }
+            pause = min(pause * 2, .milliseconds(50))
+        }
+        return FileLock(descriptor: fd)
+    }
+
+    private static func openLockFile(_ path: String) throws -> Int32 {
         // Never through a symbolic link (another user could point it at a
         // file of ours), and only a regular file of this user: a lock file
         // someone else owns could be held by them for ever.
@@ -37,23 +72,24 @@ final class FileLock {
             throw VaultError(.refused, "the lock file \(path) is not a regular file of this user",
                 hint: "remove it (`rm \(path)`) and check who made it")
         }
-        let deadline = ContinuousClock.now + timeout
-        var pause = Duration.milliseconds(2)
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            guard errno == EWOULDBLOCK || errno == EINTR else {
-                let reason = String(cString: strerror(errno))
-                close(fd)
-                throw VaultError(.io, "could not lock \(path): \(reason)")
-            }
-            guard ContinuousClock.now < deadline else {
-                close(fd)
-                throw VaultError(.tryLater, "the vault is locked by another tallyfy-vault process (waited \(timeout))",
-                    hint: "try again later; if no other process is running, check what holds \(path)")
-            }
-            usleep(UInt32(pause.components.attoseconds / 1_000_000_000_000))
-            pause = min(pause * 2, .milliseconds(50))
+        return fd
+    }
+
+    /// One attempt: `true` when locked, `false` to wait and try again; closes
+    /// `fd` and throws on an error or once `deadline` has passed.
+    private static func tryLock(_ fd: Int32, path: String, deadline: ContinuousClock.Instant, timeout: Duration) throws -> Bool {
+        if flock(fd, LOCK_EX | LOCK_NB) == 0 { return true }
+        guard errno == EWOULDBLOCK || errno == EINTR else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw VaultError(.io, "could not lock \(path): \(reason)")
         }
-        descriptor = fd
+        guard ContinuousClock.now < deadline else {
+            close(fd)
+            throw VaultError(.tryLater, "the vault is locked by another tallyfy-vault process (waited \(timeout))",
+                hint: "try again later; if no other process is running, check what holds \(path)")
+        }
+        return false
     }
 
     deinit {

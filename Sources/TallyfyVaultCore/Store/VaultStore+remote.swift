@@ -10,7 +10,7 @@
 ///
 /// - Reads ask the cluster and keep the cache up to date; when the cluster is
 ///   unreachable they use the cache, with one warning.
-/// - The `exec` fast path (`openPreferringCache`) reads the cache first: a
+/// - A command's one read (`VaultStore.read`) takes the cache first: a
 ///   fresh sealed token is handed out without a round trip to etcd.
 /// - Writes take the fleet-wide lock, re-read from the cluster (never the
 ///   cache), apply the change and store it conditioned on the revision read.
@@ -169,15 +169,6 @@ extension VaultStore {
         }
     }
 
-    /// Opens the vault the fastest way: for an etcd vault, from this
-    /// machine's cache when it has a copy (no round trip); for a file, as
-    /// `open`. For the token fast path, where a copy that is a little behind
-    /// is harmless: a renewal re-reads from the cluster under the lock.
-    public func openPreferringCache(with unlocker: VaultUnlocker) throws -> UnlockedVault {
-        guard let remote else { return try open(with: unlocker) }
-        return try UnlockedVault.open(try ParsedVault(parsing: try remote.get().bytesPreferringCache(), readSummary: false), with: unlocker)
-    }
-
     /// For an etcd vault: reads it from the cluster now and brings this
     /// machine's cache up to date; whether anything had changed. What a watch
     /// on the vault's keys calls on every change. `false` for a file.
@@ -185,12 +176,6 @@ extension VaultStore {
     public func refreshCache() throws -> Bool {
         guard let remote else { return false }
         return try remote.get().refresh()
-    }
-
-    /// The clear summary from the cache when there is one (see `openPreferringCache`).
-    public func summaryPreferringCache() throws -> VaultSummary {
-        guard let remote else { return try summary() }
-        return try ParsedVault(parsing: try remote.get().bytesPreferringCache()).summary
     }
 
     /// The sealed bytes as stored, checked to be a vault but not decrypted:

@@ -115,6 +115,23 @@ public struct VaultStore: Sendable {
         try parsed().summary
     }
 
+    /// The vault as stored, read once and not yet unlocked: what one command
+    /// decides on (`TokenBroker.open(_:)`). For an etcd vault, from this
+    /// machine's cache when it has a copy (a renewal re-reads from the
+    /// cluster under the fleet-wide lock). Reading comes first, so a missing,
+    /// unsafe or damaged vault is reported before anyone is prompted for a
+    /// passphrase, with one `open` of the file.
+    /// `cached: false` asks an etcd vault's cluster first (its cache only
+    /// when the cluster is unreachable), for reports on the fleet's state.
+    public func read(withSummary: Bool = false, cached: Bool = true) throws -> VaultRead {
+        if let remote {
+            let location = try remote.get()
+            let bytes = cached ? try location.bytesPreferringCache() : try location.bytes()
+            return VaultRead(parsed: try ParsedVault(parsing: bytes, readSummary: withSummary))
+        }
+        return VaultRead(parsed: try parsed(readSummary: withSummary))
+    }
+
     /// Opens the vault for reading, without a lock.
     public func open(with unlocker: VaultUnlocker) throws -> UnlockedVault {
         try UnlockedVault.open(try parsed(readSummary: false), with: unlocker)
@@ -138,7 +155,7 @@ public struct VaultStore: Sendable {
     public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
         if let remote { return try await remote.get().update(with: unlocker, timeout: lockTimeout, change) }
         let (store, mode) = try writeTarget()
-        let lock = try FileLock(path: store.lockPath, timeout: lockTimeout)
+        let lock = try await FileLock.acquire(path: store.lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
         let vault = try store.open(with: unlocker)
         let before = vault.modificationCount
@@ -168,4 +185,18 @@ public struct VaultStore: Sendable {
         try FileSafety.atomicReplace(path, with: bytes, mode: mode)
         vault.rememberKey(in: unlocker)
     }
+}
+
+/// One read of a vault's sealed bytes, parsed but not decrypted
+/// (`VaultStore.read`): a command reads once and decides on what it read.
+public struct VaultRead: Sendable {
+    let parsed: ParsedVault
+
+    /// The clear summary, when read `withSummary` (else empty). Not
+    /// authenticated until the vault is opened: it may decide where work
+    /// happens, never which token is handed out.
+    public var summary: VaultSummary { parsed.summary }
+
+    /// The unlock slots as the clear header lists them.
+    public var slots: [SlotInfo] { parsed.slots.map(SlotInfo.init) }
 }

@@ -73,16 +73,17 @@ public struct TokenBroker: Sendable {
     /// The fast path, with no lock, no HTTP client and no event loop: the
     /// sealed token if it satisfies `request`, `nil` when it must be renewed.
     /// With `allowRefresh` false, a valid (not expired) token is returned and
-    /// an expired or missing one is an error (78).
+    /// an expired or missing one is an error (78). One read of the vault (for
+    /// an etcd vault, of this machine's cache: a renewal re-reads from the
+    /// cluster under the fleet-wide lock and takes another machine's token).
     public func sealedGrant(_ request: TokenRequest) throws -> TokenGrant? {
         guard request.renewal != .always else { return nil }
-        // An etcd vault is read from this machine's cache here: a renewal
-        // re-reads from the cluster under the fleet-wide lock.
-        var vault = try store.openPreferringCache(with: unlocker)
-        if store.isRemote, !TokenPolicy.isFresh(try sealedToken(request, in: vault), minimumLifetime: request.minimumLifetime, now: now) {
-            vault = try store.open(with: unlocker)  // another machine may have renewed it
-        }
-        return try sealedGrant(request, in: vault)
+        return try sealedGrant(request, in: open(store.read()))
+    }
+
+    /// Unlocks what `VaultStore.read` read: the one decryption of a command's pass.
+    public func open(_ read: VaultRead) throws -> UnlockedVault {
+        try UnlockedVault.open(read.parsed, with: unlocker)
     }
 
     /// `sealedGrant(_:)` on a vault already open: the agent keeps the vault
@@ -112,10 +113,8 @@ public struct TokenBroker: Sendable {
     /// the renewing code at once and derive the key there, once. The summary
     /// is not authenticated until the vault is opened, so this only ever
     /// decides where the work happens, never what token is handed out.
-    public func summaryPromisesSealedToken(_ request: TokenRequest) -> Bool {
-        guard request.renewal != .always, let summary = try? store.summaryPreferringCache(), let profile = summary.profiles[request.profile] else {
-            return false
-        }
+    public func summaryPromisesSealedToken(_ request: TokenRequest, in read: VaultRead) -> Bool {
+        guard request.renewal != .always, let profile = read.summary.profiles[request.profile] else { return false }
         let expiry = request.user == nil ? profile.applicationTokenExpiresAt : profile.earliestUserTokenExpiresAt
         guard let expiry else { return false }
         let left = expiry.timeIntervalSince(now)

@@ -55,6 +55,17 @@ public struct CommandContext: Sendable {
             renewal: noRefresh ? .never : strict ? .whenStaleStrictly : .whenStale)
     }
 
+    /// One command's pass over the vault: read once, then the secrets to
+    /// open it (after the read, so a missing or unsafe vault is reported
+    /// before anyone is prompted), then opened once. The broker decides on
+    /// this vault and reads it again only under the lock, to renew.
+    public func pass(secrets: () throws -> [UnlockSecret]) throws -> (TokenBroker, UnlockedVault) {
+        ProcessHardening.protect()
+        let read = try store.read()
+        let broker = TokenBroker(store: store, secrets: try secrets(), environment: environment)
+        return (broker, try broker.open(read))
+    }
+
     public func broker() throws -> TokenBroker {
         TokenBroker(store: store, secrets: try secretsToOpen(), environment: environment)
     }

@@ -24,12 +24,7 @@ enum VaultKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
 /// (`tools/etcd-cluster start --owner`). EtcdTests, which kill members,
 /// start clusters of their own.
 enum SharedEtcd {
-    private static let started: Result<EtcdCluster, any Error> = Result {
-        guard let cluster = try EtcdCluster.start(owner: getpid()) else {
-            throw EtcdClusterError(message: "etcd is not installed and could not be (tools/test installs etcd-server)")
-        }
-        return cluster
-    }
+    private static let started: Result<EtcdCluster, any Error> = Result { try EtcdCluster.start(owner: getpid()) }
 
     static func cluster() throws -> EtcdCluster { try started.get() }
 }
