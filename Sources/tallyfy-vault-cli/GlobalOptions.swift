@@ -16,8 +16,16 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Unlock with the first line of a file (TALLYFY_VAULT_PASSPHRASE_FILE).", valueName: "PATH"))
     var passphraseFile: String?
 
+    @Flag(help: ArgumentHelp("""
+        Accept, once, a vault older than one this machine has seen (restored on purpose from a backup), \
+        with a warning (TALLYFY_VAULT_ACCEPT_ROLLBACK=1). Without it such a vault is refused (65).
+        """))
+    var acceptRollback = false
+
     var context: CommandContext {
-        CommandContext(vault: vault, profile: profile, keyFile: keyFile, passphraseFile: passphraseFile)
+        var context = CommandContext(vault: vault, profile: profile, keyFile: keyFile, passphraseFile: passphraseFile)
+        if acceptRollback { context.environment[SeenGenerations.acceptVariable] = "1" }
+        return context
     }
 
     var profileName: String { context.profileName }

@@ -48,7 +48,7 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
     /// breaking anyone's `switch`.
     public struct Cause: Hashable, Sendable, CustomStringConvertible {
         private enum Code: Hashable, Sendable {
-            case unspecified, keyOpensNoSlot, tallyfyRefusedCredentials, etcdRefusedAccess, etcdRefusedTLS
+            case unspecified, keyOpensNoSlot, tallyfyRefusedCredentials, etcdRefusedAccess, etcdRefusedTLS, rolledBack
         }
 
         private let code: Code
@@ -65,6 +65,9 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
         public static let etcdRefusedAccess = Cause(.etcdRefusedAccess)
         /// etcd refused the TLS connection or this machine's certificate: 77.
         public static let etcdRefusedTLS = Cause(.etcdRefusedTLS)
+
+        /// The vault is older than one this machine has seen (65).
+        public static let rolledBack = Cause(.rolledBack)
 
         public var description: String { "\(code)" }
     }

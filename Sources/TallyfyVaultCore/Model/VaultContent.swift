@@ -14,6 +14,15 @@
 /// user's token in a vault of ten thousand does not decrypt and parse them all.
 public struct VaultContent: Codable, Sendable, Equatable {
     public var profiles: [String: Profile]
+    /// A random name for this vault (32 hex digits), kept for its whole life,
+    /// across `rekey` and `migrate`: what this machine's memory of the
+    /// newest generation it has seen (`SeenGenerations`) is keyed by.
+    /// Absent in a vault an earlier release wrote; given at its next write.
+    public var id: String?
+    /// Increased by every write (`UnlockedVault.sealed`). Sealed, so it can't
+    /// be changed without the key: an older vault put back is told apart by
+    /// it. Absent (0) in a vault an earlier release wrote.
+    public var generation: UInt64?
 
     public init(profiles: [String: Profile] = [:]) {
         self.profiles = profiles

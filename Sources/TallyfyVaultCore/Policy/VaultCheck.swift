@@ -31,7 +31,7 @@ public enum VaultCheck {
             }
             // One read (after any renewals): evaluated, and verified when a key is at hand.
             let read = try store.read(withSummary: true, cached: false)
-            try verifySummary(read, unlocker: unlocker)
+            try verifySummary(read, store: store, unlocker: unlocker)
             var report = HealthCheck.evaluate(read.summary, profiles: profiles, thresholds: thresholds, now: now)
             report.problems = refreshProblems + report.problems
             report.status = report.problems.map(\.status).max() ?? .ok
@@ -46,9 +46,9 @@ public enum VaultCheck {
     /// With a key, proves the clear summary matches the sealed content: it is
     /// authenticated as associated data already, and this also catches a
     /// writer that sealed a wrong summary. Without a key, does nothing.
-    public static func verifySummary(_ read: VaultRead, unlocker: VaultUnlocker) throws {
+    public static func verifySummary(_ read: VaultRead, store: VaultStore, unlocker: VaultUnlocker) throws {
         guard !unlocker.secrets.isEmpty else { return }
-        let vault = try UnlockedVault.open(read.parsed, with: unlocker)
+        let vault = try store.opened(read.parsed, with: unlocker)
         guard vault.summary() == read.summary else {
             throw VaultError(.corrupt, "the vault's clear summary does not match its sealed content")
         }

@@ -129,6 +129,9 @@ public final class UnlockedVault: @unchecked Sendable {
     /// a value outside `VaultBounds`, or a part over the format's limits.
     public func sealed() throws -> Data {
         precondition(!forgotClientSecrets, "a copy of the vault without its client secrets is never sealed")
+        // Each write is a new generation; a vault without a name gets one.
+        if content.id == nil { content.id = Self.hex(Sodium.randomBytes(16)) }
+        content.generation = (content.generation ?? 0) + 1
         guard content.isWithinBounds else {
             throw VaultError(.usage, "a value to be sealed is outside the vault's limits (a date outside 1970..9999, or a name, ID, URL, secret or token too long); nothing was changed",
                 hint: "SECURITY.md, \"Limits on what goes in\", lists them; a profile stored by an older release with a longer value can be stored again with `tallyfy-vault credentials set`")
@@ -159,6 +162,11 @@ public final class UnlockedVault: @unchecked Sendable {
         out.append(contentsOf: root)
         for record in records { out.append(record.bytes) }
         return out
+    }
+
+    private static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        return String(decoding: bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
     }
 
     private static func tooLarge(_ part: String) -> VaultError {

@@ -65,7 +65,7 @@ extension VaultStore {
             var info = stat()
             guard fstat(descriptor, &info) == 0 else { throw FileSafety.missingOrUnreadable(path, what: "the vault") }
             let bytes = try FileSafety.readAll(descriptor, size: Int(info.st_size), path: path, what: "the vault")
-            let vault = try UnlockedVault.open(try ParsedVault(parsing: bytes, readSummary: false), with: unlocker)
+            let vault = try opened(try ParsedVault(parsing: bytes, readSummary: false), with: unlocker)
             return PinnedVault(vault: vault, identity: FileIdentity(info), descriptor: descriptor)
         } catch {
             close(descriptor)

@@ -117,32 +117,23 @@ struct RemoteVault: Sendable {
         if (try? cache.read())?.revision != snapshot.revision { cache.store(snapshot) }
     }
 
-    func update<T>(with unlocker: VaultUnlocker, timeout: Duration, _ change: (UnlockedVault) throws -> T) throws -> T {
+    /// `store` opens what is read (refusing a rolled-back vault) and remembers what is written.
+    func update<T>(with unlocker: VaultUnlocker, timeout: Duration, store: VaultStore, _ change: (UnlockedVault) async throws -> T)
+        async throws -> T
+    {
         let connection = try self.connection()
         let lock = try connection.lock(timeout: timeout)
         defer { lock.release() }
-        let (vault, snapshot) = try read(connection, unlocker)
-        let before = vault.modificationCount
-        let result = try change(vault)
-        if vault.modificationCount != before { try write(vault, replacing: snapshot, connection, unlocker) }
-        return result
-    }
-
-    func update<T>(with unlocker: VaultUnlocker, timeout: Duration, _ change: (UnlockedVault) async throws -> T) async throws -> T {
-        let connection = try self.connection()
-        let lock = try connection.lock(timeout: timeout)
-        defer { lock.release() }
-        let (vault, snapshot) = try read(connection, unlocker)
+        guard let snapshot = try connection.read() else { throw notFound }
+        let vault = try store.opened(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker)
+        remember(snapshot)
         let before = vault.modificationCount
         let result = try await change(vault)
-        if vault.modificationCount != before { try write(vault, replacing: snapshot, connection, unlocker) }
+        if vault.modificationCount != before {
+            try write(vault, replacing: snapshot, connection, unlocker)
+            store.written(vault)
+        }
         return result
-    }
-
-    private func read(_ connection: any RemoteSealedBytes, _ unlocker: VaultUnlocker) throws -> (UnlockedVault, RemoteSnapshot) {
-        guard let snapshot = try connection.read() else { throw notFound }
-        remember(snapshot)
-        return (try UnlockedVault.open(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker), snapshot)
     }
 
     private func write(_ vault: UnlockedVault, replacing snapshot: RemoteSnapshot, _ connection: any RemoteSealedBytes,

@@ -24,19 +24,43 @@ public struct VaultStore: Sendable {
     /// Set when `path` names an etcd cluster (or a refused URL): then every
     /// operation goes to `VaultStore+remote.swift` and no file is touched.
     let remote: Result<RemoteVault, VaultError>?
+    /// This machine's memory of the newest generation seen of each vault:
+    /// every open is admitted by it, every write remembered.
+    let generations: SeenGenerations?
 
     public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout) {
-        // Only a location that looks like a URL needs the environment (TALLYFY_VAULT_ETCD_*).
-        let environment = path.firstRange(of: "://") == nil ? [:] : ProcessInfo.processInfo.environment
-        self.init(path: path, lockTimeout: lockTimeout, environment: environment)
+        self.init(path: path, lockTimeout: lockTimeout, environment: ProcessInfo.processInfo.environment)
     }
 
     /// `environment` supplies `TALLYFY_VAULT_ETCD_*` and the cache folder
-    /// when `path` is an etcd location.
+    /// when `path` is an etcd location, and where this machine remembers the
+    /// generations it has seen (`XDG_STATE_HOME`, `HOME`).
     public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout, environment: [String: String]) {
         self.path = path
         self.lockTimeout = lockTimeout
         remote = RemoteVault.parse(path, environment: environment)
+        generations = SeenGenerations(environment: environment)
+    }
+
+    /// The same vault at `target` (a symbolic link's resolved path).
+    private init(resolving target: String, of store: VaultStore) {
+        path = target
+        lockTimeout = store.lockTimeout
+        remote = store.remote
+        generations = store.generations
+    }
+
+    /// Every open of this store's vault: decrypt, then refuse a vault older
+    /// than one this machine has seen (65, `SeenGenerations`).
+    func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
+        let vault = try UnlockedVault.open(parsed, with: unlocker)
+        try generations?.admit(vault, location: remote == nil ? path : ((try? remote!.get().location.text) ?? path))
+        return vault
+    }
+
+    /// After a write of `vault`.
+    func written(_ vault: UnlockedVault) {
+        generations?.remember(vault)
     }
 
     public static let defaultLockTimeout: Duration = .seconds(10)
@@ -70,13 +94,17 @@ public struct VaultStore: Sendable {
 
     /// Creates a new vault file; refuses to replace an existing one.
     public func create(_ vault: UnlockedVault) throws {
-        if let remote { return try remote.get().create(try vault.sealed()) }
+        if let remote {
+            try remote.get().create(try vault.sealed())
+            return written(vault)
+        }
         try requireAbsent()
         try FileSafety.makeDirectory(directory)
         try FileSafety.requireSafeDirectory(directory)
         let lock = try FileLock(path: lockPath, timeout: lockTimeout)
         try FileSafety.atomicReplace(path, with: try vault.sealed(), exclusive: true)
         withExtendedLifetime(lock) {}
+        written(vault)
     }
 
     /// Refuses when a vault is already at `path`: `init` never overwrites.
@@ -134,7 +162,7 @@ public struct VaultStore: Sendable {
 
     /// Opens the vault for reading, without a lock.
     public func open(with unlocker: VaultUnlocker) throws -> UnlockedVault {
-        try UnlockedVault.open(try parsed(readSummary: false), with: unlocker)
+        try opened(try parsed(readSummary: false), with: unlocker)
     }
 
     /// Opens the vault for reading with `secrets`, remembering nothing.
@@ -153,7 +181,7 @@ public struct VaultStore: Sendable {
     /// disk"). A vault that belongs to another user is refused before any
     /// change is attempted.
     public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
-        if let remote { return try await remote.get().update(with: unlocker, timeout: lockTimeout, change) }
+        if let remote { return try await remote.get().update(with: unlocker, timeout: lockTimeout, store: self, change) }
         let (store, mode) = try writeTarget()
         let lock = try await FileLock.acquire(path: store.lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
@@ -174,7 +202,7 @@ public struct VaultStore: Sendable {
     private func writeTarget() throws -> (store: VaultStore, mode: mode_t) {
         try FileSafety.requireSafeDirectory(directory)
         let (target, mode) = try FileSafety.writeTarget(path)
-        let store = VaultStore(path: target, lockTimeout: lockTimeout)
+        let store = VaultStore(resolving: target, of: self)
         if target != path { try FileSafety.requireSafeDirectory(store.directory) }
         return (store, mode)
     }
@@ -184,6 +212,7 @@ public struct VaultStore: Sendable {
         FileSafety.removeTemporaries(of: path)
         try FileSafety.atomicReplace(path, with: bytes, mode: mode)
         vault.rememberKey(in: unlocker)
+        written(vault)
     }
 }
 

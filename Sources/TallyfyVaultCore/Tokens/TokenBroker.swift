@@ -83,7 +83,7 @@ public struct TokenBroker: Sendable {
 
     /// Unlocks what `VaultStore.read` read: the one decryption of a command's pass.
     public func open(_ read: VaultRead) throws -> UnlockedVault {
-        try UnlockedVault.open(read.parsed, with: unlocker)
+        try store.opened(read.parsed, with: unlocker)
     }
 
     /// `sealedGrant(_:)` on a vault already open: the agent keeps the vault
