@@ -249,9 +249,9 @@ actor EmulatorState {
         }
     }
 
-    /// `{"clientHeaders": {value: count}, "withoutClientHeader": count}`.
-    func requestsSnapshot() -> [String: Any] {
-        ["clientHeaders": clientHeaders, "withoutClientHeader": withoutClientHeader]
+    /// Each `X-Tallyfy-Client` value with its count, and the count of requests without one.
+    func requestsSnapshot() -> (clientHeaders: [String: Int], withoutClientHeader: Int) {
+        (clientHeaders, withoutClientHeader)
     }
 
     /// Remembers `claims` as the newest token of its holder.

@@ -90,7 +90,8 @@ struct EmulatorRoutes: Sendable {
             Reply.json(.ok, await state.countsSnapshot())
         }
         router.get("/__emulator/requests") { _, _ in
-            Reply.json(.ok, await state.requestsSnapshot())
+            let seen = await state.requestsSnapshot()
+            return Reply.json(.ok, ["clientHeaders": seen.clientHeaders, "withoutClientHeader": seen.withoutClientHeader])
         }
         router.post("/__emulator/reset") { _, _ in
             await state.reset()
