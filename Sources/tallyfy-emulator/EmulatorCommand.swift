@@ -47,7 +47,7 @@ struct EmulatorCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Lifetime of user tokens.", valueName: "SECONDS"))
     var userTokenTTL: Int = 7_776_000
 
-    @Flag(help: "Issuing a token revokes the earlier ones of the same client (application tokens) or user (user tokens), as when Tallyfy keeps one token per client.")
+    @Flag(help: "Issuing a token revokes the earlier ones of the same client (application tokens) or user (user tokens), to test programs against a service that keeps one token per client.")
     var revokeOnReissue = false
 
     @Option(help: ArgumentHelp("Log level on standard error: trace, debug, info, notice, warning (default), error, critical.", valueName: "LEVEL"))
