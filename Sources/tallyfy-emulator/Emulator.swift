@@ -6,7 +6,11 @@ enum Endpoint: String, CaseIterable, Sendable {
     case token
     case usersCreate = "users.create"
     case usersToken = "users.token"
+    case usersList = "users.list"
     case me
+
+    /// The names a fault may give, for messages: every endpoint, then `*`.
+    static var faultNames: String { (allCases.map(\.rawValue) + ["*"]).joined(separator: ", ") }
 }
 
 /// An accepted OAuth client: its organization and every secret currently
@@ -29,6 +33,16 @@ struct User: Sendable {
     var json: [String: Any] {
         ["id": id, "email": email, "first_name": firstName, "last_name": lastName,
          "role": role, "timezone": timezone]
+    }
+
+    /// The member as the read endpoints show one (`GET …/me`, `GET …/users`):
+    /// `json` plus the `username` and `full_name` that Tallyfy's CLI and
+    /// Python SDK read (tallyfy/cli pkg/tallyfy/types.go; the SDK's `User` model).
+    var profile: [String: Any] {
+        var profile = json
+        profile["username"] = email
+        profile["full_name"] = "\(firstName) \(lastName)"
+        return profile
     }
 }
 
@@ -74,7 +88,7 @@ struct Fault: Sendable, Equatable {
         } else if let known = Endpoint(rawValue: endpointName) {
             endpoint = known
         } else {
-            return .failure(FaultError("unknown endpoint \"\(endpointName)\"; use one of token, users.create, users.token, me, *"))
+            return .failure(FaultError("unknown endpoint \"\(endpointName)\"; use one of \(Endpoint.faultNames)"))
         }
         guard let kindName = object["kind"] as? String else {
             return .failure(FaultError("missing \"kind\"; use one of status, rate-limit, delay, broken-json, html, trickle"))
@@ -120,6 +134,9 @@ struct FaultError: Error, Sendable {
 /// Fixed settings of one emulator run, shared by every request.
 struct EmulatorSettings: Sendable {
     var signer: JWTSigner
+    /// `--revoke-on-reissue`: a new token revokes the earlier ones of the same
+    /// client (application tokens) or user (user tokens).
+    var revokeOnReissue = false
 }
 
 /// Token lifetimes in seconds; `PUT /__emulator/ttl` changes them at run time,
@@ -144,6 +161,12 @@ actor EmulatorState {
     private var counts: [Endpoint: Int] = [:]
     private var faults: [Fault] = []
     private(set) var lifetimes: TokenLifetimes
+    /// `X-Tallyfy-Client` value → how many `/api/` requests carried it.
+    private var clientHeaders: [String: Int] = [:]
+    private var withoutClientHeader = 0
+    /// Who a token is for (`TokenClaims.holder`) → the `jti` of the newest
+    /// token issued to them, for `--revoke-on-reissue`.
+    private var newestToken: [String: String] = [:]
 
     init(orgs: [String], clients: [Client], lifetimes: TokenLifetimes) {
         self.orgs = orgs
@@ -211,6 +234,36 @@ actor EmulatorState {
         users[org]?[email.lowercased()]
     }
 
+    /// Every user of `org`, by email (a stable order for paging).
+    func users(org: String) -> [User] {
+        (users[org] ?? [:]).sorted { $0.key < $1.key }.map(\.value)
+    }
+
+    /// Records the `X-Tallyfy-Client` value of one `/api/` request (nil or
+    /// blank: none), for `GET /__emulator/requests`.
+    func record(clientHeader value: String?) {
+        if let value, !value.isEmpty {
+            clientHeaders[value, default: 0] += 1
+        } else {
+            withoutClientHeader += 1
+        }
+    }
+
+    /// Each `X-Tallyfy-Client` value with its count, and the count of requests without one.
+    func requestsSnapshot() -> (clientHeaders: [String: Int], withoutClientHeader: Int) {
+        (clientHeaders, withoutClientHeader)
+    }
+
+    /// Remembers `claims` as the newest token of its holder.
+    func issued(_ claims: TokenClaims) {
+        newestToken[claims.holder] = claims.jti
+    }
+
+    /// Whether a newer token than `claims` was issued to the same holder.
+    func isSuperseded(_ claims: TokenClaims) -> Bool {
+        newestToken[claims.holder].map { $0 != claims.jti } ?? false
+    }
+
     /// Every endpoint with its count, zeros included.
     func countsSnapshot() -> [String: Int] {
         Dictionary(uniqueKeysWithValues: Endpoint.allCases.map { ($0.rawValue, counts[$0, default: 0]) })
@@ -219,6 +272,8 @@ actor EmulatorState {
     func reset() {
         counts = [:]
         faults = []
+        clientHeaders = [:]
+        withoutClientHeader = 0
     }
 
     /// Queues a fault; returns how many are queued now.

@@ -47,6 +47,9 @@ struct EmulatorCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Lifetime of user tokens.", valueName: "SECONDS"))
     var userTokenTTL: Int = 7_776_000
 
+    @Flag(help: "Issuing a token revokes the earlier ones of the same client (application tokens) or user (user tokens), to test programs against a service that keeps one token per client.")
+    var revokeOnReissue = false
+
     @Option(help: ArgumentHelp("Log level on standard error: trace, debug, info, notice, warning (default), error, critical.", valueName: "LEVEL"))
     var logLevel: String?
 
@@ -85,7 +88,7 @@ struct EmulatorCommand: AsyncParsableCommand {
 
         let state = EmulatorState(
             orgs: orgs, clients: clients, lifetimes: TokenLifetimes(app: appTokenTTL, user: userTokenTTL))
-        let settings = EmulatorSettings(signer: JWTSigner())
+        let settings = EmulatorSettings(signer: JWTSigner(), revokeOnReissue: revokeOnReissue)
         let router = Router()
         EmulatorRoutes(state: state, settings: settings).register(on: router)
 

@@ -20,6 +20,15 @@ struct TokenClaims: Codable, Sendable, Equatable {
     var iat: Int
     var exp: Int
     var jti: String
+
+    /// Whose token it is, for `--revoke-on-reissue`: the client for an
+    /// application token, the user (in its organization) for a user token.
+    var holder: String {
+        switch kind {
+        case .application: "application \(client_id)"
+        case .user: "user \(org) \(sub.lowercased())"
+        }
+    }
 }
 
 /// HS256 JSON Web Tokens signed with a key that lives only in this process.

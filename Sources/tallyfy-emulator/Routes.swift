@@ -74,6 +74,8 @@ struct EmulatorRoutes: Sendable {
         router.post("/api/applications/:org/users/:email/token", use: endpoint(.usersToken, issueUserToken))
         router.get("/api/me", use: endpoint(.me, apiMe))
         router.get("/api/organizations/:org/me", use: endpoint(.me, me))
+        router.get("/api/me/organizations", use: endpoint(.me, myOrganizations))
+        router.get("/api/organizations/:org/users", use: endpoint(.usersList, listUsers))
         // Any other API path: the real API's "wrong URL path" answer
         // (open-api/api-clients/postman/troubleshooting.mdx), so a
         // mistyped token URL under /api gets it too.
@@ -86,6 +88,10 @@ struct EmulatorRoutes: Sendable {
 
         router.get("/__emulator/counts") { _, _ in
             Reply.json(.ok, await state.countsSnapshot())
+        }
+        router.get("/__emulator/requests") { _, _ in
+            let seen = await state.requestsSnapshot()
+            return Reply.json(.ok, ["clientHeaders": seen.clientHeaders, "withoutClientHeader": seen.withoutClientHeader])
         }
         router.post("/__emulator/reset") { _, _ in
             await state.reset()
@@ -117,6 +123,10 @@ struct EmulatorRoutes: Sendable {
 
     private static func answer(_ request: Request, _ context: Context, state: EmulatorState, endpoint: Endpoint,
                                _ handler: Handler) async throws -> Response {
+        // The header is Tallyfy's for its API; the token endpoint is OAuth's.
+        if endpoint != .token {
+            await state.record(clientHeader: clientHeader(of: request))
+        }
         if let fault = await state.arrive(at: endpoint) {
             if let response = try await Self.apply(fault) { return response }
         }
@@ -222,7 +232,7 @@ struct EmulatorRoutes: Sendable {
             ])
         }
         let ttl = await state.lifetimes.app
-        let token = issue(kind: .application, subject: client.id, org: client.org, clientID: client.id, ttl: ttl, now: await state.now())
+        let token = await issue(kind: .application, subject: client.id, org: client.org, clientID: client.id, ttl: ttl, now: state.now())
         return Reply.json(.ok, ["token_type": "Bearer", "expires_in": ttl, "access_token": token])
     }
 
@@ -328,13 +338,18 @@ struct EmulatorRoutes: Sendable {
             return Reply.apiError(.notFound, code: "RESOURCE_NOT_FOUND", "Resource not found")
         }
         let ttl = await state.lifetimes.user
-        let token = issue(kind: .user, subject: user.email, org: claims.org,
-                          clientID: claims.client_id, ttl: ttl, now: await state.now())
+        let token = await issue(kind: .user, subject: user.email, org: claims.org,
+                                clientID: claims.client_id, ttl: ttl, now: state.now())
         return Reply.json(.ok, ["token_type": "Bearer", "expires_in": ttl, "access_token": token])
     }
 
     // MARK: GET /api/organizations/{org}/me
 
+    /// For a user token, the user in Tallyfy's item envelope `{"data": {…}}`
+    /// (what the Python SDK's `get_current_user_info` reads). Beside it, and
+    /// alone for an application token, the emulator's own fields `kind`,
+    /// `client_id`, `org`, `email`, `expires_at`, which tests use to see which
+    /// token a program was handed.
     private func me(_ request: Request, _ context: Context) async throws -> Response {
         let claims = try await authorize(request, context, applicationOnly: false)
         var body: [String: Any] = [
@@ -343,8 +358,53 @@ struct EmulatorRoutes: Sendable {
             "org": claims.org,
             "expires_at": claims.exp,
         ]
-        if claims.kind == .user { body["email"] = claims.sub }
+        if claims.kind == .user {
+            body["email"] = claims.sub
+            if let user = await state.user(org: claims.org, email: claims.sub) {
+                body["data"] = user.profile
+            }
+        }
         return Reply.json(.ok, body)
+    }
+
+    // MARK: GET /api/organizations/{org}/users
+
+    /// The organization's members (the users its clients provisioned), in
+    /// Tallyfy's list envelope `{"data": […], "meta": {"pagination": {…}}}`,
+    /// paged by `page` (from 1) and `per_page` (1–100, default 100), as the
+    /// Python SDK's `get_organization_users` asks.
+    private func listUsers(_ request: Request, _ context: Context) async throws -> Response {
+        let org = try await authorize(request, context, applicationOnly: false).org
+        let query = request.uri.queryParameters
+        let page = max(1, query.get("page", as: Int.self) ?? 1)
+        let perPage = min(100, max(1, query.get("per_page", as: Int.self) ?? 100))
+        let users = await state.users(org: org)
+        let slice = users.dropFirst((page - 1) * perPage).prefix(perPage)
+        return Reply.json(.ok, [
+            "data": slice.map(\.profile),
+            "meta": ["pagination": [
+                "total": users.count, "count": slice.count, "per_page": perPage, "current_page": page,
+                "total_pages": (users.count + perPage - 1) / perPage,
+            ]],
+        ])
+    }
+
+    // MARK: GET /api/me/organizations
+
+    /// The organizations of the token's user, in the list envelope (the
+    /// Python SDK's `get_current_user_organizations`): the one organization
+    /// the emulator knows it in. An application token acts as no user: 401,
+    /// as for `GET /api/me`.
+    private func myOrganizations(_ request: Request, _ context: Context) async throws -> Response {
+        let claims = try await authenticate(request)
+        guard claims.kind == .user else {
+            return Reply.apiError(.unauthorized, code: "UNAUTHENTICATED",
+                                  "This endpoint needs a user token; an application token acts as no user.")
+        }
+        return Reply.json(.ok, [
+            "data": [["id": claims.org, "name": "Emulated organization \(claims.org)"]],
+            "meta": ["pagination": ["total": 1, "count": 1, "per_page": 10, "current_page": 1, "total_pages": 1]],
+        ])
     }
 
     // MARK: GET /api/me
@@ -372,19 +432,33 @@ struct EmulatorRoutes: Sendable {
 
     // MARK: Tokens and authorization
 
-    private func issue(kind: TokenClaims.Kind, subject: String, org: String, clientID: String, ttl: Int, now: Int) -> String {
-        settings.signer.sign(TokenClaims(
+    private func issue(kind: TokenClaims.Kind, subject: String, org: String, clientID: String, ttl: Int, now: Int) async -> String {
+        let claims = TokenClaims(
             iss: JWTSigner.issuer, sub: subject, kind: kind, org: org, client_id: clientID,
-            iat: now, exp: now + ttl, jti: RandomID.hex()))
+            iat: now, exp: now + ttl, jti: RandomID.hex())
+        await state.issued(claims)
+        return settings.signer.sign(claims)
     }
 
-    /// The first two checks of every `/api/` call: the `X-Tallyfy-Client:
-    /// APIClient` header (401, as Tallyfy's docs say a request without it
-    /// fails), then a valid unexpired bearer token of ours (401).
+    /// The `X-Tallyfy-Client` value, trimmed; nil when absent or blank.
+    private static func clientHeader(of request: Request) -> String? {
+        guard let value = request.headers.value(named: "X-Tallyfy-Client")?.trimmingCharacters(in: .whitespaces),
+              !value.isEmpty
+        else { return nil }
+        return value
+    }
+
+    /// The first checks of every `/api/` call: an `X-Tallyfy-Client` header
+    /// (401, as Tallyfy's docs say a request without it fails), then a valid
+    /// unexpired bearer token of ours (401), and with `--revoke-on-reissue`
+    /// the newest one its holder was issued (401).
+    ///
+    /// Any non-empty value passes: Tallyfy's docs show `APIClient`, but its
+    /// own Python SDK sends `TallyfySDK`, so the real API cannot insist on one.
     private func authenticate(_ request: Request) async throws -> TokenClaims {
-        guard request.headers.value(named: "X-Tallyfy-Client")?.trimmingCharacters(in: .whitespaces) == "APIClient" else {
+        guard Self.clientHeader(of: request) != nil else {
             throw Refusal(response: Reply.apiError(.unauthorized, code: "MISSING_CLIENT_HEADER",
-                                                   "The X-Tallyfy-Client: APIClient header is required."))
+                                                   "The X-Tallyfy-Client header is required (Tallyfy's docs use X-Tallyfy-Client: APIClient)."))
         }
         let now = await state.now()
         guard let authorization = request.headers[.authorization],
@@ -396,6 +470,13 @@ struct EmulatorRoutes: Sendable {
             var headers: HTTPFields = [:]
             headers[.wwwAuthenticate] = #"Bearer error="invalid_token""#
             throw Refusal(response: Reply.apiError(.unauthorized, code: "UNAUTHENTICATED", "Unauthenticated.", headers: headers))
+        }
+        if settings.revokeOnReissue, await state.isSuperseded(claims) {
+            var headers: HTTPFields = [:]
+            headers[.wwwAuthenticate] = #"Bearer error="invalid_token""#
+            throw Refusal(response: Reply.apiError(.unauthorized, code: "TOKEN_REVOKED",
+                                                   "This token was revoked: a newer one was issued to the same \(claims.kind == .user ? "user" : "client").",
+                                                   headers: headers))
         }
         return claims
     }

@@ -198,6 +198,133 @@ struct EmulatorTests {
         #expect(unknownOrg.header("X-Request-Id")?.isEmpty == false)
     }
 
+    /// Tallyfy's docs show `X-Tallyfy-Client: APIClient`, its Python SDK
+    /// sends `TallyfySDK`: any non-empty value is accepted, and each is
+    /// recorded so tests can still check what the vault sends.
+    @Test func anyNonEmptyClientHeaderIsAcceptedAndRecorded() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+        let me = "/api/organizations/\(Self.org)/me"
+        let bearer = ["Authorization": "Bearer \(token)"]
+
+        for value in ["TallyfySDK", "APIClient", "my-integration/1.0"] {
+            let reply = try await emulator.send(.GET, me, headers: bearer.merging(["X-Tallyfy-Client": value]) { $1 })
+            #expect(reply.status == 200, "X-Tallyfy-Client: \(value): \(reply.text)")
+        }
+        for headers in [bearer, bearer.merging(["X-Tallyfy-Client": ""]) { $1 }, bearer.merging(["X-Tallyfy-Client": "   "]) { $1 }] {
+            let reply = try await emulator.send(.GET, me, headers: headers)
+            #expect(reply.status == 401)
+            #expect(reply.json["code"] as? String == "MISSING_CLIENT_HEADER")
+        }
+        // The token request (OAuth, not Tallyfy's API) is not recorded.
+        #expect(try await emulator.requests() == .init(
+            clientHeaders: ["TallyfySDK": 1, "APIClient": 1, "my-integration/1.0": 1], withoutClientHeader: 3))
+        try await emulator.reset()
+        #expect(try await emulator.requests() == .init(clientHeaders: [:], withoutClientHeader: 0))
+    }
+
+    /// The first calls of an integration written with Tallyfy's Python SDK,
+    /// in the envelopes it reads: `{"data": {…}}` and `{"data": […], "meta": {"pagination": {…}}}`.
+    @Test func readEndpointsAnswerInTallyfysEnvelopes() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let token = try await Self.appToken(emulator)
+        for (first, last) in [("Cy", "Young"), ("Ann", "Lee"), ("Bob", "Ray")] {
+            let reply = try await Self.createUser(emulator, token: token,
+                ["first_name": first, "last_name": last, "email": "\(first.lowercased())@example.com"])
+            try reply.expect(201)
+        }
+        let issued = try await emulator.send(.POST, "/api/applications/\(Self.org)/users/ann%40example.com/token",
+                                             headers: Self.apiHeaders(token))
+        let annToken = try #require(issued.json["access_token"] as? String)
+
+        let me = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(annToken))
+        try me.expect(200)
+        let user = try #require(me.json["data"] as? [String: Any])
+        #expect(user["email"] as? String == "ann@example.com")
+        #expect(user["username"] as? String == "ann@example.com")
+        #expect(user["full_name"] as? String == "Ann Lee")
+        #expect(user["first_name"] as? String == "Ann" && user["last_name"] as? String == "Lee")
+        #expect(me.json["kind"] as? String == "user")
+        let appMe = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
+        #expect(appMe.json["data"] == nil && appMe.json["kind"] as? String == "application")
+
+        func emails(_ reply: Emulator.Reply) -> [String] {
+            (reply.json["data"] as? [[String: Any]] ?? []).compactMap { $0["email"] as? String }
+        }
+        func pagination(_ reply: Emulator.Reply) -> [String: Int] {
+            (reply.json["meta"] as? [String: Any])?["pagination"] as? [String: Int] ?? [:]
+        }
+        let users = "/api/organizations/\(Self.org)/users"
+        for bearer in [token, annToken] {
+            let all = try await emulator.send(.GET, users, headers: Self.apiHeaders(bearer))
+            try all.expect(200)
+            #expect(emails(all) == ["ann@example.com", "bob@example.com", "cy@example.com"])
+            #expect(pagination(all) == ["total": 3, "count": 3, "per_page": 100, "current_page": 1, "total_pages": 1])
+        }
+        let secondPage = try await emulator.send(.GET, users + "?page=2&per_page=2", headers: Self.apiHeaders(token))
+        #expect(emails(secondPage) == ["cy@example.com"])
+        #expect(pagination(secondPage) == ["total": 3, "count": 1, "per_page": 2, "current_page": 2, "total_pages": 2])
+        let otherOrg = try await emulator.send(.GET, "/api/organizations/org-nope/users", headers: Self.apiHeaders(token))
+        #expect(otherOrg.status == 403)
+
+        let organizations = try await emulator.send(.GET, "/api/me/organizations", headers: Self.apiHeaders(annToken))
+        try organizations.expect(200)
+        #expect((organizations.json["data"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == [Self.org])
+        let appOrganizations = try await emulator.send(.GET, "/api/me/organizations", headers: Self.apiHeaders(token))
+        #expect(appOrganizations.status == 401)
+
+        let unknown = try await emulator.send(.GET, "/api/organizations/\(Self.org)/runs", headers: Self.apiHeaders(token))
+        #expect(unknown.status == 404)
+        #expect(unknown.json["code"] as? String == "ENDPOINT_NOT_FOUND")
+        #expect(try await emulator.counts()["users.list"] == 4)
+    }
+
+    @Test func revokeOnReissueLeavesEachClientAndUserOneToken() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client], extraArguments: ["--revoke-on-reissue"])
+        defer { emulator.stop() }
+        let me = "/api/organizations/\(Self.org)/me"
+        /// The status and error code `GET …/me` answers `token` with, e.g. `401 TOKEN_REVOKED`.
+        func status(_ token: String) async throws -> String {
+            let reply = try await emulator.send(.GET, me, headers: Self.apiHeaders(token))
+            return "\(reply.status) \(reply.json["code"] as? String ?? "-")"
+        }
+
+        let firstApp = try await Self.appToken(emulator)
+        let app = try await Self.appToken(emulator)
+        #expect(try await status(firstApp) == "401 TOKEN_REVOKED")
+        #expect(try await status(app) == "200 -")
+
+        for name in ["ann", "bob"] {
+            try await Self.createUser(emulator, token: app, ["first_name": name, "last_name": "X", "email": "\(name)@example.com"])
+                .expect(201)
+        }
+        func userToken(_ email: String) async throws -> String {
+            let reply = try await emulator.send(.POST, "/api/applications/\(Self.org)/users/\(email)/token",
+                                                headers: Self.apiHeaders(app))
+            return try #require(reply.json["access_token"] as? String)
+        }
+        let firstAnn = try await userToken("ann%40example.com")
+        let bob = try await userToken("bob%40example.com")
+        let ann = try await userToken("ANN%40example.com")  // the same user in another case
+        #expect(try await status(firstAnn) == "401 TOKEN_REVOKED")
+        #expect(try await status(ann) == "200 -")
+        #expect(try await status(bob) == "200 -")  // another user's token stays
+        #expect(try await status(app) == "200 -")  // user tokens leave the client's own alone
+    }
+
+    @Test func withoutRevokeOnReissueEarlierTokensStayValid() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client])
+        defer { emulator.stop() }
+        let first = try await Self.appToken(emulator)
+        let second = try await Self.appToken(emulator)
+        for token in [first, second] {
+            let reply = try await emulator.send(.GET, "/api/organizations/\(Self.org)/me", headers: Self.apiHeaders(token))
+            #expect(reply.status == 200)
+        }
+    }
+
     @Test func expiredTokenIsRefused() async throws {
         let emulator = try await Emulator.start(clients: [Self.client], appTokenTTL: 1)
         defer { emulator.stop() }
@@ -315,7 +442,7 @@ struct EmulatorTests {
     @Test func countsEveryRequestWhateverItsOutcome() async throws {
         let emulator = try await Emulator.start(clients: [Self.client])
         defer { emulator.stop() }
-        #expect(try await emulator.counts() == ["token": 0, "users.create": 0, "users.token": 0, "me": 0])
+        #expect(try await emulator.counts() == ["token": 0, "users.create": 0, "users.token": 0, "users.list": 0, "me": 0])
 
         try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "status", status: 503, times: 1))
         _ = try await emulator.send(.POST, emulator.tokenURL, form: Self.credentials())  // fault
@@ -334,10 +461,10 @@ struct EmulatorTests {
             }
             try await group.waitForAll()
         }
-        #expect(try await emulator.counts() == ["token": 23, "users.create": 1, "users.token": 1, "me": 2])
+        #expect(try await emulator.counts() == ["token": 23, "users.create": 1, "users.token": 1, "users.list": 0, "me": 2])
 
         try await emulator.reset()
-        #expect(try await emulator.counts() == ["token": 0, "users.create": 0, "users.token": 0, "me": 0])
+        #expect(try await emulator.counts() == ["token": 0, "users.create": 0, "users.token": 0, "users.list": 0, "me": 0])
     }
 
     @Test func rotationAcceptsBothSecretsUntilTheOldIsRetired() async throws {

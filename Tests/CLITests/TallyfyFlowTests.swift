@@ -66,7 +66,7 @@ struct TallyfyFlowTests {
         #expect(!result.stderr.contains("eyJ"), "stderr shows a token: \(result.stderr)", sourceLocation: sourceLocation)
     }
 
-    static let zeroCounts = ["token": 0, "users.create": 0, "users.token": 0, "me": 0]
+    static let zeroCounts = ["token": 0, "users.create": 0, "users.token": 0, "users.list": 0, "me": 0]
 
     static func line(_ result: RunResult) -> String {
         result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -94,7 +94,7 @@ struct TallyfyFlowTests {
         let login = try sandbox.ok(["login"])
         #expect(login.stderr.hasPrefix("tallyfy-vault: sealed a new application token"))
         #expect(!login.stderr.contains("eyJ") && login.stdout.isEmpty)
-        #expect(try await world.counts() == ["token": 1, "users.create": 0, "users.token": 0, "me": 0])
+        #expect(try await world.counts() == ["token": 1, "users.create": 0, "users.token": 0, "users.list": 0, "me": 0])
 
         // raw: one JWT on one line.
         let raw = try sandbox.ok(["token"])
@@ -133,7 +133,9 @@ struct TallyfyFlowTests {
                         "--role", "admin", "--timezone", "Europe/London"])
         let issue = try sandbox.ok(["users", "token", email])
         #expect(issue.stdout.isEmpty && !issue.stderr.contains("eyJ"), "users token printed a token")
-        #expect(try await world.counts() == ["token": 1, "users.create": 1, "users.token": 1, "me": 0])
+        #expect(try await world.counts() == ["token": 1, "users.create": 1, "users.token": 1, "users.list": 0, "me": 0])
+        // The vault's own API calls carry the client header Tallyfy documents.
+        #expect(try await world.emulator.requests() == .init(clientHeaders: ["APIClient": 2], withoutClientHeader: 0))
 
         let userToken = Self.line(try sandbox.ok(["token", "--user", email]))
         #expect(Self.isJWT(userToken))
@@ -152,7 +154,7 @@ struct TallyfyFlowTests {
         let userLeft = try #require(userJSON["expiresInSeconds"] as? Int)
         #expect((7_776_000 - 30...7_776_000).contains(userLeft))
         // The user token came from the vault, not from Tallyfy.
-        #expect(try await world.counts() == ["token": 1, "users.create": 1, "users.token": 1, "me": 2])
+        #expect(try await world.counts() == ["token": 1, "users.create": 1, "users.token": 1, "users.list": 0, "me": 2])
 
         // list: the email and expiry, never a token.
         let list = try sandbox.ok(["users", "list"])
@@ -167,7 +169,7 @@ struct TallyfyFlowTests {
         let renewed = Self.line(try sandbox.ok(["token", "--user", email]))
         #expect(Self.isJWT(renewed))
         #expect(renewed != userToken && renewed != appToken)
-        #expect(try await world.counts() == ["token": 1, "users.create": 1, "users.token": 2, "me": 2])
+        #expect(try await world.counts() == ["token": 1, "users.create": 1, "users.token": 2, "users.list": 0, "me": 2])
         let renewedMe = try await world.me(renewed)
         #expect(renewedMe.json["kind"] as? String == "user")
         #expect(renewedMe.json["email"] as? String == email)
@@ -280,7 +282,7 @@ struct TallyfyFlowTests {
 
         let unknown = try world.refused(["users", "token", "ghost@example.com"], status: 64)
         #expect(unknown.stderr.contains("ghost@example.com"))
-        #expect(try await world.counts() == ["token": 1, "users.create": 0, "users.token": 1, "me": 0])
+        #expect(try await world.counts() == ["token": 1, "users.create": 0, "users.token": 1, "users.list": 0, "me": 0])
         try world.refused(["token", "--user", "ghost@example.com"], status: 64)
 
         let create = ["users", "create", "--email", "dup@example.com", "--first-name", "D", "--last-name", "Up"]

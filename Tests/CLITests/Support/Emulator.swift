@@ -161,7 +161,7 @@ final class Emulator: @unchecked Sendable {
 
     /// A fault for `POST /__emulator/faults`; nil fields are left out.
     struct Fault: Codable, Sendable {
-        /// `token`, `users.create`, `users.token`, `me` or `*`.
+        /// `token`, `users.create`, `users.token`, `users.list`, `me` or `*`.
         var endpoint: String = "*"
         /// `status`, `rate-limit`, `delay`, `broken-json` or `html`.
         var kind: String
@@ -172,11 +172,30 @@ final class Emulator: @unchecked Sendable {
         var times: Int? = nil
     }
 
-    /// Requests per endpoint: `token`, `users.create`, `users.token`, `me`.
+    /// Requests per endpoint: `token`, `users.create`, `users.token`, `users.list`, `me`.
     func counts() async throws -> [String: Int] {
         let reply = try await send(.GET, "/__emulator/counts")
         try reply.expect(200)
         return try JSONDecoder().decode([String: Int].self, from: reply.body)
+    }
+
+    /// `GET /__emulator/requests`: the `X-Tallyfy-Client` values `/api/` requests carried.
+    struct Requests: Decodable, Equatable {
+        /// Each value seen, with how many requests carried it.
+        var clientHeaders: [String: Int]
+        /// Requests without the header (or with a blank one).
+        var withoutClientHeader: Int
+    }
+
+    func requests() async throws -> Requests {
+        let reply = try await send(.GET, "/__emulator/requests")
+        try reply.expect(200)
+        return try JSONDecoder().decode(Requests.self, from: reply.body)
+    }
+
+    /// The `X-Tallyfy-Client` values `/api/` requests carried, with their counts.
+    func clientHeaders() async throws -> [String: Int] {
+        try await requests().clientHeaders
     }
 
     func inject(_ fault: Fault) async throws {
