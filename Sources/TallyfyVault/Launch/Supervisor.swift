@@ -21,9 +21,20 @@ public struct KeepFreshOptions: Sendable, Equatable {
             case "none": self = .none
             case "restart": self = .restart
             default:
-                guard text.hasPrefix("signal:"), let number = SignalName.number(String(text.dropFirst("signal:".count))) else {
+                let reloads = SignalName.reloads.joined(separator: ", ")
+                guard text.hasPrefix("signal:") else {
                     throw VaultError(.usage, "--on-renew \(text) is not one of none, signal:NAME, restart",
-                        hint: "e.g. --on-renew signal:HUP; NAME is one of HUP, INT, QUIT, TERM, USR1, USR2, WINCH, ALRM, CONT")
+                        hint: "e.g. --on-renew signal:HUP; NAME is one of \(reloads)")
+                }
+                let name = String(text.dropFirst("signal:".count))
+                guard let number = SignalName.number(name) else {
+                    // Known but no reload (KILL, STOP, PIPE, SEGV, TERM…): it would end or freeze the command at the first renewal.
+                    if SignalName.isSignal(name) {
+                        throw VaultError(.usage, "--on-renew \(text) would stop the command at its first renewal, not make it reload",
+                            hint: "use --on-renew restart to stop and start the command with the new token; signal:NAME takes \(reloads)")
+                    }
+                    throw VaultError(.usage, "--on-renew \(text) is not one of none, signal:NAME, restart",
+                        hint: "e.g. --on-renew signal:HUP; NAME is one of \(reloads)")
                 }
                 self = .signal(number)
             }
