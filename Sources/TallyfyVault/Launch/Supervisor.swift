@@ -113,7 +113,11 @@ public enum Supervisor {
         _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
         source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule, note: @escaping @Sendable (String) -> Void
     ) throws -> Int32 {
-        let tokenFile = try TokenFile.create(environment: parentEnvironment)
+        // A long-lived process: a reader of its standard error (or any pipe)
+        // that goes away must not end it, and its child with it. The child
+        // gets SIGPIPE back at its default (`tallyfy_spawn_supervised`).
+        signal(SIGPIPE, SIG_IGN)
+        let tokenFile = try TokenFile.create(environment: parentEnvironment, note: note)
         defer { tokenFile.remove() }
         try tokenFile.write(first.token)
         let wake = try WakePipe()
