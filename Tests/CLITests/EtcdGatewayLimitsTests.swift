@@ -73,7 +73,8 @@ import Testing
         var location: String { "etcd://127.0.0.1:\(port)/fake" }
 
         deinit {
-            process.terminate()
+            // SIGKILL: the runner may have left SIGTERM ignored, and a child inherits that.
+            kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
     }
