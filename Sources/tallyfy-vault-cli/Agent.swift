@@ -41,7 +41,8 @@ struct Agent: ParsableCommand {
         func run() async throws {
             let context = global.context
             let environment = context.environment
-            let socketPath = socketOption.path(environment)
+            let (socketPath, folderNote) = try AgentSocket.listeningPath(explicit: socketOption.socket, environment: environment)
+            if let folderNote { Output.note(folderNote) }
             let idle = try AgentOptions.duration(idleTimeout)
             let lifetime = try AgentOptions.duration(maxLifetime)
             ProcessHardening.protect()

@@ -13,7 +13,7 @@ struct KeepFreshArguments: ParsableArguments {
 
     @Option(help: ArgumentHelp("""
         With --keep-fresh, after each renewal: none (the default: the command reads the file), \
-        signal:NAME (e.g. signal:HUP), or restart (SIGTERM, 10 s, SIGKILL, then start it again with \
+        signal:NAME (HUP, USR1, USR2 or WINCH: a reload), or restart (SIGTERM, 10 s, SIGKILL, then start it again with \
         the new token in its environment).
         """, valueName: "none|signal:NAME|restart"))
     var onRenew: String?

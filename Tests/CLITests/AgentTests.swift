@@ -10,7 +10,7 @@ import Testing
 
     /// A passphrase vault for a fresh emulator, logged in. The sandbox's
     /// environment has no unlock source: `unlock` holds the passphrase file.
-    private func world(appTokenTTL: Int? = nil, userTokenTTL: Int? = nil) async throws
+    func world(appTokenTTL: Int? = nil, userTokenTTL: Int? = nil) async throws
         -> (sandbox: Sandbox, emulator: Emulator, unlock: [String: String], socket: String)
     {
         let emulator = try await Emulator.start(clients: [("client-test", secret)], appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL)
@@ -27,7 +27,7 @@ import Testing
     }
 
     /// Starts an agent in the foreground (as systemd would) and waits until it answers.
-    private func startAgent(_ sandbox: Sandbox, unlock: [String: String], extra: [String] = []) throws -> BackgroundCommand {
+    func startAgent(_ sandbox: Sandbox, unlock: [String: String], extra: [String] = []) throws -> BackgroundCommand {
         let agent = try sandbox.launch(["agent"] + extra, env: unlock)
         let ready = ProcView.waitUntil(seconds: 30) {
             (try? sandbox.run(["agent", "status"]))?.status == 0 || !agent.isRunning

@@ -362,6 +362,16 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         #expect(mode == 0o600)
         #expect(try sandbox.ok(["--vault", back, "token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
         try sandbox.refused(["migrate", "--to", sandbox.vaultPath], status: 64)
+
+        // Issue 24 F9: with every member down, migrate copies nothing from
+        // this machine's cache (which the reads above filled): 69.
+        for member in 1...cluster.members { try cluster.kill(member: member) }
+        let stale = sandbox.path("stale/vault")
+        let down = try sandbox.refused(["--vault", location, "migrate", "--to", stale], status: 69)
+        #expect(down.stderr.contains("unreachable"), "\(down.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: stale), "migrate wrote the cached copy")
+        for member in 1...cluster.members { try cluster.revive(member: member) }
+        #expect(cluster.waitHealthy())
     }
 
     @Test func aTenThousandUserVaultFitsEtcdsRequestLimit() async throws {

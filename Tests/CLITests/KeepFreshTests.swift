@@ -434,6 +434,12 @@ import Testing
         for (arguments, text) in [
             (["exec", "--keep-fresh", "--on-renew", "sometimes", "--"], "is not one of none, signal:NAME, restart"),
             (["exec", "--keep-fresh", "--on-renew", "signal:BOGUS", "--"], "is not one of none, signal:NAME, restart"),
+            // Issue 24 F12: no reload, so the first renewal (days in) would end or freeze the command.
+            (["exec", "--keep-fresh", "--on-renew", "signal:KILL", "--"], "would stop the command at its first renewal"),
+            (["exec", "--keep-fresh", "--on-renew", "signal:SIGSTOP", "--"], "--on-renew restart"),
+            (["exec", "--keep-fresh", "--on-renew", "signal:PIPE", "--"], "would stop the command at its first renewal"),
+            (["exec", "--keep-fresh", "--on-renew", "signal:segv", "--"], "would stop the command at its first renewal"),
+            (["exec", "--keep-fresh", "--on-renew", "signal:TERM", "--"], "would stop the command at its first renewal"),
             (["exec", "--keep-fresh", "--on-expiry", "later", "--"], "is not one of keep, stop"),
             (["exec", "--on-renew", "restart", "--"], "only with --keep-fresh"),
             (["exec", "--keep-fresh", "--no-refresh", "--"], "--no-refresh"),

@@ -104,6 +104,81 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: sandbox.vaultPath))
     }
 
+    /// `tools/install`'s layout, copied (not linked) as it installs it.
+    private func installed(in sandbox: Sandbox) throws -> (launcher: URL, libexec: URL) {
+        let prefix = sandbox.root.appendingPathComponent("prefix")
+        let launcher = try BuildProducts.copy(into: prefix.appendingPathComponent("bin"), withCLI: false)
+        let libexec = prefix.appendingPathComponent("libexec/tallyfy-vault")
+        try FileManager.default.createDirectory(at: libexec, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        let cli = libexec.appendingPathComponent("tallyfy-vault-cli")
+        try FileManager.default.copyItem(at: BuildProducts.cli, to: cli)
+        chmod(cli.path, 0o755)
+        return (launcher, libexec)
+    }
+
+    /// Issue 24 F7: a CLI folder (or one above it, up to the prefix) that
+    /// others can write, or that another user owns, lets them swap the CLI:
+    /// 78, naming the folder, and the vault untouched.
+    @Test func aCLIFolderOthersCanWriteIsNotRun() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        let before = try sandbox.vaultBytes()
+        let (launcher, libexec) = try installed(in: sandbox)
+        try #require(try runProcess(launcher, ["version"], environment: sandbox.environment).status == 0)
+        var cases: [(URL, () -> Void, () -> Void)] = [
+            (libexec, { chmod(libexec.path, 0o775) }, { chmod(libexec.path, 0o755) }),
+            (libexec, { chmod(libexec.path, 0o757) }, { chmod(libexec.path, 0o755) }),
+            (libexec.deletingLastPathComponent(), { chmod(libexec.deletingLastPathComponent().path, 0o777) },
+                { chmod(libexec.deletingLastPathComponent().path, 0o755) }),
+        ]
+        if getuid() == 0 {
+            cases.append((libexec, { chown(libexec.path, 65534, 65534) }, { chown(libexec.path, 0, 0) }))
+        }
+        for (folder, open, close) in cases {
+            open()
+            let result = try runProcess(launcher, ["version"], environment: sandbox.environment)
+            close()
+            #expect(result.status == 78, "\(folder.path): \(result.brief)")
+            #expect(result.stderr.hasPrefix("tallyfy-vault: refusing to run \(folder.path): "), "\(result.stderr)")
+        }
+        #expect(try sandbox.vaultBytes() == before)
+        #expect(try runProcess(launcher, ["version"], environment: sandbox.environment).status == 0)
+    }
+
+    /// Issue 24 F7: the CLI is checked with lstat: a symbolic link another
+    /// user owns is refused even when it points to a root-owned binary.
+    @Test(.enabled(if: getuid() == 0))
+    func aCLILinkOfAnotherUserIsNotRun() throws {
+        let sandbox = try Sandbox()
+        let (launcher, libexec) = try installed(in: sandbox)
+        let cli = libexec.appendingPathComponent("tallyfy-vault-cli")
+        try FileManager.default.removeItem(at: cli)
+        try FileManager.default.createSymbolicLink(at: cli, withDestinationURL: BuildProducts.cli)
+        #expect(try runProcess(launcher, ["version"], environment: sandbox.environment).status == 0)
+        #expect(lchown(cli.path, 65534, 65534) == 0)
+        let result = try runProcess(launcher, ["version"], environment: sandbox.environment)
+        #expect(result.status == 78, "\(result.brief)")
+        #expect(result.stderr.contains("refusing to run \(cli.path): it is a symbolic link that belongs to another user"), "\(result.stderr)")
+    }
+
+    /// Issue 24 F10: `doctor` run through tools/install's layout finds the
+    /// launcher in PREFIX/bin and the CLI the launcher would run.
+    @Test func doctorKnowsTheInstalledLayout() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        let (launcher, libexec) = try installed(in: sandbox)
+        let result = try runProcess(launcher, ["doctor"], environment: sandbox.environment)
+        #expect(!result.stdout.contains("FAIL install"), "\(result.stdout)")
+        #expect(result.stdout.contains(launcher.path), "\(result.stdout)")
+        #expect(result.stdout.contains(libexec.appendingPathComponent("tallyfy-vault-cli").path), "\(result.stdout)")
+        // And says so when the launcher would refuse its CLI.
+        chmod(libexec.path, 0o777)
+        defer { chmod(libexec.path, 0o755) }
+        let cli = try runProcess(libexec.appendingPathComponent("tallyfy-vault-cli"), ["doctor"], environment: sandbox.environment)
+        #expect(cli.stdout.contains("the launcher refuses to run \(libexec.path)"), "\(cli.stdout)")
+        #expect(cli.status == 2, "\(cli.brief)")
+    }
+
     @Test func aCLIOthersCanWriteIsNotRun() throws {
         let sandbox = try Sandbox()
         let folder = sandbox.root.appendingPathComponent("bin")

@@ -31,6 +31,8 @@ import Testing
         "http://LOCALHOST.:8080/oauth/token",
         "http://127.0.0.1./api",
         "http://127.0.0.1.nip.io/api",
+        "http://127.attacker.invalid/api",
+        "http://127.0.0.1.example.invalid:8080/api",
         "http://[::2]/api",
         "http://0.0.0.0/api",
         "ftp://go.tallyfy.com/api",

@@ -89,4 +89,67 @@ import Testing
         let left = Set(try FileManager.default.contentsOfDirectory(atPath: runtime.base).map { runtime.base + "/" + $0 })
         #expect(left == [alive, other, file.folder])
     }
+
+    /// Issue 24 F13: without XDG_RUNTIME_DIR, a squatted shared folder in
+    /// the temporary folder (another owner, open, a link) is refused and a
+    /// fresh private one (mkdtemp) is used instead, with a note saying so.
+    @Test func aSquattedTmpFolderIsRefusedAndAFreshOneUsed() throws {
+        let tmp = try Runtime()  // stands in for /tmp
+        let shared = RuntimeFolder.sharedPath(environment: [:], tmp: tmp.path)
+        #expect(shared == tmp.path + "/tallyfy-vault-\(geteuid())")
+        let elsewhere = tmp.path + "/elsewhere"
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        var squats: [(String, () throws -> Void)] = [
+            ("open to others", { try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: false)
+                chmod(shared, 0o777) }),
+            ("a link", { try FileManager.default.createSymbolicLink(atPath: shared, withDestinationPath: elsewhere) }),
+            ("a file", { _ = FileManager.default.createFile(atPath: shared, contents: Data()) }),
+        ]
+        if geteuid() == 0 {
+            squats.append(("another user's", { try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: false,
+                attributes: [.posixPermissions: 0o700]); chown(shared, 65534, 65534) }))
+        }
+        for (what, squat) in squats {
+            try squat()
+            let (path, note) = try RuntimeFolder.prepare(environment: [:], tmp: tmp.path)
+            #expect(path != shared && path.hasPrefix(shared + "."), "\(what): \(path)")
+            #expect(mode(path) == 0o700, "\(what)")
+            #expect(note?.contains(shared) == true && note?.contains(path) == true, "\(what): \(note ?? "no note")")
+            // Under XDG_RUNTIME_DIR (the user's own) the same is refused, 77, with no fallback.
+            let runtime = try Runtime()
+            try FileManager.default.createDirectory(atPath: runtime.base, withIntermediateDirectories: false)
+            chmod(runtime.base, 0o777)
+            let error = try #require(throws: VaultError.self) { try RuntimeFolder.prepare(environment: runtime.environment, tmp: tmp.path) }
+            #expect(error.exitStatus == 77)
+            try FileManager.default.removeItem(atPath: path)
+            try FileManager.default.removeItem(atPath: shared)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: elsewhere).isEmpty)
+        // Unsquatted, the shared folder is made and used.
+        let unsquatted = try RuntimeFolder.prepare(environment: [:], tmp: tmp.path)
+        #expect(unsquatted.path == shared && unsquatted.fallback == nil)
+    }
+
+    /// Issue 24 F14: a link named like a dead supervisor's folder is removed
+    /// as a link; the files of the folder it points to survive.
+    @Test func aPlantedLinkIsNeverFollowed() throws {
+        let runtime = try Runtime()
+        _ = try TokenFile.runtimeFolder(environment: runtime.environment)
+        let victim = runtime.path + "/victim"
+        try FileManager.default.createDirectory(atPath: victim, withIntermediateDirectories: false)
+        for name in ["a", "b", "token"] {
+            #expect(FileManager.default.createFile(atPath: victim + "/" + name, contents: Data("keep".utf8)))
+        }
+        let planted = runtime.base + "/exec-999999999-1"  // no such PID: stale by its name
+        try FileManager.default.createSymbolicLink(atPath: planted, withDestinationPath: victim)
+        // And a real stale folder holding a link to a file elsewhere: the link goes, the file stays.
+        let stale = runtime.base + "/exec-999999998-1"
+        try FileManager.default.createDirectory(atPath: stale, withIntermediateDirectories: false)
+        try FileManager.default.createSymbolicLink(atPath: stale + "/token", withDestinationPath: victim + "/a")
+        let file = try TokenFile.create(environment: runtime.environment)
+        defer { file.remove() }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: victim).sorted() == ["a", "b", "token"])
+        #expect(try String(contentsOfFile: victim + "/a", encoding: .utf8) == "keep")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: runtime.base) == [(file.folder as NSString).lastPathComponent])
+    }
 }

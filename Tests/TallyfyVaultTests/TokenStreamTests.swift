@@ -127,6 +127,15 @@ import TallyfyVaultCore
         for bad in ["", "signal:", "signal:NOPE", "signal:1", "HUP", "Restart", "sometimes"] {
             #expect(throws: VaultError.self, "\(bad)") { try KeepFreshOptions.OnRenew(parsing: bad) }
         }
+        #expect(try KeepFreshOptions.OnRenew(parsing: "signal:WINCH") == .signal(SIGWINCH))
+        // Issue 24 F12: only signals a program can take as "reload".
+        for notAReload in ["KILL", "SIGSTOP", "PIPE", "SEGV", "bus", "TERM", "INT", "QUIT", "ALRM", "CONT", "TSTP"] {
+            let error = try #require(throws: VaultError.self, "\(notAReload)") {
+                try KeepFreshOptions.OnRenew(parsing: "signal:" + notAReload)
+            }
+            #expect(error.exitStatus == 64)
+            #expect(error.hint?.contains("--on-renew restart") == true, "\(notAReload): \(error.hint ?? "")")
+        }
         #expect(KeepFreshOptions.OnExpiry(rawValue: "stop") == .stop)
         #expect(KeepFreshOptions().onRenew == .none && KeepFreshOptions().onExpiry == .keep && KeepFreshOptions().stopGrace == 10)
     }

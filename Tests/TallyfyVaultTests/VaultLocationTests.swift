@@ -55,6 +55,23 @@ import Testing
         }
     }
 
+    /// Issue 24 F6: a name that merely starts like 127.x is not loopback and
+    /// is refused when parsed (64), before anything could look it up.
+    @Test(arguments: [
+        "etcd://127.attacker.invalid:2379/p", "etcd://127.0.0.1.nip.io:2379/p", "etcd://127.0.0.1.example.invalid:2379/p",
+        "etcd://127.0.0.1:2379,127.0.0.1.nip.io:2379/p", "etcd://localhost.:2379/p", "etcd://[::2]:2379/p",
+    ])
+    func plainEtcdGoesToLiteralLoopbackOnly(_ text: String) throws {
+        let error = try #require(throws: VaultError.self) { try EtcdLocation(parsing: text, environment: [:]) }
+        #expect(error.exitStatus == 64)
+        #expect(error.message.contains("unencrypted"))
+    }
+
+    @Test(arguments: ["etcd://127.0.0.1:2379/p", "etcd://127.9.8.7:2379/p", "etcd://[::1]:2379/p", "etcd://[0:0:0:0:0:0:0:1]:2379/p"])
+    func plainEtcdToLiteralLoopback(_ text: String) throws {
+        _ = try EtcdLocation(parsing: text, environment: [:])
+    }
+
     @Test func theCacheIsPrivatePerLocation() throws {
         let one = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/a", environment: [:])
         let two = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/b", environment: [:])

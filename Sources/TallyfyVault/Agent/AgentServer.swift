@@ -47,6 +47,9 @@ public final class AgentServer: Sendable {
 
     /// Threads that accept and serve connections (see `acceptLoop`).
     static let servingThreads = 4
+    /// Clients slow to send their request wait on threads of their own, at
+    /// most this many at once; more are dropped (and logged).
+    static let slowClientLimit = 64
 
     private struct State {
         var unlocker: VaultUnlocker?
@@ -55,6 +58,7 @@ public final class AgentServer: Sendable {
         var renewals = 0
         var stopping = false
         var listener: Int32 = -1
+        var slowClients = 0
         /// When each token is due for renewal, keyed by profile (and user),
         /// fixed once per token value so the jitter stays put.
         var due: [String: (token: String, at: Date)] = [:]
@@ -92,6 +96,9 @@ public final class AgentServer: Sendable {
     /// SIGINT); then forgets the key and removes the socket. `ready` runs once
     /// the socket accepts connections.
     public func run(ready: @Sendable () -> Void) async throws {
+        // A client that hangs up before its answer must never end the agent:
+        // writes say MSG_NOSIGNAL, and nothing else may raise SIGPIPE either.
+        signal(SIGPIPE, SIG_IGN)
         let listener = try AgentSocket.listen(at: configuration.socketPath)
         state.withLock { $0.listener = listener }
         for _ in 0..<Self.servingThreads {
@@ -173,43 +180,78 @@ public final class AgentServer: Sendable {
             close(connection)
             return
         }
-        // Clients send their request as soon as they are connected. One that
-        // has not within a moment gets a thread of its own to wait on (up to
-        // the protocol's 5 s), so it holds up no one else.
-        var ready = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
-        if poll(&ready, 1, 100) != 1 {
-            let thread = Thread { [self] in receiveAndAnswer(connection, from: peer.pid) }
-            thread.stackSize = 1 << 20
-            thread.start()
-            return
+        // Clients send their whole request as soon as they are connected.
+        // One that has not within a moment gets a thread of its own to wait
+        // on, with one deadline for the whole frame (the protocol's 5 s, not
+        // per byte): a client trickling its request holds up no one else.
+        let deadline = Date().addingTimeInterval(AgentProtocol.ioTimeout)
+        var reader = AgentProtocol.FrameReader(maxLength: AgentProtocol.maxRequestLength)
+        do {
+            if let body = try reader.read(from: connection, until: Date().addingTimeInterval(0.1)) {
+                return respond(to: body, on: connection, from: peer.pid)
+            }
+        } catch {
+            return drop(connection, from: peer.pid, error)
         }
-        receiveAndAnswer(connection, from: peer.pid)
+        guard state.withLock({ state -> Bool in
+            guard state.slowClients < Self.slowClientLimit else { return false }
+            state.slowClients += 1
+            return true
+        }) else {
+            return drop(connection, from: peer.pid, AgentError.connection("\(Self.slowClientLimit) other clients are still sending"))
+        }
+        let started = reader
+        let thread = Thread { [self] in
+            defer { state.withLock { $0.slowClients -= 1 } }
+            var reader = started
+            do {
+                guard let body = try reader.read(from: connection, until: deadline) else {
+                    throw AgentError.connection("no whole request within \(Int(AgentProtocol.ioTimeout)) s")
+                }
+                respond(to: body, on: connection, from: peer.pid)
+            } catch {
+                drop(connection, from: peer.pid, error)
+            }
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
     }
 
-    private func receiveAndAnswer(_ connection: Int32, from pid: pid_t) {
-        let request: AgentProtocol.Request
-        do {
-            request = try AgentProtocol.receive(AgentProtocol.Request.self, from: connection, maxLength: AgentProtocol.maxRequestLength)
-        } catch {
-            log("dropped a connection from pid \(pid): \(error)")
-            close(connection)
-            return
+    private func drop(_ connection: Int32, from pid: pid_t, _ error: Error) {
+        let reason: String
+        switch error as? AgentError {
+        case .connection(let text)?, .unavailable(let text)?: reason = text
+        case nil: reason = "\(error)"
         }
-        guard request.version == AgentProtocol.version else {
-            reply(.failure("bad-request", "this agent speaks protocol version \(AgentProtocol.version)"), on: connection)
-            return
+        log("dropped a connection from pid \(pid): \(reason)")
+        close(connection)
+    }
+
+    /// Answers one whole request frame; one that is not a request this agent
+    /// serves (an unknown `op` or `renewal`, another version) gets `bad-request`.
+    private func respond(to body: [UInt8], on connection: Int32, from pid: pid_t) {
+        let request: AgentProtocol.Request
+        switch AgentProtocol.decodeRequest(body) {
+        case .success(let decoded): request = decoded
+        case .failure(let bad):
+            log("answered bad-request to pid \(pid): \(bad.message)")
+            return reply(.failure("bad-request", bad.message), on: connection, to: pid)
         }
         switch answer(request) {
         case .now(let answer):
-            reply(answer, on: connection)
+            reply(answer, on: connection, to: pid)
             if request.op == .stop { stop() }
         case .afterRenewing(let tokenRequest, let vault):
-            Task { reply(await self.renewedAnswer(tokenRequest, from: vault), on: connection) }
+            Task { reply(await self.renewedAnswer(tokenRequest, from: vault), on: connection, to: pid) }
         }
     }
 
-    private func reply(_ answer: AgentProtocol.Answer, on connection: Int32) {
-        try? AgentProtocol.send(answer, to: connection)
+    private func reply(_ answer: AgentProtocol.Answer, on connection: Int32, to pid: pid_t) {
+        do {
+            try AgentProtocol.send(answer, to: connection)
+        } catch {
+            log("pid \(pid) hung up before its answer; still serving")
+        }
         close(connection)
     }
 
@@ -254,9 +296,12 @@ public final class AgentServer: Sendable {
         }
         let renewal: TokenRequest.Renewal
         switch wire.renewal {
+        case nil, "whenStale": renewal = .whenStale
         case "whenStaleStrictly": renewal = .whenStaleStrictly
         case "never": renewal = .never
-        default: renewal = .whenStale
+        default:
+            // Never a default for a word this agent does not know: the client meant something else.
+            return .failure(AgentFailure(.failure("bad-request", "unknown renewal; this agent knows whenStale, whenStaleStrictly and never")))
         }
         return .success(TokenRequest(profile: profile, user: wire.user, minimumLifetime: minimum, renewal: renewal))
     }

@@ -137,28 +137,39 @@ public struct Doctor: Sendable {
             return [DoctorCheck("install", .warn, "could not tell where this program runs from")]
         }
         var checks: [DoctorCheck] = []
-        let launcher = folder + "/tallyfy-vault"
-        let cli = folder + "/tallyfy-vault-cli"
-        for (name, path) in [("launcher", launcher), ("cli", cli)] {
-            if access(path, X_OK) == 0 {
-                checks.append(DoctorCheck("install: \(name)", .ok, path))
-            } else {
-                checks.append(DoctorCheck("install: \(name)", .fail, "\(path) is missing or not executable",
-                                          hint: "install tallyfy-vault and tallyfy-vault-cli together, in one folder"))
+        // The launcher that goes with this CLI, and what that launcher would
+        // run: the layouts (`InstallLayout`) and checks the launcher itself uses.
+        let launcher = InstallLayout.launcher(forCLI: folder + "/" + InstallLayout.cliName)
+        let launcherFolder = (launcher as NSString).deletingLastPathComponent
+        if access(launcher, X_OK) == 0 {
+            checks.append(DoctorCheck("install: launcher", .ok, launcher))
+            switch InstallLayout.findCLI(launcher: realpath(launcher)) {
+            case .found(let cli):
+                checks.append(DoctorCheck("install: cli", .ok, cli))
+            case .notFound(let expected):
+                checks.append(DoctorCheck("install: cli", .fail, "the launcher finds no CLI: looked for \(expected.joined(separator: " and "))",
+                    hint: "reinstall with `tools/install`"))
+            case .unsafe(let path, let reason):
+                checks.append(DoctorCheck("install: cli", .fail, "the launcher refuses to run \(path): \(reason)",
+                    hint: "reinstall with `tools/install`, or fix its owner and mode"))
             }
+        } else {
+            checks.append(DoctorCheck("install: launcher", .fail, "\(launcher) is missing or not executable",
+                hint: "install with `tools/install` (PREFIX/bin/tallyfy-vault and PREFIX/libexec/tallyfy-vault/tallyfy-vault-cli), "
+                    + "or keep tallyfy-vault and tallyfy-vault-cli together in one folder"))
         }
         // Which `tallyfy-vault` a shell would run.
         let onPath = (context.environment["PATH"] ?? "").split(separator: ":").map(String.init)
             .first { access($0 + "/tallyfy-vault", X_OK) == 0 }
         if let onPath {
-            let same = realpath(onPath) == realpath(folder)
+            let same = realpath(onPath + "/tallyfy-vault") == realpath(launcher)
             checks.append(same
                 ? DoctorCheck("install: PATH", .ok, "tallyfy-vault on PATH is this one (\(onPath))")
-                : DoctorCheck("install: PATH", .warn, "tallyfy-vault on PATH is \(onPath)/tallyfy-vault, not this one in \(folder)",
-                              hint: "remove the other copy or put \(folder) first on PATH; versions may differ"))
+                : DoctorCheck("install: PATH", .warn, "tallyfy-vault on PATH is \(onPath)/tallyfy-vault, not this one in \(launcherFolder)",
+                              hint: "remove the other copy or put \(launcherFolder) first on PATH; versions may differ"))
         } else {
             checks.append(DoctorCheck("install: PATH", .warn, "tallyfy-vault is not on PATH",
-                                      hint: "add \(folder) to PATH, or install with `tools/install`"))
+                                      hint: "add \(launcherFolder) to PATH, or install with `tools/install`"))
         }
         return checks
     }

@@ -39,6 +39,17 @@ public enum EtcdClient {
 /// at the manifest's revision, so it never mixes two generations.
 struct EtcdVault: RemoteSealedBytes {
     static let chunkSize = 768 * 1024
+    /// The largest vault kept in etcd: 64 MiB, the sealed root's own limit
+    /// (a 10,000-user vault is about 1.6 MB). A manifest naming more, or
+    /// chunks that do not add up to its size, is refused as corrupt (65)
+    /// before anything is fetched; a bigger write is refused (64).
+    static let maxVaultBytes = 64 << 20
+    /// At most this many chunks: the largest vault, in 768 KiB chunks.
+    static let maxChunks = (maxVaultBytes + chunkSize - 1) / chunkSize
+    /// A whole read or write (every chunk) gives up after this long (69),
+    /// however the time is spent: a member answering slowly but within each
+    /// request's deadline cannot hold a client for minutes.
+    static let wholeDeadline = Duration.seconds(15)
     static let lockTTL = 10
     static let manifestFormat = "tallyfy-vault-etcd-1"
 
@@ -65,6 +76,8 @@ struct EtcdVault: RemoteSealedBytes {
 
     func read(ifChangedSince known: Int64?) throws -> RemoteRead {
         var attempts = 0
+        let clock = ContinuousClock()
+        let deadline = clock.now + Self.wholeDeadline
         while true {
             attempts += 1
             let answer = try gateway.call("/v3/kv/range", ["key": b64(manifestKey)])
@@ -73,7 +86,9 @@ struct EtcdVault: RemoteSealedBytes {
             if let known, known == modRevision { return .unchanged }
             let revision = int64((answer["header"] as? [String: Any])?["revision"])
             guard let manifest = try? JSONDecoder().decode(Manifest.self, from: unb64(kv["value"])),
-                manifest.format == Self.manifestFormat, manifest.chunks >= 1, manifest.chunks <= 100_000
+                manifest.format == Self.manifestFormat, manifest.chunks >= 1, manifest.chunks <= Self.maxChunks,
+                manifest.size >= 0, manifest.size <= Self.maxVaultBytes,
+                manifest.chunks == max(1, (manifest.size + Self.chunkSize - 1) / Self.chunkSize)
             else {
                 throw VaultError(.corrupt, "the manifest at \(manifestKey) in \(location.text) is not one this version writes",
                     hint: "check that nothing else writes under this prefix; restore the vault from a backup")
@@ -81,18 +96,27 @@ struct EtcdVault: RemoteSealedBytes {
             var bytes = Data()
             var missing = false
             for index in 0..<manifest.chunks {
+                try checkDeadline(deadline, clock, "reading")
                 let chunk = try gateway.call("/v3/kv/range", ["key": b64(chunkKey(manifest.generation, index)), "revision": String(revision)])
                 guard let value = (chunk["kvs"] as? [[String: Any]])?.first?["value"] else {
                     missing = true
                     break
                 }
                 bytes.append(unb64(value))
+                guard bytes.count <= manifest.size else { break }  // more than the manifest says: incomplete, below
             }
             if !missing && bytes.count == manifest.size { return .current(RemoteSnapshot(bytes: bytes, revision: modRevision)) }
             if attempts >= 3 {
                 throw VaultError(.corrupt, "the vault in \(location.text) is incomplete: its manifest names chunks that are not there",
                     hint: "restore the vault from a backup (`etcdctl snapshot` or `tallyfy-vault migrate`)")
             }
+        }
+    }
+
+    private func checkDeadline(_ deadline: ContinuousClock.Instant, _ clock: ContinuousClock, _ doing: String) throws {
+        guard clock.now < deadline else {
+            throw VaultError(.unavailable, "etcd at \(location.text) is too slow: \(doing) the vault took more than \(Self.wholeDeadline)",
+                hint: "check the cluster's health: `etcdctl --endpoints \(location.endpoints.joined(separator: ",")) endpoint health`")
         }
     }
 
@@ -134,11 +158,18 @@ struct EtcdVault: RemoteSealedBytes {
     /// generation, it was this write that committed, and the chunks it names
     /// must stay.
     private func commit(_ bytes: Data, generation: String, condition: [String: Any]) throws -> Int64? {
+        guard bytes.count <= Self.maxVaultBytes else {
+            throw VaultError(.usage, "the vault is \(bytes.count) bytes, more than the \(Self.maxVaultBytes >> 20) MiB a vault in etcd may hold",
+                hint: "forget user tokens no longer needed (`tallyfy-vault users forget`), or keep this vault in a file")
+        }
+        let clock = ContinuousClock()
+        let deadline = clock.now + Self.wholeDeadline
         var chunks: [Data] = stride(from: 0, to: max(bytes.count, 1), by: Self.chunkSize).map {
             bytes.subdata(in: $0..<min($0 + Self.chunkSize, bytes.count))
         }
         if chunks.isEmpty { chunks = [Data()] }
         for index in 0..<(chunks.count - 1) {
+            try checkDeadline(deadline, clock, "writing")
             _ = try gateway.call("/v3/kv/put", ["key": b64(chunkKey(generation, index)), "value": chunks[index].base64EncodedString()],
                 patience: Self.writePatience)
         }
@@ -266,6 +297,10 @@ final class EtcdGateway: Sendable {
 
     /// A request that a member has not answered in this time is sent to the next.
     static let deadline = TimeAmount.seconds(3)
+    /// The largest answer read from etcd: a chunk (768 KiB, 1 MiB in base64)
+    /// and its JSON fit well; anything bigger is refused as it arrives,
+    /// never held in memory whole.
+    static let maxAnswerBytes = 2 << 20
 
     init(location: EtcdLocation) throws {
         self.location = location
@@ -381,7 +416,9 @@ final class EtcdGateway: Sendable {
             let endpoint = location.endpoints[index]
             let response: HTTPClient.Response
             do {
-                response = try http.execute(request: try request(path, data, endpoint: endpoint), deadline: .now() + Self.deadline).wait()
+                let request = try request(path, data, endpoint: endpoint)
+                response = try http.execute(request: request, delegate: ResponseAccumulator(request: request, maxBodySize: Self.maxAnswerBytes),
+                    deadline: .now() + Self.deadline).wait()
             } catch {
                 // Matched by type, never by text. A server that rejects the
                 // client certificate closes the connection during the
@@ -436,6 +473,7 @@ final class EtcdGateway: Sendable {
             default: break
             }
         }
+        if error is ResponseAccumulator.ResponseTooBigError { return "an answer over \(maxAnswerBytes >> 20) MiB" }
         let text = String(describing: error)
         if text.contains("refused") { return "connection refused" }
         return clean(text)

@@ -27,6 +27,9 @@ import TallyfyVaultCore
 /// also repairs a cache that a slower reader in another process overwrote
 /// with an older revision.
 public final class VaultWatch: Sendable {
+    /// The longest line of the watch stream read before the watch is
+    /// dropped (and re-established): etcd's events are a few hundred bytes.
+    static let maxLineBytes = 1 << 20
     private let task: Mutex<Task<Void, Never>?>
     private let stopped = Mutex(false)
     public static let checkInterval = Duration.seconds(2)
@@ -127,6 +130,10 @@ private struct WatchStream: Sendable {
         var pending = Data()
         for try await chunk in response.body {
             pending.append(contentsOf: chunk.readableBytesView)
+            // An event is a few hundred bytes; a "line" that never ends is not etcd.
+            if pending.count > VaultWatch.maxLineBytes, !pending.contains(0x0A) {
+                throw WatchEnded(reason: "a line of the watch stream is over \(VaultWatch.maxLineBytes >> 20) MiB")
+            }
             while let newline = pending.firstIndex(of: 0x0A) {
                 let line = pending[pending.startIndex..<newline]
                 pending = Data(pending[pending.index(after: newline)...])

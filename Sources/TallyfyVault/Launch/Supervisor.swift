@@ -21,9 +21,20 @@ public struct KeepFreshOptions: Sendable, Equatable {
             case "none": self = .none
             case "restart": self = .restart
             default:
-                guard text.hasPrefix("signal:"), let number = SignalName.number(String(text.dropFirst("signal:".count))) else {
+                let reloads = SignalName.reloads.joined(separator: ", ")
+                guard text.hasPrefix("signal:") else {
                     throw VaultError(.usage, "--on-renew \(text) is not one of none, signal:NAME, restart",
-                        hint: "e.g. --on-renew signal:HUP; NAME is one of HUP, INT, QUIT, TERM, USR1, USR2, WINCH, ALRM, CONT")
+                        hint: "e.g. --on-renew signal:HUP; NAME is one of \(reloads)")
+                }
+                let name = String(text.dropFirst("signal:".count))
+                guard let number = SignalName.number(name) else {
+                    // Known but no reload (KILL, STOP, PIPE, SEGV, TERM…): it would end or freeze the command at the first renewal.
+                    if SignalName.isSignal(name) {
+                        throw VaultError(.usage, "--on-renew \(text) would stop the command at its first renewal, not make it reload",
+                            hint: "use --on-renew restart to stop and start the command with the new token; signal:NAME takes \(reloads)")
+                    }
+                    throw VaultError(.usage, "--on-renew \(text) is not one of none, signal:NAME, restart",
+                        hint: "e.g. --on-renew signal:HUP; NAME is one of \(reloads)")
                 }
                 self = .signal(number)
             }
@@ -102,7 +113,11 @@ public enum Supervisor {
         _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
         source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule, note: @escaping @Sendable (String) -> Void
     ) throws -> Int32 {
-        let tokenFile = try TokenFile.create(environment: parentEnvironment)
+        // A long-lived process: a reader of its standard error (or any pipe)
+        // that goes away must not end it, and its child with it. The child
+        // gets SIGPIPE back at its default (`tallyfy_spawn_supervised`).
+        signal(SIGPIPE, SIG_IGN)
+        let tokenFile = try TokenFile.create(environment: parentEnvironment, note: note)
         defer { tokenFile.remove() }
         try tokenFile.write(first.token)
         let wake = try WakePipe()

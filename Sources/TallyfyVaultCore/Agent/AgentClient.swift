@@ -16,6 +16,8 @@
 /// its error the caller's error, so the failure is not repeated.
 public struct AgentClient: Sendable {
     public var socketPath: String
+    /// For the clock a grant's expiry is checked against (`VaultClock`).
+    var environment: [String: String] = [:]
 
     public init(socketPath: String) {
         self.socketPath = socketPath
@@ -25,6 +27,7 @@ public struct AgentClient: Sendable {
     public init?(environment: [String: String], disabled: Bool) {
         guard !disabled else { return nil }
         self.init(socketPath: AgentSocket.path(environment: environment))
+        self.environment = environment
     }
 
     /// One request, one answer; written and read without Codable, which in
@@ -56,9 +59,53 @@ public struct AgentClient: Sendable {
         let wire = AgentProtocol.Request(op: .token, vault: vault, profile: request.profile, user: request.user,
             minimumLifetime: request.minimumLifetime, renewal: renewal)
         guard let answer = try? ask(wire, timeout: timeout) else { return nil }
-        if answer.ok, let grant = answer.grant?.grant { return grant }
+        if answer.ok {
+            // A confused or old agent's grant is not handed on: the caller unlocks the vault itself.
+            guard var grant = answer.grant?.grant, Self.fits(grant, request, now: VaultClock.now(environment: environment)) else {
+                return nil
+            }
+            grant.renewalFailure = grant.renewalFailure.map(Self.printable)  // printed in a warning line
+            return grant
+        }
         guard answer.error == "failed", let message = answer.message else { return nil }
-        throw VaultError(VaultError.Kind(exitStatus: answer.exitStatus ?? 69), message, hint: answer.hint)
+        throw VaultError(VaultError.Kind(exitStatus: answer.exitStatus ?? 69), Self.printable(message),
+            hint: answer.hint.map(Self.printable))
+    }
+
+    /// Whether an agent's grant is one this request may use: for the profile
+    /// and user asked, with a token and URL the vault itself could hold,
+    /// expiring in the future and, unless it is the degraded fallback a
+    /// `whenStale` request accepts or a `never` request's sealed token, no
+    /// sooner than the minimum asked for (less the protocol's deadline: the
+    /// agent measured it a moment ago).
+    static func fits(_ grant: TokenGrant, _ request: TokenRequest, now: Date) -> Bool {
+        guard grant.profile == request.profile, grant.user?.lowercased() == request.user?.lowercased(),
+            !grant.token.isEmpty, grant.token.utf8.count <= VaultBounds.maxTokenLength,
+            grant.token.unicodeScalars.allSatisfy({ !$0.isControl && !$0.isWhitespaceOrNewline }),
+            !grant.orgID.isEmpty, grant.orgID.utf8.count <= 200, grant.orgID.unicodeScalars.allSatisfy({ !$0.isControl }),
+            !grant.apiURL.isEmpty, grant.apiURL.utf8.count <= VaultBounds.maxURLLength,
+            grant.apiURL.unicodeScalars.allSatisfy({ !$0.isControl && !$0.isWhitespaceOrNewline }),
+            VaultBounds.isValid(grant.expiresAt)
+        else { return false }
+        let left = grant.expiresAt.timeIntervalSince(now)
+        guard left > 0 else { return false }
+        if grant.renewalFailure != nil { return request.renewal == .whenStale }
+        return request.renewal == .never || left >= request.minimumLifetime - AgentProtocol.ioTimeout
+    }
+
+    /// An agent's text as it may reach a terminal: control characters
+    /// (ESC, newlines, …) written as `\u{1b}`, so no escape sequence or
+    /// forged line gets through; at most 1,000 characters.
+    public static func printable(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars.prefix(1000) {
+            if scalar.isControl || scalar == "\u{2028}" || scalar == "\u{2029}" {
+                out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     /// The vault path as the agent knows it: absolute, links resolved.

@@ -147,10 +147,97 @@ public enum AgentProtocol {
         frame.append(contentsOf: body)
         var sent = 0
         while sent < frame.count {
-            let n = frame.withUnsafeBytes { write(descriptor, $0.baseAddress! + sent, frame.count - sent) }
+            // MSG_NOSIGNAL: a peer that hung up is an EPIPE here, never a SIGPIPE that ends the process.
+            let n = frame.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress! + sent, frame.count - sent, Int32(MSG_NOSIGNAL)) }
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw AgentError.connection("could not write to the agent socket") }
+            guard n > 0 else {
+                throw AgentError.connection(errno == EPIPE || errno == ECONNRESET
+                    ? "the other end hung up" : "could not write to the agent socket")
+            }
             sent += n
+        }
+    }
+
+    /// Reads one request frame and decodes it: the request, or why it is a
+    /// bad request (`bad-request`: an unknown `op`, another version, JSON
+    /// that is not a request). Throws only when no whole frame arrived.
+    public static func decodeRequest(_ body: [UInt8]) -> Result<Request, BadRequest> {
+        if let request = try? JSONDecoder().decode(Request.self, from: Data(body)) {
+            guard request.version == version else {
+                return .failure(BadRequest(message: "this agent speaks protocol version \(version)"))
+            }
+            return .success(request)
+        }
+        // Say which part is wrong, without echoing what the client sent.
+        struct Probe: Decodable {
+            var version: Int?
+            var op: String?
+        }
+        guard let probe = try? JSONDecoder().decode(Probe.self, from: Data(body)) else {
+            return .failure(BadRequest(message: "the request is not the JSON object docs/agent.md describes"))
+        }
+        if probe.version != version {
+            return .failure(BadRequest(message: "this agent speaks protocol version \(version)"))
+        }
+        if let op = probe.op, Operation(rawValue: op) == nil {
+            let known = [Operation.token, .status, .lock, .stop].map(\.rawValue).joined(separator: ", ")
+            return .failure(BadRequest(message: "unknown op; this agent answers \(known)"))
+        }
+        return .failure(BadRequest(message: "the request lacks a field or has one of the wrong type (docs/agent.md)"))
+    }
+
+    /// Why a whole frame is not a request the agent can serve.
+    public struct BadRequest: Error, Sendable {
+        public var message: String
+    }
+
+    /// Reads one frame against a deadline for the whole frame, never per
+    /// byte: a client that trickles its request cannot hold the reader past
+    /// the deadline. `read` may be called again with a later deadline to
+    /// go on where it stopped.
+    public struct FrameReader: Sendable {
+        public let maxLength: Int
+        private var header: [UInt8] = []
+        private var body: [UInt8] = []
+        private var length: Int?
+
+        public init(maxLength: Int) {
+            self.maxLength = maxLength
+        }
+
+        /// The frame's body; `nil` when the deadline passed first. Throws when
+        /// the peer hung up, a read failed or the frame is over the limit.
+        public mutating func read(from descriptor: Int32, until deadline: Date) throws -> [UInt8]? {
+            var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+            while true {
+                if let length, body.count == length { return body }
+                let wanted = length.map { $0 - body.count } ?? 4 - header.count
+                let left = deadline.timeIntervalSinceNow
+                guard left > 0 else { return nil }
+                var ready = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+                let polled = poll(&ready, 1, Int32(min(left * 1000, 60_000).rounded(.up)))
+                if polled < 0 && errno != EINTR { throw AgentError.connection("reading failed") }
+                guard polled > 0 else { continue }
+                let got = chunk.withUnsafeMutableBytes {
+                    recv(descriptor, $0.baseAddress!, min(wanted, $0.count), Int32(MSG_DONTWAIT))
+                }
+                if got < 0 {
+                    if errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK { continue }
+                    throw AgentError.connection("reading failed")
+                }
+                guard got > 0 else { throw AgentError.connection("the connection ended early") }
+                guard length == nil else {
+                    body += chunk[0..<got]
+                    continue
+                }
+                header += chunk[0..<got]
+                if header.count == 4 {
+                    let size = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
+                    guard size <= maxLength else { throw AgentError.connection("a frame of \(size) bytes is over the limit of \(maxLength)") }
+                    length = size
+                    body.reserveCapacity(size)
+                }
+            }
         }
     }
 

@@ -32,6 +32,19 @@ public enum AgentSocket {
         return defaultPath(environment: environment)
     }
 
+    /// Where an agent listens: `explicit` (`--socket`), the variable, else
+    /// the default; when that is the `/tmp` folder and someone else made it
+    /// first, a fresh private folder instead (`RuntimeFolder`), with the
+    /// note to print. Clients then find the agent only through the variable,
+    /// which `agent --detach` prints.
+    public static func listeningPath(explicit: String?, environment: [String: String]) throws -> (path: String, note: String?) {
+        if let explicit { return (explicit, nil) }
+        if let path = environment[variable], !path.isEmpty { return (path, nil) }
+        let (folder, fallback) = try RuntimeFolder.prepare(environment: environment)
+        let path = folder + "/agent.sock"
+        return (path, fallback.map { "\($0); clients find this agent through \(variable)=\(path) (`agent --detach` prints it)" })
+    }
+
     static func folder(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
         return String(path[..<slash])

@@ -156,16 +156,35 @@ public enum SignalName {
     /// The signals a supervisor forwards to its child.
     public static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH]
 
-    static let table: [String: Int32] = [
-        "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "TERM": SIGTERM, "USR1": SIGUSR1, "USR2": SIGUSR2,
-        "WINCH": SIGWINCH, "ALRM": SIGALRM, "CONT": SIGCONT, "KILL": SIGKILL, "PIPE": SIGPIPE,
+    /// The signals `--on-renew signal:NAME` sends: those programs
+    /// conventionally catch to reload, reopen or redraw. INT, TERM and QUIT
+    /// ask a program to end (`--on-renew restart` does that properly), and
+    /// KILL, STOP, PIPE, SEGV and the like end or freeze it: none is a reload.
+    static let table: [String: Int32] = ["HUP": SIGHUP, "USR1": SIGUSR1, "USR2": SIGUSR2, "WINCH": SIGWINCH]
+
+    /// Their names, for hints.
+    public static let reloads = ["HUP", "USR1", "USR2", "WINCH"]
+
+    /// Signals a user may name that are refused as a reload.
+    static let others: Set<String> = [
+        "INT", "TERM", "QUIT", "KILL", "STOP", "TSTP", "TTIN", "TTOU", "CONT", "PIPE", "ALRM", "VTALRM", "PROF", "CHLD",
+        "SEGV", "BUS", "ILL", "FPE", "ABRT", "IOT", "TRAP", "SYS", "XCPU", "XFSZ", "URG", "IO", "POLL", "PWR", "STKFLT",
     ]
 
-    /// `HUP`, `SIGHUP` or `hup`; `nil` for anything else.
-    public static func number(_ name: String) -> Int32? {
+    static func bare(_ name: String) -> String {
         var upper = name.uppercased()
         if upper.hasPrefix("SIG") { upper.removeFirst(3) }
-        return table[upper]
+        return upper
+    }
+
+    /// `HUP`, `SIGHUP` or `hup` (a reload signal); `nil` for anything else.
+    public static func number(_ name: String) -> Int32? {
+        table[bare(name)]
+    }
+
+    /// Whether `name` is a signal at all (reload or not), so a refusal can say why.
+    public static func isSignal(_ name: String) -> Bool {
+        table[bare(name)] != nil || others.contains(bare(name))
     }
 
     /// `HUP` for SIGHUP; the number for one not in the table.

@@ -25,35 +25,35 @@ public final class TokenFile: Sendable {
     public let folder: String
     /// The token file.
     public let path: String
+    /// A private folder made for this supervisor alone because the shared
+    /// one was unsafe (`RuntimeFolder`): removed with the token's folder.
+    private let ownBase: String?
 
     public static let fileName = "token"
     static let prefix = "exec-"
 
-    private init(folder: String) {
+    private init(folder: String, ownBase: String?) {
         self.folder = folder
         self.path = folder + "/" + Self.fileName
+        self.ownBase = ownBase
     }
 
-    /// The shared private runtime folder, made when missing.
+    /// The shared private runtime folder, made when missing (`RuntimeFolder`).
     public static func runtimeFolder(environment: [String: String]) throws -> String {
-        let base: String
-        if let runtime = environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/") {
-            base = (runtime.hasSuffix("/") ? String(runtime.dropLast()) : runtime) + "/tallyfy-vault"
-        } else {
-            base = "/tmp/tallyfy-vault-\(getuid())"
-        }
-        try makePrivateFolder(base)
-        return base
+        try RuntimeFolder.prepare(environment: environment).path
     }
 
-    /// Removes what killed supervisors left, then makes this process's folder.
-    public static func create(environment: [String: String]) throws -> TokenFile {
-        let base = try runtimeFolder(environment: environment)
+    /// Removes what killed supervisors left, then makes this process's
+    /// folder. `note` hears when the shared folder was unsafe and a fresh
+    /// private one is used instead.
+    public static func create(environment: [String: String], note: (String) -> Void = { _ in }) throws -> TokenFile {
+        let (base, fallback) = try RuntimeFolder.prepare(environment: environment)
+        if let fallback { note(fallback) }
         removeStale(in: base)
         let folder = base + "/" + prefix + "\(getpid())-\(startTime(of: getpid()) ?? 0)"
         removeTree(folder)  // our own PID and start time: only ever a leftover of this very process
         try makePrivateFolder(folder)
-        return TokenFile(folder: folder)
+        return TokenFile(folder: folder, ownBase: fallback == nil ? nil : base)
     }
 
     /// Replaces the token atomically (temporary file, then rename).
@@ -85,6 +85,7 @@ public final class TokenFile: Sendable {
     /// Removes the token file and the folder.
     public func remove() {
         Self.removeTree(folder)
+        if let ownBase { rmdir(ownBase) }
     }
 
     /// Folders of supervisors that no longer run. Best effort: what cannot
@@ -124,28 +125,35 @@ public final class TokenFile: Sendable {
     /// when it is a symbolic link, not a folder, another user's, or open to
     /// others.
     static func makePrivateFolder(_ path: String) throws {
-        if mkdir(path, 0o700) != 0 && errno != EEXIST {
-            throw ioError("could not create the private folder \(path)")
-        }
-        var info = stat()
-        guard lstat(path, &info) == 0 else { throw ioError("could not inspect \(path)") }
-        guard info.st_mode & S_IFMT == S_IFDIR else {
-            throw VaultError(.refused, "\(path) is not a folder", hint: "remove it; tallyfy-vault makes it as a private folder")
-        }
-        guard info.st_uid == getuid() else {
-            throw VaultError(.refused, "\(path) belongs to another user (uid \(info.st_uid))",
-                hint: "someone may be trying to read your tokens; remove it, or set XDG_RUNTIME_DIR to your own private folder")
-        }
-        guard info.st_mode & 0o077 == 0 else {
-            throw VaultError(.refused, "\(path) is accessible by other users (mode \(String(info.st_mode & 0o777, radix: 8)))",
-                hint: "run `chmod 700 \(path)`")
-        }
+        try RuntimeFolder.makePrivate(path)
     }
 
+    /// Removes `folder` and the files in it, never following a symbolic
+    /// link: the folder is opened with O_NOFOLLOW and its files removed
+    /// relative to that descriptor (`unlinkat`), so a link planted in its
+    /// place (or a folder swapped for one meanwhile) costs nothing but the
+    /// link itself. A link is removed; what it points to is not touched.
     static func removeTree(_ folder: String) {
-        if let entries = try? FileManager.default.contentsOfDirectory(atPath: folder) {
-            for name in entries { unlink(folder + "/" + name) }
+        let descriptor = open(folder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            var info = stat()
+            if lstat(folder, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK { unlink(folder) }
+            return
         }
+        guard let listing = fdopendir(descriptor) else {
+            close(descriptor)
+            return
+        }
+        var names: [String] = []
+        while let entry = readdir(listing) {
+            let name = withUnsafePointer(to: &entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: MemoryLayout.size(ofValue: entry.pointee.d_name)) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        // Files only (flag 0): a folder inside is left, and with it this one.
+        for name in names { unlinkat(dirfd(listing), name, 0) }
+        closedir(listing)
         rmdir(folder)
     }
 

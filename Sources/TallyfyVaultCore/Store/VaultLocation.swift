@@ -111,10 +111,13 @@ public struct EtcdLocation: Sendable, Equatable, Hashable {
         }
     }
 
+    /// The same rule as plain-HTTP Tallyfy URLs (`EndpointURL.isLoopback`):
+    /// a literal 127.0.0.0/8 or ::1 address, or `localhost` when it resolves
+    /// to loopback only. No other name is looked up: `127.0.0.1.nip.io`
+    /// starts like a loopback address and is not one.
     static func isLoopback(_ endpoint: String) -> Bool {
         guard let colon = endpoint.lastIndex(of: ":") else { return false }
-        let host = endpoint[..<colon].filter { $0 != "[" && $0 != "]" }.lowercased()
-        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        return EndpointURL.isLoopback(host: String(endpoint[..<colon]), resolvingLocalhost: true)
     }
 }
 

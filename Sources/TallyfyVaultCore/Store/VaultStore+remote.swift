@@ -99,6 +99,15 @@ struct RemoteVault: Sendable {
         }
     }
 
+    /// The bytes the cluster holds now, never the cache: 69 when no member
+    /// answers (what `migrate` copies: a stale cached copy could bring back
+    /// a removed key slot).
+    func bytesFromCluster() throws -> Data {
+        guard let snapshot = try connection().read() else { throw notFound }
+        remember(snapshot)
+        return snapshot.bytes
+    }
+
     /// The cache when there is one, else the cluster.
     func bytesPreferringCache() throws -> Data {
         if cache.exists, let cached = try? cache.read() { return cached.bytes }
@@ -170,11 +179,12 @@ extension VaultStore {
     }
 
     /// The sealed bytes as stored, checked to be a vault but not decrypted:
-    /// what `migrate` copies.
+    /// what `migrate` copies. For an etcd vault, read from the cluster, never
+    /// from this machine's cache (69 when it cannot be reached).
     public func sealedBytes() throws -> Data {
         let bytes: Data
         if let remote {
-            bytes = try remote.get().bytes()
+            bytes = try remote.get().bytesFromCluster()
         } else {
             try FileSafety.requireSafeDirectory(directory)
             bytes = try FileSafety.readPrivate(path, what: "the vault")

@@ -114,10 +114,13 @@ public enum EndpointURL {
     /// tomorrow. `localhost.` (with the root's dot) is such a name: it is a
     /// fully qualified DNS name that resolvers send to DNS rather than
     /// answering from `/etc/hosts`, so it is not loopback.
-    static func isLoopback(host rawHost: String) -> Bool {
+    /// With `resolvingLocalhost`, `localhost` counts only when this machine
+    /// resolves it to loopback addresses alone (the one name ever looked up).
+    /// Plain-HTTP Tallyfy URLs and plain `etcd://` locations both use this.
+    static func isLoopback(host rawHost: String, resolvingLocalhost: Bool = false) -> Bool {
         var host = rawHost.lowercased()
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host == "localhost" { return true }
+        if host == "localhost" { return !resolvingLocalhost || resolvesToLoopbackOnly("localhost") }
 
         var v4 = in_addr()
         if inet_pton(AF_INET, host, &v4) == 1 {
