@@ -57,6 +57,9 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }
             let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            if let advice = CommandSuggestion.advice(for: Array(CommandLine.arguments.dropFirst()), parserMessage: message) {
+                Output.fail(advice.message, hint: advice.hint, status: code.rawValue)
+            }
             Output.fail(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message,
                 hint: "see `tallyfy-vault help` for the commands and their options", status: code.rawValue)
         }
