@@ -51,6 +51,29 @@ import Testing
 
     // MARK: - A missing key file
 
+    @Test func aMissingKeyFileSaysWhereItsPathCameFromAndHowToMakeOne() throws {
+        let sandbox = try Sandbox()
+        let missing = sandbox.path("new.key")
+        let fromVariable = try sandbox.run(["init"], env: ["TALLYFY_VAULT_KEY_FILE": missing])
+        #expect(fromVariable.status == 66, "\(fromVariable.brief)")
+        #expect(fromVariable.stderr == """
+            tallyfy-vault: the key file \(missing) (from TALLYFY_VAULT_KEY_FILE) does not exist
+            tallyfy-vault: hint: make a new key with `tallyfy-vault keygen \(missing)` (for a new vault), or point TALLYFY_VAULT_KEY_FILE at the key file of this vault
+
+            """, "\(fromVariable.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: sandbox.vaultPath))
+
+        try sandbox.initWithKeyFile()
+        let before = try sandbox.vaultBytes()
+        for arguments in [["--key-file", missing, "credentials", "show"], ["exec", "--key-file", missing, "--", "true"]] {
+            let fromOption = try sandbox.run(arguments)
+            #expect(fromOption.status == 66, "\(arguments): \(fromOption.brief)")
+            #expect(fromOption.stderr.hasPrefix("tallyfy-vault: the key file \(missing) (from --key-file) does not exist\n"
+                + "tallyfy-vault: hint: make a new key with `tallyfy-vault keygen \(missing)`"), "\(fromOption.stderr)")
+        }
+        #expect(try sandbox.vaultBytes() == before)
+    }
+
     // MARK: - At a terminal
 
     // MARK: - The agent

@@ -35,7 +35,8 @@ public struct CommandContext: Sendable {
         UnlockSources(
             keyFile: keyFile ?? nonEmpty("TALLYFY_VAULT_KEY_FILE"),
             passphraseFile: passphraseFile ?? nonEmpty("TALLYFY_VAULT_PASSPHRASE_FILE"),
-            environment: environment)
+            environment: environment,
+            keyFileSource: keyFile != nil ? "--key-file" : "TALLYFY_VAULT_KEY_FILE")
     }
 
     /// The secrets to open the vault, after turning off core dumps. Missing
