@@ -17,6 +17,7 @@ struct RotateSecret: AsyncParsableCommand {
     @Flag(help: "Seal the new secret without proving it against Tallyfy first.") var noVerify = false
 
     func run() async throws {
+        if secretStdin { try TallyfyVault.Credentials.refuseTerminalStandardInput() }
         let broker = try global.broker()
         let newSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "New client secret: ")
         if !secretStdin {

@@ -76,8 +76,97 @@ import Testing
 
     // MARK: - At a terminal
 
+    @Test func secretStdinAtATerminalIsRefusedBeforeAnythingIsRead() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        let before = try sandbox.vaultBytes()
+        for arguments in [["credentials", "set", "--org", "org-test", "--client-id", "123", "--secret-stdin"],
+            ["rotate-secret", "--secret-stdin"]] {
+            // Nothing is typed: had it read standard input it would wait for
+            // Ctrl-D (and the driver's 60 s alarm would fail the test).
+            let run = try Terminal.run(arguments, environment: sandbox.environment)
+            #expect(run.status == 64, "\(arguments): status \(run.status), \(run.output)")
+            #expect(run.output.contains(
+                "tallyfy-vault: --secret-stdin reads the secret from standard input, which is a terminal here: the secret would show as it is typed\n"
+                    + "tallyfy-vault: hint: leave out --secret-stdin to be asked for it without echo, or pipe it in (`--secret-stdin < FILE`)"),
+                "\(run.output)")
+        }
+        #expect(try sandbox.vaultBytes() == before)
+    }
+
     // MARK: - The agent
 
     // MARK: - rotate-secret
 }
 
+/// Runs `tallyfy-vault` on a pty of its own (its controlling terminal and
+/// standard input, output and error), through python3: each step waits for
+/// its text to appear after the previous one, then types its answer.
+enum Terminal {
+    struct Run {
+        var status: Int32
+        /// Everything the terminal showed, `\r\n` made `\n`.
+        var output: String
+    }
+
+    static let driver = """
+        import os, sys, json, signal, termios, fcntl
+        steps = json.loads(os.environ['PTY_STEPS'])
+        master, slave = os.openpty()
+        pid = os.fork()
+        if pid == 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for f in (0, 1, 2):
+                os.dup2(slave, f)
+            os.close(master)
+            os.execv(sys.argv[1], sys.argv[1:])
+        os.close(slave)
+        seen = b''
+        def give_up(*_):
+            os.kill(pid, signal.SIGKILL)
+            print(json.dumps({'status': -1, 'output': 'timeout after: ' + seen.decode('utf-8', 'replace')}))
+            sys.exit(0)
+        signal.signal(signal.SIGALRM, give_up)
+        signal.alarm(60)
+        def more():
+            global seen
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                chunk = b''
+            seen += chunk
+            return chunk
+        position = 0
+        for expect, send in steps:
+            wanted = expect.encode()
+            while seen.find(wanted, position) < 0 and more():
+                pass
+            at = seen.find(wanted, position)
+            if at < 0:
+                break
+            position = at + len(wanted)
+            if send:
+                os.write(master, send.encode())
+        while more():
+            pass
+        _, status = os.waitpid(pid, 0)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        print(json.dumps({'status': code, 'output': seen.decode('utf-8', 'replace').replace('\\r\\n', '\\n')}))
+        """
+
+    static func run(_ arguments: [String], environment: [String: String], steps: [(String, String)] = []) throws -> Run {
+        var environment = environment
+        let encoded = try JSONSerialization.data(withJSONObject: steps.map { [$0.0, $0.1] })
+        environment["PTY_STEPS"] = String(decoding: encoded, as: UTF8.self)
+        let result = try runProcess(URL(fileURLWithPath: "/usr/bin/env"),
+            ["python3", "-c", driver, BuildProducts.vault.path] + arguments, environment: environment)
+        guard let object = try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+            let status = object["status"] as? Int, let output = object["output"] as? String
+        else {
+            return Run(status: -2, output: "the pty driver failed: \(result.brief)")
+        }
+        return Run(status: Int32(status), output: output)
+    }
+}
