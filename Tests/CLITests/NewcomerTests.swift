@@ -94,6 +94,48 @@ import Testing
         #expect(try sandbox.vaultBytes() == before)
     }
 
+    /// A passphrase vault with credentials, and an environment with no unlock source.
+    private func passphraseVault() throws -> (Sandbox, passphrase: String, environment: [String: String]) {
+        let sandbox = try Sandbox()
+        let passphrase = "pp-\(UUID().uuidString)"
+        let file = try sandbox.write(passphrase + "\n", to: "pw")
+        try sandbox.ok(["init"], env: ["TALLYFY_VAULT_PASSPHRASE_FILE": file])
+        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
+            "--token-url", "http://127.0.0.1:9/oauth/token", "--api-url", "http://127.0.0.1:9/api"],
+            stdin: "cs-\(UUID().uuidString)", env: ["TALLYFY_VAULT_PASSPHRASE_FILE": file])
+        return (sandbox, passphrase, sandbox.environment)
+    }
+
+    @Test func aWrongPassphraseGetsThreeTriesAtTheSameCost() throws {
+        let (sandbox, passphrase, environment) = try passphraseVault()
+        var logged = environment
+        let log = sandbox.path("kdf-right")
+        logged["TALLYFY_VAULT_TEST_KDF_LOG"] = log
+        let right = try Terminal.run(["credentials", "show"], environment: logged, steps: [
+            ("Vault passphrase: ", "wrong-1\n"),
+            ("wrong passphrase, try again (2 tries left)", ""),
+            ("Vault passphrase: ", "wrong-2\n"),
+            ("wrong passphrase, try again (1 try left)", ""),
+            ("Vault passphrase: ", passphrase + "\n"),
+        ])
+        #expect(right.status == 0, "status \(right.status)")
+        #expect(right.output.contains("client-test"))
+        // One Argon2id derivation per try, none more to open the vault.
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == String(repeating: "argon2id\n", count: 3))
+
+        let before = try sandbox.vaultBytes()
+        logged["TALLYFY_VAULT_TEST_KDF_LOG"] = sandbox.path("kdf-wrong")
+        let wrong = try Terminal.run(["credentials", "show"], environment: logged, steps: [
+            ("Vault passphrase: ", "wrong-1\n"), ("Vault passphrase: ", "wrong-2\n"), ("Vault passphrase: ", "wrong-3\n"),
+        ])
+        #expect(wrong.status == 77, "status \(wrong.status)")
+        #expect(wrong.output.contains("tallyfy-vault: wrong passphrase or key: the passphrase typed at the prompt opens none of the vault's key slots"),
+            "\(wrong.output)")
+        #expect(wrong.output.components(separatedBy: "Vault passphrase: ").count == 4, "not exactly three prompts")
+        #expect(try String(contentsOfFile: sandbox.path("kdf-wrong"), encoding: .utf8) == String(repeating: "argon2id\n", count: 3))
+        #expect(try sandbox.vaultBytes() == before)
+    }
+
     // MARK: - The agent
 
     // MARK: - rotate-secret
