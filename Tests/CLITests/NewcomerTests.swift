@@ -138,6 +138,47 @@ import Testing
 
     // MARK: - The agent
 
+    @Test func agentStartSaysSoAndStopPrintsTheUnsetLines() async throws {
+        let world = try await LoggedIn.start()
+        defer { _ = world.emulator.stop() }
+        let sandbox = world.sandbox
+        let runtime = sandbox.root.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        sandbox.environment["XDG_RUNTIME_DIR"] = runtime.path
+        let socket = runtime.path + "/tallyfy-vault/agent.sock"
+        // Whatever happens below, no agent outlives the test.
+        defer { _ = try? sandbox.run(["agent", "stop"]) }
+
+        let script = """
+            set -e
+            eval "$("$TV" agent --detach 2>"$ERR")"
+            echo "started $TALLYFY_VAULT_AGENT_PID $TALLYFY_VAULT_AGENT_SOCK"
+            "$TV" agent status >/dev/null
+            eval "$("$TV" agent stop 2>/dev/null)"
+            echo "after ${TALLYFY_VAULT_AGENT_SOCK-unset} ${TALLYFY_VAULT_AGENT_PID-unset}"
+            """
+        var environment = sandbox.environment
+        environment["TV"] = BuildProducts.vault.path
+        environment["ERR"] = sandbox.path("agent-stderr")
+        let shell = try runProcess(URL(fileURLWithPath: "/bin/sh"), ["-c", script], environment: environment)
+        let lines = shell.stdout.split(separator: "\n").map(String.init)
+        let started = lines.first?.split(separator: " ").map(String.init) ?? []
+        let pid = started.count == 3 ? Int32(started[1]) : nil
+        #expect(shell.status == 0, "\(shell.brief)")
+        #expect(started.count == 3 && started[2] == socket, "\(shell.stdout)")
+        #expect(lines.last == "after unset unset", "\(shell.stdout)")
+        let stderr = try String(contentsOfFile: sandbox.path("agent-stderr"), encoding: .utf8)
+        #expect(stderr == "tallyfy-vault: agent pid \(pid ?? -1), socket \(socket)\n", "\(stderr)")
+
+        // The exact lines.
+        let again = try sandbox.ok(["agent", "--detach"])
+        let variables = ["TALLYFY_VAULT_AGENT_SOCK": socket]
+        let stopped = try sandbox.ok(["agent", "stop"], env: variables)
+        #expect(stopped.stdout == "unset TALLYFY_VAULT_AGENT_SOCK;\nunset TALLYFY_VAULT_AGENT_PID;\n", "\(stopped.stdout)")
+        #expect(stopped.stderr == "tallyfy-vault: stopped the agent on \(socket)\n", "\(stopped.stderr)")
+        #expect(again.stderr.hasPrefix("tallyfy-vault: agent pid "))
+    }
+
     // MARK: - rotate-secret
 }
 
