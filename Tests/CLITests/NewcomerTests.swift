@@ -136,6 +136,18 @@ import Testing
         #expect(try sandbox.vaultBytes() == before)
     }
 
+    @Test func checkRefreshNeverPromptsAndSaysWhatToGive() throws {
+        let (sandbox, _, environment) = try passphraseVault()
+        defer { withExtendedLifetime(sandbox) {} }
+        let expected = "UNKNOWN: --refresh needs the vault's key and none was given (check never prompts): "
+            + "give --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, or a systemd credential tallyfy-vault.key"
+        let atTerminal = try Terminal.run(["check", "--refresh"], environment: environment)
+        #expect(atTerminal.status == 3, "status \(atTerminal.status): \(atTerminal.output)")
+        #expect(atTerminal.output == expected + "\n", "\(atTerminal.output)")
+        let cron = try runProcess(BuildProducts.vault, ["check", "--refresh"], environment: environment)
+        #expect(cron.status == 3 && cron.stdout == expected + "\n", "\(cron.brief) \(cron.stdout)")
+    }
+
     // MARK: - The agent
 
     @Test func agentStartSaysSoAndStopPrintsTheUnsetLines() async throws {
