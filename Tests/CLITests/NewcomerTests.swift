@@ -148,6 +148,28 @@ import Testing
         #expect(cron.status == 3 && cron.stdout == expected + "\n", "\(cron.brief) \(cron.stdout)")
     }
 
+    @Test func rekeyAsksForThePassphraseSlotAtATerminal() throws {
+        let sandbox = try Sandbox()
+        try sandbox.initWithKeyFile()
+        let passphrase = "pp-\(UUID().uuidString)"
+        let file = try sandbox.write(passphrase + "\n", to: "pw")
+        try sandbox.ok(["keys", "add", "--new-passphrase-file", file])
+
+        let refused = try sandbox.refused(["rekey"], status: 64)
+        #expect(refused.stderr.contains("none was given for: \"passphrase\""), "\(refused.stderr)")
+        #expect(refused.stderr.contains("--passphrase-file") && refused.stderr.contains("TALLYFY_VAULT_PASSPHRASE"), "\(refused.stderr)")
+
+        let before = try sandbox.vaultBytes()
+        let run = try Terminal.run(["rekey"], environment: sandbox.environment, steps: [
+            ("Passphrase of slot \"passphrase\": ", passphrase + "\n"),
+        ])
+        #expect(run.status == 0, "status \(run.status): \(run.output)")
+        #expect(run.output.contains("re-sealed the vault under a new data key; slots: key-file, passphrase"), "\(run.output)")
+        #expect(try sandbox.vaultBytes() != before)
+        // Both slots were wrapped again: the key file and the passphrase open the new key.
+        try sandbox.ok(["rekey", "--passphrase-file", file])
+    }
+
     // MARK: - The agent
 
     @Test func agentStartSaysSoAndStopPrintsTheUnsetLines() async throws {
@@ -192,6 +214,18 @@ import Testing
     }
 
     // MARK: - rotate-secret
+
+    @Test func aRefusedNewSecretSaysTheStoredOneIsStillInUse() async throws {
+        let world = try await LoggedIn.start()
+        defer { _ = world.emulator.stop() }
+        let sandbox = world.sandbox
+        let result = try sandbox.refused(["rotate-secret", "--secret-stdin"], status: 77, stdin: "cs-not-known-\(UUID().uuidString)")
+        #expect(result.stderr.hasPrefix("tallyfy-vault: Tallyfy refused the new client secret (invalid_client)"), "\(result.stderr)")
+        #expect(result.stderr.contains("; the stored secret is unchanged and still in use\n"), "\(result.stderr)")
+        #expect(result.stderr.contains("tallyfy-vault: hint: check the new secret"), "\(result.stderr)")
+        // The stored one still works.
+        try sandbox.ok(["login"])
+    }
 }
 
 /// Runs `tallyfy-vault` on a pty of its own (its controlling terminal and
