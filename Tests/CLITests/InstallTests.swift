@@ -53,6 +53,9 @@ import Testing
             #expect(!text.contains("/usr/local/bin/"), "\(unit) still names /usr/local/bin/")
         }
 
+        let bash = try String(contentsOf: prefix.appendingPathComponent("share/bash-completion/completions/tallyfy-vault"), encoding: .utf8)
+        #expect(bash.contains("--version"), "the bash completion does not offer --version")
+
         let removed = try runProcess(Self.install, ["--prefix", prefix.path, "--uninstall"], environment: sandbox.environment)
         #expect(removed.status == 0, "\(removed.brief)")
         for file in Self.installed {
@@ -61,5 +64,17 @@ import Testing
         for folder in ["libexec/tallyfy-vault", "share/tallyfy-vault"] {
             #expect(!FileManager.default.fileExists(atPath: prefix.appendingPathComponent(folder).path), "\(folder) was left behind")
         }
+    }
+
+    /// Each tool prints its usage and exits 0 without building anything (a
+    /// build would take minutes, and this test a second).
+    @Test(arguments: ["install", "bench", "fuzz", "etcd-cluster"])
+    func toolsPrintTheirUsageWithoutBuilding(tool: String) throws {
+        let sandbox = try Sandbox()
+        let started = Date()
+        let result = try runProcess(Self.packageRoot.appendingPathComponent("tools/\(tool)"), ["--help"], environment: sandbox.environment)
+        #expect(result.status == 0, "\(result.brief)")
+        #expect(result.stdout.contains("Usage") || result.stdout.contains("tools/\(tool)"), "\(result.stdout)")
+        #expect(Date().timeIntervalSince(started) < 20, "tools/\(tool) --help took \(Date().timeIntervalSince(started)) s")
     }
 }
