@@ -149,7 +149,7 @@ struct EmulatorRoutes: Sendable {
             // Cut short when the emulator is asked to stop, so a long delay
             // cannot hold up a graceful shutdown.
             let milliseconds = fault.delayMs ?? 1000
-            let slept = try? await cancelWhenGracefulShutdown {
+            let slept: Void? = try? await cancelWhenGracefulShutdown {
                 try await Task.sleep(for: .milliseconds(milliseconds))
             }
             if slept == nil {
@@ -182,7 +182,7 @@ struct EmulatorRoutes: Sendable {
                 for byte in bytes {
                     try await writer.write(ByteBuffer(bytes: [byte]))
                     // Cut short at shutdown, like `delay`.
-                    let slept = try? await cancelWhenGracefulShutdown {
+                    let slept: Void? = try? await cancelWhenGracefulShutdown {
                         try await Task.sleep(for: .milliseconds(interval))
                     }
                     if slept == nil { break }

@@ -60,6 +60,7 @@ struct Agent: ParsableCommand {
                     unlocker: unlocker, socketPath: socketPath, vaultPath: vaultPath,
                     idleTimeout: idleTimeout, maxLifetime: maxLifetime, environment: environment)
                 Output.line(AgentLauncher.shellVariables(socketPath: socketPath, pid: pid))
+                AgentOptions.announce(pid: pid, socketPath: socketPath)
                 return
             }
             let server = AgentServer(
@@ -68,7 +69,10 @@ struct Agent: ParsableCommand {
                 unlocker: unlocker, log: { Output.note("agent: \($0)") })
             let signals = AgentLauncher.stopOnSignals(server)
             defer { withExtendedLifetime(signals) {} }
-            try await server.run(ready: { AgentLauncher.notifySystemd() })
+            try await server.run(ready: {
+                AgentOptions.announce(pid: getpid(), socketPath: socketPath)
+                AgentLauncher.notifySystemd()
+            })
         }
     }
 
@@ -98,17 +102,28 @@ struct Agent: ParsableCommand {
     }
 
     struct AgentStop: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop the agent (it forgets the key).")
+        static let configuration = CommandConfiguration(
+            commandName: "stop", abstract: "Stop the agent (it forgets the key).",
+            discussion: """
+                Prints the `unset` lines for the variables `agent --detach` set, as `ssh-agent -k` does: \
+                eval "$(tallyfy-vault agent stop)". Nothing is printed to unset when --socket names another \
+                agent than TALLYFY_VAULT_AGENT_SOCK.
+                """)
         @OptionGroup var global: GlobalOptions
         @OptionGroup var socketOption: SocketOption
 
         func run() throws {
-            let path = socketOption.path(global.context.environment)
+            let environment = global.context.environment
+            let path = socketOption.path(environment)
             _ = try AgentOptions.ask(.stop, socketPath: path)
             // Done when its socket is gone, so a script can start another at once.
             let deadline = Date().addingTimeInterval(10)
             while FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(10_000) }
             Output.note("stopped the agent on \(path)")
+            let named = environment[AgentSocket.variable].flatMap { $0.isEmpty ? nil : $0 }
+            if named == nil || named == path {
+                Output.line("unset \(AgentSocket.variable);\nunset \(AgentSocket.pidVariable);")
+            }
         }
     }
 }
@@ -136,6 +151,12 @@ enum AgentOptions {
         _ = try store.open(with: full)
         guard let keyOnly = full.keepingOnlyTheDataKey() else { throw VaultError(.refused, "the vault could not be unlocked") }
         return keyOnly
+    }
+
+    /// The one line that says an agent started (standard error, so that
+    /// `eval "$(tallyfy-vault agent --detach)"` still reads only variables).
+    static func announce(pid: pid_t, socketPath: String) {
+        Output.note("agent pid \(pid), socket \(socketPath)")
     }
 
     static func ask(_ op: AgentProtocol.Operation, socketPath: String) throws -> AgentProtocol.Answer {

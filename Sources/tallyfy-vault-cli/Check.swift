@@ -9,10 +9,11 @@ struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Warn before tokens expire and when the secret is old (Nagios statuses 0/1/2/3).",
         discussion: """
-            Reads the vault's clear summary, so it needs no key; when a key is given (not prompted for), \
-            the summary is also verified against the sealed content. Text output is empty when all is OK, \
-            so cron mails only problems. --refresh renews what is inside the warning window first (needs a key). \
-            Exit: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+            Reads the vault's clear summary, so it needs no key; when a key is given, the summary is also \
+            verified against the sealed content. It never prompts, not even at a terminal. Text output is \
+            empty when all is OK, so cron mails only problems. --refresh renews what is inside the warning \
+            window first: it needs --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE or a systemd \
+            credential, and without one answers UNKNOWN. Exit: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
             """)
 
     @OptionGroup var global: GlobalOptions

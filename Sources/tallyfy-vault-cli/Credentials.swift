@@ -26,6 +26,7 @@ struct Credentials: ParsableCommand {
 
         func run() async throws {
             // Check what can be checked before asking for a key or the secret.
+            if secretStdin { try TallyfyVault.Credentials.refuseTerminalStandardInput() }
             let discover = tokenUrl == TallyfyClient.discoverTokenURL
             try TallyfyVault.Credentials.validate(
                 profile: global.profileName, orgID: org, clientID: clientId, tokenURL: discover ? nil : tokenUrl, apiURL: apiUrl)

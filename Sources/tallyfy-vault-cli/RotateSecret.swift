@@ -16,7 +16,11 @@ struct RotateSecret: AsyncParsableCommand {
     @Flag(help: "Read the new client secret from standard input.") var secretStdin = false
     @Flag(help: "Seal the new secret without proving it against Tallyfy first.") var noVerify = false
 
+    /// How `TallyfyClient` words an `invalid_client` or 401 answer.
+    static let credentialsRefused = "Tallyfy refused the client credentials"
+
     func run() async throws {
+        if secretStdin { try TallyfyVault.Credentials.refuseTerminalStandardInput() }
         let broker = try global.broker()
         let newSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "New client secret: ")
         if !secretStdin {
@@ -25,7 +29,18 @@ struct RotateSecret: AsyncParsableCommand {
         }
         let profile = global.profileName
         let verify = !noVerify
-        let token = try await broker.rotateSecret(profile: profile, newSecret: newSecret, verify: verify)
+        let token: SealedToken?
+        do {
+            token = try await broker.rotateSecret(profile: profile, newSecret: newSecret, verify: verify)
+        } catch let error as VaultError where verify && error.kind == .refused && error.message.hasPrefix(Self.credentialsRefused) {
+            // The only request made is the proof of the new secret, so the
+            // refusal is of that one; the vault was not written.
+            throw VaultError(.refused,
+                "Tallyfy refused the new client secret" + error.message.dropFirst(Self.credentialsRefused.count)
+                    + "; the stored secret is unchanged and still in use",
+                hint: "check the new secret (Tallyfy shows it once, when it is made) and run rotate-secret again; "
+                    + "until then everything keeps using the old one")
+        }
         if let token {
             Output.note("rotated the client secret of profile \"\(profile)\"; the new secret obtained a token valid until \(ChildEnvironment.rfc3339(token.expiresAt))")
         } else {

@@ -12,6 +12,9 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
             Unlock order: --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, \
             $CREDENTIALS_DIRECTORY/tallyfy-vault.key, then a prompt on the terminal.
             """,
+        // Declared so that help and the completion scripts offer --version;
+        // `main` answers a plain `--version` itself, naming both binaries.
+        version: TallyfyVaultVersion.current,
         subcommands: [
             Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
             Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self, Migrate.self,
@@ -57,6 +60,9 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }
             let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            if let advice = CommandSuggestion.advice(for: Array(CommandLine.arguments.dropFirst()), parserMessage: message) {
+                Output.fail(advice.message, hint: advice.hint, status: code.rawValue)
+            }
             Output.fail(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message,
                 hint: "see `tallyfy-vault help` for the commands and their options", status: code.rawValue)
         }

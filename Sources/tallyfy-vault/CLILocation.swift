@@ -34,6 +34,6 @@ enum CLILocation {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         guard length > 0, buffer[0] == CChar(UInt8(ascii: "/")) else { return nil }
-        return String(cString: buffer)
+        return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

@@ -134,7 +134,7 @@ import Testing
         Case(category: "file", input: "`init --label` of 300 bytes", status: 64, message: "slot label") { s, _ in
             ["--vault", s.path("new/vault"), "init", "--label", String(repeating: "x", count: 300)] },
         // Flags and arguments
-        Case(category: "flag", input: "unknown command", status: 64, message: "Unexpected argument") { _, _ in ["frobnicate"] },
+        Case(category: "flag", input: "unknown command", status: 64, message: "unknown command 'frobnicate'") { _, _ in ["frobnicate"] },
         Case(category: "flag", input: "unknown option", status: 64, message: "Unknown option") { _, _ in ["token", "--colour"] },
         Case(category: "flag", input: "`init --kdf extreme`", status: 64, message: "extreme") { s, _ in
             ["--vault", s.path("new/vault"), "init", "--kdf", "extreme"] },

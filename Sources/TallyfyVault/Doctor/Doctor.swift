@@ -224,7 +224,7 @@ public struct Doctor: Sendable {
             let bytes = try store.sealedBytes()
             var checks = [DoctorCheck("vault location", .ok, "\(store.path) (\(bytes.count) bytes, sealed)")]
             if let slots = try? store.slots() {
-                checks.append(DoctorCheck("unlock slots", .ok, slots.map { "\($0.label) (\($0.kind))" }.joined(separator: ", ")))
+                checks.append(DoctorCheck("unlock slots", .ok, slots.map { "\($0.label) (\($0.kind.name))" }.joined(separator: ", ")))
             }
             return (checks, true)
         } catch let error as VaultError {

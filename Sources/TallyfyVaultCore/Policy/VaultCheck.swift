@@ -11,8 +11,10 @@
 public enum VaultCheck {
     /// The whole check: with `refresh`, renew what is inside the warning
     /// window first (through `renew`, which the caller runs however suits it);
-    /// verify the summary when a key is at hand (never prompting); evaluate.
-    /// Every failure becomes an UNKNOWN report, never an error.
+    /// verify the summary when a key is at hand; evaluate. It never prompts,
+    /// not even at a terminal: a check is a cron job or a monitoring probe,
+    /// and one run by hand must answer the same. Every failure becomes an
+    /// UNKNOWN report, never an error.
     public static func run(
         store: VaultStore, sources: UnlockSources, profiles: [String]?, thresholds: HealthCheck.Thresholds,
         refresh: Bool, now: Date,
@@ -24,7 +26,12 @@ public enum VaultCheck {
             if refresh {
                 try store.checkAccess()  // a missing vault is reported before anyone is prompted
                 ProcessHardening.protect()
-                unlocker = VaultUnlocker(secrets: try sources.secretsToOpen())
+                let secrets = try sources.available()
+                guard !secrets.isEmpty else {
+                    return HealthCheck.unknown(
+                        "--refresh needs the vault's key and none was given (check never prompts): \(TerminalPrompt.unlockSourcesHint)", now: now)
+                }
+                unlocker = VaultUnlocker(secrets: secrets)
                 refreshProblems = try await renew(TokenBroker(store: store, unlocker: unlocker, environment: sources.environment), profiles)
             } else {
                 unlocker = VaultUnlocker(secrets: try sources.available())

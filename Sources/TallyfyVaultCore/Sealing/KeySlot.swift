@@ -60,6 +60,8 @@ struct KeySlot: Sendable, Equatable {
     }
 
     private func deriveKey(from secret: UnlockSecret) throws -> SecretBytes {
+        let input = UnlockSecret.Derivation(salt: salt, opsLimit: opsLimit, memLimit: memLimit)
+        if kind == .passphrase, let known = secret.derivedKey(input) { return known }
         Self.countDerivation(kind)
         switch kind {
         case .keyFile:
@@ -75,6 +77,7 @@ struct KeySlot: Sendable, Equatable {
                     .io, "could not allocate \(memLimit / 1_048_576) MiB for the passphrase key derivation",
                     hint: "free memory, or add a slot with `keys add --kdf interactive`")
             }
+            secret.remember(key, for: input)
             return key
         }
     }

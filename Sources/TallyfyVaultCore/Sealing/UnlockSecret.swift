@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Something that can open a key slot: a key file's 32 bytes or a passphrase.
 ///
 /// A class rather than a `~Copyable` struct so that several sources can be
@@ -13,6 +15,29 @@ public final class UnlockSecret: @unchecked Sendable {
         self.kind = kind
         self.bytes = bytes
         self.origin = origin
+    }
+
+    /// What a passphrase slot's key is derived from besides the passphrase.
+    struct Derivation: Hashable {
+        var salt: [UInt8]
+        var opsLimit: UInt64
+        var memLimit: UInt64
+    }
+
+    /// The slot keys already derived from this passphrase (right or wrong):
+    /// a passphrase checked when it is typed (`CommandContext`) costs one
+    /// Argon2id derivation per try, and opening the vault with it then costs
+    /// none more.
+    private let derived = Mutex<[Derivation: SecretBox]>([:])
+
+    func derivedKey(_ input: Derivation) -> SecretBytes? {
+        guard let box = derived.withLock({ $0[input] }) else { return nil }
+        return box.bytes.withUnsafeBytes { SecretBytes(copying: $0) }
+    }
+
+    func remember(_ key: borrowing SecretBytes, for input: Derivation) {
+        let box = SecretBox(key.withUnsafeBytes { SecretBytes(copying: $0) })
+        derived.withLock { $0[input] = box }
     }
 
     /// The length of a key file, and of the random bytes `keygen` writes.

@@ -368,7 +368,8 @@ public final class UnlockedVault: @unchecked Sendable {
         if !unreachable.isEmpty && !dropOthers {
             throw VaultError(.usage,
                 "rekey needs every slot's key, and none was given for: \(unreachable.map { "\"\($0)\"" }.joined(separator: ", "))",
-                hint: "give those key files or passphrases as well, or pass --drop-other-slots to remove them")
+                hint: "give those key files or passphrases as well (--key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE; "
+                    + "at a terminal rekey asks for a passphrase slot's passphrase), or pass --drop-other-slots to remove them")
         }
         guard !newSlots.isEmpty else {
             throw VaultError(.refused, "none of the given keys opens a slot of this vault", cause: .keyOpensNoSlot)

@@ -151,7 +151,7 @@ enum FileSafety {
             throw VaultError(.io, "could not create a temporary file in \(directory): \(String(cString: strerror(errno)))",
                 hint: "check that the folder exists and is writable, and that the disk is not full")
         }
-        let temporary = String(cString: template)
+        let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         var created = stat()
         guard fstat(fd, &created) == 0, created.st_uid == geteuid(), created.st_mode & S_IFMT == S_IFREG else {
             close(fd)

@@ -120,12 +120,22 @@ public enum Credentials {
         return bytes[bytes.startIndex..<end]
     }
 
+    /// `--secret-stdin` with standard input at a terminal would show the
+    /// secret as it is typed, and wait for Ctrl-D with no prompt: refused,
+    /// before anything else is asked, pointing at the no-echo prompt.
+    public static func refuseTerminalStandardInput() throws {
+        guard isatty(0) == 1 else { return }
+        throw VaultError(.usage, "--secret-stdin reads the secret from standard input, which is a terminal here: the secret would show as it is typed",
+            hint: "leave out --secret-stdin to be asked for it without echo, or pipe it in (`--secret-stdin < FILE`)")
+    }
+
     /// The client secret from standard input (all of it, less one final
     /// `\n` or `\r\n`, at most `VaultBounds.maxSecretLength` bytes) or from a
     /// no-echo prompt: never from the command line.
     public static func readSecret(fromStandardInput: Bool, prompt: String) throws -> String {
         ProcessHardening.protect()
         if fromStandardInput {
+            try refuseTerminalStandardInput()
             // Room for the secret and its line ending, and one byte to notice more.
             guard var data = Self.readStandardInput(limit: VaultBounds.maxSecretLength + 2) else {
                 throw VaultError(.usage, "standard input holds more than \(VaultBounds.maxSecretLength) bytes; expected one client secret",

@@ -35,7 +35,8 @@ public struct CommandContext: Sendable {
         UnlockSources(
             keyFile: keyFile ?? nonEmpty("TALLYFY_VAULT_KEY_FILE"),
             passphraseFile: passphraseFile ?? nonEmpty("TALLYFY_VAULT_PASSPHRASE_FILE"),
-            environment: environment)
+            environment: environment,
+            keyFileSource: keyFile != nil ? "--key-file" : "TALLYFY_VAULT_KEY_FILE")
     }
 
     /// The secrets to open the vault, after turning off core dumps. Missing
@@ -43,7 +44,29 @@ public struct CommandContext: Sendable {
     public func secretsToOpen() throws -> [UnlockSecret] {
         ProcessHardening.protect()
         try store.checkAccess()
-        return try sources.secretsToOpen()
+        let available = try sources.available()
+        if !available.isEmpty { return available }
+        return [try typedPassphrase()]
+    }
+
+    /// The passphrase typed at the terminal, with three tries as sudo and
+    /// ssh give. Each try is checked against the vault's passphrase slots at
+    /// the slots' own Argon2id cost, the same for every try; the slot key it
+    /// derived stays with the secret (`UnlockSecret.derivedKey`), so opening
+    /// the vault with it derives nothing more. After the last wrong try the
+    /// command goes on and fails as before (77, "wrong passphrase or key").
+    func typedPassphrase(tries: Int = 3) throws -> UnlockSecret {
+        let slots = try store.parsed(readSummary: false).slots.filter { $0.kind == .passphrase }
+        var attempt = 1
+        while true {
+            let secret = try TerminalPrompt.passphrase(prompt: "Vault passphrase: ", confirm: false)
+            if slots.isEmpty || attempt >= tries { return secret }
+            for slot in slots {
+                if try slot.unwrap(with: secret) != nil { return secret }
+            }
+            TerminalPrompt.tell("wrong passphrase, try again (\(tries - attempt) \(tries - attempt == 1 ? "try" : "tries") left)")
+            attempt += 1
+        }
     }
 
     /// The token request that `exec`, `export` and `token` options describe:

@@ -15,6 +15,8 @@
 /// fails at once with what to set instead.
 public enum TerminalPrompt {
     static let maxLength = 4096
+    /// What to give instead of typing, wherever there is no prompt.
+    public static let unlockSourcesHint = "give --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, or a systemd credential tallyfy-vault.key"
 
     /// A passphrase; with `confirm`, asked twice and compared.
     public static func passphrase(prompt: String, confirm: Bool) throws -> UnlockSecret {
@@ -28,13 +30,31 @@ public enum TerminalPrompt {
         return UnlockSecret(kind: .passphrase, bytes: first, origin: "the passphrase typed at the prompt")
     }
 
+    /// Whether there is a terminal to prompt on (`/dev/tty` opens).
+    public static var isAvailable: Bool {
+        let fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return isatty(fd) == 1
+    }
+
+    /// A line for the person at the prompt, on the terminal itself (not on
+    /// standard error, which may be a log).
+    static func tell(_ line: String) {
+        let fd = open("/dev/tty", O_WRONLY | O_NOCTTY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let text = "tallyfy-vault: \(line)\n"
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+    }
+
     /// One line typed without echo, in guarded memory.
     public static func readSecret(prompt: String) throws -> SecretBytes {
         let fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard fd >= 0, isatty(fd) == 1 else {
             if fd >= 0 { close(fd) }
             throw VaultError(.configuration, "no key or passphrase was given, and there is no terminal to ask on",
-                hint: "give --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, or a systemd credential tallyfy-vault.key")
+                hint: unlockSourcesHint)
         }
         defer { close(fd) }
         var saved = termios()

@@ -19,11 +19,19 @@ public struct UnlockSources: Sendable {
     public var keyFile: String?
     public var passphraseFile: String?
     public var environment: [String: String]
+    /// Where `keyFile` was named (`--key-file`, `TALLYFY_VAULT_KEY_FILE`),
+    /// so that a missing key file's message can say which setting to fix.
+    public var keyFileSource: String?
 
-    public init(keyFile: String?, passphraseFile: String?, environment: [String: String]) {
+    public init(keyFile: String?, passphraseFile: String?, environment: [String: String], keyFileSource: String?) {
         self.keyFile = keyFile
         self.passphraseFile = passphraseFile
         self.environment = environment
+        self.keyFileSource = keyFileSource
+    }
+
+    public init(keyFile: String?, passphraseFile: String?, environment: [String: String]) {
+        self.init(keyFile: keyFile, passphraseFile: passphraseFile, environment: environment, keyFileSource: nil)
     }
 
     /// The variable that may carry a passphrase; removed from every child.
@@ -39,7 +47,7 @@ public struct UnlockSources: Sendable {
     public func available() throws -> [UnlockSecret] {
         ProcessHardening.protect()
         var secrets: [UnlockSecret] = []
-        if let keyFile { secrets.append(try Self.readKeyFile(keyFile)) }
+        if let keyFile { secrets.append(try readNamedKeyFile(keyFile)) }
         if let passphraseFile { secrets.append(try Self.readPassphraseFile(passphraseFile)) }
         if let passphrase = environment[Self.passphraseVariable], !passphrase.isEmpty {
             secrets.append(UnlockSecret(kind: .passphrase, bytes: Self.guarded(passphrase), origin: Self.passphraseVariable))
@@ -66,6 +74,19 @@ public struct UnlockSources: Sendable {
     public func secretToCreate(what: String) throws -> UnlockSecret {
         if let first = try available().first { return first }
         return try TerminalPrompt.passphrase(prompt: "New passphrase for \(what): ", confirm: true)
+    }
+
+    /// The key file named by the options or environment. When it is missing
+    /// the likely cause is a skipped `keygen` (the quick start's first step)
+    /// or a mistyped setting: the message names the setting, the hint both.
+    func readNamedKeyFile(_ path: String) throws -> UnlockSecret {
+        do {
+            return try Self.readKeyFile(path)
+        } catch let error as VaultError where error.kind == .notFound {
+            let source = keyFileSource ?? "--key-file"
+            throw VaultError(.notFound, "the key file \(path) (from \(source)) does not exist",
+                hint: "make a new key with `tallyfy-vault keygen \(path)` (for a new vault), or point \(source) at the key file of this vault")
+        }
     }
 
     /// A key file: exactly 32 bytes, readable by its owner only.
