@@ -42,7 +42,7 @@ public enum RuntimeFolder {
                 throw VaultError(.io, "\(error.message), and no private folder could be made in \(tmp) instead: \(String(cString: strerror(errno)))",
                     hint: error.hint)
             }
-            let fresh = String(cString: template)
+            let fresh = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             return (fresh, "\(error.message); using the new private folder \(fresh) instead")
         }
     }
