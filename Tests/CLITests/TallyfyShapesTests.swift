@@ -1,12 +1,13 @@
 import Foundation
 import Testing
 
-/// Tallyfy as it really behaves (issue 13): its error shapes and statuses,
+/// The emulator answering as Tallyfy really does (issue 13), and the vault
+/// coping with it: Tallyfy's error shapes and statuses,
 /// its rate-limit headers, its token URLs, its tools as the vault's
 /// children, the `apiKeyHelper` bound, `doctor`; and one deadline for the
 /// whole HTTP exchange (issue 9). The real binary against the real emulator.
-@Suite("real Tallyfy behaviour")
-struct RealTallyfyTests {
+@Suite("Tallyfy's shapes, on the emulator")
+struct TallyfyShapesTests {
     /// Shaped like Tallyfy's: a 32-hex organization and a numeric client.
     static let org = "5e1d0c2b3a4f69788796a5b4c3d2e1f0"
     static let clientID = "40213"
