@@ -13,6 +13,7 @@ static inline int tallyfy_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPA
    a multi-threaded process (only async-signal-safe calls). Both are here,
    small and self-contained. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -63,12 +64,14 @@ static inline int tallyfy_catch_signal(int signal, int fd) {
    - has every signal back at its default disposition (caught ones and
      SIGPIPE) and the signal mask the supervisor started with;
    - gets the core limit the user had (`core`, may be NULL);
+   - gets stdio[0..2] as its descriptors 0..2 (`stdio` may be NULL, an
+     entry -1 keeps the supervisor's);
    - reports an execve failure as its errno on `error_pipe` (close-on-exec,
      so a successful execve closes it with nothing written).
    Signals are blocked in the parent around fork so no handler runs in the
    child before its dispositions are reset. Returns the pid, or -1. */
 static inline pid_t tallyfy_spawn_supervised(const char *path, char *const argv[], char *const envp[],
-    const struct rlimit *core, const sigset_t *child_mask, int error_pipe) {
+    const struct rlimit *core, const sigset_t *child_mask, const int *stdio, int error_pipe) {
     sigset_t all, previous;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &previous);
@@ -86,6 +89,16 @@ static inline pid_t tallyfy_spawn_supervised(const char *path, char *const argv[
         }
         if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0 || getppid() != parent) _exit(128 + SIGTERM);
         if (core != NULL) (void)setrlimit(RLIMIT_CORE, core);
+        /* stdio: descriptors to put in place of 0, 1, 2 (-1: keep ours). */
+        for (int fd = 0; stdio != NULL && fd < 3; fd++) {
+            if (stdio[fd] < 0) continue;
+            int moved = stdio[fd] == fd ? fcntl(fd, F_SETFD, 0) : dup2(stdio[fd], fd);
+            if (moved < 0) {
+                int code = errno;
+                (void)write(error_pipe, &code, sizeof code);
+                _exit(127);
+            }
+        }
         pthread_sigmask(SIG_SETMASK, child_mask != NULL ? child_mask : &previous, NULL);
         execve(path, argv, envp);
         int code = errno;

@@ -20,8 +20,11 @@ public struct SupervisedChild: Sendable {
     public let pid: pid_t
 
     /// Looks the command up as `exec` does and starts it; 127 / 126 as a
-    /// `LaunchError` when it cannot be run.
-    public static func start(_ arguments: [String], environment: [String: String]) throws -> SupervisedChild {
+    /// `LaunchError` when it cannot be run. `output`: descriptors the child
+    /// gets as its standard output and error (`exec --mask`'s pipes), else ours.
+    public static func start(
+        _ arguments: [String], environment: [String: String], output: (stdout: Int32, stderr: Int32)? = nil
+    ) throws -> SupervisedChild {
         guard let command = arguments.first, !command.isEmpty else {
             throw LaunchError(status: 64, message: "no command to run", hint: "write it after --: tallyfy-vault exec --keep-fresh -- COMMAND")
         }
@@ -43,10 +46,15 @@ public struct SupervisedChild: Sendable {
         fflush(nil)
         let saved = ProcessHardening.coreLimitForChild
         var core = saved ?? rlimit()
+        let stdio: [Int32] = [-1, output?.stdout ?? -1, output?.stderr ?? -1]
         let pid = argv.withUnsafeBufferPointer { argvBuffer in
             envp.withUnsafeBufferPointer { envpBuffer in
                 withUnsafePointer(to: &core) { limit in
-                    tallyfy_spawn_supervised(path, argvBuffer.baseAddress, envpBuffer.baseAddress, saved == nil ? nil : limit, nil, errorPipe[1])
+                    stdio.withUnsafeBufferPointer { stdioBuffer in
+                        tallyfy_spawn_supervised(
+                            path, argvBuffer.baseAddress, envpBuffer.baseAddress, saved == nil ? nil : limit, nil,
+                            output == nil ? nil : stdioBuffer.baseAddress, errorPipe[1])
+                    }
                 }
             }
         }
@@ -177,7 +185,7 @@ public enum SignalName {
 /// `pipe2(O_CLOEXEC [| O_NONBLOCK])`, which Glibc's module does not export
 /// without _GNU_SOURCE. Only the supervising thread forks, so nothing can
 /// start a program between `pipe` and `fcntl`.
-func makePipe(_ ends: inout [Int32], nonBlocking: Bool) -> Bool {
+package func makePipe(_ ends: inout [Int32], nonBlocking: Bool) -> Bool {
     guard pipe(&ends) == 0 else { return false }
     for end in ends {
         _ = fcntl(end, F_SETFD, FD_CLOEXEC)
