@@ -23,26 +23,7 @@ import Testing
     /// What masking must give, worked out naively over the whole input: every
     /// occurrence of every form, overlapping ones joined, each run one marker.
     static func reference(_ input: [UInt8], forms: Set<[UInt8]>) -> [UInt8] {
-        var runs: [(start: Int, end: Int)] = []
-        for start in input.indices {
-            var longest = 0
-            for form in forms where form.count > longest && start + form.count <= input.count {
-                if input[start..<(start + form.count)].elementsEqual(form) { longest = form.count }
-            }
-            guard longest > 0 else { continue }
-            if let last = runs.last, start < last.end {
-                runs[runs.count - 1].end = max(last.end, start + longest)
-            } else {
-                runs.append((start, start + longest))
-            }
-        }
-        var out: [UInt8] = []
-        var cursor = 0
-        for run in runs {
-            out += input[cursor..<run.start] + marker
-            cursor = run.end
-        }
-        return out + input[cursor...]
+        MaskFuzz.reference(input, forms: forms)
     }
 
     static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
