@@ -30,9 +30,9 @@ struct Exec: AsyncParsableCommand {
             With --mask (or TALLYFY_VAULT_MASK=1; --no-mask turns it off) the command also runs as a \
             child, and its standard output and error reach ours with every token it was given (each \
             renewed one too, with --keep-fresh) replaced by <redacted>: raw, base64 and base64url (also \
-            inside a longer base64 string), percent-encoded and JSON-escaped. Meant for CI logs; a \
-            command that transforms the token in its own way (hashes, reverses, splits it) can still \
-            print that.
+            inside a longer base64 string), percent-encoded and JSON-escaped. On a terminal the command \
+            gets a pseudo-terminal, so colours and prompts still work. Meant for CI logs; a command \
+            that transforms the token in its own way (hashes, reverses, splits it) can still print that.
             """)
 
     @OptionGroup var global: GlobalOptions

@@ -228,4 +228,76 @@ import Testing
         #expect(text(run.stderr) == String(repeating: "half <redacted>\n", count: 3))
         for token in tokens { #expect(!holds(run.stdout, token) && !holds(run.stderr, String(token.suffix(40)))) }
     }
+
+    /// On a terminal the child gets a pseudo-terminal: it sees a terminal of
+    /// our size (and a new one after SIGWINCH), its escape sequences and a
+    /// prompt without a newline arrive unchanged, keys reach it, the token
+    /// is masked, and our terminal's settings come back. The test drives its
+    /// own pty (python3's os.openpty), as HostileInputTests does.
+    @Test func onATerminalTheChildGetsATerminal() async throws {
+        let fixture = try await LoggedIn.start()
+        defer { _ = fixture.emulator.stop() }
+        let sandbox = fixture.sandbox
+        let child = """
+            import os, signal, sys, time
+            resized = []
+            signal.signal(signal.SIGWINCH, lambda *_: resized.append(1))
+            print("tty=%s,%s size=%d,%d" % (os.isatty(0), os.isatty(1), *os.get_terminal_size()), flush=True)
+            print("\\x1b[31mred " + os.environ["TALLYFY_TOKEN"] + "\\x1b[0m", flush=True)
+            while not resized:
+                time.sleep(0.01)
+            print("resized size=%d,%d" % os.get_terminal_size(), flush=True)
+            name = input("name? ")
+            print("hello " + name, flush=True)
+            sys.exit(5)
+            """
+        // Each step waits for what the child printed before, never for time.
+        let driver = """
+            import os, sys, termios, signal, fcntl, struct
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            master, slave = os.openpty()
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+            pid = os.fork()
+            if pid == 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                for f in (0, 1, 2):
+                    os.dup2(slave, f)
+                os.execv(sys.argv[1], sys.argv[1:])
+            def give_up(*_):
+                os.kill(pid, signal.SIGKILL)
+                print("timeout after %d bytes" % len(seen))
+                sys.exit(1)
+            signal.signal(signal.SIGALRM, give_up)
+            signal.alarm(60)
+            seen = b""
+            def until(marker):
+                global seen
+                while marker not in seen:
+                    seen += os.read(master, 4096)
+            until(b"\\x1b[0m")
+            raw = termios.tcgetattr(slave)[3] & termios.ECHO == 0
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            os.kill(pid, signal.SIGWINCH)
+            until(b"name? ")
+            os.write(master, b"ann\\r")
+            until(b"hello ann\\r\\n")
+            _, status = os.waitpid(pid, 0)
+            restored = termios.tcgetattr(slave)[3] & termios.ECHO != 0
+            sys.stdout.buffer.write(seen)
+            print("|raw=%s restored=%s exit=%d" % (raw, restored, os.WEXITSTATUS(status)))
+            """
+        let result = try runProcess(URL(fileURLWithPath: "/usr/bin/env"),
+            ["python3", "-c", driver, BuildProducts.vault.path, "exec", "--mask", "--", python, "-c", child],
+            environment: sandbox.environment)
+        let token = try token(sandbox)
+        #expect(!result.stdout.contains(token), "the token reached the terminal")
+        let expected = [
+            "tty=True,True size=101,33", "\u{1b}[31mred <redacted>\u{1b}[0m", "resized size=120,40", "name? ann", "hello ann",
+            "|raw=True restored=True exit=5",
+        ]
+        #expect(result.stdout.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n").map(String.init) == expected,
+            "\(result.stdout.count) bytes: \(result.stdout.replacingOccurrences(of: token, with: "TOKEN"))")
+    }
 }

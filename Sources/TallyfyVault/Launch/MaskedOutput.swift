@@ -14,10 +14,27 @@ import TallyfyVaultCore
 /// A descendant that writes after that gets EPIPE. When our side of a stream
 /// is closed (`| head`), its pipe is closed too, so the child gets EPIPE or
 /// SIGPIPE as it would have without us.
+///
+/// When our standard input and output are both a terminal, the child gets a
+/// pseudo-terminal instead (its `isatty` is true, colours and prompts work):
+/// with our terminal's settings and window size (kept in step by
+/// `windowChanged`), as its standard input and output, and as its standard
+/// error too unless ours is not a terminal, which then stays a pipe of its
+/// own. Our terminal is in raw mode meanwhile, its keys relayed as typed
+/// (so ^C reaches the child through its own terminal), and restored by
+/// `finish`.
 public final class MaskedOutput: Sendable {
-    /// The descriptors the child gets as its standard output and error.
-    public let childEnds: (stdout: Int32, stderr: Int32)
+    /// The descriptors the child gets instead of ours.
+    public let childStdio: SupervisedChild.Stdio
+    /// The ends the child writes to, kept open for a restarted child.
+    private let childEnds: [Int32]
+    /// Where the relay reads each stream (the pty's master for a terminal);
+    /// -1: not relayed (the child's standard error is the pty too).
     private let readEnds: [Int32]
+    /// The pty's master, or -1.
+    private let master: Int32
+    /// Our terminal's settings before raw mode, to restore.
+    private let savedTerminal: Mutex<termios?>
     private let wake: (read: Int32, write: Int32)
     private let targets: [Int32] = [STDOUT_FILENO, STDERR_FILENO]
     /// Secrets added since the relay last looked; it looks before every read.
@@ -31,35 +48,69 @@ public final class MaskedOutput: Sendable {
     static let drainLimit = 1 << 20
     static let endByte: UInt8 = 1
 
-    /// Makes the pipes and starts the relay, knowing `secrets` already.
+    /// Makes the pipes (or pty) and starts the relay, knowing `secrets` already.
     public init(secrets: [String]) throws {
+        let terminal = isatty(STDIN_FILENO) == 1 && isatty(STDOUT_FILENO) == 1
         var out: [Int32] = [-1, -1]
         var err: [Int32] = [-1, -1]
         var wakeEnds: [Int32] = [-1, -1]
-        guard makePipe(&out, nonBlocking: false), makePipe(&err, nonBlocking: false), makePipe(&wakeEnds, nonBlocking: true) else {
+        let none: (master: Int32, slave: Int32) = (-1, -1)
+        let pty = terminal ? PseudoTerminal.open(like: STDIN_FILENO) ?? none : none
+        let stderrApart = !terminal || isatty(STDERR_FILENO) != 1
+        guard terminal ? pty.master >= 0 : makePipe(&out, nonBlocking: false),
+            !stderrApart || makePipe(&err, nonBlocking: false), makePipe(&wakeEnds, nonBlocking: true)
+        else {
             let reason = String(cString: strerror(errno))
-            for end in out + err + wakeEnds where end >= 0 { close(end) }
-            throw VaultError(.io, "could not create a pipe for --mask: \(reason)")
+            for end in out + err + wakeEnds + [pty.master, pty.slave] where end >= 0 { close(end) }
+            throw VaultError(.io, "could not create a \(terminal ? "pseudo-terminal" : "pipe") for --mask: \(reason)")
         }
-        for end in [out[0], err[0]] {
+        for end in [out[0], err[0]] where end >= 0 {
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
             // F_SETPIPE_SZ (Linux): fewer, larger reads for a chatty child.
             // Refused beyond /proc/sys/fs/pipe-max-size, which is harmless.
             _ = fcntl(end, 1031, Int32(1 << 20))
         }
-        childEnds = (out[1], err[1])
-        readEnds = [out[0], err[0]]
+        master = pty.master
+        if terminal {
+            childStdio = SupervisedChild.Stdio(input: pty.slave, output: pty.slave, error: stderrApart ? err[1] : pty.slave, controllingTerminal: true)
+            childEnds = [pty.slave, err[1]]
+            readEnds = [pty.master, err[0]]
+        } else {
+            childStdio = SupervisedChild.Stdio(output: out[1], error: err[1])
+            childEnds = [out[1], err[1]]
+            readEnds = [out[0], err[0]]
+        }
         wake = (wakeEnds[0], wakeEnds[1])
+        savedTerminal = Mutex(terminal ? PseudoTerminal.makeRaw(STDIN_FILENO) : nil)
         let initial = secrets.map { Array($0.utf8) }
         Thread { [self] in
             relay(initial)
             done.signal()
         }.start()
+        if terminal {
+            // Keys as typed, to the child's terminal. Blocked in read(0) when
+            // the supervisor exits, which ends it.
+            let master = pty.master
+            Thread {
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while true {
+                    let got = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
+                    if got < 0 && errno == EINTR { continue }
+                    guard got > 0, Self.writeAll(master, Array(buffer[0..<got])) else { return }
+                }
+            }.start()
+        }
     }
 
     deinit {
         finish()
-        for end in [childEnds.stdout, childEnds.stderr, wake.read, wake.write] { close(end) }
+        for end in childEnds + [wake.read, wake.write] where end >= 0 { close(end) }
+    }
+
+    /// Our window changed size (SIGWINCH): the child's terminal takes it
+    /// (and signals the child). False without a pty: pass the signal on.
+    public func windowChanged() -> Bool {
+        master >= 0 && PseudoTerminal.copyWindowSize(from: STDOUT_FILENO, to: master)
     }
 
     /// Adds a secret (a renewed token) before anything can print it: call
@@ -78,11 +129,12 @@ public final class MaskedOutput: Sendable {
         var byte = Self.endByte
         _ = write(wake.write, &byte, 1)
         done.wait()
+        if let saved = savedTerminal.withLock({ $0 }) { PseudoTerminal.restore(STDIN_FILENO, saved) }
     }
 
     private func relay(_ initial: [[UInt8]]) {
         var maskers = [OutputMasker(secrets: initial), OutputMasker(secrets: initial)]
-        var reading = [true, true]
+        var reading = readEnds.map { $0 >= 0 }
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         defer { for index in 0..<2 where reading[index] { close(readEnds[index]) } }
 
@@ -108,7 +160,8 @@ public final class MaskedOutput: Sendable {
             let got = buffer.withUnsafeMutableBytes { read(readEnds[index], $0.baseAddress, $0.count) }
             if got < 0 && errno == EINTR { return true }
             guard got > 0 else {
-                if got == 0 {  // only if every writer closed: no more to come
+                // 0: every writer closed (EIO from a pty's master): no more to come.
+                if got == 0 || errno == EIO {
                     put(index, maskers[index].finish())
                     close(readEnds[index])
                     reading[index] = false

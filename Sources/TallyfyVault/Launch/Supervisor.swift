@@ -138,7 +138,7 @@ public enum Supervisor {
             return ChildEnvironment.build(parent: parentEnvironment, grant: grant, tokenFile: tokenFile.path)
         }
         func start(_ grant: TokenGrant) throws -> SupervisedChild {
-            try SupervisedChild.start(command, environment: environment(grant), output: output?.childEnds)
+            try SupervisedChild.start(command, environment: environment(grant), stdio: output?.childStdio)
         }
         var child = try start(first)
 
@@ -223,6 +223,9 @@ public enum Supervisor {
                 default:
                     let number = Int32(byte & ~WakePipe.fromKernel)
                     guard number != SIGCHLD else { continue }
+                    // With a pty, the child's terminal takes the new size
+                    // and signals the child itself.
+                    if number == SIGWINCH, output?.windowChanged() == true { continue }
                     if number == SIGINT || number == SIGTERM || number == SIGQUIT { terminating = true }
                     // A terminal's signal reached the child too, unless it
                     // left our process group (then it is passed on).
