@@ -234,7 +234,9 @@ import Testing
     /// prompt without a newline arrive unchanged, keys reach it, the token
     /// is masked, and our terminal's settings come back. The test drives its
     /// own pty (python3's os.openpty), as HostileInputTests does.
-    @Test func onATerminalTheChildGetsATerminal() async throws {
+    /// With our standard error not a terminal, the child's is a pipe of its own.
+    @Test(arguments: [false, true])
+    func onATerminalTheChildGetsATerminal(stderrToFile: Bool) async throws {
         let fixture = try await LoggedIn.start()
         defer { _ = fixture.emulator.stop() }
         let sandbox = fixture.sandbox
@@ -242,12 +244,16 @@ import Testing
             import os, signal, sys, time
             resized = []
             signal.signal(signal.SIGWINCH, lambda *_: resized.append(1))
-            print("tty=%s,%s size=%d,%d" % (os.isatty(0), os.isatty(1), *os.get_terminal_size()), flush=True)
+            print("tty=%s,%s,%s size=%d,%d" % (os.isatty(0), os.isatty(1), os.isatty(2), *os.get_terminal_size()), flush=True)
+            print("err " + os.environ["TALLYFY_TOKEN"], file=sys.stderr, flush=True)
             print("\\x1b[31mred " + os.environ["TALLYFY_TOKEN"] + "\\x1b[0m", flush=True)
             while not resized:
                 time.sleep(0.01)
             print("resized size=%d,%d" % os.get_terminal_size(), flush=True)
-            name = input("name? ")
+            # input() writes its prompt to standard error on a terminal.
+            sys.stdout.write("name? ")
+            sys.stdout.flush()
+            name = sys.stdin.readline().strip()
             print("hello " + name, flush=True)
             sys.exit(5)
             """
@@ -264,6 +270,8 @@ import Testing
                 fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
                 for f in (0, 1, 2):
                     os.dup2(slave, f)
+                if os.environ.get("STDERR_FILE"):
+                    os.dup2(os.open(os.environ["STDERR_FILE"], os.O_WRONLY | os.O_CREAT, 0o600), 2)
                 os.execv(sys.argv[1], sys.argv[1:])
             def give_up(*_):
                 os.kill(pid, signal.SIGKILL)
@@ -288,15 +296,18 @@ import Testing
             sys.stdout.buffer.write(seen)
             print("|raw=%s restored=%s exit=%d" % (raw, restored, os.WEXITSTATUS(status)))
             """
+        let stderrFile = sandbox.path("stderr")
         let result = try runProcess(URL(fileURLWithPath: "/usr/bin/env"),
             ["python3", "-c", driver, BuildProducts.vault.path, "exec", "--mask", "--", python, "-c", child],
-            environment: sandbox.environment)
+            environment: sandbox.environment.merging(["STDERR_FILE": stderrToFile ? stderrFile : ""]) { $1 })
         let token = try token(sandbox)
         #expect(!result.stdout.contains(token), "the token reached the terminal")
-        let expected = [
-            "tty=True,True size=101,33", "\u{1b}[31mred <redacted>\u{1b}[0m", "resized size=120,40", "name? ann", "hello ann",
-            "|raw=True restored=True exit=5",
-        ]
+        let stderr = (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? ""
+        #expect(stderr == (stderrToFile ? "err <redacted>\n" : ""))
+        let expected =
+            [stderrToFile ? "tty=True,True,False size=101,33" : "tty=True,True,True size=101,33"]
+            + (stderrToFile ? [] : ["err <redacted>"])
+            + ["\u{1b}[31mred <redacted>\u{1b}[0m", "resized size=120,40", "name? ann", "hello ann", "|raw=True restored=True exit=5"]
         #expect(result.stdout.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n").map(String.init) == expected,
             "\(result.stdout.count) bytes: \(result.stdout.replacingOccurrences(of: token, with: "TOKEN"))")
     }
