@@ -125,14 +125,16 @@ package struct OutputMasker: Sendable {
     }
 
     /// Emits everything decided: raw bytes before `safe` (no later match can
-    /// reach back before it) and each pending run whose start is reached.
+    /// reach back before it) and each pending run that starts at or before
+    /// it. A run that starts later waits even when it touches the last
+    /// marker: a later match may still overlap both, and then they are one.
     private mutating func emit(safe: Int) -> [UInt8] {
         var out: [UInt8] = []
         var cursor = emitted
         var done = 0
         out.reserveCapacity(max(0, safe - cursor) + OutputMasker.marker.count)
         for run in pending {
-            guard run.start == cursor || run.start <= safe else { break }
+            guard run.start <= safe else { break }
             out.append(contentsOf: buffer[(cursor - bufferStart)..<(run.start - bufferStart)])
             out.append(contentsOf: OutputMasker.marker)
             cursor = run.end
