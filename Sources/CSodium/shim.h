@@ -13,10 +13,14 @@ static inline int tallyfy_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPA
    a multi-threaded process (only async-signal-safe calls). Both are here,
    small and self-contained. */
 #include <errno.h>
+#include <fcntl.h>
+#include <pty.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/types.h>
+#include <termios.h>
 #include <unistd.h>
 
 static int tallyfy_signal_pipe = -1;
@@ -63,12 +67,15 @@ static inline int tallyfy_catch_signal(int signal, int fd) {
    - has every signal back at its default disposition (caught ones and
      SIGPIPE) and the signal mask the supervisor started with;
    - gets the core limit the user had (`core`, may be NULL);
+   - gets stdio[0..2] as its descriptors 0..2 (`stdio` may be NULL, an
+     entry -1 keeps the supervisor's), and when stdio[3] is 1 starts a
+     session of its own with descriptor 0 (a pty) as its terminal;
    - reports an execve failure as its errno on `error_pipe` (close-on-exec,
      so a successful execve closes it with nothing written).
    Signals are blocked in the parent around fork so no handler runs in the
    child before its dispositions are reset. Returns the pid, or -1. */
 static inline pid_t tallyfy_spawn_supervised(const char *path, char *const argv[], char *const envp[],
-    const struct rlimit *core, const sigset_t *child_mask, int error_pipe) {
+    const struct rlimit *core, const sigset_t *child_mask, const int *stdio, int error_pipe) {
     sigset_t all, previous;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &previous);
@@ -86,6 +93,21 @@ static inline pid_t tallyfy_spawn_supervised(const char *path, char *const argv[
         }
         if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0 || getppid() != parent) _exit(128 + SIGTERM);
         if (core != NULL) (void)setrlimit(RLIMIT_CORE, core);
+        /* stdio: descriptors to put in place of 0, 1, 2 (-1: keep ours). */
+        for (int fd = 0; stdio != NULL && fd < 3; fd++) {
+            if (stdio[fd] < 0) continue;
+            int moved = stdio[fd] == fd ? fcntl(fd, F_SETFD, 0) : dup2(stdio[fd], fd);
+            if (moved < 0) {
+                int code = errno;
+                (void)write(error_pipe, &code, sizeof code);
+                _exit(127);
+            }
+        }
+        if (stdio != NULL && stdio[3] == 1 && (setsid() < 0 || ioctl(0, TIOCSCTTY, 0) < 0)) {
+            int code = errno;
+            (void)write(error_pipe, &code, sizeof code);
+            _exit(127);
+        }
         pthread_sigmask(SIG_SETMASK, child_mask != NULL ? child_mask : &previous, NULL);
         execve(path, argv, envp);
         int code = errno;
@@ -96,5 +118,37 @@ static inline pid_t tallyfy_spawn_supervised(const char *path, char *const argv[
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
     errno = saved;
     return pid;
+}
+
+/* `exec --mask` on a terminal: a pseudo-terminal with the settings and
+   window size of `like` (close-on-exec, the master non-blocking); 0 or -1. */
+static inline int tallyfy_open_pty(int like, int *master, int *slave) {
+    struct termios settings;
+    struct winsize size;
+    int have_settings = tcgetattr(like, &settings) == 0;
+    int have_size = ioctl(like, TIOCGWINSZ, &size) == 0;
+    if (openpty(master, slave, NULL, have_settings ? &settings : NULL, have_size ? &size : NULL) != 0) return -1;
+    (void)fcntl(*master, F_SETFD, FD_CLOEXEC);
+    (void)fcntl(*slave, F_SETFD, FD_CLOEXEC);
+    (void)fcntl(*master, F_SETFL, fcntl(*master, F_GETFL) | O_NONBLOCK);
+    return 0;
+}
+
+/* The window size of `from` given to `to` (which signals its foreground
+   process group with SIGWINCH); 0 or -1. */
+static inline int tallyfy_copy_window_size(int from, int to) {
+    struct winsize size;
+    if (ioctl(from, TIOCGWINSZ, &size) != 0) return -1;
+    return ioctl(to, TIOCSWINSZ, &size);
+}
+
+/* Raw mode on the terminal `fd` (keys go to the child's pty as they are
+   typed, its line discipline does the rest); `saved` gets the settings to
+   restore. 0 or -1. */
+static inline int tallyfy_raw_mode(int fd, struct termios *saved) {
+    if (tcgetattr(fd, saved) != 0) return -1;
+    struct termios raw = *saved;
+    cfmakeraw(&raw);
+    return tcsetattr(fd, TCSADRAIN, &raw);
 }
 #endif

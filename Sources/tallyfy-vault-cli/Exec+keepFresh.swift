@@ -48,7 +48,7 @@ extension Exec {
     /// `exec --keep-fresh`: start the command as a child, supervise it, and
     /// exit with its status.
     static func supervise(
-        _ arguments: [String], context: CommandContext, selection: TokenSelection, options: KeepFreshOptions
+        _ arguments: [String], context: CommandContext, selection: TokenSelection, options: KeepFreshOptions, mask: Bool = false
     ) async throws -> Never {
         var options = options
         #if TALLYFY_TEST_HOOKS
@@ -90,7 +90,7 @@ extension Exec {
         }
         let status = try Supervisor.run(
             arguments, parentEnvironment: context.environment, request: request, first: first, source: source, options: options,
-            note: { Output.note($0) })
+            mask: mask, note: { Output.note($0) })
         fflush(nil)
         Glibc.exit(status)
     }

@@ -26,11 +26,19 @@ struct Exec: AsyncParsableCommand {
             It unlocks the vault again at each renewal, so it needs a key file, passphrase file, \
             TALLYFY_VAULT_PASSPHRASE or systemd credential, not a prompt. 69: the token expired, could \
             not be renewed and --on-expiry stop stopped the command.
+
+            With --mask (or TALLYFY_VAULT_MASK=1; --no-mask turns it off) the command also runs as a \
+            child, and its standard output and error reach ours with every token it was given (each \
+            renewed one too, with --keep-fresh) replaced by <redacted>: raw, base64 and base64url (also \
+            inside a longer base64 string), percent-encoded and JSON-escaped. On a terminal the command \
+            gets a pseudo-terminal, so colours and prompts still work. Meant for CI logs; a command \
+            that transforms the token in its own way (hashes, reverses, splits it) can still print that.
             """)
 
     @OptionGroup var global: GlobalOptions
     @OptionGroup var options: TokenOptions
     @OptionGroup var keepFresh: KeepFreshArguments
+    @OptionGroup var masking: MaskArguments
 
     // Everything after `--` is the command, exactly; options before it are
     // ours (including the global ones, which `.captureForPassthrough` would
@@ -42,9 +50,11 @@ struct Exec: AsyncParsableCommand {
         guard !command.isEmpty else {
             throw ValidationError("no command to run: write it after --, as in `tallyfy-vault exec -- ./sync`")
         }
+        let mask = try masking.enabled(global.context.environment)
         if let supervision = try keepFresh.supervision() {
-            try await Self.supervise(command, context: global.context, selection: options.selection, options: supervision)
+            try await Self.supervise(command, context: global.context, selection: options.selection, options: supervision, mask: mask)
         }
+        if mask { try await Self.launchMasked(command, context: global.context, selection: options.selection) }
         try await Self.launch(command, context: global.context, selection: options.selection)
     }
 

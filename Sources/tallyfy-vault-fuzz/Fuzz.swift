@@ -1,13 +1,15 @@
 import Foundation
 import TallyfyVault
 
-// libFuzzer harness (SECURITY.md, "Fuzzing") with three targets, chosen by
+// libFuzzer harness (SECURITY.md, "Fuzzing") with four targets, chosen by
 // `TALLYFY_FUZZ_TARGET`:
 //
 //   vault    (the default) the vault parser and the key-file unlock path
 //   token    a token endpoint's answer body (`FuzzEntry.tokenResponse`)
 //   summary  the clear summary and what keyless `status`/`check` do with it
 //            (`FuzzEntry.parseSummary`)
+//   mask     `exec --mask`'s masker over random secrets, output and writes,
+//            against a naive reference (`FuzzEntry.mask`, `MaskFuzz`)
 //
 // `tools/fuzz` builds it with `-sanitize=fuzzer,address -DTALLYFY_FUZZ`:
 // libFuzzer then provides `main` and calls `LLVMFuzzerTestOneInput` for every
@@ -37,6 +39,7 @@ let targets: [String: @Sendable (Data) -> FuzzEntry.Outcome] = [
     "vault": { FuzzEntry.parseAndOpen($0, keyFile: vectorKeyFile) },
     "token": { FuzzEntry.tokenResponse($0) },
     "summary": { FuzzEntry.parseSummary($0) },
+    "mask": { FuzzEntry.mask($0) },
 ]
 
 /// The target this process runs: set once, before the first input.
@@ -46,7 +49,7 @@ nonisolated(unsafe) var target: (Data) -> FuzzEntry.Outcome = { _ in fatalError(
 /// Chooses `targetName`'s function, or says which names exist.
 func chooseTarget() -> Bool {
     guard let chosen = targets[targetName] else {
-        FileHandle.standardError.write(Data("tallyfy-vault-fuzz: unknown target \"\(targetName)\" (TALLYFY_FUZZ_TARGET): use vault, token or summary\n".utf8))
+        FileHandle.standardError.write(Data("tallyfy-vault-fuzz: unknown target \"\(targetName)\" (TALLYFY_FUZZ_TARGET): use vault, token, summary or mask\n".utf8))
         return false
     }
     target = chosen
@@ -100,11 +103,12 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
             }
             guard !paths.isEmpty, !paths.contains(where: { $0 == "-h" || $0 == "--help" }) else {
                 let usage = """
-                    usage: tallyfy-vault-fuzz [--target vault|token|summary] FILE...
+                    usage: tallyfy-vault-fuzz [--target vault|token|summary|mask] FILE...
                     Runs a fuzz target once over each file and prints its outcome: vault (the
                     default: parse, open with the key file 0x00..0x1f, read every user token),
                     token (a token endpoint's answer body) or summary (the clear summary's JSON,
-                    then what keyless status and check do with it). TALLYFY_FUZZ_TARGET chooses
+                    then what keyless status and check do with it) or mask (exec --mask's masker
+                    against a naive reference). TALLYFY_FUZZ_TARGET chooses
                     it too. tools/fuzz builds the libFuzzer version of these targets.
 
                     """

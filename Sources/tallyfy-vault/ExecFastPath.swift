@@ -25,6 +25,8 @@ enum ExecFastPath {
         var minimumLifetime: String?
         var noRefresh = false
         var noAgent = false
+        /// `--no-mask`; `--mask` itself is not taken here.
+        var noMask = false
         var command: [String] = []
 
         /// What the launcher does with this `exec`.
@@ -40,6 +42,9 @@ enum ExecFastPath {
 
         func decide() -> Decision {
             ProcessHardening.protect()
+            // A masked exec supervises its command: the full CLI does that
+            // (and reports a bad TALLYFY_VAULT_MASK).
+            guard (try? OutputMasking.requested(flag: noMask ? false : nil, environment: context.environment)) == false else { return nil }
             // Never prompt here: without a key file or passphrase at hand, the
             // CLI asks (once).
             guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
@@ -106,6 +111,10 @@ enum ExecFastPath {
             if word == "--strict-ttl" && sawExec { continue }
             if word == "--no-agent" && sawExec {
                 invocation.noAgent = true
+                continue
+            }
+            if word == "--no-mask" && sawExec {
+                invocation.noMask = true
                 continue
             }
             guard let (name, value) = option(word, in: arguments, before: terminator, at: &index) else { return nil }

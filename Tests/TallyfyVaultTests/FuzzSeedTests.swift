@@ -46,6 +46,13 @@ import Testing
         if let expect = seed.expect { #expect(outcome.expect == expect, "\(outcome.stage): \(outcome.message)") }
     }
 
+    /// The masker's target traps on a finding, so coming back is the pass.
+    @Test("each mask seed replays without a finding", arguments: FuzzSeedTests.seeds("mask"))
+    func maskSeed(_ seed: Seed) throws {
+        let data = try Data(contentsOf: Self.folder.appendingPathComponent(seed.target).appendingPathComponent(seed.file))
+        #expect(FuzzEntry.mask(data).expect == "success")
+    }
+
     /// Every name says an outcome the targets can give; the cases are there.
     @Test func seedsAreNamedAndPresent() {
         for seed in Self.seeds("token") + Self.seeds("summary") {

@@ -84,16 +84,38 @@ public enum Supervisor {
     /// Runs `command` until it ends; returns its status. Throws a
     /// `LaunchError` when it cannot be started (127 / 126), and a
     /// `VaultError` (69) after stopping it when the token expired and
-    /// `--on-expiry stop` was asked for.
+    /// `--on-expiry stop` was asked for. With `mask`, the command's output
+    /// reaches ours through `MaskedOutput`, which knows every token handed
+    /// to it (the first and each renewed one).
     public static func run(
         _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
-        source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule = .standard,
+        source: TokenSource, options: KeepFreshOptions, mask: Bool = false, schedule: RenewalSchedule = .standard,
         note: @escaping @Sendable (String) -> Void
     ) throws -> Int32 {
-        @Sendable func body() throws -> Int32 {
-            try supervise(command, parentEnvironment: parentEnvironment, request: request, first: first, source: source,
-                options: options, schedule: schedule, note: note)
+        let renewal = Renewal(request: request, source: source, options: options, schedule: schedule)
+        return try onItsThread {
+            try supervise(command, parentEnvironment: parentEnvironment, first: first, renewal: renewal, mask: mask, note: note)
         }
+    }
+
+    /// `exec --mask` without `--keep-fresh`: runs `command` with `grant`'s
+    /// token and copies its output through the masker; no renewal, no token
+    /// file. Returns its status, or throws a `LaunchError` (127 / 126).
+    public static func runMasked(_ command: [String], parentEnvironment: [String: String], grant: TokenGrant) throws -> Int32 {
+        try onItsThread {
+            try supervise(command, parentEnvironment: parentEnvironment, first: grant, renewal: nil, mask: true, note: { _ in })
+        }
+    }
+
+    /// What `--keep-fresh` adds to supervising.
+    struct Renewal: Sendable {
+        var request: TokenRequest
+        var source: TokenSource
+        var options: KeepFreshOptions
+        var schedule: RenewalSchedule
+    }
+
+    private static func onItsThread(_ body: @escaping @Sendable () throws -> Int32) throws -> Int32 {
         if Thread.isMainThread { return try body() }
         // A pool thread (an async caller) may be retired while the child
         // runs, which would kill the child: use a thread that lives as long.
@@ -110,56 +132,69 @@ public enum Supervisor {
     }
 
     private static func supervise(
-        _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
-        source: TokenSource, options: KeepFreshOptions, schedule: RenewalSchedule, note: @escaping @Sendable (String) -> Void
+        _ command: [String], parentEnvironment: [String: String], first: TokenGrant, renewal: Renewal?, mask: Bool,
+        note: @escaping @Sendable (String) -> Void
     ) throws -> Int32 {
         // A long-lived process: a reader of its standard error (or any pipe)
         // that goes away must not end it, and its child with it. The child
         // gets SIGPIPE back at its default (`tallyfy_spawn_supervised`).
         signal(SIGPIPE, SIG_IGN)
-        let tokenFile = try TokenFile.create(environment: parentEnvironment, note: note)
-        defer { tokenFile.remove() }
-        try tokenFile.write(first.token)
+        let tokenFile = try renewal.map { _ in try TokenFile.create(environment: parentEnvironment, note: note) }
+        defer { tokenFile?.remove() }
+        try tokenFile?.write(first.token)
         let wake = try WakePipe()
         _ = wake.catchSignals(SignalName.forwarded + [SIGCHLD])
+        let output = try mask ? MaskedOutput(secrets: [first.token]) : nil
+        // However the supervisor ends, what the child wrote goes out first.
+        defer { output?.finish() }
         func environment(_ grant: TokenGrant) -> [String: String] {
-            ChildEnvironment.build(parent: parentEnvironment, grant: grant, tokenFile: tokenFile.path)
+            guard let tokenFile else { return ChildEnvironment.build(parent: parentEnvironment, grant: grant) }
+            return ChildEnvironment.build(parent: parentEnvironment, grant: grant, tokenFile: tokenFile.path)
         }
-        var child = try SupervisedChild.start(command, environment: environment(first))
+        func start(_ grant: TokenGrant) throws -> SupervisedChild {
+            try SupervisedChild.start(command, environment: environment(grant), stdio: output?.childStdio)
+        }
+        var child = try start(first)
 
         let shared = Shared(first)
-        let what = describe(request)
-        let renewer = Task {
-            let stream = TokenStream(request: request, source: source, initial: first, schedule: schedule, environment: parentEnvironment)
-            var handedOver = false  // the first event is `first`, which the child already has
-            do {
-                for try await event in stream {
-                    if Task.isCancelled { return }
-                    switch event {
-                    case .token(let grant):
-                        guard handedOver else {
-                            handedOver = true
-                            continue
-                        }
-                        do { try tokenFile.write(grant.token) } catch let error as VaultError {
-                            if !Task.isCancelled { note("could not update the token file: \(error.message)") }
-                            continue
-                        }
-                        shared.renewed(grant)
-                        wake.post(renewedByte)
-                    case .renewalFailed(let failure):
+        let what = renewal.map { describe($0.request) } ?? ""
+        let renewer = renewal.map { renewal in
+            Task {
+                let stream = TokenStream(
+                    request: renewal.request, source: renewal.source, initial: first, schedule: renewal.schedule, environment: parentEnvironment)
+                var handedOver = false  // the first event is `first`, which the child already has
+                do {
+                    for try await event in stream {
                         if Task.isCancelled { return }
-                        note(failureLine(failure, what: what))
-                        if failure.tokenHasExpired && options.onExpiry == .stop {
-                            shared.expired(failure.reason, at: failure.current.expiresAt)
-                            wake.post(expiredByte)
-                            return
+                        switch event {
+                        case .token(let grant):
+                            guard handedOver else {
+                                handedOver = true
+                                continue
+                            }
+                            // The masker learns the token before the child can.
+                            output?.add(grant.token)
+                            do { try tokenFile?.write(grant.token) } catch let error as VaultError {
+                                if !Task.isCancelled { note("could not update the token file: \(error.message)") }
+                                continue
+                            }
+                            shared.renewed(grant)
+                            wake.post(renewedByte)
+                        case .renewalFailed(let failure):
+                            if Task.isCancelled { return }
+                            note(failureLine(failure, what: what))
+                            if failure.tokenHasExpired && renewal.options.onExpiry == .stop {
+                                shared.expired(failure.reason, at: failure.current.expiresAt)
+                                wake.post(expiredByte)
+                                return
+                            }
                         }
                     }
-                }
-            } catch {}  // only the first grant throws, and it was given
+                } catch {}  // only the first grant throws, and it was given
+            }
         }
-        defer { renewer.cancel() }
+        defer { renewer?.cancel() }
+        let options = renewal?.options ?? KeepFreshOptions()
 
         var stopDeadline: Date? = nil
         var restarting = false
@@ -175,7 +210,7 @@ public enum Supervisor {
                 guard restarting && !terminating else { return status }
                 restarting = false
                 stopDeadline = nil
-                child = try SupervisedChild.start(command, environment: environment(shared.latest))
+                child = try start(shared.latest)
                 continue
             }
             if let deadline = stopDeadline, Date() >= deadline {
@@ -202,6 +237,9 @@ public enum Supervisor {
                 default:
                     let number = Int32(byte & ~WakePipe.fromKernel)
                     guard number != SIGCHLD else { continue }
+                    // With a pty, the child's terminal takes the new size
+                    // and signals the child itself.
+                    if number == SIGWINCH, output?.windowChanged() == true { continue }
                     if number == SIGINT || number == SIGTERM || number == SIGQUIT { terminating = true }
                     // A terminal's signal reached the child too, unless it
                     // left our process group (then it is passed on).

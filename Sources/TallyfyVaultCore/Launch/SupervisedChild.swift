@@ -19,9 +19,27 @@ import CSodium
 public struct SupervisedChild: Sendable {
     public let pid: pid_t
 
+    /// Descriptors a child gets instead of ours (`exec --mask`'s pipes or
+    /// pseudo-terminal); -1 keeps ours.
+    public struct Stdio: Sendable {
+        public var input: Int32 = -1
+        public var output: Int32 = -1
+        public var error: Int32 = -1
+        /// A session of its own, with `input` (a pty) as its terminal.
+        public var controllingTerminal = false
+
+        public init(input: Int32 = -1, output: Int32 = -1, error: Int32 = -1, controllingTerminal: Bool = false) {
+            self.input = input
+            self.output = output
+            self.error = error
+            self.controllingTerminal = controllingTerminal
+        }
+    }
+
     /// Looks the command up as `exec` does and starts it; 127 / 126 as a
-    /// `LaunchError` when it cannot be run.
-    public static func start(_ arguments: [String], environment: [String: String]) throws -> SupervisedChild {
+    /// `LaunchError` when it cannot be run. `stdio`: descriptors the child
+    /// gets instead of ours.
+    public static func start(_ arguments: [String], environment: [String: String], stdio: Stdio? = nil) throws -> SupervisedChild {
         guard let command = arguments.first, !command.isEmpty else {
             throw LaunchError(status: 64, message: "no command to run", hint: "write it after --: tallyfy-vault exec --keep-fresh -- COMMAND")
         }
@@ -43,10 +61,17 @@ public struct SupervisedChild: Sendable {
         fflush(nil)
         let saved = ProcessHardening.coreLimitForChild
         var core = saved ?? rlimit()
+        let descriptors: [Int32] = [
+            stdio?.input ?? -1, stdio?.output ?? -1, stdio?.error ?? -1, stdio?.controllingTerminal == true ? 1 : 0,
+        ]
         let pid = argv.withUnsafeBufferPointer { argvBuffer in
             envp.withUnsafeBufferPointer { envpBuffer in
                 withUnsafePointer(to: &core) { limit in
-                    tallyfy_spawn_supervised(path, argvBuffer.baseAddress, envpBuffer.baseAddress, saved == nil ? nil : limit, nil, errorPipe[1])
+                    descriptors.withUnsafeBufferPointer { stdioBuffer in
+                        tallyfy_spawn_supervised(
+                            path, argvBuffer.baseAddress, envpBuffer.baseAddress, saved == nil ? nil : limit, nil,
+                            stdio == nil ? nil : stdioBuffer.baseAddress, errorPipe[1])
+                    }
                 }
             }
         }
@@ -196,7 +221,7 @@ public enum SignalName {
 /// `pipe2(O_CLOEXEC [| O_NONBLOCK])`, which Glibc's module does not export
 /// without _GNU_SOURCE. Only the supervising thread forks, so nothing can
 /// start a program between `pipe` and `fcntl`.
-func makePipe(_ ends: inout [Int32], nonBlocking: Bool) -> Bool {
+package func makePipe(_ ends: inout [Int32], nonBlocking: Bool) -> Bool {
     guard pipe(&ends) == 0 else { return false }
     for end in ends {
         _ = fcntl(end, F_SETFD, FD_CLOEXEC)
