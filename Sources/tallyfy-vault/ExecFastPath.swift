@@ -44,7 +44,7 @@ enum ExecFastPath {
             ProcessHardening.protect()
             // A masked exec supervises its command: the full CLI does that
             // (and reports a bad TALLYFY_VAULT_MASK).
-            guard (try? OutputMasking.requested(flag: noMask ? false : nil, environment: context.environment)) == false else { return nil }
+            guard (try? OutputMasking.requested(flag: noMask ? false : nil, environment: context.environment)) == false else { return .handOver(note: nil) }
             // Never prompt here: without a key file or passphrase at hand, the
             // CLI asks (once).
             guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
