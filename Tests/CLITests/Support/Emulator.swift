@@ -145,10 +145,23 @@ final class Emulator: @unchecked Sendable {
             while process.isRunning && Date() < deadline { usleep(20_000) }
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         }
-        process.waitUntilExit()
-        // A signal death is reported as 128 + signal, like a shell would.
-        let status = process.terminationReason == .uncaughtSignal
-            ? 128 + process.terminationStatus : process.terminationStatus
+        // Not `waitUntilExit`: under load Foundation can miss the child's
+        // SIGCHLD and wait for ever on a zombie (seen: two test threads, the
+        // whole cooperative pool, stuck here). After a while the zombie is
+        // reaped here instead.
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        let status: Int32
+        if process.isRunning {
+            var raw: Int32 = 0
+            let reaped = waitpid(process.processIdentifier, &raw, 0) == process.processIdentifier
+            let signal = raw & 0x7f
+            status = !reaped ? 137 : signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+        } else {
+            // A signal death is reported as 128 + signal, like a shell would.
+            status = process.terminationReason == .uncaughtSignal
+                ? 128 + process.terminationStatus : process.terminationStatus
+        }
         exitStatus = status
         try? FileManager.default.removeItem(at: workDirectory)
         return status
