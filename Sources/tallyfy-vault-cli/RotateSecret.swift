@@ -16,7 +16,8 @@ struct RotateSecret: AsyncParsableCommand {
     @Flag(help: "Read the new client secret from standard input.") var secretStdin = false
     @Flag(help: "Seal the new secret without proving it against Tallyfy first.") var noVerify = false
 
-    /// How `TallyfyClient` words an `invalid_client` or 401 answer.
+    /// How `TallyfyClient` words an `invalid_client` or 401 answer (matched
+    /// by `VaultError.Cause`; the text only to reword the start of the message).
     static let credentialsRefused = "Tallyfy refused the client credentials"
 
     func run() async throws {
@@ -32,7 +33,7 @@ struct RotateSecret: AsyncParsableCommand {
         let token: SealedToken?
         do {
             token = try await broker.rotateSecret(profile: profile, newSecret: newSecret, verify: verify)
-        } catch let error as VaultError where verify && error.kind == .refused && error.message.hasPrefix(Self.credentialsRefused) {
+        } catch let error as VaultError where verify && error.cause == .tallyfyRefusedCredentials && error.message.hasPrefix(Self.credentialsRefused) {
             // The only request made is the proof of the new secret, so the
             // refusal is of that one; the vault was not written.
             throw VaultError(.refused,
