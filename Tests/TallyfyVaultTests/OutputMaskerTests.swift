@@ -216,6 +216,39 @@ import Testing
         }
     }
 
+    /// A real token's length (its forms are hundreds of bytes, so the masker
+    /// skips through text unlike them): forms and pieces of forms among log
+    /// lines, in chunks around the skip's stride, come out as the reference's.
+    @Test func longTokensAmongLogLinesWhereTheMaskerSkips() {
+        var random = SeededRandom(seed: 21)
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_".utf8)
+        for round in 0..<40 {
+            let token = Array("eyJhbGciOiJSUzI1NiJ9.".utf8) + (0..<Int.random(in: 200...700, using: &random)).map { _ in alphabet.randomElement(using: &random)! }
+            let forms = SecretForms.of(token)
+            let formList = Array(forms)
+            var input: [UInt8] = []
+            for line in 0..<200 {
+                input += Array("2026-12-03T10:00:\(line % 60)Z INFO request id=\(line) path=/api/me status=200\n".utf8)
+                switch Int.random(in: 0..<10, using: &random) {
+                case 0: input += formList.randomElement(using: &random)!
+                case 1:
+                    let form = formList.randomElement(using: &random)!
+                    input += form.prefix(Int.random(in: 0..<form.count, using: &random))
+                default: break
+                }
+            }
+            var chunks: [[UInt8]] = []
+            var index = 0
+            while index < input.count {
+                let size = min(input.count - index, Int.random(in: 1...3000, using: &random))
+                chunks.append(Array(input[index..<(index + size)]))
+                index += size
+            }
+            let got = Self.masked(chunks, secrets: [token])
+            #expect(got == Self.reference(input, forms: forms), "round \(round)")
+        }
+    }
+
     static func chunked(_ input: [UInt8], using random: inout SeededRandom) -> [[UInt8]] {
         var chunks: [[UInt8]] = []
         var index = 0

@@ -70,26 +70,52 @@ package struct OutputMasker: Sendable {
     package mutating func feed(_ chunk: UnsafeBufferPointer<UInt8>) -> [UInt8] {
         guard !chunk.isEmpty else { return [] }
         let base = end
-        buffer.append(contentsOf: chunk)
         var current = state
         var found: [(start: Int, end: Int)] = []
         let automaton = automaton
         let classCount = automaton.classCount
+        let stride = automaton.skipStride
         automaton.table.withUnsafeBufferPointer { table in
             automaton.byteClass.withUnsafeBufferPointer { byteClass in
                 automaton.matchLength.withUnsafeBufferPointer { matchLength in
-                    for index in 0..<chunk.count {
-                        current = table[Int(current) &* classCount &+ Int(byteClass[Int(chunk[index])])]
-                        let length = Int(matchLength[Int(current)])
-                        if length > 0 { found.append((base + index + 1 - length, base + index + 1)) }
+                    automaton.trigrams.withUnsafeBufferPointer { trigrams in
+                        var index = 0
+                        let count = chunk.count
+                        while index < count {
+                            if current == 0 && stride > 0 {
+                                // At the root, the three bytes that end the
+                                // shortest form's window decide whether a form
+                                // can start in the next `stride` bytes.
+                                while index &+ stride &+ 1 < count,
+                                    !Automaton.contains(trigrams, chunk[index &+ stride &- 1], chunk[index &+ stride], chunk[index &+ stride &+ 1])
+                                {
+                                    index &+= stride
+                                }
+                            }
+                            current = table[Int(current) &* classCount &+ Int(byteClass[Int(chunk[index])])]
+                            let length = Int(matchLength[Int(current)])
+                            index &+= 1
+                            if length > 0 { found.append((base + index - length, base + index)) }
+                        }
                     }
                 }
             }
         }
-        for match in found { record(start: match.start, end: match.end) }
         state = current
         end += chunk.count
-        return emit(safe: end - Int(automaton.depth[Int(state)]))
+        let safe = end - Int(automaton.depth[Int(state)])
+        if found.isEmpty && pending.isEmpty && buffer.isEmpty {
+            // Nothing held and nothing found, the usual chunk of ordinary
+            // text: what is decided goes out straight from the chunk.
+            let decided = safe - base
+            buffer.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[decided...]))
+            bufferStart = safe
+            emitted = safe
+            return Array(UnsafeBufferPointer(rebasing: chunk[..<decided]))
+        }
+        buffer.append(contentsOf: chunk)
+        for match in found { record(start: match.start, end: match.end) }
+        return emit(safe: safe)
     }
 
     package mutating func feed(_ chunk: [UInt8]) -> [UInt8] {
@@ -261,6 +287,14 @@ package enum SecretForms {
 /// An Aho-Corasick automaton as a complete transition table (a DFA), over
 /// byte classes: bytes that occur in no pattern share class 0, which leads
 /// back to the root from everywhere.
+///
+/// At the root it skips, as Wu-Manber does: every pattern is at least
+/// `skipStride + 2` bytes long, so one that starts within the next
+/// `skipStride` bytes covers the three bytes from `skipStride - 1` on, and
+/// when those three occur in no pattern (`trigrams`, a hashed set that may
+/// say yes wrongly but never no) none starts there and the root is still
+/// right after them. Text unlike the secrets is then read one byte in
+/// `skipStride` instead of every byte.
 struct Automaton: Sendable {
     let byteClass: [UInt8]
     let classCount: Int
@@ -271,8 +305,36 @@ struct Automaton: Sendable {
     /// How many bytes the state stands for: the longest suffix of the input
     /// that is the beginning of some pattern.
     let depth: [Int32]
+    /// How far the root may skip (0: not at all, a pattern shorter than 3).
+    let skipStride: Int
+    /// A bit per hash of each three bytes that occur in some pattern.
+    let trigrams: [UInt64]
+
+    static let trigramBits = 17
+
+    @inline(__always)
+    static func trigramHash(_ a: UInt8, _ b: UInt8, _ c: UInt8) -> Int {
+        let packed = UInt32(a) << 16 | UInt32(b) << 8 | UInt32(c)
+        return Int((packed &* 2_654_435_761) >> UInt32(32 - trigramBits))
+    }
+
+    @inline(__always)
+    static func contains(_ set: UnsafeBufferPointer<UInt64>, _ a: UInt8, _ b: UInt8, _ c: UInt8) -> Bool {
+        let hash = trigramHash(a, b, c)
+        return set[hash >> 6] & (1 << UInt64(hash & 63)) != 0
+    }
 
     init(patterns: [[UInt8]]) {
+        let shortest = patterns.map(\.count).min() ?? 0
+        skipStride = shortest >= 3 ? shortest - 2 : 0
+        var trigrams = [UInt64](repeating: 0, count: (1 << Self.trigramBits) / 64)
+        for pattern in patterns where pattern.count >= 3 {
+            for start in 0...(pattern.count - 3) {
+                let hash = Self.trigramHash(pattern[start], pattern[start + 1], pattern[start + 2])
+                trigrams[hash >> 6] |= 1 << UInt64(hash & 63)
+            }
+        }
+        self.trigrams = trigrams
         var used = [Bool](repeating: false, count: 256)
         for pattern in patterns { for byte in pattern { used[Int(byte)] = true } }
         var classes = [UInt8](repeating: 0, count: 256)
