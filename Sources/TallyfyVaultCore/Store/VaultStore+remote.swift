@@ -121,8 +121,12 @@ struct RemoteVault: Sendable {
     }
 
     /// Keeps the cache equal to what the cluster holds; skips the write (and
-    /// its fsync) when nothing changed.
+    /// its fsync) when nothing changed. Bytes that are not a vault at all (a
+    /// garbage chunk written under the prefix) never replace the cached copy:
+    /// the read that found them still fails (65), and the good copy is still
+    /// there for this machine's fresh tokens and for when the cluster is mended.
     func remember(_ snapshot: RemoteSnapshot) {
+        guard (try? ParsedVault(parsing: snapshot.bytes, readSummary: false)) != nil else { return }
         if (try? cache.read())?.revision != snapshot.revision { cache.store(snapshot) }
     }
 
