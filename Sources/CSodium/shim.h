@@ -49,7 +49,9 @@ static inline int tallyfy_catch_signal(int signal, int fd) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_sigaction = tallyfy_signal_to_pipe;
-    action.sa_flags = SA_SIGINFO | SA_RESTART | (signal == SIGCHLD ? SA_NOCLDSTOP : 0);
+    /* SIGCHLD also when a child stops: a supervisor relaying a pty stops
+       itself with it (^Z under `exec --mask`). */
+    action.sa_flags = SA_SIGINFO | SA_RESTART;
     sigemptyset(&action.sa_mask);
     if (sigaction(signal, &action, NULL) != 0) return -1;
     /* A parent may have started us with signals blocked (and threads made
@@ -65,7 +67,8 @@ static inline int tallyfy_catch_signal(int signal, int fd) {
    - gets SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), and checks it
      was not orphaned already between fork and prctl;
    - has every signal back at its default disposition (caught ones and
-     SIGPIPE) and the signal mask the supervisor started with;
+     SIGPIPE) and `child_mask` as its signal mask (the calling thread's
+     own may block most signals);
    - gets the core limit the user had (`core`, may be NULL);
    - gets stdio[0..2] as its descriptors 0..2 (`stdio` may be NULL, an
      entry -1 keeps the supervisor's), and when stdio[3] is 1 starts a

@@ -311,4 +311,99 @@ import Testing
         #expect(result.stdout.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n").map(String.init) == expected,
             "\(result.stdout.count) bytes: \(result.stdout.replacingOccurrences(of: token, with: "TOKEN"))")
     }
+
+    /// A supervised child starts with no signal blocked, as from a shell,
+    /// not with the mask of the runtime's thread that starts it, which
+    /// blocks SIGTERM, SIGALRM, SIGCONT, SIGTSTP and others.
+    @Test(arguments: [["--mask"], ["--keep-fresh"]])
+    func theChildStartsWithNoSignalBlocked(options: [String]) async throws {
+        let fixture = try await LoggedIn.start()
+        defer { _ = fixture.emulator.stop() }
+        let unblocked = "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])"
+        let report = "print([line for line in open('/proc/self/status') if line.startswith('SigBlk')][0], end='')"
+        let result = try runProcess(URL(fileURLWithPath: "/usr/bin/env"),
+            ["python3", "-c", unblocked, BuildProducts.vault.path, "exec"] + options + ["--", python, "-c", report],
+            environment: fixture.sandbox.environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "SigBlk:\t0000000000000000\n")
+    }
+
+    /// ^Z on a terminal: the command stops through its own terminal, then
+    /// the supervisor stops too with our terminal's settings given back, as
+    /// a job-control shell expects; continued, both go on (raw mode again).
+    /// The driver is a small job-control shell: it runs the supervisor as a
+    /// foreground job in its own process group on a pty and reports what it
+    /// sees on that terminal; each step waits for what was printed before.
+    @Test func controlZStopsTheJobAndGivesTheTerminalBack() async throws {
+        let fixture = try await LoggedIn.start()
+        defer { _ = fixture.emulator.stop() }
+        let sandbox = fixture.sandbox
+        let child = """
+            import os, signal, sys
+            signal.signal(signal.SIGCONT, lambda *_: print("continued", flush=True))
+            print("ready", flush=True)
+            name = sys.stdin.readline().strip()
+            print("hello " + name + " " + os.environ["TALLYFY_TOKEN"], flush=True)
+            """
+        let driver = """
+            import os, sys, termios, signal
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            master, slave = os.openpty()
+            shell = os.fork()
+            if shell == 0:
+                os.setsid()
+                import fcntl
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+                job = os.fork()
+                if job == 0:
+                    os.setpgid(0, 0)
+                    for number in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+                        signal.signal(number, signal.SIG_DFL)  # as a shell does for its jobs
+                    for f in (0, 1, 2):
+                        os.dup2(slave, f)
+                    os.execv(sys.argv[1], sys.argv[1:])
+                os.setpgid(job, job)
+                os.tcsetpgrp(slave, job)
+                _, status = os.waitpid(job, os.WUNTRACED)
+                os.tcsetpgrp(slave, os.getpgrp())
+                cooked = termios.tcgetattr(slave)[3] & termios.ECHO != 0
+                os.write(slave, b"[stopped=%d cooked=%d]\\n" % (os.WIFSTOPPED(status), cooked))
+                os.tcsetpgrp(slave, job)
+                os.kill(-job, signal.SIGCONT)
+                _, status = os.waitpid(job, 0)
+                os.tcsetpgrp(slave, os.getpgrp())
+                os.write(slave, b"[exit=%d]\\n" % os.waitstatus_to_exitcode(status))
+                os._exit(0)
+            def give_up(*_):
+                os.killpg(shell, signal.SIGKILL)
+                print("timeout after %r" % seen)
+                sys.exit(1)
+            signal.signal(signal.SIGALRM, give_up)
+            signal.alarm(60)
+            seen = b""
+            def until(marker):
+                global seen
+                while marker not in seen:
+                    seen += os.read(master, 4096)
+            until(b"ready")
+            os.write(master, b"\\x1a")
+            until(b"]")
+            until(b"continued")
+            os.write(master, b"ann\\r")
+            until(b"[exit=")
+            until(b"]")
+            os.waitpid(shell, 0)
+            sys.stdout.buffer.write(seen)
+            """
+        let result = try runProcess(URL(fileURLWithPath: "/usr/bin/env"),
+            ["python3", "-c", driver, BuildProducts.vault.path, "exec", "--mask", "--", python, "-c", child],
+            environment: sandbox.environment)
+        let token = try token(sandbox)
+        let shown = result.stdout.replacingOccurrences(of: token, with: "TOKEN")
+        #expect(!result.stdout.contains(token), "the token reached the terminal")
+        #expect(result.stdout.contains("[stopped=1 cooked=1]"), "\(shown)")
+        #expect(result.stdout.contains("hello ann <redacted>"), "\(shown)")
+        #expect(result.stdout.contains("[exit=0]"), "\(shown)")
+    }
 }

@@ -96,7 +96,14 @@ public final class MaskedOutput: Sendable {
                 while true {
                     let got = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
                     if got < 0 && errno == EINTR { continue }
-                    guard got > 0, Self.writeAll(master, Array(buffer[0..<got])) else { return }
+                    guard got > 0 else { return }
+                    var keys = buffer[0..<got]
+                    while let key = Self.suspendKey(master), let index = keys.firstIndex(of: key) {
+                        guard Self.writeAll(master, Array(keys[..<index])) else { return }
+                        Self.stopForeground(master)
+                        keys = keys[(index + 1)...]
+                    }
+                    guard Self.writeAll(master, Array(keys)) else { return }
                 }
             }.start()
         }
@@ -111,6 +118,56 @@ public final class MaskedOutput: Sendable {
     /// (and signals the child). False without a pty: pass the signal on.
     public func windowChanged() -> Bool {
         master >= 0 && PseudoTerminal.copyWindowSize(from: STDOUT_FILENO, to: master)
+    }
+
+    /// Whether the child has a pseudo-terminal of ours to relay (then ^Z
+    /// stops it alone, and the supervisor must stop too: see
+    /// `suspendTerminal`).
+    public var relaysTerminal: Bool { master >= 0 }
+
+    /// The child's suspend key (^Z) when it should stop the child: its
+    /// terminal makes signals of keys, and the process group in front is
+    /// the child's own. The kernel never stops that group for a key (its
+    /// parent, the supervisor, is in another session, so the group is
+    /// orphaned), so the relay stops it. A job of a shell running inside
+    /// is not orphaned: its ^Z goes to its terminal, and its shell handles it.
+    static func suspendKey(_ master: Int32) -> UInt8? {
+        var settings = termios()
+        guard tcgetattr(master, &settings) == 0, settings.c_lflag & tcflag_t(ISIG) != 0 else { return nil }
+        let key = withUnsafeBytes(of: settings.c_cc) { $0[Int(VSUSP)] }
+        let foreground = tcgetpgrp(master)
+        guard key != 0, foreground > 0, foreground == tcgetsid(master) else { return nil }
+        return key
+    }
+
+    /// Stops the process group in front on the child's terminal; the
+    /// supervisor sees its child stop and stops too.
+    static func stopForeground(_ master: Int32) {
+        let foreground = tcgetpgrp(master)
+        if foreground > 0 { kill(-foreground, SIGSTOP) }
+    }
+
+    /// Continues the process group in front on the child's terminal (after
+    /// `fg`), besides the child itself.
+    public func continueForeground() {
+        let foreground = master >= 0 ? tcgetpgrp(master) : -1
+        if foreground > 0 { kill(-foreground, SIGCONT) }
+    }
+
+    /// The child stopped (^Z on its terminal): our terminal goes back to
+    /// the settings it had, for the shell that takes it over while we stop.
+    public func suspendTerminal() {
+        if let saved = savedTerminal.withLock({ $0 }) { PseudoTerminal.restore(STDIN_FILENO, saved) }
+    }
+
+    /// We were continued (`fg`): raw mode again, over the settings the
+    /// terminal has now, and the child's terminal takes our window's size.
+    public func resumeTerminal() {
+        guard relaysTerminal else { return }
+        savedTerminal.withLock { saved in
+            if saved != nil, let now = PseudoTerminal.makeRaw(STDIN_FILENO) { saved = now }
+        }
+        _ = PseudoTerminal.copyWindowSize(from: STDOUT_FILENO, to: master)
     }
 
     /// Adds a secret (a renewed token) before anything can print it: call

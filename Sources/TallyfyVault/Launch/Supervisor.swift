@@ -201,7 +201,19 @@ public enum Supervisor {
         var terminating = false
         var expiry: (reason: String, at: Date)? = nil
         while true {
-            if let status = child.reap() {
+            switch child.change(reportingStops: output?.relaysTerminal == true) {
+            case nil: break
+            case .stopped?:
+                // ^Z stopped the child on its own terminal: give ours back
+                // and stop as a shell expects, and take the child along
+                // when we are continued (`fg`).
+                output?.suspendTerminal()
+                stopUntilContinued()
+                output?.resumeTerminal()
+                output?.continueForeground()
+                child.send(SIGCONT)
+                continue
+            case .ended(let status)?:
                 if let expiry {
                     throw VaultError(.unavailable,
                         "the \(what) expired at \(ChildEnvironment.rfc3339(expiry.at)) and could not be renewed (\(expiry.reason)); the command was stopped (--on-expiry stop)",
@@ -247,6 +259,22 @@ public enum Supervisor {
                 }
             }
         }
+    }
+
+    /// Stops this process as ^Z would (SIGTSTP: a shell reports the job
+    /// stopped) and returns once it is continued. This thread may have been
+    /// made with SIGTSTP blocked (the runtime's threads block most signals),
+    /// so it is unblocked here: sent to the thread itself, it stops the
+    /// process before `raise` returns. Ignored SIGTSTP, or a process group
+    /// with no shell to continue it (orphaned), returns at once.
+    static func stopUntilContinued() {
+        var stop = sigset_t()
+        var previous = sigset_t()
+        sigemptyset(&stop)
+        sigaddset(&stop, SIGTSTP)
+        pthread_sigmask(SIG_UNBLOCK, &stop, &previous)
+        raise(SIGTSTP)
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
     }
 
     /// One line per failed renewal, never a secret.

@@ -61,6 +61,11 @@ public struct SupervisedChild: Sendable {
         fflush(nil)
         let saved = ProcessHardening.coreLimitForChild
         var core = saved ?? rlimit()
+        // No signal blocked, as a shell starts a command: the thread that
+        // starts it is the runtime's, which blocks most signals (SIGTERM,
+        // SIGALRM, SIGTSTP, …), and a child inherits that thread's mask.
+        var childMask = sigset_t()
+        sigemptyset(&childMask)
         let descriptors: [Int32] = [
             stdio?.input ?? -1, stdio?.output ?? -1, stdio?.error ?? -1, stdio?.controllingTerminal == true ? 1 : 0,
         ]
@@ -69,7 +74,7 @@ public struct SupervisedChild: Sendable {
                 withUnsafePointer(to: &core) { limit in
                     descriptors.withUnsafeBufferPointer { stdioBuffer in
                         tallyfy_spawn_supervised(
-                            path, argvBuffer.baseAddress, envpBuffer.baseAddress, saved == nil ? nil : limit, nil,
+                            path, argvBuffer.baseAddress, envpBuffer.baseAddress, saved == nil ? nil : limit, &childMask,
                             stdio == nil ? nil : stdioBuffer.baseAddress, errorPipe[1])
                     }
                 }
@@ -100,14 +105,24 @@ public struct SupervisedChild: Sendable {
         kill(pid, signal)
     }
 
-    /// The child's status as a shell reports it (its exit code, or 128 +
-    /// the signal that killed it) once it has ended; `nil` while it runs.
-    public func reap() -> Int32? {
+    /// What became of the child since it was last asked.
+    public enum Change: Equatable, Sendable {
+        /// Its status as a shell reports it: its exit code, or 128 + the
+        /// signal that killed it.
+        case ended(Int32)
+        /// Stopped by a signal (job control: ^Z on its own terminal).
+        case stopped
+    }
+
+    /// `nil` while it runs (and, unless `reportingStops`, while it is stopped).
+    public func change(reportingStops: Bool = false) -> Change? {
         var status: Int32 = 0
         var result: pid_t
-        repeat { result = waitpid(pid, &status, WNOHANG) } while result < 0 && errno == EINTR
-        guard result == pid else { return result < 0 ? 127 : nil }  // < 0: not ours any more (ECHILD)
-        return Self.shellStatus(status)
+        repeat { result = waitpid(pid, &status, WNOHANG | (reportingStops ? WUNTRACED : 0)) } while result < 0 && errno == EINTR
+        guard result == pid else { return result < 0 ? .ended(127) : nil }  // < 0: not ours any more (ECHILD)
+        // WIFSTOPPED, which Swift cannot import as a macro.
+        if status & 0xff == 0x7f { return .stopped }
+        return .ended(Self.shellStatus(status))
     }
 
     /// `WIFEXITED ? WEXITSTATUS : 128 + WTERMSIG`, which Swift cannot import as macros.
