@@ -126,14 +126,27 @@ CK_RV tfy_p11_find_key(tfy_p11_session *session, CK_OBJECT_CLASS cls, const tfy_
     return CKR_OK;
 }
 
-CK_RV tfy_p11_rsa_oaep(tfy_p11_session *session, int decrypt, CK_OBJECT_HANDLE key,
-                       const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len) {
+CK_RV tfy_p11_modulus_length(tfy_p11_session *session, CK_OBJECT_HANDLE key, size_t *length) {
+    CK_ATTRIBUTE attribute = {CKA_MODULUS, NULL, 0};
+    CK_RV rv = session->fn->C_GetAttributeValue(session->session, key, &attribute, 1);
+    if (rv != CKR_OK) return rv;
+    *length = attribute.ulValueLen;
+    return CKR_OK;
+}
+
+CK_RV tfy_p11_rsa(tfy_p11_session *session, int decrypt, int raw, CK_OBJECT_HANDLE key,
+                  const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len) {
     CK_RSA_PKCS_OAEP_PARAMS params;
     memset(&params, 0, sizeof params);
     params.hashAlg = CKM_SHA256;
     params.mgf = CKG_MGF1_SHA256;
     params.source = CKZ_DATA_SPECIFIED;
     CK_MECHANISM mechanism = {CKM_RSA_PKCS_OAEP, &params, sizeof params};
+    if (raw) {
+        mechanism.mechanism = CKM_RSA_X_509;
+        mechanism.pParameter = NULL;
+        mechanism.ulParameterLen = 0;
+    }
     CK_FUNCTION_LIST_PTR fn = session->fn;
     CK_ULONG length = *out_len;
     CK_RV rv;

@@ -103,4 +103,27 @@ import Testing
         let (_, bytes) = try vaultWithTokenSlot(parameters: parameters)
         #expect(throws: VaultError.self) { try ParsedVault(parsing: bytes) }
     }
+
+    /// The software EME-OAEP used with tokens that do bare RSA only: what it
+    /// encodes it decodes, and any changed byte is refused.
+    @Test func oaepEncodingRoundTripsAndRefusesDamage() throws {
+        let message = [UInt8](repeating: 0xa5, count: 32)
+        let em = try #require(message.withUnsafeBytes { RSAOAEP.encode($0, modulusLength: 256) })
+        #expect(em.count == 256 && em[0] == 0)
+        func decoded(_ bytes: [UInt8]) -> [UInt8]? {
+            bytes.withUnsafeBytes { raw -> [UInt8]? in
+                guard let message = RSAOAEP.decode(raw, modulusLength: 256) else { return nil }
+                return message.withUnsafeBytes { Array($0) }
+            }
+        }
+        #expect(decoded(em) == message)
+        // A bare RSA result may come back without its leading zero byte.
+        #expect(decoded(Array(em.dropFirst())) == message)
+        for position in [0, 1, 40, 100, 255] {
+            var damaged = em
+            damaged[position] ^= 0x01
+            #expect(decoded(damaged) == nil, "byte \(position)")
+        }
+        #expect([UInt8](repeating: 0, count: 200).withUnsafeBytes { RSAOAEP.encode($0, modulusLength: 256) } == nil)
+    }
 }

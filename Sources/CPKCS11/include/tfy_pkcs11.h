@@ -58,11 +58,16 @@ CK_RV tfy_p11_login(tfy_p11_session *session, const unsigned char *pin, size_t p
 CK_RV tfy_p11_find_key(tfy_p11_session *session, CK_OBJECT_CLASS cls, const tfy_p11_match *match,
                        CK_OBJECT_HANDLE *key, unsigned char *id, size_t *id_len, CK_KEY_TYPE *key_type);
 
-/* RSA-OAEP with SHA-256 and MGF1-SHA-256, no label: encrypt with a public
-   key or decrypt with a private key on the token. out holds *out_len bytes
-   and gets the result's length. */
-CK_RV tfy_p11_rsa_oaep(tfy_p11_session *session, int decrypt, CK_OBJECT_HANDLE key,
-                       const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len);
+/* Encrypt with a public key or decrypt with a private key on the token:
+   RSA-OAEP with SHA-256 and MGF1-SHA-256, no label (CKM_RSA_PKCS_OAEP), or,
+   with raw set, bare RSA (CKM_RSA_X_509) for a token that can't do OAEP
+   with SHA-256 (the caller then applies OAEP itself). out holds *out_len
+   bytes and gets the result's length. */
+CK_RV tfy_p11_rsa(tfy_p11_session *session, int decrypt, int raw, CK_OBJECT_HANDLE key,
+                  const unsigned char *in, size_t in_len, unsigned char *out, size_t *out_len);
+
+/* The length in bytes of an RSA key's modulus (CKA_MODULUS). */
+CK_RV tfy_p11_modulus_length(tfy_p11_session *session, CK_OBJECT_HANDLE key, size_t *length);
 
 /* Ends the session (doctor's look at the token). */
 void tfy_p11_close(tfy_p11_session *session);

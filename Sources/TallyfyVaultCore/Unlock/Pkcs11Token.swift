@@ -63,14 +63,34 @@ public final class Pkcs11Token: Sendable {
     func encrypt(_ plain: borrowing SecretBytes, pin: borrowing SecretBytes) throws -> (ciphertext: [UInt8], identity: KeyIdentity) {
         try withSession(pin: pin) { session in
             let (key, identity) = try findKey(CKO_PUBLIC_KEY, in: &session)
-            var out = [UInt8](repeating: 0, count: 1024)
+            var out = [UInt8](repeating: 0, count: Pkcs11Token.maxModulusLength)
             var length = out.count
-            let rv = plain.withUnsafeBytes { input in
-                tfy_p11_rsa_oaep(&session, 0, key, input.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count, &out, &length)
+            var rv = plain.withUnsafeBytes { input in
+                tfy_p11_rsa(&session, 0, 0, key, input.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count, &out, &length)
+            }
+            if Self.oaepUnsupported(rv) {
+                // OAEP applied here, bare RSA on the token: the same ciphertext.
+                var modulus = 0
+                rv = tfy_p11_modulus_length(&session, key, &modulus)
+                guard rv == CKR_OK else { throw error(rv, doing: "reading the public key") }
+                guard var encoded = plain.withUnsafeBytes({ RSAOAEP.encode($0, modulusLength: modulus) }) else {
+                    throw VaultError(.usage, "the key \(uri.text) names is too short for RSA-OAEP with SHA-256", hint: "use an RSA key of 2048 bits or more")
+                }
+                defer { encoded.wipe() }
+                length = out.count
+                rv = tfy_p11_rsa(&session, 0, 1, key, encoded, encoded.count, &out, &length)
             }
             guard rv == CKR_OK else { throw error(rv, doing: "encrypting the slot key to its public key") }
             return (Array(out.prefix(length)), identity)
         }
+    }
+
+    static let maxModulusLength = 1024
+
+    /// The answers of a token that can't do OAEP with SHA-256 (SoftHSM2 2.6
+    /// says CKR_ARGUMENTS_BAD: it knows OAEP with SHA-1 only).
+    private static func oaepUnsupported(_ rv: CK_RV) -> Bool {
+        [CKR_ARGUMENTS_BAD, CKR_MECHANISM_INVALID, CKR_MECHANISM_PARAM_INVALID].contains(rv)
     }
 
     /// The slot key in `ciphertext`, decrypted on the token; `nil` when the
@@ -78,15 +98,32 @@ public final class Pkcs11Token: Sendable {
     func decrypt(_ ciphertext: [UInt8], pin: borrowing SecretBytes) throws -> SecretBox? {
         try withSession(pin: pin) { session in
             let (key, _) = try findKey(CKO_PRIVATE_KEY, in: &session)
-            var out = SecretBytes(count: 1024)
-            let (rv, length) = out.withUnsafeMutableBytes { output in
+            var out = SecretBytes(count: Pkcs11Token.maxModulusLength)
+            var (rv, length) = out.withUnsafeMutableBytes { output in
                 var length = output.count
-                let rv = tfy_p11_rsa_oaep(&session, 1, key, ciphertext, ciphertext.count,
+                let rv = tfy_p11_rsa(&session, 1, 0, key, ciphertext, ciphertext.count,
                     output.baseAddress!.assumingMemoryBound(to: UInt8.self), &length)
                 return (rv, length)
             }
+            var raw = false
+            if Self.oaepUnsupported(rv) {
+                raw = true
+                (rv, length) = out.withUnsafeMutableBytes { output in
+                    var length = output.count
+                    let rv = tfy_p11_rsa(&session, 1, 1, key, ciphertext, ciphertext.count,
+                        output.baseAddress!.assumingMemoryBound(to: UInt8.self), &length)
+                    return (rv, length)
+                }
+            }
             switch rv {
             case CKR_OK:
+                if raw {
+                    // The modulus is as long as the ciphertext written for it.
+                    guard let message = out.withUnsafeBytes({ RSAOAEP.decode(UnsafeRawBufferPointer(rebasing: $0[..<length]), modulusLength: ciphertext.count) }),
+                        message.count == Sodium.aeadKeyBytes
+                    else { return nil }
+                    return SecretBox(message)
+                }
                 return length == Sodium.aeadKeyBytes ? SecretBox(out.prefix(length)) : nil
             // Another key's ciphertext: OAEP's check fails (SoftHSM2 says
             // CKR_GENERAL_ERROR for that), or the length is not its modulus'.
