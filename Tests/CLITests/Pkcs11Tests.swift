@@ -148,4 +148,69 @@ struct SoftHSM {
         #expect(gone.stderr.contains("no token matching \(uri) is present"), "\(gone.brief)")
         try sandbox.refused(["login"], status: 66, env: unlock)
     }
+
+    /// SECURITY.md's "Token fields" followed by hand, with OpenSSL as the
+    /// independent decoder: the key pair is made by OpenSSL and imported, the
+    /// slot read out of the file byte by byte, and its ciphertext decrypted
+    /// with `openssl pkeyutl` as RSA-OAEP with SHA-256 and MGF1-SHA-256.
+    @Test func theSlotCiphertextIsStandardRSAOAEPWithSHA256() async throws {
+        let (world, hsm, _) = try await world()
+        defer { world.emulator.stop() }
+        let sandbox = world.sandbox
+        let key = sandbox.path("imported.pem")
+        let pub = sandbox.path("imported.pub.pem")
+        let openssl = URL(fileURLWithPath: "/usr/bin/openssl")
+        for arguments in [["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
+                          ["pkey", "-in", key, "-pubout", "-out", pub]] {
+            let made = try runProcess(openssl, arguments, environment: ["PATH": "/usr/bin:/bin"])
+            #expect(made.status == 0, "openssl \(arguments[0]): \(made.brief)")
+        }
+        for (file, type) in [(key, "privkey"), (pub, "pubkey")] {
+            try hsm.tool("pkcs11-tool", ["--module", hsm.module, "--token-label", "ops", "--login", "--pin", pin,
+                "--write-object", file, "--type", type, "--id", "02", "--label", "imported", "--usage-decrypt"])
+        }
+        try sandbox.ok(["keys", "add", "--pkcs11", "pkcs11:token=ops;object=imported", "--label", "imported"])
+
+        // Header: magic 8 | version u16 | header length u32 | slot count u8 | slots.
+        let bytes = [UInt8](try sandbox.vaultBytes())
+        #expect(Array(bytes[0..<8]) == Array("TFYVAULT".utf8) && bytes[8] == 2 && bytes[9] == 0)
+        var at = 15
+        var ciphertext: [UInt8]? = nil
+        for _ in 0..<Int(bytes[14]) {
+            let kind = bytes[at]
+            let labelLength = Int(bytes[at + 1])
+            let label = String(decoding: bytes[at + 2..<at + 2 + labelLength], as: UTF8.self)
+            at += 2 + labelLength + 16  // kind, label length, label, salt
+            if kind == 1 { at += 16 }  // Argon2id cost
+            if kind == 3 {
+                #expect(bytes[at] == 1, "mechanism")
+                at += 1
+                var fields: [[UInt8]] = []
+                for _ in 0..<3 {
+                    fields.append(Array(bytes[at + 1..<at + 1 + Int(bytes[at])]))
+                    at += 1 + Int(bytes[at])
+                }
+                let length = Int(bytes[at]) | Int(bytes[at + 1]) << 8
+                at += 2
+                if label == "imported" {
+                    #expect(String(decoding: fields[0], as: UTF8.self) == "ops")
+                    #expect(fields[2] == [0x02])
+                    ciphertext = Array(bytes[at..<at + length])
+                }
+                at += length
+            }
+            at += 24 + 48  // nonce, wrapped key
+        }
+        let sealed = try #require(ciphertext, "no slot labelled imported")
+        #expect(sealed.count == 256)
+        let input = sandbox.path("slot-ciphertext")
+        try Data(sealed).write(to: URL(fileURLWithPath: input))
+        let decrypted = try runProcess(openssl, ["pkeyutl", "-decrypt", "-inkey", key, "-in", input, "-out", sandbox.path("slot-key"),
+            "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256"],
+            environment: ["PATH": "/usr/bin:/bin"])
+        #expect(decrypted.status == 0, "openssl pkeyutl -decrypt: \(decrypted.brief)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: sandbox.path("slot-key"))).count == 32)
+        // And the imported key opens the vault through the token.
+        try sandbox.ok(["exec", "--", "true"], env: ["TALLYFY_VAULT_KEY_FILE": "", "TALLYFY_VAULT_PKCS11_URI": "pkcs11:token=ops;object=imported"])
+    }
 }
