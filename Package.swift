@@ -100,7 +100,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TallyfyVaultTests",
-            dependencies: ["TallyfyVault", "TallyfyVaultCore", "CSodium"],
+            dependencies: ["TallyfyVault", "TallyfyVaultCore", "CSodium", "CPKCS11"],
             resources: [.copy("Vectors"), .copy("FuzzSeeds")],
             swiftSettings: testHooks
         ),

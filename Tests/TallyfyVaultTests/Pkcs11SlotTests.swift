@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CPKCS11
 @testable import TallyfyVaultCore
 
 /// The parts of a PKCS#11 slot that need no token: the URI, the slot's bytes
@@ -125,5 +126,22 @@ import Testing
             #expect(decoded(damaged) == nil, "byte \(position)")
         }
         #expect([UInt8](repeating: 0, count: 200).withUnsafeBytes { RSAOAEP.encode($0, modulusLength: 256) } == nil)
+    }
+
+    /// What a token says about a PIN becomes the message (SoftHSM2 keeps no
+    /// try counter, so these answers are checked here, not end to end).
+    @Test func pinAnswersSayWhatTheTokenSaid() throws {
+        let token = try Pkcs11Token(uri: try Pkcs11URI(parsing: "pkcs11:token=ops;object=k"),
+            environment: [Pkcs11Token.moduleVariable: "/nonexistent/module.so"])
+        let wrong = token.error(CKR_PIN_INCORRECT, doing: "logging in")
+        #expect(wrong.kind == .refused && wrong.message == "wrong PIN for the PKCS#11 token of pkcs11:token=ops;object=k")
+        let low = token.error(CKR_PIN_INCORRECT, doing: "logging in", flags: CK_FLAGS(CKF_USER_PIN_COUNT_LOW))
+        #expect(low.kind == .refused && low.message.hasSuffix("(the token says few tries are left before it locks the PIN)"))
+        let last = token.error(CKR_PIN_INCORRECT, doing: "logging in", flags: CK_FLAGS(CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_COUNT_LOW))
+        #expect(last.kind == .refused && last.message.hasSuffix("(the token says one try is left before it locks the PIN)"))
+        let locked = token.error(CKR_PIN_LOCKED, doing: "logging in")
+        #expect(locked.kind == .refused && locked.message == "the PIN of the PKCS#11 token of pkcs11:token=ops;object=k is locked after too many wrong tries")
+        let absent = token.error(CKR_TOKEN_NOT_PRESENT, doing: "opening a session on the token")
+        #expect(absent.kind == .notFound && absent.message.contains("pkcs11:token=ops;object=k"))
     }
 }

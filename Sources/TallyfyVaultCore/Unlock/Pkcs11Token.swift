@@ -225,7 +225,7 @@ public final class Pkcs11Token: Sendable {
 
     /// The message for a module's answer: never a PIN, always the URI or
     /// the module's path, with what to do.
-    private func error(_ rv: CK_RV, doing what: String, flags: CK_FLAGS = 0) -> VaultError {
+    func error(_ rv: CK_RV, doing what: String, flags: CK_FLAGS = 0) -> VaultError {
         let token = "the PKCS#11 token of \(uri.text)"
         switch rv {
         case CK_RV(TFY_P11_MODULE_UNLOADABLE):
@@ -242,7 +242,7 @@ public final class Pkcs11Token: Sendable {
             return VaultError(.usage, "\(uri.text) matches more than one token",
                 hint: "add serial=… (or a more specific token=…) to the URI; `pkcs11-tool --module \(modulePath) --list-token-slots` shows them")
         case CK_RV(TFY_P11_NO_OBJECT):
-            return VaultError(.notFound, "\(token) holds no key matching \(uri.text)",
+            return VaultError(.notFound, "the PKCS#11 token is present but holds no key matching \(uri.text)",
                 hint: "check object= and id= against `pkcs11-tool --module \(modulePath) --list-objects --login`")
         case CK_RV(TFY_P11_SEVERAL_OBJECTS):
             return VaultError(.usage, "\(uri.text) matches more than one key on its token", hint: "add id=%XX to the URI")
