@@ -28,12 +28,16 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"]), .brew(["libsodium"])]
         ),
+        // The PKCS#11 header (p11-kit's, permissively licensed) and a few C
+        // steps over a module loaded with dlopen at run time: no module is
+        // linked, so a machine without one runs every other slot kind.
+        .target(name: "CPKCS11"),
         // Everything but the HTTP stack: sealing, store, unlock, policy and
         // launch. The `tallyfy-vault` launcher links only this, so the exec
         // fast path starts small (see README "Speed").
         .target(
             name: "TallyfyVaultCore",
-            dependencies: ["CSodium"],
+            dependencies: ["CSodium", "CPKCS11"],
             swiftSettings: testHooks
         ),
         // The core plus the Tallyfy client that renews tokens.
@@ -96,7 +100,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TallyfyVaultTests",
-            dependencies: ["TallyfyVault", "TallyfyVaultCore", "CSodium"],
+            dependencies: ["TallyfyVault", "TallyfyVaultCore", "CSodium", "CPKCS11"],
             resources: [.copy("Vectors"), .copy("FuzzSeeds")],
             swiftSettings: testHooks
         ),

@@ -5,7 +5,7 @@ import TallyfyVault
 /// `keys list|add|remove`: the vault's unlock slots.
 struct Keys: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List, add or remove the passphrases and key files that open the vault.",
+        abstract: "List, add or remove the passphrases, key files and PKCS#11 token keys that open the vault.",
         subcommands: [List.self, Add.self, Remove.self])
 
     struct List: ParsableCommand {
@@ -15,19 +15,36 @@ struct Keys: ParsableCommand {
         func run() throws {
             let slots = try global.store.slots()
             let rows = slots.map { slot in
-                [slot.label, slot.kind.name, slot.opsLimit.map { "argon2id, \($0) passes, \(ByteCountFormatter.string(fromByteCount: Int64(slot.memLimitBytes ?? 0), countStyle: .memory))" + (slot.weak ? " (WEAK: below interactive)" : "") } ?? ""]
+                [slot.label, slot.kind.name, Self.detail(slot)]
             }
-            Output.line(Table.render([["LABEL", "KIND", "KDF"]] + rows))
+            Output.line(Table.render([["LABEL", "KIND", "DETAIL"]] + rows))
             for slot in slots where slot.weak {
                 Output.note("warning: key slot \"\(slot.label)\" has an Argon2id cost below `interactive`, so its passphrase is cheap to guess; replace it: `keys add --kdf moderate`, then `keys remove \(slot.label)`")
             }
+        }
+
+        /// A passphrase slot's Argon2id cost; a token slot's token and key id.
+        static func detail(_ slot: SlotInfo) -> String {
+            if let ops = slot.opsLimit {
+                return "argon2id, \(ops) passes, \(ByteCountFormatter.string(fromByteCount: Int64(slot.memLimitBytes ?? 0), countStyle: .memory))"
+                    + (slot.weak ? " (WEAK: below interactive)" : "")
+            }
+            if let token = slot.token {
+                return "token \"\(token)\" (serial \(slot.tokenSerial ?? "-")), key id \(slot.keyID ?? "-")"
+            }
+            return ""
         }
     }
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Add a key file or passphrase that opens the vault.",
-            discussion: "With neither --new-key-file nor --new-passphrase-file, prompts for a new passphrase twice.")
+            abstract: "Add a key file, passphrase or PKCS#11 token key that opens the vault.",
+            discussion: """
+                With none of --new-key-file, --new-passphrase-file and --pkcs11, prompts for a new passphrase twice. \
+                Here --pkcs11 URI names the new slot's key: an RSA key pair on a PKCS#11 token, which alone then opens \
+                the slot (RSA-OAEP, SHA-256; the private key never leaves the token); its PIN comes from \
+                TALLYFY_VAULT_PKCS11_PIN_FILE or a prompt. To unlock with a token while adding, use TALLYFY_VAULT_PKCS11_URI.
+                """)
         @OptionGroup var global: GlobalOptions
 
         @Option(help: ArgumentHelp("A key file (from `keygen`) that will open the vault.", valueName: "PATH"))
@@ -36,26 +53,30 @@ struct Keys: ParsableCommand {
         @Option(help: ArgumentHelp("A file whose first line is the new passphrase.", valueName: "PATH"))
         var newPassphraseFile: String?
 
-        @Option(help: "A label for the new slot (default: key-file or passphrase, numbered).")
+        @Option(help: "A label for the new slot (default: key-file, passphrase or pkcs11, numbered).")
         var label: String?
 
         @Option(help: "Argon2id cost of a new passphrase slot.")
         var kdf: KDFLevel = .moderate
 
         func validate() throws {
-            if newKeyFile != nil && newPassphraseFile != nil {
-                throw ValidationError("give --new-key-file or --new-passphrase-file, not both")
+            if [newKeyFile, newPassphraseFile, global.pkcs11].compactMap({ $0 }).count > 1 {
+                throw ValidationError("give one of --new-key-file, --new-passphrase-file and --pkcs11")
             }
         }
 
         func run() async throws {
             if let label { try SlotLabel.check(label) }
-            let secrets = try global.secretsToOpen()
+            // `--pkcs11` names the new slot's key here, not an unlock source.
+            var context = global.context
+            context.pkcs11 = nil
+            let secrets = try context.secretsToOpen()
             let newSecret: UnlockSecret =
                 if let newKeyFile { try UnlockSources.readKeyFile(newKeyFile) }
                 else if let newPassphraseFile { try UnlockSources.readPassphraseFile(newPassphraseFile) }
+                else if let uri = global.pkcs11 { try context.sources.pkcs11Secret(uri, promptForPIN: true)! }
                 else { try TerminalPrompt.passphrase(prompt: "New passphrase for the vault: ", confirm: true) }
-            let added = try await global.store.update(with: secrets) { vault in
+            let added = try await context.store.update(with: secrets) { vault in
                 let slotLabel = label ?? vault.unusedLabel(for: newSecret.kind)
                 try vault.addSlot(secret: newSecret, label: slotLabel, kdf: kdf)
                 return slotLabel

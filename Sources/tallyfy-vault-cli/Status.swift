@@ -29,7 +29,11 @@ struct Status: ParsableCommand {
                 rows.append([profile.name, "client secret", "set \(profile.secretSetAt)", "\(profile.secretAge) old"])
             }
             Output.line("vault: \(report.vault)")
-            Output.line("unlock slots: " + report.slots.map { "\($0.label) (\($0.kind.name)\($0.weak ? ", WEAK Argon2id cost" : ""))" }.joined(separator: ", "))
+            if let generation = report.generation {
+                let seen = report.rememberedGeneration.map { $0 == 0 ? "this machine has seen none before" : "this machine has seen \($0)" } ?? "this machine keeps no record"
+                Output.line("generation: \(generation) (\(seen))")
+            }
+            Output.line("unlock slots: " + report.slots.map { "\($0.label) (\($0.kind.name)\($0.token.map { " on token \"\($0)\"" } ?? "")\($0.weak ? ", WEAK Argon2id cost" : ""))" }.joined(separator: ", "))
             for slot in report.slots where slot.weak {
                 Output.line("warning: key slot \"\(slot.label)\" has an Argon2id cost below `interactive`; replace it with `keys add --kdf moderate` and `keys remove \(slot.label)`")
             }

@@ -59,7 +59,10 @@ enum ExecFastPath {
             }
             // One pass: the vault read once (the summary only when a
             // passphrase might be spent), unlocked once, decided once.
-            guard let available = try? context.sources.available(), !available.isEmpty,
+            // A PKCS#11 token is left to the full CLI: a wrong PIN tried
+            // here and then again there would spend two of a real token's
+            // few tries (and the module is loaded only where it is used).
+            guard let available = try? context.sources.available().filter({ $0.kind != .pkcs11 }), !available.isEmpty,
                 let read = try? context.store.read(withSummary: available.contains { $0.kind != .keyFile }),
                 case let secrets = ExecFastPath.worthUnlocking(available, for: request, read: read, context: context), !secrets.isEmpty,
                 case let broker = TokenBroker(store: context.store, secrets: secrets, environment: context.environment),

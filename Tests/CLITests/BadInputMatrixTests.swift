@@ -40,8 +40,9 @@ import Testing
         func u32(_ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(bytes[at + $1]) << (8 * $1) } }
         func le(_ value: Int) -> [UInt8] { (0..<4).map { UInt8((value >> (8 * $0)) & 0xFF) } }
         let headerLength = u32(10)
-        let marker = Array(#"{"profiles""#.utf8)
-        let start = (0..<headerLength).first { Array(bytes[$0..<$0 + marker.count]) == marker }!
+        // The summary's first key, sorted: `generation` since vaults carry one.
+        let markers = [Array(#"{"generation""#.utf8), Array(#"{"profiles""#.utf8)]
+        let start = markers.lazy.compactMap { marker in (0..<headerLength).first { Array(bytes[$0..<$0 + marker.count]) == marker } }.first!
         let json = Array(edit(String(decoding: bytes[start..<headerLength], as: UTF8.self)).utf8)
         var out = Array(bytes[0..<start - 4]) + le(json.count) + json + Array(bytes[headerLength...])
         out.replaceSubrange(10..<14, with: le(start + json.count))
@@ -82,8 +83,8 @@ import Testing
             try Data().write(to: URL(fileURLWithPath: s.vaultPath)); return ["credentials", "show"] },
         Case(category: "file", input: "not a vault (wrong magic)", status: 65, message: "not a tallyfy-vault file") { s, _ in
             try flip(s) { _ in 0 }; return ["credentials", "show"] },
-        Case(category: "file", input: "format version 2", status: 65, message: "version 2 is not supported") { s, _ in
-            var bytes = try s.vaultBytes(); bytes[8] = 2
+        Case(category: "file", input: "format version 3", status: 65, message: "version 3 is not supported") { s, _ in
+            var bytes = try s.vaultBytes(); bytes[8] = 3
             try bytes.write(to: URL(fileURLWithPath: s.vaultPath)); return ["credentials", "show"] },
         Case(category: "file", input: "one bit flipped in the sealed body", status: 65, message: "does not authenticate") { s, _ in
             try flip(s) { $0 - 5 }; return ["credentials", "show"] },
@@ -172,7 +173,7 @@ import Testing
             ["keys", "remove", "nobody"] },
         Case(category: "flag", input: "`keys remove` of the last slot", status: 64, message: "only key slot") { _, _ in
             ["keys", "remove", "key-file"] },
-        Case(category: "flag", input: "`keys add` with both a key file and a passphrase file", status: 64, message: "not both") { s, _ in
+        Case(category: "flag", input: "`keys add` with both a key file and a passphrase file", status: 64, message: "give one of --new-key-file") { s, _ in
             ["keys", "add", "--new-key-file", s.keyPath, "--new-passphrase-file", s.keyPath] },
         Case(category: "flag", input: "profile name with a space", status: 64, message: "is not allowed") { _, _ in
             ["--profile", "my profile", "credentials", "set", "--org", "o", "--client-id", "c", "--secret-stdin"] },

@@ -88,7 +88,7 @@ import Testing
             let lines = version.stdout.split(separator: "\n").map(String.init)
             #expect(lines.first?.hasPrefix("tallyfy-vault ") == true, "\(version.stdout)")
             let release = String(lines.first?.dropFirst("tallyfy-vault ".count) ?? "")
-            #expect(lines.contains("vault format: reads 1, writes 1"), "\(version.stdout)")
+            #expect(lines.contains("vault format: reads 1, 2, writes 1 (2 with a PKCS#11 key slot)"), "\(version.stdout)")
             #expect(lines.contains("launcher: \(release)"), "\(version.stdout)")
             #expect(lines.contains { $0.hasPrefix("cli: \(release) (") }, "\(version.stdout)")
         }

@@ -68,4 +68,32 @@ import Testing
         try sandbox.ok(["keygen", another])
         try sandbox.refused(["keys", "add", "--new-key-file", another], status: 65)
     }
+
+    /// `status` and `doctor` show the vault's generation and the one this
+    /// machine remembers, without a key; doctor fails on an older vault.
+    @Test func statusAndDoctorShowTheGenerationAndTheRememberedOne() async throws {
+        let world = try await LoggedIn.start(secrets: [old, new])
+        defer { world.emulator.stop() }
+        let sandbox = world.sandbox
+        let putBack = try snapshot(sandbox)
+        let before = try sandbox.ok(["status"]).stdout
+        let generation = try #require(before.split(separator: "\n").first { $0.hasPrefix("generation: ") }, "\(before)")
+        let number = try #require(Int(generation.dropFirst("generation: ".count).prefix { $0.isNumber }))
+        #expect(generation == "generation: \(number) (this machine has seen \(number))")
+        try sandbox.ok(["rotate-secret", "--secret-stdin"], stdin: new + "\n")
+        #expect(try sandbox.ok(["status"]).stdout.contains("generation: \(number + 1) (this machine has seen \(number + 1))"))
+        let json = try sandbox.ok(["status", "--format", "json"]).stdout
+        #expect(json.contains("\"generation\":\(number + 1)") && json.contains("\"rememberedGeneration\":\(number + 1)"), "\(json)")
+        let fine = try sandbox.run(["doctor"])
+        #expect(fine.stdout.contains("generation") && fine.stdout.contains("\(number + 1) (this machine has seen \(number + 1))"), "\(fine.stdout)")
+
+        try putBack()
+        let bytes = try sandbox.vaultBytes()
+        let status = try sandbox.ok(["status"], env: ["TALLYFY_VAULT_KEY_FILE": ""])
+        #expect(status.stdout.contains("generation: \(number) (this machine has seen \(number + 1))"), "\(status.stdout)")
+        let doctor = try sandbox.run(["doctor"])
+        #expect(doctor.status == 2, "\(doctor.brief)")
+        #expect(doctor.stdout.contains("\(number), older than \(number + 1), which this machine has seen"), "\(doctor.stdout)")
+        #expect(try sandbox.vaultBytes() == bytes, "status or doctor changed the vault")
+    }
 }

@@ -93,6 +93,7 @@ public struct Doctor: Sendable {
         checks += installChecks()
         let (fileChecks, vaultReadable) = vaultFileChecks()
         checks += fileChecks
+        checks += pkcs11Check()
         let (unlockChecks, vault) = vaultReadable ? unlock() : ([DoctorCheck("unlock", .skip, "not checked: no readable vault")], nil)
         checks += unlockChecks
         if let vault {
@@ -215,7 +216,41 @@ public struct Doctor: Sendable {
             let text = slots.map { "\($0.label) (\($0.kind.name))" }.joined(separator: ", ")
             checks.append(DoctorCheck("unlock slots", .ok, text))
         }
+        checks += generationCheck(store)
         return (checks, true)
+    }
+
+    /// The vault's generation beside the newest this machine has seen: a
+    /// lower one is what every command refuses as a rollback.
+    func generationCheck(_ store: VaultStore) -> [DoctorCheck] {
+        guard let summary = try? store.summary(), let generation = summary.generation, let id = summary.vaultID else {
+            return []
+        }
+        guard let seen = store.rememberedGeneration(of: id) else {
+            return [DoctorCheck("generation", .warn, "\(generation); this machine has nowhere to remember generations, so a rollback goes unnoticed here",
+                                hint: "set HOME or XDG_STATE_HOME")]
+        }
+        if generation < seen {
+            return [DoctorCheck("generation", .fail, "\(generation), older than \(seen), which this machine has seen: the vault was rolled back or restored from a backup",
+                                hint: "put the newer vault back; if you restored this one on purpose, run one command with --accept-rollback")]
+        }
+        return [DoctorCheck("generation", .ok, "\(generation) (this machine has seen \(seen == 0 ? "none before" : String(seen)))")]
+    }
+
+    /// A PKCS#11 URI given (`--pkcs11`, `TALLYFY_VAULT_PKCS11_URI`): the
+    /// module loads and the token with the key's public half is present.
+    /// Needs no PIN and decrypts nothing; the unlock check does that when a
+    /// PIN file is given.
+    func pkcs11Check() -> [DoctorCheck] {
+        guard let uri = context.sources.pkcs11 else { return [] }
+        do {
+            let token = try Pkcs11Token(uri: try Pkcs11URI(parsing: uri), environment: context.environment)
+            return [DoctorCheck("pkcs11 token", .ok, try token.diagnose())]
+        } catch let error as VaultError {
+            return [DoctorCheck("pkcs11 token", .fail, error.message, hint: error.hint)]
+        } catch {
+            return [DoctorCheck("pkcs11 token", .fail, "the PKCS#11 token could not be checked")]
+        }
     }
 
     /// An etcd location: reachable, holding a vault; its slots.
@@ -226,6 +261,7 @@ public struct Doctor: Sendable {
             if let slots = try? store.slots() {
                 checks.append(DoctorCheck("unlock slots", .ok, slots.map { "\($0.label) (\($0.kind.name))" }.joined(separator: ", ")))
             }
+            checks += generationCheck(store)
             return (checks, true)
         } catch let error as VaultError {
             return ([DoctorCheck("vault location", .fail, error.message, hint: error.hint)], false)
@@ -249,7 +285,7 @@ public struct Doctor: Sendable {
         }
         guard !secrets.isEmpty else {
             return ([DoctorCheck("unlock sources", .warn, "none present (commands would prompt on a terminal); profiles not checked",
-                                 hint: "set TALLYFY_VAULT_KEY_FILE or TALLYFY_VAULT_PASSPHRASE_FILE for unattended use")], nil)
+                                 hint: "set TALLYFY_VAULT_KEY_FILE, TALLYFY_VAULT_PASSPHRASE_FILE or TALLYFY_VAULT_PKCS11_URI with TALLYFY_VAULT_PKCS11_PIN_FILE for unattended use")], nil)
         }
         var checks = [DoctorCheck("unlock sources", .ok, secrets.map(\.origin).joined(separator: ", "))]
         var lastError: VaultError?

@@ -17,9 +17,16 @@
 /// vault is opened with a key.
 public struct VaultSummary: Codable, Sendable, Equatable {
     public var profiles: [String: ProfileSummary]
+    /// The vault's id and generation, copied from the sealed root on every
+    /// write so `status` and `doctor` can show them without a key (absent
+    /// from vaults written before generations existed).
+    public var vaultID: String?
+    public var generation: UInt64?
 
-    public init(profiles: [String: ProfileSummary] = [:]) {
+    public init(profiles: [String: ProfileSummary] = [:], vaultID: String? = nil, generation: UInt64? = nil) {
         self.profiles = profiles
+        self.vaultID = vaultID
+        self.generation = generation
     }
 }
 

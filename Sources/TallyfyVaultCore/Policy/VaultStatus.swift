@@ -21,12 +21,21 @@ public struct VaultStatus: Sendable, Encodable {
     }
 
     public var vault: String
+    /// The vault's write count, from the clear summary (unauthenticated
+    /// until opened), and the newest this machine has seen of it: a vault
+    /// below that is refused as rolled back. `nil` for a vault written
+    /// before generations existed.
+    public var generation: UInt64?
+    public var rememberedGeneration: UInt64?
     public var slots: [SlotInfo]
     public var profiles: [ProfileStatus]
 
     public static func read(store: VaultStore, now: Date) throws -> VaultStatus {
         let read = try store.read(withSummary: true, cached: false)
-        return make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
+        var status = make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
+        status.generation = read.summary.generation
+        status.rememberedGeneration = read.summary.vaultID.flatMap { store.rememberedGeneration(of: $0) }
+        return status
     }
 
     /// The report for a summary and slot table already read.
@@ -43,7 +52,7 @@ public struct VaultStatus: Sendable, Encodable {
                 secretSetAt: rfc(profile.secretSetAt),
                 secretAge: DurationText.format(now.timeIntervalSince(profile.secretSetAt)))
         }
-        return VaultStatus(vault: vault, slots: slots, profiles: profiles)
+        return VaultStatus(vault: vault, generation: nil, rememberedGeneration: nil, slots: slots, profiles: profiles)
     }
 }
 

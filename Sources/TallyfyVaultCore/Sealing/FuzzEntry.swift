@@ -83,7 +83,7 @@ package enum FuzzEntry {
     static func vault(aroundSummary summary: Data) -> Data {
         var body = ByteWriter()
         body.u8(1)
-        KeySlot(kind: .keyFile, label: "fuzz", salt: [UInt8](repeating: 0, count: KeySlot.saltLength), opsLimit: 0, memLimit: 0,
+        KeySlot(kind: .keyFile, label: "fuzz", salt: [UInt8](repeating: 0, count: KeySlot.saltLength), parameters: [],
             nonce: [UInt8](repeating: 0, count: Sodium.aeadNonceBytes),
             wrappedKey: [UInt8](repeating: 0, count: KeySlot.wrappedKeyLength)).write(to: &body)
         body.u32(UInt32(clamping: summary.count))

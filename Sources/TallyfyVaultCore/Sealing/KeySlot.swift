@@ -7,8 +7,10 @@
     import Glibc
 #endif
 
-/// One way to open the vault: the data key wrapped under a key derived from
-/// a passphrase (Argon2id) or from a key file (keyed BLAKE2b).
+/// One way to open the vault: the data key wrapped under a slot key that
+/// the slot's kind makes and finds again (`SlotKind.method`): derived from a
+/// passphrase (Argon2id) or a key file (keyed BLAKE2b), or decrypted by a
+/// PKCS#11 token.
 ///
 /// Several slots wrap the same data key, as LUKS does, so one vault can be
 /// opened by an operator's passphrase and by a server's key file alike.
@@ -19,9 +21,9 @@ struct KeySlot: Sendable, Equatable {
     var kind: SlotKind
     var label: String
     var salt: [UInt8]
-    /// Argon2id cost; zero for key-file slots.
-    var opsLimit: UInt64
-    var memLimit: UInt64
+    /// The kind's own bytes, between the salt and the nonce in the file
+    /// (Argon2id cost, or a token's wrapped slot key); empty for key files.
+    var parameters: [UInt8]
     var nonce: [UInt8]
     var wrappedKey: [UInt8]
 
@@ -34,13 +36,12 @@ struct KeySlot: Sendable, Equatable {
     static func make(
         wrapping dataKey: borrowing SecretBytes, with secret: UnlockSecret, label: String, kdf: KDFLevel
     ) throws -> KeySlot {
-        let kind = secret.kind
-        let (ops, mem): (UInt64, UInt64) = kind == .passphrase ? kdf.parameters : (0, 0)
+        let salt = Sodium.randomBytes(saltLength)
+        let (parameters, slotKey) = try secret.kind.method.newSlotKey(for: secret, salt: salt, kdf: kdf)
         var slot = KeySlot(
-            kind: kind, label: label, salt: Sodium.randomBytes(saltLength), opsLimit: ops, memLimit: mem,
+            kind: secret.kind, label: label, salt: salt, parameters: parameters,
             nonce: Sodium.randomBytes(Sodium.aeadNonceBytes), wrappedKey: [])
-        let slotKey = try slot.deriveKey(from: secret)
-        slot.wrappedKey = dataKey.withUnsafeBytes { Sodium.seal($0, key: slotKey, nonce: slot.nonce, associatedData: slot.associatedData) }
+        slot.wrappedKey = dataKey.withUnsafeBytes { Sodium.seal($0, key: slotKey.bytes, nonce: slot.nonce, associatedData: slot.associatedData) }
         return slot
     }
 
@@ -51,36 +52,16 @@ struct KeySlot: Sendable, Equatable {
 
     /// The data key, or `nil` when `secret` does not open this slot.
     func unwrap(with secret: UnlockSecret) throws -> SecretBytes? {
-        guard accepts(secret) else { return nil }
-        let slotKey = try deriveKey(from: secret)
+        guard accepts(secret), let slotKey = try kind.method.slotKey(self, with: secret) else { return nil }
         guard let key = Sodium.open(wrappedKey, key: slotKey, nonce: nonce, associatedData: associatedData),
             key.count == Sodium.aeadKeyBytes
         else { return nil }
         return key
     }
 
-    private func deriveKey(from secret: UnlockSecret) throws -> SecretBytes {
-        let input = UnlockSecret.Derivation(salt: salt, opsLimit: opsLimit, memLimit: memLimit)
-        if kind == .passphrase, let known = secret.derivedKey(input) { return known }
-        Self.countDerivation(kind)
-        switch kind {
-        case .keyFile:
-            return secret.bytes.withUnsafeBytes { keyFileBytes in
-                Sodium.keyedHash(
-                    outputBytes: Sodium.aeadKeyBytes, key: keyFileBytes,
-                    message: Array("TFYVAULT-keyfile-v1".utf8) + salt)
-            }
-        case .passphrase:
-            guard let key = Sodium.argon2id(passphrase: secret.bytes, salt: salt, opsLimit: opsLimit, memLimit: memLimit)
-            else {
-                throw VaultError(
-                    .io, "could not allocate \(memLimit / 1_048_576) MiB for the passphrase key derivation",
-                    hint: "free memory, or add a slot with `keys add --kdf interactive`")
-            }
-            secret.remember(key, for: input)
-            return key
-        }
-    }
+    /// The Argon2id cost of a passphrase slot (zero for other kinds).
+    var opsLimit: UInt64 { PassphraseSlot.cost(self).opsLimit }
+    var memLimit: UInt64 { PassphraseSlot.cost(self).memLimit }
 }
 
 extension KeySlot {
@@ -92,7 +73,7 @@ extension KeySlot {
             guard let path = ProcessInfo.processInfo.environment["TALLYFY_VAULT_TEST_KDF_LOG"], !path.isEmpty else { return }
             let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
             guard descriptor >= 0 else { return }
-            let line = kind == .passphrase ? "argon2id\n" : "key-file\n"
+            let line = kind == .passphrase ? "argon2id\n" : "\(kind.name)\n"
             _ = line.withCString { Glibc.write(descriptor, $0, strlen($0)) }
             Glibc.close(descriptor)
         #endif
@@ -110,12 +91,16 @@ public struct SlotInfo: Sendable, Equatable, Codable {
     /// `interactive` preset (2 passes, 64 MiB): guessing its passphrase is
     /// cheap. Only a debug build writes one; `keys list` and `status` flag it.
     public var weak: Bool
+    /// A PKCS#11 slot's token label and serial number, and its key's
+    /// CKA_ID in hex, as they were when the slot was added.
+    public var token: String?
+    public var tokenSerial: String?
+    public var keyID: String?
 
     init(_ slot: KeySlot) {
         label = slot.label
         kind = slot.kind
-        opsLimit = slot.kind == .passphrase ? slot.opsLimit : nil
-        memLimitBytes = slot.kind == .passphrase ? slot.memLimit : nil
-        weak = slot.kind == .passphrase && KDFLevel.isWeak(opsLimit: slot.opsLimit, memLimit: slot.memLimit)
+        weak = false
+        slot.kind.method.describe(slot, into: &self)
     }
 }

@@ -1,6 +1,7 @@
 import Synchronization
 
-/// Something that can open a key slot: a key file's 32 bytes or a passphrase.
+/// Something that can open a key slot: a key file's 32 bytes, a passphrase,
+/// or a PKCS#11 token's PIN with the token it unlocks.
 ///
 /// A class rather than a `~Copyable` struct so that several sources can be
 /// collected in an array; the bytes themselves stay in guarded memory with a
@@ -10,11 +11,15 @@ public final class UnlockSecret: @unchecked Sendable {
     public let bytes: SecretBytes
     /// Where it came from, for messages ("key file /etc/…", "TALLYFY_VAULT_PASSPHRASE").
     public let origin: String
+    /// What the secret works with besides its bytes, for a kind that needs
+    /// more than bytes: a PKCS#11 secret's `Pkcs11Token` (its bytes are the PIN).
+    public let device: (any Sendable)?
 
-    public init(kind: SlotKind, bytes: consuming SecretBytes, origin: String) {
+    public init(kind: SlotKind, bytes: consuming SecretBytes, origin: String, device: (any Sendable)? = nil) {
         self.kind = kind
         self.bytes = bytes
         self.origin = origin
+        self.device = device
     }
 
     /// What a passphrase slot's key is derived from besides the passphrase.

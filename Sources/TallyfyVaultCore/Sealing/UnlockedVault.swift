@@ -106,14 +106,11 @@ public final class UnlockedVault: @unchecked Sendable {
 
     private static func wrongSecretError(_ secrets: [UnlockSecret], slots: [KeySlot]) -> VaultError {
         let origins = secrets.map(\.origin).joined(separator: ", ")
-        let kinds = Set(slots.map(\.kind))
-        if secrets.allSatisfy({ $0.kind == .keyFile }) && !kinds.contains(.keyFile) {
-            return VaultError(.refused, "this vault has no key-file slot, so \(origins) cannot open it",
-                hint: "unlock it with its passphrase (--passphrase-file or the prompt)", cause: .keyOpensNoSlot)
-        }
-        if secrets.allSatisfy({ $0.kind == .passphrase }) && !kinds.contains(.passphrase) {
-            return VaultError(.refused, "this vault has no passphrase slot, so \(origins) cannot open it",
-                hint: "unlock it with its key file (--key-file)", cause: .keyOpensNoSlot)
+        let kinds = SlotKind.allCases.filter { kind in slots.contains { $0.kind == kind } }
+        let given = Set(secrets.map(\.kind))
+        if given.count == 1, let only = given.first, !kinds.contains(only) {
+            return VaultError(.refused, "this vault has no \(only.name) slot, so \(origins) cannot open it",
+                hint: "unlock it with " + kinds.map { $0.method.unlockHint }.joined(separator: ", or "), cause: .keyOpensNoSlot)
         }
         return VaultError(.refused, "wrong passphrase or key: \(origins) opens none of the vault's key slots",
             hint: "check which key file or passphrase this vault was made with (`tallyfy-vault keys list` shows its slots)",
@@ -190,7 +187,7 @@ public final class UnlockedVault: @unchecked Sendable {
                 userTokenCount: count, earliestUserTokenExpiresAt: earliest.map { Date(timeIntervalSince1970: TimeInterval($0)) },
                 lastRenewalFailure: profile.lastRenewalFailure)
         }
-        return VaultSummary(profiles: profiles)
+        return VaultSummary(profiles: profiles, vaultID: content.id, generation: content.generation)
     }
 
     // MARK: - User-token records
@@ -327,12 +324,21 @@ public final class UnlockedVault: @unchecked Sendable {
             throw VaultError(.usage, "the vault has \(slots.count) key slots, the most it can hold",
                 hint: "remove one with `tallyfy-vault keys remove LABEL`")
         }
-        for slot in slots where slot.kind == .keyFile && secret.kind == .keyFile {
+        // A key file or a token key that opens a slot already would only
+        // add a second way in with the same key (a passphrase is not checked:
+        // that would cost an Argon2id derivation per slot).
+        for slot in slots where slot.kind == secret.kind && slot.kind != .passphrase {
             if try slot.unwrap(with: secret) != nil {
-                throw VaultError(.usage, "this key file already opens the vault (slot \"\(slot.label)\")")
+                throw VaultError(.usage, "this \(secret.kind == .keyFile ? "key file" : "key") already opens the vault (slot \"\(slot.label)\")")
             }
         }
         slots.append(try KeySlot.make(wrapping: dataKey.bytes, with: secret, label: label, kdf: kdf))
+    }
+
+    /// Tests only: slots no secret at hand could make (a PKCS#11 slot
+    /// without a token), to check how the format carries them.
+    func replaceSlotsForTesting(_ newSlots: [KeySlot]) {
+        slots = newSlots
     }
 
     /// Removes the slot labelled `label`; the last slot can't go.
@@ -358,7 +364,7 @@ public final class UnlockedVault: @unchecked Sendable {
             var rewrapped: KeySlot? = nil
             for secret in secrets where slot.accepts(secret) {
                 if try slot.unwrap(with: secret) != nil {
-                    let level = kdf ?? KDFLevel.matching(opsLimit: slot.opsLimit, memLimit: slot.memLimit)
+                    let level = kdf ?? slot.kind.method.kdfLevel(of: slot)
                     rewrapped = try KeySlot.make(wrapping: newKey, with: secret, label: slot.label, kdf: level)
                     break
                 }
@@ -368,7 +374,7 @@ public final class UnlockedVault: @unchecked Sendable {
         if !unreachable.isEmpty && !dropOthers {
             throw VaultError(.usage,
                 "rekey needs every slot's key, and none was given for: \(unreachable.map { "\"\($0)\"" }.joined(separator: ", "))",
-                hint: "give those key files or passphrases as well (--key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE; "
+                hint: "give those key files, passphrases or tokens as well (--key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, --pkcs11; "
                     + "at a terminal rekey asks for a passphrase slot's passphrase), or pass --drop-other-slots to remove them")
         }
         guard !newSlots.isEmpty else {

@@ -20,7 +20,18 @@
 /// opened alone yet cannot be swapped, replayed or dropped unnoticed.
 enum VaultFormat {
     static let magic = Array("TFYVAULT".utf8)
+    /// Version 1, and version 2 where a slot's kind needs it (a PKCS#11
+    /// slot): the layout is the same, the number tells an older reader it
+    /// can't open the file instead of letting it call the slot damage.
     static let version: UInt16 = 1
+    static let versionsRead: [UInt16] = [1, 2]
+
+    /// The version a vault with `slots` is written as: the lowest that
+    /// carries every slot's kind, so a vault without PKCS#11 slots stays
+    /// readable by every release.
+    static func version(for slots: [KeySlot]) -> UInt16 {
+        slots.map { $0.kind.method.formatVersion }.max() ?? version
+    }
     static let maxSlots = 32
     static let maxSummaryLength = 1 << 20
     static let maxRootLength = 64 << 20
@@ -212,8 +223,8 @@ extension ParsedVault {
                 hint: "check the --vault path")
         }
         let version = try reader.u16("header")
-        guard version == VaultFormat.version else {
-            throw VaultError(.corrupt, "vault format version \(version) is not supported (this tallyfy-vault reads version \(VaultFormat.version))",
+        guard VaultFormat.versionsRead.contains(version) else {
+            throw VaultError(.corrupt, "vault format version \(version) is not supported (this tallyfy-vault reads versions \(VaultFormat.versionsRead.map(String.init).joined(separator: " and ")))",
                 hint: "open it with the tallyfy-vault release that wrote it")
         }
         let headerLength = Int(try reader.u32("header"))
@@ -224,7 +235,7 @@ extension ParsedVault {
         guard (1...VaultFormat.maxSlots).contains(slotCount) else {
             throw VaultError(.corrupt, "the vault header is damaged (\(slotCount) key slots)", hint: ByteReader.restoreHint)
         }
-        slots = try (0..<slotCount).map { _ in try KeySlot.read(from: &reader) }
+        slots = try (0..<slotCount).map { _ in try KeySlot.read(from: &reader, formatVersion: version) }
         let summaryLength = Int(try reader.u32("summary"))
         guard summaryLength <= VaultFormat.maxSummaryLength else {
             throw VaultError(.corrupt, "the vault header is damaged (summary length)", hint: ByteReader.restoreHint)
@@ -241,7 +252,8 @@ extension ParsedVault {
                 summary.profiles.keys.allSatisfy({ (try? Credentials.checkProfileName($0)) != nil }),
                 // Dates reach calendar and whole-second conversions in the
                 // keyless `status` and `check`: out of range is damage.
-                summary.profiles.values.allSatisfy(\.isReadable)
+                summary.profiles.values.allSatisfy(\.isReadable),
+                summary.vaultID.map(SeenGenerations.isName) ?? true
             else {
                 throw VaultError(.corrupt, "the vault header is damaged (summary)", hint: ByteReader.restoreHint)
             }
@@ -295,7 +307,7 @@ extension ParsedVault {
 
         var header = ByteWriter()
         header.raw(VaultFormat.magic)
-        header.u16(VaultFormat.version)
+        header.u16(VaultFormat.version(for: slots))
         header.u32(UInt32(VaultFormat.magic.count + 2 + 4 + body.bytes.count))
         header.raw(body.bytes)
         return header.bytes
@@ -318,8 +330,10 @@ extension ParsedVault {
 }
 
 extension KeySlot {
-    static func read(from reader: inout ByteReader) throws -> KeySlot {
-        guard let kind = SlotKind(rawValue: try reader.u8("key slot")) else {
+    /// One slot: kind u8 | label length u8 | label | salt 16 | the kind's
+    /// parameters (`SlotMethod.readParameters`) | nonce 24 | wrapped key 48.
+    static func read(from reader: inout ByteReader, formatVersion: UInt16) throws -> KeySlot {
+        guard let kind = SlotKind(rawValue: try reader.u8("key slot")), kind.method.formatVersion <= formatVersion else {
             throw VaultError(.corrupt, "the vault header has a key slot of an unknown kind", hint: ByteReader.restoreHint)
         }
         let labelLength = Int(try reader.u8("key slot"))
@@ -329,20 +343,9 @@ extension KeySlot {
             throw VaultError(.corrupt, "the vault header has a damaged key slot label", hint: ByteReader.restoreHint)
         }
         let salt = try reader.bytes(saltLength, "key slot")
-        var ops: UInt64 = 0
-        var mem: UInt64 = 0
-        if kind == .passphrase {
-            ops = try reader.u64("key slot")
-            mem = try reader.u64("key slot")
-            guard (KDFLevel.minOpsLimit...KDFLevel.maxOpsLimit).contains(ops),
-                (KDFLevel.minMemLimit...KDFLevel.maxMemLimit).contains(mem)
-            else {
-                throw VaultError(.corrupt, "key slot \"\(label)\" asks for an Argon2id cost outside the accepted limits (at most \(KDFLevel.maxOpsLimit) passes and \(KDFLevel.maxMemLimit >> 20) MiB)",
-                    hint: "the file was damaged or crafted; restore it from a backup")
-            }
-        }
+        let parameters = try kind.method.readParameters(from: &reader, label: label)
         return KeySlot(
-            kind: kind, label: label, salt: salt, opsLimit: ops, memLimit: mem,
+            kind: kind, label: label, salt: salt, parameters: parameters,
             nonce: try reader.bytes(Sodium.aeadNonceBytes, "key slot"),
             wrappedKey: try reader.bytes(wrappedKeyLength, "key slot"))
     }
@@ -353,10 +356,7 @@ extension KeySlot {
         writer.u8(UInt8(labelBytes.count))
         writer.raw(labelBytes)
         writer.raw(salt)
-        if kind == .passphrase {
-            writer.u64(opsLimit)
-            writer.u64(memLimit)
-        }
+        writer.raw(parameters)
         writer.raw(nonce)
         writer.raw(wrappedKey)
     }

@@ -86,7 +86,7 @@ package struct SeenGenerations: Sendable {
     }
 
     /// A vault id is 32 lower-case hex digits: never a path.
-    private static func isName(_ id: String) -> Bool {
+    static func isName(_ id: String) -> Bool {
         id.utf8.count == 32 && id.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
     }
 }

@@ -138,6 +138,12 @@ public struct VaultStore: Sendable {
         try parsed().slots.map(SlotInfo.init)
     }
 
+    /// The generation this machine remembers for the vault named `id`
+    /// (`SeenGenerations`); `nil` when there is no place to remember it.
+    package func rememberedGeneration(of id: String) -> UInt64? {
+        generations?.remembered(id)
+    }
+
     /// The clear-text summary, readable with no key (for `check`).
     public func summary() throws -> VaultSummary {
         try parsed().summary

@@ -15,8 +15,9 @@
 public enum TallyfyVaultVersion {
     public static let current = "0.2.0"
     /// Vault file format versions this release opens.
-    public static let formatsRead: [UInt16] = [VaultFormat.version]
-    /// The format version this release writes.
+    public static let formatsRead: [UInt16] = VaultFormat.versionsRead
+    /// The format version this release writes (2 only for a vault with a
+    /// PKCS#11 key slot, which older releases can't open).
     public static let formatWritten: UInt16 = VaultFormat.version
 
     /// Set by the launcher for the CLI it hands over to; removed from every
@@ -36,7 +37,7 @@ public enum TallyfyVaultVersion {
         let launcher = environment[launcherVariable] ?? "not used (the CLI was started directly)"
         return """
             tallyfy-vault \(current)
-            vault format: reads \(formatsRead.map(String.init).joined(separator: ", ")), writes \(formatWritten)
+            vault format: reads \(formatsRead.map(String.init).joined(separator: ", ")), writes \(formatWritten) (2 with a PKCS#11 key slot)
             launcher: \(launcher)
             cli: \(current) (\(cliPath))
             """

@@ -15,6 +15,8 @@ public struct CommandContext: Sendable {
     public var profile: String?
     public var keyFile: String?
     public var passphraseFile: String?
+    /// `--pkcs11 URI`: unlock with a key on a PKCS#11 token.
+    public var pkcs11: String?
     public var environment: [String: String]
 
     public var vaultPath: String {
@@ -36,7 +38,8 @@ public struct CommandContext: Sendable {
             keyFile: keyFile ?? nonEmpty("TALLYFY_VAULT_KEY_FILE"),
             passphraseFile: passphraseFile ?? nonEmpty("TALLYFY_VAULT_PASSPHRASE_FILE"),
             environment: environment,
-            keyFileSource: keyFile != nil ? "--key-file" : "TALLYFY_VAULT_KEY_FILE")
+            keyFileSource: keyFile != nil ? "--key-file" : "TALLYFY_VAULT_KEY_FILE",
+            pkcs11: pkcs11 ?? nonEmpty(UnlockSources.pkcs11Variable))
     }
 
     /// The secrets to open the vault, after turning off core dumps. Missing
@@ -44,7 +47,7 @@ public struct CommandContext: Sendable {
     public func secretsToOpen() throws -> [UnlockSecret] {
         ProcessHardening.protect()
         try store.checkAccess()
-        let available = try sources.available()
+        let available = try sources.available(promptForPIN: true)
         if !available.isEmpty { return available }
         return [try typedPassphrase()]
     }
@@ -95,12 +98,13 @@ public struct CommandContext: Sendable {
 
     public init(
         vault: String? = nil, profile: String? = nil, keyFile: String? = nil, passphraseFile: String? = nil,
-        environment: [String: String] = ProcessInfo.processInfo.environment
+        pkcs11: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment
     ) {
         self.vault = vault
         self.profile = profile
         self.keyFile = keyFile
         self.passphraseFile = passphraseFile
+        self.pkcs11 = pkcs11
         self.environment = environment
     }
 

@@ -9,7 +9,7 @@
 
 /// Where the key or passphrase that opens the vault comes from.
 ///
-/// README.md's order: `--key-file`, `--passphrase-file`,
+/// README.md's order: `--key-file`, `--pkcs11` (a token), `--passphrase-file`,
 /// `TALLYFY_VAULT_PASSPHRASE`, `$CREDENTIALS_DIRECTORY/tallyfy-vault.key`
 /// (systemd `LoadCredential=`), then a no-echo prompt on the terminal. Every
 /// non-interactive source that is present is collected, in that order, and
@@ -22,12 +22,15 @@ public struct UnlockSources: Sendable {
     /// Where `keyFile` was named (`--key-file`, `TALLYFY_VAULT_KEY_FILE`),
     /// so that a missing key file's message can say which setting to fix.
     public var keyFileSource: String?
+    /// `--pkcs11 URI`, else `TALLYFY_VAULT_PKCS11_URI`: a key on a token.
+    public var pkcs11: String?
 
-    public init(keyFile: String?, passphraseFile: String?, environment: [String: String], keyFileSource: String?) {
+    public init(keyFile: String?, passphraseFile: String?, environment: [String: String], keyFileSource: String?, pkcs11: String? = nil) {
         self.keyFile = keyFile
         self.passphraseFile = passphraseFile
         self.environment = environment
         self.keyFileSource = keyFileSource
+        self.pkcs11 = pkcs11
     }
 
     public init(keyFile: String?, passphraseFile: String?, environment: [String: String]) {
@@ -44,10 +47,16 @@ public struct UnlockSources: Sendable {
     /// Every way into a vault's secrets passes here or through
     /// `UnlockedVault.open`, so both harden the process first
     /// (`ProcessHardening.protect`): no command has to remember to.
-    public func available() throws -> [UnlockSecret] {
+    ///
+    /// A token is among them when its PIN is in a file; with `promptForPIN`
+    /// (a command that may ask) its PIN is typed at the terminal instead.
+    public func available(promptForPIN: Bool = false) throws -> [UnlockSecret] {
         ProcessHardening.protect()
         var secrets: [UnlockSecret] = []
         if let keyFile { secrets.append(try readNamedKeyFile(keyFile)) }
+        if let pkcs11, let token = try pkcs11Secret(pkcs11, promptForPIN: promptForPIN, othersGiven: !secrets.isEmpty) {
+            secrets.append(token)
+        }
         if let passphraseFile { secrets.append(try Self.readPassphraseFile(passphraseFile)) }
         if let passphrase = environment[Self.passphraseVariable], !passphrase.isEmpty {
             secrets.append(UnlockSecret(kind: .passphrase, bytes: Self.guarded(passphrase), origin: Self.passphraseVariable))
@@ -64,7 +73,7 @@ public struct UnlockSources: Sendable {
     /// The secrets to open an existing vault with: the available ones, or
     /// else one passphrase typed at the terminal.
     public func secretsToOpen() throws -> [UnlockSecret] {
-        let secrets = try available()
+        let secrets = try available(promptForPIN: true)
         if !secrets.isEmpty { return secrets }
         return [try TerminalPrompt.passphrase(prompt: "Vault passphrase: ", confirm: false)]
     }
@@ -72,7 +81,7 @@ public struct UnlockSources: Sendable {
     /// The one secret a new vault (or a new slot) is made for: the first
     /// available source, or a passphrase typed twice.
     public func secretToCreate(what: String) throws -> UnlockSecret {
-        if let first = try available().first { return first }
+        if let first = try available(promptForPIN: true).first { return first }
         return try TerminalPrompt.passphrase(prompt: "New passphrase for \(what): ", confirm: true)
     }
 
@@ -100,15 +109,16 @@ public struct UnlockSources: Sendable {
     }
 
     /// A passphrase file: its first line, without the line ending.
-    public static func readPassphraseFile(_ path: String) throws -> UnlockSecret {
-        let bytes = try FileSafety.readSecretFile(path, what: "the passphrase file", maxLength: maxPassphraseFileLength)
+    /// (`what` names it in messages: a PIN file is read the same way.)
+    public static func readPassphraseFile(_ path: String, what: String = "passphrase") throws -> UnlockSecret {
+        let bytes = try FileSafety.readSecretFile(path, what: "the \(what) file", maxLength: maxPassphraseFileLength)
         let lineLength = bytes.withUnsafeBytes { raw -> Int in
             var end = raw.firstIndex(of: UInt8(ascii: "\n")) ?? raw.count
             if end > 0 && raw[end - 1] == UInt8(ascii: "\r") { end -= 1 }
             return end
         }
         guard lineLength > 0 else {
-            throw VaultError(.usage, "the passphrase file \(path) is empty (its first line holds the passphrase)")
+            throw VaultError(.usage, "the \(what) file \(path) is empty (its first line holds the \(what))")
         }
         return UnlockSecret(kind: .passphrase, bytes: bytes.prefix(lineLength), origin: "passphrase file \(path)")
     }
