@@ -29,6 +29,7 @@ struct Status: ParsableCommand {
                 rows.append([profile.name, "client secret", "set \(profile.secretSetAt)", "\(profile.secretAge) old"])
             }
             Output.line("vault: \(report.vault)")
+            if let audit = report.audit { Output.line("audit log: \(audit)") }
             Output.line("unlock slots: " + report.slots.map { "\($0.label) (\($0.kind.name)\($0.weak ? ", WEAK Argon2id cost" : ""))" }.joined(separator: ", "))
             for slot in report.slots where slot.weak {
                 Output.line("warning: key slot \"\(slot.label)\" has an Argon2id cost below `interactive`; replace it with `keys add --kdf moderate` and `keys remove \(slot.label)`")

@@ -23,10 +23,15 @@ public struct VaultStatus: Sendable, Encodable {
     public var vault: String
     public var slots: [SlotInfo]
     public var profiles: [ProfileStatus]
+    /// Where this machine records hand-outs and changes: the log's path, or
+    /// `off` (`TALLYFY_VAULT_AUDIT=off`), with ` (required)` in that mode.
+    public var audit: String?
 
     public static func read(store: VaultStore, now: Date) throws -> VaultStatus {
         let read = try store.read(withSummary: true, cached: false)
-        return make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
+        var status = make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
+        status.audit = store.audit.describe(vaultID: store.audit.vaultID(forLocation: store.locationText))
+        return status
     }
 
     /// The report for a summary and slot table already read.
