@@ -23,10 +23,8 @@ struct Audit: ParsableCommand {
         @Option(help: "text (a table) or json (an array of records).") var format: FormatTextJSON = .text
 
         func run() throws {
-            let cutoff = try since.map(AuditQuery.cutoff)
-            let records = try AuditQuery.reader(global.context, needsKey: false).reader.records().filter {
-                (op == nil || $0.op == op) && (cutoff == nil || ($0.date ?? .distantPast) >= cutoff!)
-            }
+            let records = try AuditQuery.reader(global.context, needsKey: false).reader.records(
+                since: try since.map(AuditQuery.cutoff), op: op)
             try AuditQuery.print(records, format: format)
         }
     }

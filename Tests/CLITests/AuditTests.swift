@@ -170,8 +170,9 @@ import Testing
     }
 
     /// Each kind of tampering fails `verify` (65), naming the record.
-    @Test func everyKindOfTamperingFailsVerifyNamingTheRecord() async throws {
-        let world = try await LoggedIn.start()
+    /// On etcd too: each machine keeps its own log, and the vault seals its head.
+    @Test(arguments: VaultKind.allCases) func everyKindOfTamperingFailsVerifyNamingTheRecord(_ vault: VaultKind) async throws {
+        let world = try await LoggedIn.start(vault: vault)
         defer { world.emulator.stop() }
         let sandbox = world.sandbox
         let log = try Self.defaultLog(sandbox)
@@ -212,6 +213,56 @@ import Testing
         try sandbox.ok(["audit", "verify"])
     }
 
+    /// `exec --keep-fresh`: the first token and each renewal handed to the
+    /// child are hand-outs of the supervising process, each with its own
+    /// fingerprint, each found by `audit find --token`.
+    @Test func keepFreshRecordsEveryTokenHandedToTheChild() async throws {
+        let world = try await LoggedIn.start(appTokenTTL: 4)
+        defer { world.emulator.stop() }
+        let sandbox = world.sandbox
+        let seen = sandbox.path("seen")
+        let script = """
+            n=0
+            trap 'n=$((n+1)); cat "$TALLYFY_TOKEN_FILE" >> "$LOG"; echo >> "$LOG"; [ "$n" -ge 2 ] && exit 0' HUP
+            while :; do sleep 0.1; done
+            """
+        let result = try sandbox.run(["exec", "--keep-fresh", "--on-renew", "signal:HUP", "--min-ttl", "2s", "--", "/bin/sh", "-c", script],
+            env: ["LOG": seen])
+        #expect(result.status == 0, "\(result.brief)")
+        let tokens = try String(contentsOfFile: seen, encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(tokens.count == 2 && Set(tokens).count == 2, "\(tokens.count) tokens")
+        let handOuts = try Self.records(try Self.defaultLog(sandbox)).filter {
+            Self.string($0, "event") == "hand-out" && Self.int($0, "pid") == Int(result.pid) && Self.string($0, "op") == "exec"
+        }
+        #expect(handOuts.count >= 3 && Set(handOuts.compactMap { Self.string($0, "token") }).count == handOuts.count, "\(handOuts)")
+        for token in tokens {
+            let found = try sandbox.ok(["audit", "find", "--token", "--format", "json"], stdin: token + "\n")
+            let hits = try #require(try JSONSerialization.jsonObject(with: Data(found.stdout.utf8)) as? [[String: Any]])
+            #expect(hits.contains { Self.string($0, "event") == "hand-out" && Self.int($0, "pid") == Int(result.pid) }, "\(found.stdout)")
+        }
+        try sandbox.ok(["audit", "verify"])
+    }
+
+    /// A rolled-back vault refused, then accepted on purpose: both recorded.
+    @Test func aRollbackRefusedAndAcceptedIsRecorded() async throws {
+        let world = try await LoggedIn.start()
+        defer { world.emulator.stop() }
+        let sandbox = world.sandbox
+        let older = try sandbox.vaultBytes()
+        let extra = sandbox.path("extra.key")
+        try sandbox.ok(["keygen", extra])
+        try sandbox.ok(["keys", "add", "--new-key-file", extra, "--label", "extra"])
+        try older.write(to: URL(fileURLWithPath: sandbox.vaultPath))
+        let refused = try sandbox.refused(["exec", "--", "true"], status: 65)
+        let accepted = try sandbox.ok(["--accept-rollback", "token"])
+        let records = try Self.records(try Self.defaultLog(sandbox))
+        let refusal = records.filter { Self.string($0, "event") == "rollback-refused" }
+        #expect(refusal.count == 1 && Self.int(refusal[0], "pid") == Int(refused.pid), "\(refusal)")
+        #expect(refusal.first.flatMap { Self.string($0, "result") }?.hasPrefix("65: the vault at ") == true, "\(refusal)")
+        #expect(records.contains { Self.string($0, "event") == "rollback-accepted" && Self.int($0, "pid") == Int(accepted.pid) })
+        try sandbox.ok(["audit", "verify"])
+    }
+
     /// The agent records each answer as its client's: the requesting pid,
     /// that process's parent, not the agent's own.
     @Test func anAgentAnswerNamesTheRequestingProcess() async throws {
@@ -248,6 +299,10 @@ import Testing
             #expect(refused.stdout.isEmpty, "\(arguments) handed out a token")
             #expect(refused.stderr.contains("audit log \(unwritable)") && refused.stderr.contains("TALLYFY_VAULT_AUDIT=required"), "\(refused.stderr)")
         }
+        // A change too, and `init` of a new vault: nothing is written.
+        let fresh = sandbox.path("fresh-vault")
+        try sandbox.refused(["init"], status: 74, env: required.merging(["TALLYFY_VAULT_FILE": fresh]) { $1 })
+        #expect(!FileManager.default.fileExists(atPath: fresh))
         try sandbox.refused(["credentials", "set", "--org", "org-2", "--client-id", "c2", "--secret-stdin", "--token-url", world.emulator.tokenURL,
             "--api-url", world.emulator.apiURL], status: 74, stdin: "s2\n", env: required)
 

@@ -65,6 +65,12 @@ package struct AuditLog: Sendable {
         }
     }
 
+    /// Fails as `append` would on a log that can't be appended to (creating it, empty, when missing).
+    func probe() throws {
+        try FileSafety.makeDirectory(folder)
+        close(try openForAppend())
+    }
+
     /// The end of the chain now (under a shared lock), for sealing it into the vault.
     func currentTail() throws -> Tail {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY)

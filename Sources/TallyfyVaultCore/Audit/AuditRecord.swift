@@ -107,7 +107,17 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     static func now() -> String {
         var spec = timespec()
         clock_gettime(CLOCK_REALTIME, &spec)
-        var seconds = spec.tv_sec
+        return rfc3339(seconds: spec.tv_sec, milliseconds: Int32(spec.tv_nsec / 1_000_000))
+    }
+
+    /// `date` as a record's `time` writes it.
+    static func rfc3339(_ date: Date) -> String {
+        let whole = date.timeIntervalSince1970.rounded(.down)
+        return rfc3339(seconds: Int(whole), milliseconds: Int32(((date.timeIntervalSince1970 - whole) * 1000).rounded(.down)))
+    }
+
+    private static func rfc3339(seconds whole: Int, milliseconds: Int32) -> String {
+        var seconds = whole
         var parts = tm()
         gmtime_r(&seconds, &parts)
         func pad(_ value: Int32, _ width: Int) -> String {
@@ -115,7 +125,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
             return String(repeating: "0", count: max(0, width - text.count)) + text
         }
         return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(spec.tv_nsec / 1_000_000), 3))Z"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(milliseconds, 3))Z"
     }
 
     /// The record a line holds, `nil` when it is not one.

@@ -188,8 +188,15 @@ package struct AuditTrail: Sendable {
     /// verify`. In `required` mode an unreadable log stops the write.
     package func sealHead(into vault: UnlockedVault) throws {
         guard mode != .off, badMode == nil, let path = logPath(vaultID: vault.content.id) else { return }
+        let log = AuditLog(path: path)
         let tail: AuditLog.Tail
-        do { tail = try AuditLog(path: path).currentTail() } catch let error as VaultError { return try trouble(error) }
+        do {
+            // Required: a log that can't take the write's record stops the write, before anything changes.
+            if mode == .required { try log.probe() }
+            tail = try log.currentTail()
+        } catch let error as VaultError {
+            return try trouble(error)
+        }
         guard tail.seq > 0 else { return }
         var heads = vault.content.auditHeads ?? [:]
         heads[Self.headName(logPath: path)] = AuditHead(seq: tail.seq, link: tail.link, at: Date())

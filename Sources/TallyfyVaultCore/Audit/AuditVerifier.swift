@@ -40,9 +40,24 @@ package struct AuditReader {
         return out
     }
 
-    /// Every record, in order; a line that is not a record is skipped (`verify` names it).
-    package func records() throws -> [AuditRecord] {
-        try lines().compactMap { AuditRecord.decode($0.bytes) }
+    /// Every record, in order, from `since` on and of `op` when given; a
+    /// line that is not a record is skipped (`verify` names it). The time is
+    /// compared as text first (RFC 3339 UTC of one width sorts as time), so
+    /// only the records shown are decoded.
+    package func records(since: Date? = nil, op: String? = nil) throws -> [AuditRecord] {
+        let cutoff = since.map { Array(AuditRecord.rfc3339($0).utf8) }
+        let timeKey = Array(",\"time\":\"".utf8)
+        let opNeedle = op.map { Array("\"op\":\"\($0)\"".utf8) }
+        return try lines().compactMap { line in
+            if let cutoff {
+                guard let start = line.bytes.firstRange(of: timeKey)?.upperBound, line.bytes.endIndex - start >= cutoff.count,
+                    !line.bytes[start..<(start + cutoff.count)].lexicographicallyPrecedes(cutoff)
+                else { return nil }
+            }
+            if let opNeedle, line.bytes.firstRange(of: opNeedle) == nil { return nil }
+            guard let record = AuditRecord.decode(line.bytes), op == nil || record.op == op else { return nil }
+            return record
+        }
     }
 
     /// The records of one token fingerprint.

@@ -60,7 +60,9 @@ public final class UnlockedVault: @unchecked Sendable {
         try SlotLabel.check(label)
         let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
         let slot = try KeySlot.make(wrapping: key, with: secret, label: label, kdf: kdf)
-        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]))
+        var content = VaultContent()
+        content.id = hex(Sodium.randomBytes(16))  // named from the start, so its first write already has an audit log
+        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: content, records: RecordTable([]))
     }
 
     /// Opens the vault bytes with the data key `unlocker` holds or finds:
