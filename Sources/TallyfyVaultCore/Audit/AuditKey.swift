@@ -34,6 +34,16 @@ package struct AuditKey: Sendable {
         AuditHex.encode(macKey.withUnsafeBytes { Sodium.keyedName(outputBytes: 32, key: $0, message: prefix) })
     }
 
+    /// `mac` as hex bytes, for `verify`'s one pass.
+    func macHex(_ prefix: UnsafeRawBufferPointer) -> [UInt8] {
+        AuditHex.encodeBytes(macKey.withUnsafeBytes { Sodium.keyedName(outputBytes: 32, key: $0, message: prefix) })
+    }
+
+    /// `link` as hex bytes.
+    static func linkHex(_ line: UnsafeRawBufferPointer) -> [UInt8] {
+        AuditHex.encodeBytes(Sodium.keyedName(outputBytes: 16, key: UnsafeRawBufferPointer(start: nil, count: 0), message: line))
+    }
+
     /// The unkeyed hash that links a line to the one before it (16 bytes, hex).
     static func link(_ line: some ContiguousBytes) -> String {
         AuditHex.encode(Sodium.keyedName(outputBytes: 16, key: UnsafeRawBufferPointer(start: nil, count: 0), message: line))
@@ -47,13 +57,17 @@ enum AuditHex {
     private static let digits = Array("0123456789abcdef".utf8)
 
     static func encode(_ bytes: [UInt8]) -> String {
-        var out = [UInt8]()
-        out.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 15)])
+        String(decoding: encodeBytes(bytes), as: UTF8.self)
+    }
+
+    static func encodeBytes(_ bytes: [UInt8]) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: bytes.count * 2) { out, count in
+            for (index, byte) in bytes.enumerated() {
+                out[2 * index] = digits[Int(byte >> 4)]
+                out[2 * index + 1] = digits[Int(byte & 15)]
+            }
+            count = bytes.count * 2
         }
-        return String(decoding: out, as: UTF8.self)
     }
 
     static func decode(_ text: String) -> [UInt8]? {

@@ -14,13 +14,13 @@
 /// user's regular file, is refused.
 ///
 /// When the file passes `maxBytes` it is renamed `LOG.1` (`LOG.1` to
-/// `LOG.2`, and so on, up to `keep` files) and a new file continues the
-/// chain: its first record's number follows, and its `prev` links to, the
-/// last record of `LOG.1`.
+/// `LOG.2`, and so on; none is deleted) and a new file continues the chain:
+/// its first record's number follows, and its `prev` links to, the last
+/// record of `LOG.1`. Removing old files is the owner's call, and `verify`
+/// then reports their records missing.
 package struct AuditLog: Sendable {
     package let path: String
     package var maxBytes: Int = 64 << 20
-    package var keep: Int = 8
 
     package init(path: String) {
         self.path = path
@@ -36,7 +36,7 @@ package struct AuditLog: Sendable {
     /// Appends the line `build` makes for the next number and link, under the lock.
     @discardableResult
     func append(_ build: (Tail) -> [UInt8]) throws -> Tail {
-        try FileSafety.makeDirectory(folder)
+        if access(folder, F_OK) != 0 { try FileSafety.makeDirectory(folder) }
         while true {
             let fd = try openForAppend()
             defer { close(fd) }
@@ -123,10 +123,10 @@ package struct AuditLog: Sendable {
         return true
     }
 
-    /// Renames `LOG` to `LOG.1` (and so on) under the lock; the oldest beyond `keep` goes.
+    /// Renames `LOG` to `LOG.1` (and `LOG.N` to `LOG.N+1`) under the lock.
     private func rotate() {
-        unlink("\(path).\(keep)")
-        var index = keep - 1
+        var index = 0
+        while access("\(path).\(index + 1)", F_OK) == 0 { index += 1 }
         while index >= 1 {
             rename("\(path).\(index)", "\(path).\(index + 1)")
             index -= 1

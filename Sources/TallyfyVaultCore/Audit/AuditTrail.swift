@@ -42,10 +42,14 @@ package struct AuditTrail: Sendable {
 
     /// The command as typed, for every record this process writes: the CLI
     /// sets it once it has parsed its command line, the launcher to `exec`.
-    nonisolated(unsafe) package static var operation: String = {
+    /// A library caller that sets nothing is named by its program.
+    nonisolated(unsafe) package static var operation: String = ""
+
+    private static var op: String {
+        if !operation.isEmpty { return operation }
         let name = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
         return name.isEmpty ? "library" : name
-    }()
+    }
 
     package init(environment: [String: String]) {
         let value = environment[Self.modeVariable] ?? ""
@@ -164,12 +168,12 @@ package struct AuditTrail: Sendable {
         }
         let who = entry.requester ?? AuditRequester.thisProcess()
         var fields = AuditRecord(
-            seq: 0, time: AuditRecord.now(), op: Self.operation, event: entry.event, profile: entry.profile, user: entry.user,
+            seq: 0, time: AuditRecord.now(), op: Self.op, event: entry.event, profile: entry.profile, user: entry.user,
             token: entry.token, change: entry.change, result: entry.result, uid: who.uid, pid: who.pid, ppid: who.ppid,
             parent: who.parent, tty: who.tty, ci: entry.requester == nil ? ci : nil, host: AuditRequester.host, prev: "", mac: "")
         do {
             if explicitFile == nil, let folder {
-                try FileSafety.makeDirectory(folder)
+                if access(folder, F_OK) != 0 { try FileSafety.makeDirectory(folder) }
                 try FileSafety.requireSafeDirectory(folder)
             }
             try AuditLog(path: path).append { tail in
