@@ -48,29 +48,72 @@ package struct AuditReader {
     }
 
     /// Every record, in order, from `since` on and of `op` when given; a
-    /// line that is not a record is skipped (`verify` names it). The time is
-    /// compared as text first (RFC 3339 UTC of one width sorts as time), so
-    /// only the records shown are decoded.
-    package func records(since: Date? = nil, op: String? = nil) throws -> [AuditRecord] {
-        let cutoff = since.map { Array(AuditRecord.rfc3339($0).utf8) }
-        let timeKey = Array(",\"time\":\"".utf8)
+    /// line that is not a record is skipped (`verify` names it).
+    ///
+    /// With `since`, the log is read backwards from its end and no further
+    /// than `slack` before `since`: records are appended in the order their
+    /// writers took the log's lock, a moment after they took the time, so
+    /// times run backwards only by that moment. The time is compared as text
+    /// (RFC 3339 UTC of one width sorts as time), so only the records shown
+    /// are decoded.
+    package func records(since: Date? = nil, op: String? = nil, slack: TimeInterval = 300) throws -> [AuditRecord] {
         let opNeedle = op.map { Array("\"op\":\"\($0)\"".utf8) }
-        return try lines().compactMap { line in
-            if let cutoff {
-                guard let start = line.bytes.firstRange(of: timeKey)?.upperBound, line.bytes.endIndex - start >= cutoff.count,
-                    !line.bytes[start..<(start + cutoff.count)].lexicographicallyPrecedes(cutoff)
-                else { return nil }
-            }
-            if let opNeedle, line.bytes.firstRange(of: opNeedle) == nil { return nil }
-            guard let record = AuditRecord.decode(line.bytes), op == nil || record.op == op else { return nil }
+        func wanted(_ line: UnsafeRawBufferPointer) -> AuditRecord? {
+            if let opNeedle, !line.contains(opNeedle) { return nil }
+            guard let record = AuditRecord.decode(line), op == nil || record.op == op else { return nil }
             return record
         }
+        guard let since else {
+            return try lines().compactMap { line in line.bytes.withUnsafeBytes { wanted($0) } }
+        }
+        let cutoff = Array(AuditRecord.rfc3339(since).utf8)
+        let stop = Array(AuditRecord.rfc3339(since.addingTimeInterval(-slack)).utf8)
+        var found: [AuditRecord] = []
+        for file in log.files().reversed() {
+            let data = try FileSafety.readPrivate(file, what: "the audit log")
+            let done = data.withUnsafeBytes { buffer -> Bool in
+                var end = buffer.count
+                while end > 0 {
+                    if buffer[end - 1] == 0x0A {
+                        end -= 1
+                        continue
+                    }
+                    var start = end
+                    while start > 0 && buffer[start - 1] != 0x0A { start -= 1 }
+                    let line = UnsafeRawBufferPointer(rebasing: buffer[start..<end])
+                    end = start
+                    guard let time = Self.time(line) else { continue }
+                    if Self.precedes(time, stop) { return true }
+                    if !Self.precedes(time, cutoff), let record = wanted(line) { found.append(record) }
+                }
+                return false
+            }
+            if done { break }
+        }
+        return found.reversed()
+    }
+
+    /// Where a line's `time` value is (`{"seq":N,"time":"…`), 24 bytes.
+    private static func time(_ line: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        let key = Array(",\"time\":\"".utf8)
+        var index = 7
+        while index + key.count + 24 <= min(line.count, 60) {
+            if line[index] == 0x2C, line[index..<(index + key.count)].elementsEqual(key) {
+                return UnsafeRawBufferPointer(rebasing: line[(index + key.count)..<(index + key.count + 24)])
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    private static func precedes(_ time: UnsafeRawBufferPointer, _ other: [UInt8]) -> Bool {
+        time.lexicographicallyPrecedes(other)
     }
 
     /// The records of one token fingerprint.
     package func records(withToken fingerprint: String) throws -> [AuditRecord] {
         let needle = Array("\"token\":\"\(fingerprint)\"".utf8)
-        return try lines().filter { $0.bytes.firstRange(of: needle) != nil }.compactMap { AuditRecord.decode($0.bytes) }
+        return try lines().filter { line in line.bytes.withUnsafeBytes { $0.contains(needle) } }.compactMap { AuditRecord.decode($0.bytes) }
     }
 
     /// What `audit verify` found: how many records, and the first that
@@ -184,3 +227,17 @@ package struct AuditReader {
     }
 }
 
+
+extension UnsafeRawBufferPointer {
+    /// Whether `needle` occurs in these bytes (`memmem`).
+    fileprivate func contains(_ needle: [UInt8]) -> Bool {
+        guard let base = baseAddress, !needle.isEmpty, needle.count <= count else { return false }
+        var offset = 0
+        while offset + needle.count <= count, let found = memchr(base + offset, Int32(needle[0]), count - needle.count + 1 - offset) {
+            let at = base.distance(to: UnsafeRawPointer(found))
+            if memcmp(found, needle, needle.count) == 0 { return true }
+            offset = at + 1
+        }
+        return false
+    }
+}
