@@ -42,8 +42,6 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var prev: String
     public var mac: String
 
-    package static let events: Set<String> = ["hand-out", "change", "unlock-refused", "rollback-refused", "rollback-accepted", "failed"]
-
     /// The line's bytes up to its `mac` field.
     func prefixBytes() -> [UInt8] {
         var out = [UInt8]()
@@ -131,24 +129,5 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     /// The record a line holds, `nil` when it is not one.
     public static func decode(_ line: some Collection<UInt8>) -> AuditRecord? {
         try? JSONDecoder().decode(AuditRecord.self, from: Data(line))
-    }
-
-    /// When the record was written, `nil` for a malformed time.
-    public var date: Date? {
-        // 2026-12-03T12:34:56.789Z
-        let utf8 = Array(time.utf8)
-        guard utf8.count == 24 else { return nil }
-        func number(_ range: Range<Int>) -> Int? { Int(String(decoding: utf8[range], as: UTF8.self)) }
-        guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10), let hour = number(11..<13),
-            let minute = number(14..<16), let second = number(17..<19), let millis = number(20..<23)
-        else { return nil }
-        var parts = tm()
-        parts.tm_year = Int32(year - 1900)
-        parts.tm_mon = Int32(month - 1)
-        parts.tm_mday = Int32(day)
-        parts.tm_hour = Int32(hour)
-        parts.tm_min = Int32(minute)
-        parts.tm_sec = Int32(second)
-        return Date(timeIntervalSince1970: TimeInterval(timegm(&parts)) + TimeInterval(millis) / 1000)
     }
 }

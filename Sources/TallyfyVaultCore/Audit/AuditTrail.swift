@@ -103,13 +103,11 @@ package struct AuditTrail: Sendable {
     /// The audit key and vault id of the vault this process last opened:
     /// learned at every open (`VaultStore.opened`), so a hand-out or a
     /// failure recorded later in the command uses it without another open.
-    private static let session = Mutex<(id: String?, key: AuditKey)?>(nil)
+    /// With the profile the opening store named, for a failure's record.
+    private static let session = Mutex<(id: String?, key: AuditKey, profile: String?)?>(nil)
 
-    /// The profile the last store that opened a vault named, for a failure's record.
-    nonisolated(unsafe) static var learnedProfile: String?
-
-    package static func learn(_ vault: UnlockedVault) {
-        let entry = (id: vault.content.id, key: vault.auditKey)
+    package static func learn(_ vault: UnlockedVault, profile: String?) {
+        let entry = (id: vault.content.id, key: vault.auditKey, profile: profile)
         session.withLock { $0 = entry }
     }
 
@@ -118,7 +116,7 @@ package struct AuditTrail: Sendable {
         session.withLock { $0 = nil }
     }
 
-    package static var learned: (id: String?, key: AuditKey)? { session.withLock { $0 } }
+    package static var learned: (id: String?, key: AuditKey, profile: String?)? { session.withLock { $0 } }
 
     // MARK: - Recording
 
@@ -272,7 +270,7 @@ package struct AuditTrail: Sendable {
         guard error.cause != .keyOpensNoSlot, error.cause != .rolledBack, let learned else { return }
         let trail = AuditTrail(environment: environment)
         guard trail.mode != .off, trail.badMode == nil else { return }
-        try? trail.record(Entry(event: "failed", profile: learnedProfile, result: result(error)), key: learned.key, vaultID: learned.id)
+        try? trail.record(Entry(event: "failed", profile: learned.profile, result: result(error)), key: learned.key, vaultID: learned.id)
     }
 
     // MARK: - Which vault a location holds

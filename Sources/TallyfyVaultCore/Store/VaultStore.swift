@@ -65,8 +65,7 @@ public struct VaultStore: Sendable {
             audit.refusedUnlock(location: locationText, error)
             throw error
         }
-        AuditTrail.learn(vault)
-        AuditTrail.learnedProfile = audit.profile
+        AuditTrail.learn(vault, profile: audit.profile)
         audit.remember(location: locationText, id: vault.content.id)
         do {
             if try generations?.admit(vault, location: locationText) == true {
@@ -94,7 +93,7 @@ public struct VaultStore: Sendable {
     /// After a write of `vault`: remembered, and recorded.
     func written(_ vault: UnlockedVault) throws {
         generations?.remember(vault)
-        AuditTrail.learn(vault)
+        AuditTrail.learn(vault, profile: audit.profile)
         try audit.recordChange(vault)
     }
 
