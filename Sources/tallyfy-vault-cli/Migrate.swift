@@ -34,6 +34,8 @@ struct Migrate: ParsableCommand {
             throw VaultError(.io, "the copy at \(to) does not read back as written",
                 hint: "remove it and run `tallyfy-vault migrate` again; the vault at \(source.path) is unchanged")
         }
+        // No key is at hand, so the record has no MAC; the next keyed record covers it (SECURITY.md, "Audit log").
+        try source.audit.unkeyedChange(location: source.locationText)
         Output.note("copied the sealed vault from \(source.path) to \(to); the vault at \(source.path) is unchanged")
         Output.note("use it with --vault \(to) (or TALLYFY_VAULT_FILE), then remove the old copy")
     }

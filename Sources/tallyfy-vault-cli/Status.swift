@@ -33,6 +33,7 @@ struct Status: ParsableCommand {
                 let seen = report.rememberedGeneration.map { $0 == 0 ? "this machine has seen none before" : "this machine has seen \($0)" } ?? "this machine keeps no record"
                 Output.line("generation: \(generation) (\(seen))")
             }
+            if let audit = report.audit { Output.line("audit log: \(audit)") }
             Output.line("unlock slots: " + report.slots.map { "\($0.label) (\($0.kind.name)\($0.token.map { " on token \"\($0)\"" } ?? "")\($0.weak ? ", WEAK Argon2id cost" : ""))" }.joined(separator: ", "))
             for slot in report.slots where slot.weak {
                 Output.line("warning: key slot \"\(slot.label)\" has an Argon2id cost below `interactive`; replace it with `keys add --kdf moderate` and `keys remove \(slot.label)`")

@@ -17,7 +17,7 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
         version: TallyfyVaultVersion.current,
         subcommands: [
             Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
-            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self, Migrate.self,
+            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self, Migrate.self, Audit.self,
             Version.self,
         ]
     )
@@ -39,6 +39,7 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
                 return
             }
             var command = try parseAsRoot()
+            AuditTrail.operation = commandPath(of: type(of: command))
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
@@ -47,6 +48,7 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
             await shutDownHTTP()
         } catch let error as VaultError {
             await shutDownHTTP()
+            AuditTrail.recordFailure(error, environment: ProcessInfo.processInfo.environment)
             Output.fail(error.message, hint: error.hint, status: error.exitStatus)
         } catch let error as LaunchError {
             await shutDownHTTP()
@@ -66,6 +68,21 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
             Output.fail(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message,
                 hint: "see `tallyfy-vault help` for the commands and their options", status: code.rawValue)
         }
+    }
+
+    /// The command as typed, for audit records: `credentials set`, `users
+    /// token`, and `agent` for the agent (its default subcommand not typed).
+    static func commandPath(of type: ParsableCommand.Type) -> String {
+        let typed = Set(CommandLine.arguments.dropFirst())
+        func search(_ node: ParsableCommand.Type, _ path: [String]) -> [String]? {
+            if node == type { return path }
+            for child in node.configuration.subcommands {
+                let isUntypedDefault = node.configuration.defaultSubcommand == child && !typed.contains(child._commandName)
+                if let found = search(child, isUntypedDefault ? path : path + [child._commandName]) { return found }
+            }
+            return nil
+        }
+        return search(TallyfyVaultCommand.self, [])?.joined(separator: " ") ?? type._commandName
     }
 
     /// The process's one HTTP client, if a command used it, is shut down

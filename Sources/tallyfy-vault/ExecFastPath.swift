@@ -42,6 +42,10 @@ enum ExecFastPath {
 
         func decide() -> Decision {
             ProcessHardening.protect()
+            // The hand-out below is recorded as an `exec`; a refusal is met
+            // again, and recorded once, by the CLI this hands over to.
+            AuditTrail.operation = "exec"
+            AuditTrail.recordsRefusals = false
             // A masked exec supervises its command: the full CLI does that
             // (and reports a bad TALLYFY_VAULT_MASK).
             guard (try? OutputMasking.requested(flag: noMask ? false : nil, environment: context.environment)) == false else { return .handOver(note: nil) }

@@ -140,6 +140,7 @@ public final class AgentServer: Sendable {
             return state.unlocker != nil
         }
         dropHeldVault()
+        AuditTrail.forget()
         if wasUnlocked { log("forgot the key: \(reason)") }
     }
 
@@ -237,12 +238,12 @@ public final class AgentServer: Sendable {
             log("answered bad-request to pid \(pid): \(bad.message)")
             return reply(.failure("bad-request", bad.message), on: connection, to: pid)
         }
-        switch answer(request) {
+        switch answer(request, from: pid) {
         case .now(let answer):
             reply(answer, on: connection, to: pid)
             if request.op == .stop { stop() }
         case .afterRenewing(let tokenRequest, let vault):
-            Task { reply(await self.renewedAnswer(tokenRequest, from: vault), on: connection, to: pid) }
+            Task { reply(await self.renewedAnswer(tokenRequest, from: vault, for: pid), on: connection, to: pid) }
         }
     }
 
@@ -263,7 +264,7 @@ public final class AgentServer: Sendable {
         case afterRenewing(TokenRequest, UnlockedVault)
     }
 
-    private func answer(_ request: AgentProtocol.Request) -> Reply {
+    private func answer(_ request: AgentProtocol.Request, from pid: pid_t) -> Reply {
         switch request.op {
         case .status:
             return .now(AgentProtocol.Answer(ok: true, status: status()))
@@ -274,7 +275,7 @@ public final class AgentServer: Sendable {
             log("asked to stop")
             return .now(AgentProtocol.Answer(ok: true))
         case .token:
-            return sealedAnswer(request)
+            return sealedAnswer(request, for: pid)
         }
     }
 
@@ -313,14 +314,14 @@ public final class AgentServer: Sendable {
 
     /// The sealed token from the held vault when it satisfies the request,
     /// else the request to renew.
-    private func sealedAnswer(_ wire: AgentProtocol.Request) -> Reply {
+    private func sealedAnswer(_ wire: AgentProtocol.Request, for pid: pid_t) -> Reply {
         let request: TokenRequest
         switch tokenRequest(wire) {
         case .success(let valid): request = valid
         case .failure(let refusal): return .now(refusal.answer)
         }
         let outcome = withHeldVault { vault, unlocker -> Result<(TokenGrant?, UnlockedVault), Error> in
-            let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+            let broker = clientBroker(unlocker, for: pid)
             return Result { (try broker.sealedGrant(request, in: vault), vault) }
         }
         if outcome != nil {
@@ -341,10 +342,10 @@ public final class AgentServer: Sendable {
     /// A token that had to be renewed: `TokenBroker.grant`, under the vault
     /// lock, exactly as the CLI does it (another process may have renewed
     /// meanwhile; then its token is taken).
-    private func renewedAnswer(_ request: TokenRequest, from vault: UnlockedVault) async -> AgentProtocol.Answer {
+    private func renewedAnswer(_ request: TokenRequest, from vault: UnlockedVault, for pid: pid_t) async -> AgentProtocol.Answer {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return .failure("locked", "the agent holds no key") }
         do {
-            let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+            let broker = clientBroker(unlocker, for: pid)
             let grant = try await renewalTurn.run { try await broker.grant(request, from: vault) }
             return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant))
         } catch {
@@ -353,6 +354,14 @@ public final class AgentServer: Sendable {
             // a refusal here may as well be Tallyfy refusing the client secret.
             return Self.failed(error)
         }
+    }
+
+    /// The broker of one client's request: its hand-out is recorded as the
+    /// client's (`SO_PEERCRED` pid; the uid was checked to be ours).
+    private func clientBroker(_ unlocker: VaultUnlocker, for pid: pid_t) -> TokenBroker {
+        var broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+        broker.recording = .peer(AuditRequester.peer(pid: pid, uid: UInt32(geteuid())))
+        return broker
     }
 
     private static func failed(_ error: Error) -> AgentProtocol.Answer {
@@ -437,7 +446,8 @@ public final class AgentServer: Sendable {
             return (unlocker, vault, Set(near.keys))
         }) else { return }
         let profiles = held.content.profiles
-        let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+        var broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+        broker.recording = .none  // nothing handed to anyone: the renewal's write is recorded as a change
         for (name, profile) in profiles.sorted(by: { $0.key < $1.key }) {
             if let token = profile.applicationToken {
                 await renewIfDue(key: name, token: token, what: "the application token of profile \(name)", now: now, broker: broker, vault: held) {

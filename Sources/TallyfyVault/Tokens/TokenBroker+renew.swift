@@ -25,8 +25,9 @@ extension TokenBroker {
     ///   `--strict-ttl`, more than a minute left), then the sealed token is
     ///   handed out with the reason in `renewalFailure`; else the error.
     package func grant(_ request: TokenRequest, from vault: UnlockedVault, deadline: Duration? = nil) async throws -> TokenGrant {
-        if let grant = try sealedGrant(request, in: vault) { return grant }
-        return try await renewOrRideOut(request, seen: try sealedToken(request, in: vault)?.identity, deadline: deadline) { vault }
+        if let grant = try decideSealed(request, in: vault) { return try handedOut(grant) }
+        return try handedOut(
+            await renewOrRideOut(request, seen: try sealedToken(request, in: vault)?.identity, deadline: deadline) { vault })
     }
 
     /// The rest of a pass the launcher began: it read and opened the vault,
@@ -34,7 +35,7 @@ extension TokenBroker {
     /// (`Handover.seen`), so this goes straight to the renewal under the
     /// lock. Only a failure that may be ridden out reads the vault before that.
     package func grant(_ request: TokenRequest, handedOver seen: SealedToken.Identity?, deadline: Duration? = nil) async throws -> TokenGrant {
-        try await renewOrRideOut(request, seen: seen, deadline: deadline) { try open(store.read()) }
+        try handedOut(await renewOrRideOut(request, seen: seen, deadline: deadline) { try open(store.read()) })
     }
 
     private func renewOrRideOut(
@@ -56,6 +57,13 @@ extension TokenBroker {
     /// while we waited for the lock; then its token is used and Tallyfy is not
     /// asked again. `seen` is the token read before waiting for the lock.
     public func renewedGrant(_ request: TokenRequest, seen: SealedToken.Identity? = nil) async throws -> TokenGrant {
+        // The write this may make is recorded as a renewal of this profile's (or user's) token.
+        try await AuditTrail.$note.withValue(AuditTrail.Note(what: "renewal", profile: request.profile, user: request.user)) {
+            try await renewedGrantUnderLock(request, seen: seen)
+        }
+    }
+
+    private func renewedGrantUnderLock(_ request: TokenRequest, seen: SealedToken.Identity?) async throws -> TokenGrant {
         try await Self.withClient { client in
             try await store.update(with: unlocker) { vault in
                 let current = try sealedToken(request, in: vault)
@@ -127,6 +135,7 @@ extension TokenBroker {
             vault.content.profiles[request.profile] = profile
         }
         guard let email = request.user else {
+            AuditTrail.note?.sealed(applicationToken.value)
             return Self.grant(applicationToken, profile: profile, request: request)
         }
         let apiURL = try EndpointURL.validate(profile.apiURL, name: "API URL")
@@ -136,6 +145,7 @@ extension TokenBroker {
         let token = SealedToken(value: issued.accessToken, expiresAt: issued.expiresAt, obtainedAt: issuedAt)
         let storedEmail = try vault.userToken(profile: request.profile, email: email)?.email ?? email
         try vault.setUserToken(UserTokenRecord(profile: request.profile, email: storedEmail, token: token))
+        AuditTrail.note?.sealed(token.value)
         return Self.grant(token, profile: profile, request: request)
     }
 

@@ -12,6 +12,8 @@ extension TokenBroker {
         try await Self.withClient { client in
             try await client.createUser(apiURL: apiURL, orgID: grant.orgID, applicationToken: grant.token, user: user)
         }
+        // A change in Tallyfy rather than in the vault, recorded all the same.
+        try store.audit.recordChange(profile: profile, user: user.email)
     }
 
     /// Issues a new user-scoped token for `email` and seals it.

@@ -23,6 +23,14 @@ public struct VaultContent: Codable, Sendable, Equatable {
     /// be changed without the key: an older vault put back is told apart by
     /// it. Absent (0) in a vault an earlier release wrote.
     public var generation: UInt64?
+    /// The root of the audit key (hex), pinned at the first write of this
+    /// release from the data key, so `rekey` keeps old records verifiable
+    /// (`UnlockedVault.auditKey`). Absent until then.
+    public var auditKey: String?
+    /// The head of each machine's audit log at the vault's last writes,
+    /// keyed by host and log path (`AuditTrail.headName`): each machine
+    /// keeps its own log, and a write seals only its own head.
+    public var auditHeads: [String: AuditHead]?
 
     public init(profiles: [String: Profile] = [:]) {
         self.profiles = profiles

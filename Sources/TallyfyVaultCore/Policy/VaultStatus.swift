@@ -29,12 +29,16 @@ public struct VaultStatus: Sendable, Encodable {
     public var rememberedGeneration: UInt64?
     public var slots: [SlotInfo]
     public var profiles: [ProfileStatus]
+    /// Where this machine records hand-outs and changes: the log's path, or
+    /// `off` (`TALLYFY_VAULT_AUDIT=off`), with ` (required)` in that mode.
+    public var audit: String?
 
     public static func read(store: VaultStore, now: Date) throws -> VaultStatus {
         let read = try store.read(withSummary: true, cached: false)
         var status = make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
         status.generation = read.summary.generation
         status.rememberedGeneration = read.summary.vaultID.flatMap { store.rememberedGeneration(of: $0) }
+        status.audit = store.audit.describe(vaultID: store.audit.vaultID(forLocation: store.locationText))
         return status
     }
 

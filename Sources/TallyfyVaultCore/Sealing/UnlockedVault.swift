@@ -60,7 +60,9 @@ public final class UnlockedVault: @unchecked Sendable {
         try SlotLabel.check(label)
         let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
         let slot = try KeySlot.make(wrapping: key, with: secret, label: label, kdf: kdf)
-        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: VaultContent(), records: RecordTable([]))
+        var content = VaultContent()
+        content.id = hex(Sodium.randomBytes(16))  // named from the start, so its first write already has an audit log
+        return UnlockedVault(dataKey: SecretBox(key), slots: [slot], content: content, records: RecordTable([]))
     }
 
     /// Opens the vault bytes with the data key `unlocker` holds or finds:
@@ -128,6 +130,7 @@ public final class UnlockedVault: @unchecked Sendable {
         precondition(!forgotClientSecrets, "a copy of the vault without its client secrets is never sealed")
         // Each write is a new generation; a vault without a name gets one.
         if content.id == nil { content.id = Self.hex(Sodium.randomBytes(16)) }
+        pinAuditKey()
         content.generation = (content.generation ?? 0) + 1
         guard content.isWithinBounds else {
             throw VaultError(.usage, "a value to be sealed is outside the vault's limits (a date outside 1970..9999, or a name, ID, URL, secret or token too long); nothing was changed",
@@ -359,6 +362,7 @@ public final class UnlockedVault: @unchecked Sendable {
     public func rekey(secrets: [UnlockSecret], kdf: KDFLevel? = nil, dropOthers: Bool) throws {
         var newSlots: [KeySlot] = []
         var unreachable: [String] = []
+        pinAuditKey()  // before the data key it is derived from goes
         let newKey = SecretBytes.random(count: Sodium.aeadKeyBytes)
         for slot in slots {
             var rewrapped: KeySlot? = nil
@@ -397,6 +401,24 @@ public final class UnlockedVault: @unchecked Sendable {
             (dataKey, indexKey, slots, recordTable) = previous
             throw error
         }
+    }
+
+    // MARK: - Audit
+
+    /// The key of this vault's audit records: the root pinned in the sealed
+    /// body, else derived from the data key (a vault not yet written by this
+    /// release). Only an unlock source reaches either.
+    package var auditKey: AuditKey {
+        AuditKey(root: content.auditKey.flatMap(AuditHex.decode).flatMap { $0.count == 32 ? $0 : nil } ?? derivedAuditRoot)
+    }
+
+    private var derivedAuditRoot: [UInt8] {
+        dataKey.bytes.withUnsafeBytes { Sodium.keyedName(outputBytes: 32, key: $0, message: Array("TFYVAULT-audit-key-v1".utf8)) }
+    }
+
+    /// Keeps the audit key across `rekey`: records already written stay verifiable.
+    private func pinAuditKey() {
+        if content.auditKey == nil { content.auditKey = Self.hex(derivedAuditRoot) }
     }
 
     // MARK: - Keyed names

@@ -47,9 +47,11 @@ package struct SeenGenerations: Sendable {
     }
 
     /// Refuses (65) a vault older than one this machine has seen, unless
-    /// rollbacks are accepted; remembers a newer one.
-    package func admit(_ vault: UnlockedVault, location: String) throws {
-        guard let id = vault.content.id, Self.isName(id) else { return }  // written by an earlier release
+    /// rollbacks are accepted; remembers a newer one. `true` when an older
+    /// vault was accepted.
+    @discardableResult
+    package func admit(_ vault: UnlockedVault, location: String) throws -> Bool {
+        guard let id = vault.content.id, Self.isName(id) else { return false }  // written by an earlier release
         let generation = vault.content.generation ?? 0
         let seen = remembered(id)
         if generation < seen {
@@ -62,9 +64,11 @@ package struct SeenGenerations: Sendable {
             let warning = "tallyfy-vault: warning: accepted an older vault at \(location) (generation \(generation) < \(seen)) because of --accept-rollback; this machine now remembers generation \(generation)\n"
             _ = warning.withCString { write(2, $0, strlen($0)) }
             store(generation, for: id)
+            return true
         } else if generation > seen {
             store(generation, for: id)
         }
+        return false
     }
 
     /// After a write: the generation just written is the newest this machine has seen.

@@ -143,8 +143,9 @@ struct RemoteVault: Sendable {
         let before = vault.modificationCount
         let result = try await change(vault)
         if vault.modificationCount != before {
+            try store.sealing(vault)
             try write(vault, replacing: snapshot, connection, unlocker)
-            store.written(vault)
+            try store.written(vault)
         }
         return result
     }

@@ -27,6 +27,8 @@ public struct VaultStore: Sendable {
     /// This machine's memory of the newest generation seen of each vault:
     /// every open is admitted by it, every write remembered.
     let generations: SeenGenerations?
+    /// Where this store's opens and writes are recorded (`AuditTrail`).
+    package var audit: AuditTrail
 
     public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout) {
         self.init(path: path, lockTimeout: lockTimeout, environment: ProcessInfo.processInfo.environment)
@@ -40,6 +42,7 @@ public struct VaultStore: Sendable {
         self.lockTimeout = lockTimeout
         remote = RemoteVault.parse(path, environment: environment)
         generations = SeenGenerations(environment: environment)
+        audit = AuditTrail(environment: environment)
     }
 
     /// The same vault at `target` (a symbolic link's resolved path).
@@ -48,19 +51,50 @@ public struct VaultStore: Sendable {
         lockTimeout = store.lockTimeout
         remote = store.remote
         generations = store.generations
+        audit = store.audit
     }
 
     /// Every open of this store's vault: decrypt, then refuse a vault older
     /// than one this machine has seen (65, `SeenGenerations`).
+    /// Records a wrong key and a refused or accepted rollback (`AuditTrail`).
     func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
-        let vault = try UnlockedVault.open(parsed, with: unlocker)
-        try generations?.admit(vault, location: remote == nil ? path : ((try? remote!.get().location.text) ?? path))
+        let vault: UnlockedVault
+        do {
+            vault = try UnlockedVault.open(parsed, with: unlocker)
+        } catch let error as VaultError where error.cause == .keyOpensNoSlot {
+            audit.refusedUnlock(location: locationText, error)
+            throw error
+        }
+        AuditTrail.learn(vault, profile: audit.profile)
+        audit.remember(location: locationText, id: vault.content.id)
+        do {
+            if try generations?.admit(vault, location: locationText) == true {
+                try audit.record(AuditTrail.Entry(event: "rollback-accepted", profile: audit.profile), key: vault.auditKey,
+                    vaultID: vault.content.id)
+            }
+        } catch let error as VaultError where error.cause == .rolledBack {
+            if AuditTrail.recordsRefusals {
+                try? audit.record(AuditTrail.Entry(event: "rollback-refused", profile: audit.profile, result: AuditTrail.result(error)),
+                    key: vault.auditKey, vaultID: vault.content.id)
+            }
+            throw error
+        }
         return vault
     }
 
-    /// After a write of `vault`.
-    func written(_ vault: UnlockedVault) {
+    /// The location as messages and the audit trail name it.
+    package var locationText: String { remote == nil ? path : ((try? remote!.get().location.text) ?? path) }
+
+    /// Just before `vault` is sealed for a write: the audit log's head goes in with it.
+    func sealing(_ vault: UnlockedVault) throws {
+        try audit.sealHead(into: vault)
+    }
+
+    /// After a write of `vault`: remembered, and recorded.
+    func written(_ vault: UnlockedVault) throws {
         generations?.remember(vault)
+        AuditTrail.learn(vault, profile: audit.profile)
+        try audit.recordChange(vault)
     }
 
     public static let defaultLockTimeout: Duration = .seconds(10)
@@ -95,16 +129,20 @@ public struct VaultStore: Sendable {
     /// Creates a new vault file; refuses to replace an existing one.
     public func create(_ vault: UnlockedVault) throws {
         if let remote {
+            try sealing(vault)
             try remote.get().create(try vault.sealed())
-            return written(vault)
+            audit.remember(location: locationText, id: vault.content.id, replacing: true)
+            return try written(vault)
         }
         try requireAbsent()
         try FileSafety.makeDirectory(directory)
         try FileSafety.requireSafeDirectory(directory)
         let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        try sealing(vault)
         try FileSafety.atomicReplace(path, with: try vault.sealed(), exclusive: true)
         withExtendedLifetime(lock) {}
-        written(vault)
+        audit.remember(location: locationText, id: vault.content.id, replacing: true)
+        try written(vault)
     }
 
     /// Refuses when a vault is already at `path`: `init` never overwrites.
@@ -214,11 +252,12 @@ public struct VaultStore: Sendable {
     }
 
     private func write(_ vault: UnlockedVault, mode: mode_t, unlocker: VaultUnlocker) throws {
+        try sealing(vault)
         let bytes = try vault.sealed()  // refuses, before touching the disk, what a reader would refuse
         FileSafety.removeTemporaries(of: path)
         try FileSafety.atomicReplace(path, with: bytes, mode: mode)
         vault.rememberKey(in: unlocker)
-        written(vault)
+        try written(vault)
     }
 }
 

@@ -57,6 +57,18 @@ public struct TokenBroker: Sendable {
     /// re-read under the lock) derives the key once.
     public let unlocker: VaultUnlocker
     public let environment: [String: String]
+    /// Whom a hand-out is recorded for (`AuditTrail`).
+    package var recording: HandOutRecord = .thisProcess
+
+    package enum HandOutRecord: Sendable {
+        /// This process asked (the CLI, the launcher, a library caller).
+        case thisProcess
+        /// An agent's client, as the kernel named it (`SO_PEERCRED`).
+        case peer(AuditRequester)
+        /// Nobody was handed anything (the agent's own background renewals,
+        /// whose write is recorded as a change).
+        case none
+    }
 
     public init(store: VaultStore, unlocker: VaultUnlocker, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.store = store
@@ -90,6 +102,22 @@ public struct TokenBroker: Sendable {
     /// open while its file stays the same, and decides here without reading
     /// or decrypting it again.
     package func sealedGrant(_ request: TokenRequest, in vault: UnlockedVault) throws -> TokenGrant? {
+        try decideSealed(request, in: vault).map(handedOut)
+    }
+
+    /// The one place a token leaves the broker: recorded first (in
+    /// `required` mode a record that can't be written stops it here, 74).
+    package func handedOut(_ grant: TokenGrant) throws -> TokenGrant {
+        switch recording {
+        case .thisProcess: try store.audit.handOut(grant)
+        case .peer(let requester): try store.audit.handOut(grant, requester: requester)
+        case .none: break
+        }
+        return grant
+    }
+
+    /// `sealedGrant(_:in:)` without the hand-out: what the sealed token allows.
+    package func decideSealed(_ request: TokenRequest, in vault: UnlockedVault) throws -> TokenGrant? {
         guard request.renewal != .always else { return nil }
         let profile = try Self.profile(request.profile, in: vault)
         let token = try sealedToken(request, in: vault)

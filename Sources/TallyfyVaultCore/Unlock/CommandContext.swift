@@ -29,8 +29,11 @@ public struct CommandContext: Sendable {
     /// otherwise cover every profile.
     public var explicitProfile: String? { profile ?? nonEmpty("TALLYFY_VAULT_PROFILE") }
 
+    /// The vault, with its audit trail naming this command's profile.
     public var store: VaultStore {
-        VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment), environment: environment)
+        var store = VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment), environment: environment)
+        store.audit.profile = profileName
+        return store
     }
 
     public var sources: UnlockSources {
