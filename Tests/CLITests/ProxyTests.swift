@@ -397,11 +397,10 @@ enum ProxyChild {
         let tokensBefore = try await emulator.counts()["token"] ?? 0
         try sandbox.ok(["rotate-secret", "--secret-stdin"], stdin: newSecret + "\n")
         try elsewhere.ok(["login"])
-        FileManager.default.createFile(atPath: resume, contents: nil)
+        _ = FileManager.default.createFile(atPath: resume, contents: nil)
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "\(stderr)")
+        #expect(reapedStatus(process) == 0, "\(stderr)")
         let seen = try #require(try JSONSerialization.jsonObject(with: stdout) as? [String: Any], "\(stderr)")
         #expect(seen["failures"] as? Int == 0, "\(seen)")
         #expect((seen["statuses"] as? [String: Int]) == ["200": 2000])
@@ -430,10 +429,10 @@ enum ProxyChild {
         #expect(waitFor(ready, or: process))
         try elsewhere.ok(["login"])  // revokes the proxy's token
         let tokensBefore = try await emulator.counts()["token"] ?? 0
-        FileManager.default.createFile(atPath: resume, contents: nil)
+        _ = FileManager.default.createFile(atPath: resume, contents: nil)
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        _ = reapedStatus(process)
         let seen = try #require(try JSONSerialization.jsonObject(with: stdout) as? [String: Any], "\(stderr)")
         #expect(seen["first"] as? Int == 200)
         #expect((seen["statuses"] as? [Int]) == Array(repeating: 200, count: 40), "\(seen)")
@@ -531,6 +530,45 @@ enum ProxyChild {
         // With the application token `GET /me` is Tallyfy's 401, passed through as it came.
         let application = try sandbox.run(["exec", "--proxy", "--", "python3", script, "tallyfy-cli"])
         #expect(application.status == 1)
-        #expect(application.stderr == "Error: 401: Unauthenticated.\n", "\(application.stderr)")
+        #expect(application.stderr.hasPrefix("Error: 401: ") && application.stderr.contains("user token"), "\(application.stderr)")
+    }
+
+    @Test func aStandingProxyServesOtherToolsUntilStopped() async throws {
+        let (sandbox, emulator, script) = try await world()
+        defer { emulator.stop() }
+        let started = try sandbox.ok(["proxy", "--detach", "--allow", "GET:/organizations/*/me"])
+        var variables: [String: String] = [:]
+        for line in started.stdout.split(separator: "\n") {
+            let assignment = line.split(separator: ";")[0].split(separator: "=", maxSplits: 1).map(String.init)
+            if assignment.count == 2 { variables[assignment[0]] = assignment[1] }
+        }
+        #expect(Set(variables.keys) == ["TALLYFY_API_URL", "TALLYFY_BASE_URL", "TALLYFY_API_BASE_URL", "TALLYFY_TOKEN",
+            "TALLYFY_API_TOKEN", "TALLYFY_ORG_ID", "TALLYFY_VAULT_PROXY_PID"], "\(started.brief)")
+        #expect(started.stdout.contains("export TALLYFY_API_TOKEN;"))
+        let again = try sandbox.refused(["proxy", "--detach"], status: 64)
+        #expect(again.stderr.contains("a proxy is already running"))
+
+        // A tool that is not the vault's child, with only those variables.
+        var environment = ["PATH": sandbox.environment["PATH"] ?? "/usr/bin:/bin", "HOME": sandbox.root.path]
+        environment.merge(variables) { $1 }
+        let tool = try runProcess(URL(fileURLWithPath: "/usr/bin/env"), ["python3", script, "upstream"], environment: environment)
+        let seen = try json(tool)
+        #expect(summary(seen["first"]).first == "200" && seen["servedAfter"] as? Int == 200, "\(tool.brief)")
+
+        // Its counts reach `proxy status` within a second or so.
+        var status = try sandbox.ok(["proxy", "status"])
+        while !status.stdout.contains("2 requests, 0 refused") {
+            usleep(100_000)
+            status = try sandbox.ok(["proxy", "status"])
+        }
+        #expect(status.stdout.contains("on \(variables["TALLYFY_API_URL"] ?? "?")"))
+        #expect(!status.stdout.contains(variables["TALLYFY_API_TOKEN"] ?? "?"))
+
+        let stopped = try sandbox.ok(["proxy", "stop"])
+        #expect(stopped.stdout.contains("unset TALLYFY_API_URL;") && stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_PID;"))
+        let port = try #require(URLComponents(string: variables["TALLYFY_API_URL"] ?? "")?.port)
+        #expect(try !isListening(port))
+        #expect(!FileManager.default.fileExists(atPath: sandbox.path("run/tallyfy-vault/proxy.json")))
+        try sandbox.refused(["proxy", "status"], status: 69)
     }
 }

@@ -184,9 +184,10 @@ public final class CredentialProxy: Sendable {
             guard !bodyDone else { return nil }
             switch try await iterator.next() {
             case .body(let buffer): return buffer
-            case .end, nil:
+            case .end:
                 bodyDone = true
                 return nil
+            case nil: throw ChannelError.eof  // cut off: never a truncated body passed on as whole
             case .head: throw ChannelError.inappropriateOperationForState
             }
         }
@@ -218,11 +219,13 @@ public final class CredentialProxy: Sendable {
                 switch decide(head) {
                 case .failure(let refusal):
                     counters.count { $0.refusals += 1 }
-                    // A body not read yet would be taken for the next request: close instead.
-                    let close = !head.isKeepAlive || hasBody
+                    // A small body is read and dropped, so the connection stays
+                    // usable; a large one is not read at all: close instead.
+                    let length = head.headers.first(name: "content-length").flatMap(Int.init)
+                    let close = !head.isKeepAlive || (hasBody && (length ?? Int.max) > Self.replayableBodyLimit)
+                    if !close { while try await parts.nextChunk() != nil {} }
                     try await answer(refusal, on: outbound, close: close, version: head.version)
                     keepGoing = !close
-                    if !close { while try await parts.nextChunk() != nil {} }
                 case .success(let (target, headers)):
                     keepGoing = try await forward(head, target: target, headers: headers, hasBody: hasBody, parts: parts, outbound: outbound)
                 }

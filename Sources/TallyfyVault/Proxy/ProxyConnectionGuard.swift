@@ -30,6 +30,8 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private let timeouts: Timeouts
+    /// The handler at the front of the pipeline, which writes raw answers.
+    weak var watcher: ByteWatcher?
     private let counters: ProxyCounters
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
@@ -87,7 +89,10 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
         case .head(let head) where (100..<200).contains(head.status.code): break
-        case .head: responseInFlight = true
+        case .head:
+            responseInFlight = true
+            timer?.cancel()  // an answer as slow as Tallyfy is is not an idle connection
+            timer = nil
         case .body: break
         case .end:
             responseInFlight = false
@@ -98,14 +103,20 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
         context.write(data, promise: promise)
     }
 
+    /// A parse error is answered here and goes no further: the request loop
+    /// just sees the connection end. (Errors the decoder raises as the
+    /// connection closes, or for bytes after its first error, are dropped.)
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let parser = error as? HTTPParserError {
+            guard context.channel.isActive, !answered else { return }
             counters.count {
                 $0.requests += 1
                 $0.refusals += 1
             }
             answerAndClose(parser == .headerOverflow ? .headersTooLarge : .malformed)
+            return
         }
+        if error is ByteToMessageDecoderError { return }
         context.fireErrorCaught(error)
     }
 
@@ -141,16 +152,27 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
             context.close(promise: nil)
             return
         }
-        let body = context.channel.allocator.buffer(string: refusal.body)
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.readableBytes))
-        headers.add(name: "Connection", value: "close")
-        let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: refusal.status), headers: headers)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        // Written as bytes at the front of the pipeline: before a request
+        // head there is no request for NIO's HTTP handlers to answer.
+        guard let raw = watcher?.context else {
+            context.close(promise: nil)
+            return
+        }
+        let body = Array(refusal.body.utf8)
+        let status = HTTPResponseStatus(statusCode: refusal.status)
+        var bytes = context.channel.allocator.buffer(capacity: 160 + body.count)
+        bytes.writeString("HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\nContent-Type: application/json\r\n")
+        bytes.writeString("Content-Length: \(body.count)\r\nConnection: close\r\n\r\n")
+        bytes.writeBytes(body)
+        // A lingering close: stop sending, but read (and drop) what the
+        // client is still sending for a moment, so that closing with unread
+        // bytes does not reset the connection and destroy the answer before
+        // the client reads it.
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        raw.writeAndFlush(NIOAny(bytes)).whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        }
     }
 }
 
@@ -159,8 +181,15 @@ final class ByteWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     private let guardHandler: ProxyConnectionGuard
+    private(set) var context: ChannelHandlerContext?
 
-    init(_ guardHandler: ProxyConnectionGuard) { self.guardHandler = guardHandler }
+    init(_ guardHandler: ProxyConnectionGuard) {
+        self.guardHandler = guardHandler
+        guardHandler.watcher = self
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guardHandler.bytesArrived()
