@@ -57,37 +57,9 @@ extension Exec {
             if let grace = context.environment["TALLYFY_VAULT_TEST_STOP_GRACE"].flatMap(TimeInterval.init) { options.stopGrace = grace }
         #endif
         try ChildEnvironment.refuseNesting(context.environment)
-        guard !selection.noRefresh else {
-            throw ValidationError("--keep-fresh renews the token, which --no-refresh forbids: use one or the other")
-        }
         ProcessHardening.protect()  // for the supervisor's whole life: it never execs
-        try context.store.checkAccess()
-        let request = try context.tokenRequest(
-            user: selection.user, minimumLifetime: selection.minTTL, noRefresh: false, strict: selection.strict)
-        // The supervisor asks the agent, or unlocks again at every renewal
-        // and keeps no key in between, so it needs a source it can read
-        // again without asking.
-        let agent = AgentClient(environment: context.environment, disabled: selection.noAgent)
-        let agentServes = agent.flatMap { try? $0.grant(request, vaultPath: context.vaultPath) } != nil
-        guard try agentServes || !context.sources.available().isEmpty else {
-            throw VaultError(.configuration,
-                "exec --keep-fresh unlocks the vault again at each renewal, and a passphrase typed at the prompt can't be asked for again",
-                hint: "unlock with --key-file or --passphrase-file (or TALLYFY_VAULT_PASSPHRASE, or a systemd credential), or run the agent (`tallyfy-vault agent`)")
-        }
-        let unlocking = TokenSource.reopening {
-            // Read afresh each time: nothing secret is kept between renewals,
-            // and a source that has gone away is an error, never a prompt.
-            let secrets = try context.sources.available()
-            guard !secrets.isEmpty else {
-                throw VaultError(.configuration, "the unlock source used at start is no longer there")
-            }
-            return TokenBroker(store: context.store, secrets: secrets, environment: context.environment)
-        }
-        let source = TokenSource.agentFirst(agent, vaultPath: context.vaultPath, else: unlocking)
-        let first = try await source.grant(request)
-        if let reason = first.renewalFailure {
-            Output.note("warning: could not renew the \(Supervisor.describe(request)) (\(reason)); using the sealed one, valid until \(ChildEnvironment.rfc3339(first.expiresAt))")
-        }
+        let (request, source) = try selection.renewingSource(context, what: "exec --keep-fresh")
+        let first = try await selection.firstGrant(request, from: source)
         let status = try Supervisor.run(
             arguments, parentEnvironment: context.environment, request: request, first: first, source: source, options: options,
             mask: mask, note: { Output.note($0) })

@@ -33,12 +33,24 @@ struct Exec: AsyncParsableCommand {
             inside a longer base64 string), percent-encoded and JSON-escaped. On a terminal the command \
             gets a pseudo-terminal, so colours and prompts still work. Meant for CI logs; a command \
             that transforms the token in its own way (hashes, reverses, splits it) can still print that.
+
+            With --proxy the command never holds the token. tallyfy-vault starts a proxy on 127.0.0.1 (a \
+            free port) for as long as the command runs; TALLYFY_API_URL, TALLYFY_BASE_URL and \
+            TALLYFY_API_BASE_URL point at it (same path layout as the API URL), TALLYFY_TOKEN and \
+            TALLYFY_API_TOKEN hold a random capability for this run only, and the proxy replaces it with \
+            the real token on each request it forwards. It forwards only paths below the API URL (never \
+            the token endpoint), and only those the --allow rules name when any are given; everything \
+            else, and a wrong capability, it answers itself (401/403, Tallyfy's error shape). It renews \
+            the token before expiry, and once at a 401 from Tallyfy, then sends the request again. Like \
+            --keep-fresh it needs an agent or an unlock source it can read again. The port is closed \
+            when the command ends; the status, signals and output are the command's.
             """)
 
     @OptionGroup var global: GlobalOptions
     @OptionGroup var options: TokenOptions
     @OptionGroup var keepFresh: KeepFreshArguments
     @OptionGroup var masking: MaskArguments
+    @OptionGroup var proxying: ProxyArguments
 
     // Everything after `--` is the command, exactly; options before it are
     // ours (including the global ones, which `.captureForPassthrough` would
@@ -51,6 +63,12 @@ struct Exec: AsyncParsableCommand {
             throw ValidationError("no command to run: write it after --, as in `tallyfy-vault exec -- ./sync`")
         }
         let mask = try masking.enabled(global.context.environment)
+        if let rules = try proxying.rules() {
+            guard !keepFresh.keepFresh else {
+                throw ValidationError("--proxy and --keep-fresh are two ways to run a long command: --keep-fresh gives it the token, --proxy never does; use one")
+            }
+            try await Self.runProxied(command, context: global.context, selection: options.selection, rules: rules, verbose: proxying.verbose, mask: mask)
+        }
         if let supervision = try keepFresh.supervision() {
             try await Self.supervise(command, context: global.context, selection: options.selection, options: supervision, mask: mask)
         }

@@ -17,7 +17,7 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
         version: TallyfyVaultVersion.current,
         subcommands: [
             Init.self, Keygen.self, Keys.self, Rekey.self, Credentials.self, Login.self, TokenCommand.self,
-            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self, Migrate.self, Audit.self,
+            Users.self, Exec.self, Export.self, RotateSecret.self, Check.self, Status.self, DoctorCommand.self, Agent.self, ProxyCommand.self, Migrate.self, Audit.self,
             Version.self,
         ]
     )

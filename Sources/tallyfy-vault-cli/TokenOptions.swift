@@ -71,6 +71,44 @@ struct TokenSelection {
         return warnIfDegraded(try await broker.grant(request, from: vault, deadline: left), request)
     }
 
+    /// For a consumer that runs on and renews (`exec --keep-fresh`,
+    /// `exec --proxy`, `proxy`): the request, and where its grants come from
+    /// — a running agent first, else `TokenBroker` with the unlock sources
+    /// read afresh at each grant, so no key is kept between renewals. Such a
+    /// consumer needs a source it can read again without asking (a key file,
+    /// a passphrase file or variable, a systemd credential) or an agent.
+    /// `what` names it in messages (`exec --keep-fresh`).
+    func renewingSource(_ context: CommandContext, what: String) throws -> (TokenRequest, TokenSource) {
+        guard !noRefresh else {
+            throw ValidationError("\(what.split(separator: " ").last ?? "") renews the token, which --no-refresh forbids: use one or the other")
+        }
+        try context.store.checkAccess()
+        let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: false, strict: strict)
+        let agent = AgentClient(environment: context.environment, disabled: noAgent)
+        let agentServes = agent.flatMap { try? $0.grant(request, vaultPath: context.vaultPath) } != nil
+        guard try agentServes || !context.sources.available().isEmpty else {
+            throw VaultError(.configuration,
+                "\(what) unlocks the vault again at each renewal, and a passphrase typed at the prompt can't be asked for again",
+                hint: "unlock with --key-file or --passphrase-file (or TALLYFY_VAULT_PASSPHRASE, or a systemd credential), or run the agent (`tallyfy-vault agent`)")
+        }
+        let unlocking = TokenSource.reopening {
+            // Read afresh each time: nothing secret is kept between renewals,
+            // and a source that has gone away is an error, never a prompt.
+            let secrets = try context.sources.available()
+            guard !secrets.isEmpty else {
+                throw VaultError(.configuration, "the unlock source used at start is no longer there")
+            }
+            return TokenBroker(store: context.store, secrets: secrets, environment: context.environment)
+        }
+        return (request, TokenSource.agentFirst(agent, vaultPath: context.vaultPath, else: unlocking))
+    }
+
+    /// The first grant of a `renewingSource`, with the warning line when it
+    /// rides out a failed renewal.
+    func firstGrant(_ request: TokenRequest, from source: TokenSource) async throws -> TokenGrant {
+        warnIfDegraded(try await source.grant(request), request)
+    }
+
     private func warnIfDegraded(_ grant: TokenGrant, _ request: TokenRequest) -> TokenGrant {
         if let reason = grant.renewalFailure {
             let what = request.user.map { "user token for \($0)" } ?? "application token for profile \"\(request.profile)\""

@@ -27,6 +27,8 @@ enum ExecFastPath {
         var noAgent = false
         /// `--no-mask`; `--mask` itself is not taken here.
         var noMask = false
+        /// `--proxy`: the full CLI runs the proxy; nothing is unlocked here.
+        var proxy = false
         var command: [String] = []
 
         /// What the launcher does with this `exec`.
@@ -42,6 +44,9 @@ enum ExecFastPath {
 
         func decide() -> Decision {
             ProcessHardening.protect()
+            // A proxied exec hands the command a capability, never a token:
+            // the full CLI starts the proxy (and reports any error).
+            if proxy { return .handOver(note: nil) }
             // The hand-out below is recorded as an `exec`; a refusal is met
             // again, and recorded once, by the CLI this hands over to.
             AuditTrail.operation = "exec"
@@ -118,6 +123,10 @@ enum ExecFastPath {
             if word == "--strict-ttl" && sawExec { continue }
             if word == "--no-agent" && sawExec {
                 invocation.noAgent = true
+                continue
+            }
+            if word == "--proxy" && sawExec {
+                invocation.proxy = true
                 continue
             }
             if word == "--no-mask" && sawExec {

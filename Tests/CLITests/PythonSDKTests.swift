@@ -72,4 +72,21 @@ struct PythonSDKTests {
         // `APIClient` (the user token for Ann came through the API too).
         #expect(try await world.emulator.clientHeaders() == ["APIClient": 3, "TallyfySDK": 3])
     }
+
+    /// The same program under `exec --proxy`: the SDK talks to the loopback
+    /// proxy with the capability, unchanged, and the proxy passes its own
+    /// `X-Tallyfy-Client: TallyfySDK` on.
+    @Test func theSDKWorksUnchangedThroughTheProxy() async throws {
+        let python = try #require(PythonSDK.python)
+        let world = try await LoggedIn.start()
+        defer { world.emulator.stop() }
+        let sandbox = world.sandbox
+        let script = try sandbox.write(PythonSDK.script, to: "integration.py")
+        try sandbox.ok(["users", "create", "--email", "ann@example.com", "--first-name", "Ann", "--last-name", "Lee"])
+        let asAnn = try sandbox.ok(["exec", "--proxy", "--user", "ann@example.com", "--", python.path, script, "me"])
+        #expect(asAnn.stdout == "ann@example.com Ann Lee\n", "\(asAnn.brief)")
+        let asApplication = try sandbox.ok(["exec", "--proxy", "--", python.path, script, "users"])
+        #expect(asApplication.stdout == "ann@example.com\n", "\(asApplication.brief)")
+        #expect(try await world.emulator.clientHeaders() == ["APIClient": 2, "TallyfySDK": 2])
+    }
 }

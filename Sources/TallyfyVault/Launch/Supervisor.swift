@@ -107,6 +107,20 @@ public enum Supervisor {
         }
     }
 
+    /// `exec --proxy`: runs `command` in `environment` (the proxy's address
+    /// and capability, no token: `ChildEnvironment.buildProxied`), with
+    /// signals forwarded as for `--keep-fresh`; with `mask`, its output
+    /// goes through the masker, which knows the capability. No renewal here
+    /// (the proxy renews), no token file. Returns its status, or throws a
+    /// `LaunchError` (127 / 126).
+    public static func runProxied(_ command: [String], environment: [String: String], capability: String, mask: Bool) throws -> Int32 {
+        try onItsThread {
+            let shown = TokenGrant(profile: "", orgID: "", apiURL: "", token: capability, expiresAt: .distantFuture, user: nil)
+            return try supervise(command, parentEnvironment: environment, first: shown, renewal: nil, mask: mask, fixedEnvironment: environment,
+                note: { _ in })
+        }
+    }
+
     /// What `--keep-fresh` adds to supervising.
     struct Renewal: Sendable {
         var request: TokenRequest
@@ -133,7 +147,7 @@ public enum Supervisor {
 
     private static func supervise(
         _ command: [String], parentEnvironment: [String: String], first: TokenGrant, renewal: Renewal?, mask: Bool,
-        note: @escaping @Sendable (String) -> Void
+        fixedEnvironment: [String: String]? = nil, note: @escaping @Sendable (String) -> Void
     ) throws -> Int32 {
         // A long-lived process: a reader of its standard error (or any pipe)
         // that goes away must not end it, and its child with it. The child
@@ -148,6 +162,7 @@ public enum Supervisor {
         // However the supervisor ends, what the child wrote goes out first.
         defer { output?.finish() }
         func environment(_ grant: TokenGrant) -> [String: String] {
+            if let fixedEnvironment { return fixedEnvironment }
             guard let tokenFile else { return ChildEnvironment.build(parent: parentEnvironment, grant: grant) }
             return ChildEnvironment.build(parent: parentEnvironment, grant: grant, tokenFile: tokenFile.path)
         }

@@ -88,6 +88,20 @@ public enum ChildEnvironment {
         return environment
     }
 
+    /// The environment of a child under `exec --proxy`: as
+    /// `build(parent:grant:)`, but the token variables hold the proxy's
+    /// `capability` and the URL variables the proxy's `url`; the token's
+    /// expiry and an inherited token file are left out. No variable names
+    /// or holds the token.
+    public static func buildProxied(parent: [String: String], grant: TokenGrant, url: String, capability: String) -> [String: String] {
+        var proxied = grant
+        proxied.token = capability
+        proxied.apiURL = url
+        var environment = build(parent: parent, grant: proxied)
+        environment["TALLYFY_TOKEN_EXPIRES_AT"] = nil
+        return environment
+    }
+
     /// Refuses `exec` inside `exec`: the inner one would see a token variable
     /// and a marker, and nesting usually means a wrapper script ran twice.
     public static func refuseNesting(_ parent: [String: String]) throws {

@@ -25,7 +25,7 @@ package enum Sodium {
     static let aeadTagBytes = Int(crypto_aead_xchacha20poly1305_ietf_ABYTES)  // 16
 
     /// Fresh random bytes from the operating system's generator.
-    static func randomBytes(_ count: Int) -> [UInt8] {
+    package static func randomBytes(_ count: Int) -> [UInt8] {
         _ = ready
         var bytes = [UInt8](repeating: 0, count: count)
         bytes.withUnsafeMutableBytes { randombytes_buf($0.baseAddress!, count) }

@@ -56,11 +56,27 @@ func runProcess(
     let reader = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
     reader.start()
     let outData = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
     while !reader.isFinished { usleep(1000) }
     return RunResult(
-        status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        status: reapedStatus(process), stdout: String(decoding: outData, as: UTF8.self),
         stderr: String(decoding: errData, as: UTF8.self), pid: process.processIdentifier)
+}
+
+/// The exit status (or the signal, as Foundation reports it), without
+/// `waitUntilExit`: under load Foundation can miss a child's SIGCHLD and wait
+/// for ever on a zombie (seen in `Emulator.stop` and here). After a while the
+/// child is reaped here instead.
+func reapedStatus(_ process: Process) -> Int32 {
+    let deadline = Date().addingTimeInterval(10)
+    while process.isRunning && Date() < deadline { usleep(2_000) }
+    guard process.isRunning else { return process.terminationStatus }
+    var raw: Int32 = 0
+    guard waitpid(process.processIdentifier, &raw, 0) == process.processIdentifier else {
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+    let signal = raw & 0x7f
+    return signal == 0 ? (raw >> 8) & 0xff : signal
 }
 
 /// A throwaway home for one test: a private folder, a key file, a vault
