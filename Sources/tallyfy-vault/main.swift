@@ -6,7 +6,7 @@
 // carries them, just starting costs several times more than `exec` itself.
 // Every other command line, and every `exec` that needs a refresh or fails,
 // is handed unchanged to the full CLI, `tallyfy-vault-cli` (same pid, same
-// argv), which does the work and reports any error. README.md, "Speed", has
+// argv), which does the work and reports any error. docs/speed.md has
 // the numbers; "Install" the layout that `CLILocation` relies on.
 #if canImport(FoundationEssentials)
     import FoundationEssentials
