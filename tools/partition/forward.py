@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""TCP forwarders for tools/partition-test, one process per network namespace.
+
+Each argument is LISTEN_HOST:LISTEN_PORT=TARGET_HOST:TARGET_PORT[=LABEL]. The
+vault speaks plain HTTP to loopback only, so a client machine reaches etcd and
+the emulator through forwarders on its own 127.0.0.1 whose packets cross the
+bridge (and the nemesis's cuts) to the other namespaces; a cut then looks as a
+real one does: the connection opens locally and nothing answers.
+
+With --log FILE, a forwarder with a LABEL also records every HTTP request line
+that goes through it whose path ends in "/token" (the OAuth token endpoint and
+user-token issuance) as a JSON line {"type":"request","client":LABEL,"at":T,
+"path":P}: the emulator sees every request come from this forwarder, so only
+here can a token request be put down to the machine that made it. Request
+lines are found at the start of each chunk a client writes or right after a
+blank line, which is where HTTP/1.1 requests begin (no pipelining here).
+"""
+import asyncio
+import json
+import re
+import sys
+import time
+
+REQUEST_LINE = re.compile(rb"(?:^|\r\n\r\n)(GET|POST|PUT|DELETE) (\S+) HTTP/1\.[01]\r\n")
+
+
+class Forwarder:
+    def __init__(self, target_host, target_port, label, log):
+        self.target = (target_host, target_port)
+        self.label = label
+        self.log = log
+
+    async def handle(self, reader, writer):
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(source, sink, watch):
+            try:
+                while True:
+                    data = await source.read(65536)
+                    if not data:
+                        break
+                    if watch and self.log is not None:
+                        self.record(data)
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                try:
+                    sink.close()
+                except OSError:
+                    pass
+
+        await asyncio.gather(pipe(reader, upstream_writer, True), pipe(upstream_reader, writer, False))
+
+    def record(self, data):
+        for match in REQUEST_LINE.finditer(data):
+            path = match.group(2).decode("ascii", "replace")
+            if path.endswith("/token") and match.group(1) == b"POST":
+                kind = "token" if path.startswith("/oauth/") else "user-token"
+                self.log.write(json.dumps({"type": "request", "client": self.label, "at": time.time(), "path": kind}) + "\n")
+                self.log.flush()
+
+
+async def main(arguments):
+    log = None
+    if arguments[:1] == ["--log"]:
+        log = open(arguments[1], "a", buffering=1)
+        arguments = arguments[2:]
+    servers = []
+    for spec in arguments:
+        parts = spec.split("=")
+        listen, target = parts[0], parts[1]
+        label = parts[2] if len(parts) > 2 else None
+        lhost, lport = listen.rsplit(":", 1)
+        thost, tport = target.rsplit(":", 1)
+        forwarder = Forwarder(thost, int(tport), label, log if label else None)
+        servers.append(await asyncio.start_server(forwarder.handle, lhost, int(lport), reuse_address=True))
+    print("forwarding", flush=True)
+    await asyncio.gather(*(server.serve_forever() for server in servers))
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        pass
