@@ -157,7 +157,8 @@ def check(records):
         by_rotation = client is not None and any(
             op["client"] == client and op["start"] <= token["at"] <= op["end"] for op in rotations)
         rotation_caused += by_rotation
-        if previous is not None and not by_rotation and ttl:
+        during_setup = token["at"] < h.config.get("begin", 0)
+        if previous is not None and not by_rotation and not during_setup and ttl:
             gap = token["at"] - previous["at"]
             renewal_gaps.append(gap)
             window = ttl - ahead - WINDOW_SLACK
@@ -227,7 +228,17 @@ def check(records):
                 violation(5, f"{client} served the fleet's current token only {recoveries[client]:.1f} s after the "
                              f"last heal (limit {RECOVERY_LIMIT:.0f} s)", {"type": "healed", "at": h.healed}, served)
 
+    # Not a violation, but what users see: operations that failed although
+    # their machine reached a quorum and Tallyfy throughout (a leader election,
+    # a paused or killed member: the cluster itself was still there).
+    avoidable = [op for op in h.ops if op.get("status") in (69, 75) and op["client"] in h.config.get("clients", [])
+                 and h.quorum_throughout(op["client"], op["start"], op["end"])
+                 and h.tallyfy_throughout(op["client"], op["start"], op["end"])]
+
     figures = {
+        "failed_with_quorum_and_tallyfy": dict(Counter(f"{op['op']} {op['status']}" for op in avoidable)),
+        "failed_with_quorum_and_tallyfy_messages": dict(Counter(
+            (op.get("stderr") or "").split(" | ")[0][:160] for op in avoidable)),
         "faults": dict(Counter(f["kind"] for f in h.faults)),
         "operations": dict(Counter(op["op"] for op in h.ops)),
         "statuses": {f"{k[0]} {k[1]}": v for k, v in sorted(Counter((op["op"], op.get("status")) for op in h.ops).items(),

@@ -22,7 +22,7 @@ def clean_history():
     """Three clients, renewals every 9 s, one acknowledged rotation, a
     partition of c3 with no request from it, recovery 1 s after the heal."""
     h = [{"type": "config", "token_ttl": TTL, "refresh_ahead": 3.6, "revoke_on_reissue": True,
-          "clients": ["c1", "c2", "c3"]},
+          "clients": ["c1", "c2", "c3"], "begin": T0},
          {"type": "op", "client": "setup", "op": "rotate", "start": T0, "end": T0, "status": 0, "secret": "s0"}]
     issued = {}
     for n, at in enumerate([T0 + 1, T0 + 10, T0 + 19, T0 + 28, T0 + 37]):
@@ -127,6 +127,14 @@ class CheckerCatchesEachViolation(unittest.TestCase):
                   "iat": int(T0 + 15), "exp": int(T0 + 15) + TTL, "at": T0 + 15.25})
         found = [v for v in violations(h) if v["invariant"] == 3]
         self.assertEqual([v["records"][1]["jti"] for v in found], ["j2"], found)
+
+    def test_3_setup_logins_before_the_run_are_not_counted(self):
+        h = clean_history()
+        for at in (T0 - 2, T0 - 1.5):
+            h.append({"type": "request", "client": "observer", "at": at - 0.01, "path": "token"})
+            h.append({"type": "issued", "jti": f"s{at}", "kind": "application", "holder": "application 40213",
+                      "iat": int(at), "exp": int(at) + TTL, "at": at})
+        self.assertEqual([v for v in violations(h) if v["records"][1].get("at", 0) < T0], [])
 
     def test_3_request_without_quorum(self):
         h = clean_history()

@@ -145,9 +145,12 @@ extension TokenBroker {
     private func applicationToken(
         for request: TokenRequest, profile: inout Profile, in vault: UnlockedVault, client: TallyfyClient
     ) async throws -> SealedToken {
-        let needed = request.user == nil ? request.minimumLifetime : Self.applicationTokenMarginForUserCalls
         if let token = profile.applicationToken, !(request.renewal == .always && request.user == nil),
-            TokenPolicy.isFresh(token, minimumLifetime: needed, now: now)
+            TokenPolicy.isFresh(
+                token,
+                minimumLifetime: request.user == nil
+                    ? request.minimumLifetime : Self.applicationTokenMargin(forUserCallsWith: token),
+                now: now)
         {
             return token
         }
