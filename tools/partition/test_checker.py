@@ -169,6 +169,14 @@ class CheckerCatchesEachViolation(unittest.TestCase):
         found = violations(h)
         self.assertTrue(any(v["invariant"] == 4 and "keep-fresh" in v["what"] for v in found), found)
 
+    def test_4_a_keep_fresh_file_outlived_by_a_revocation_is_counted_not_a_violation(self):
+        h = clean_history()
+        h.append({"type": "op", "client": "c2", "op": "keep-fresh-read", "start": T0 + 12.5, "end": T0 + 12.5,
+                  "status": 0, "token": token("j0", T0 + 1)})
+        found, figures = checker.check(h)
+        self.assertEqual(found, [])
+        self.assertEqual(figures["keep_fresh_readings_of_a_revoked_token"], 1)
+
     def test_5_client_never_recovers(self):
         h = [r for r in clean_history() if not (r.get("op") == "probe" and r["client"] == "c3")]
         h.append({"type": "op", "client": "c3", "op": "probe", "start": T0 + 37.5, "end": T0 + 37.6, "status": 69})
