@@ -9,9 +9,12 @@ real one does: the connection opens locally and nothing answers.
 
 With --log FILE, a forwarder with a LABEL also records every HTTP request line
 that goes through it whose path ends in "/token" (the OAuth token endpoint and
-user-token issuance) as a JSON line {"type":"request","client":LABEL,"at":T,
-"path":P}: the emulator sees every request come from this forwarder, so only
-here can a token request be put down to the machine that made it. Request
+user-token issuance) as a JSON line {"type":TYPE,"client":LABEL,"at":T,
+"path":P}, TYPE "request" (or --type's): the emulator sees every request come
+from the forwarder in front of it, so only there can a token request be put
+down to the machine that made it; the forwarder on the machine itself records
+when the request was sent ("send"), which is when the vault starts counting
+the token's life. Request
 lines are found at the start of each chunk a client writes or right after a
 blank line, which is where HTTP/1.1 requests begin (no pipelining here).
 """
@@ -25,10 +28,11 @@ REQUEST_LINE = re.compile(rb"(?:^|\r\n\r\n)(GET|POST|PUT|DELETE) (\S+) HTTP/1\.[
 
 
 class Forwarder:
-    def __init__(self, target_host, target_port, label, log):
+    def __init__(self, target_host, target_port, label, log, kind):
         self.target = (target_host, target_port)
         self.label = label
         self.log = log
+        self.kind = kind
 
     async def handle(self, reader, writer):
         try:
@@ -62,14 +66,18 @@ class Forwarder:
             path = match.group(2).decode("ascii", "replace")
             if path.endswith("/token") and match.group(1) == b"POST":
                 kind = "token" if path.startswith("/oauth/") else "user-token"
-                self.log.write(json.dumps({"type": "request", "client": self.label, "at": time.time(), "path": kind}) + "\n")
+                self.log.write(json.dumps({"type": self.kind, "client": self.label, "at": time.time(), "path": kind}) + "\n")
                 self.log.flush()
 
 
 async def main(arguments):
     log = None
-    if arguments[:1] == ["--log"]:
-        log = open(arguments[1], "a", buffering=1)
+    kind = "request"
+    while arguments[:1] in (["--log"], ["--type"]):
+        if arguments[0] == "--log":
+            log = open(arguments[1], "a", buffering=1)
+        else:
+            kind = arguments[1]
         arguments = arguments[2:]
     servers = []
     for spec in arguments:
@@ -78,7 +86,7 @@ async def main(arguments):
         label = parts[2] if len(parts) > 2 else None
         lhost, lport = listen.rsplit(":", 1)
         thost, tport = target.rsplit(":", 1)
-        forwarder = Forwarder(thost, int(tport), label, log if label else None)
+        forwarder = Forwarder(thost, int(tport), label, log if label else None, kind)
         servers.append(await asyncio.start_server(forwarder.handle, lhost, int(lport), reuse_address=True))
     print("forwarding", flush=True)
     await asyncio.gather(*(server.serve_forever() for server in servers))

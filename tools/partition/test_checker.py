@@ -136,6 +136,26 @@ class CheckerCatchesEachViolation(unittest.TestCase):
                       "iat": int(at), "exp": int(at) + TTL, "at": at})
         self.assertEqual([v for v in violations(h) if v["records"][1].get("at", 0) < T0], [])
 
+    def test_3_the_window_counts_from_when_the_request_left_its_machine(self):
+        # A rotation's token request held up 5 s by a cut: the vault counts
+        # the token's life from when it sent the request, so the next renewal
+        # is due 5 s early, and is not a second request in the window.
+        h = [r for r in clean_history() if not (r["type"] in ("issued", "request") and r.get("at", 0) > T0 + 18)]
+        h.append({"type": "op", "client": "c1", "op": "rotate", "start": T0 + 14, "end": T0 + 19.1, "status": 0,
+                  "secret": "s2"})
+        h.append({"type": "send", "client": "c1", "at": T0 + 14.1, "path": "token"})
+        h.append({"type": "request", "client": "c1", "at": T0 + 19, "path": "token"})
+        h.append({"type": "issued", "jti": "jr", "kind": "application", "holder": "application 40213",
+                  "iat": int(T0 + 19), "exp": int(T0 + 19) + TTL, "at": T0 + 19.01})
+        h.append({"type": "request", "client": "c2", "at": T0 + 22.6, "path": "token"})
+        h.append({"type": "issued", "jti": "jn", "kind": "application", "holder": "application 40213",
+                  "iat": int(T0 + 22), "exp": int(T0 + 22) + TTL, "at": T0 + 22.61})
+        h = [r for r in h if not (r["type"] == "op" and r["op"] in ("probe", "read") or r["type"] == "healed")]
+        self.assertEqual([v for v in violations(h) if v["invariant"] == 3], [])
+        # Without the record of when it was sent, the same renewal is early.
+        h = [r for r in h if r["type"] != "send"]
+        self.assertTrue([v for v in violations(h) if v["invariant"] == 3])
+
     def test_3_request_without_quorum(self):
         h = clean_history()
         h.append({"type": "request", "client": "c3", "at": T0 + 26, "path": "token"})
@@ -151,7 +171,7 @@ class CheckerCatchesEachViolation(unittest.TestCase):
 
     def test_4_revoked_token_handed_out(self):
         h = clean_history()
-        h.append({"type": "op", "client": "c1", "op": "exec", "start": T0 + 12, "end": T0 + 12.1, "status": 0,
+        h.append({"type": "op", "client": "c1", "op": "exec", "start": T0 + 12.5, "end": T0 + 12.6, "status": 0,
                   "token": token("j0", T0 + 1)})
         self.assertOnly(h, 4, "revoked")
 
