@@ -35,11 +35,20 @@ class Forwarder:
         self.kind = kind
 
     async def handle(self, reader, writer):
+        # The client's first bytes are read (and recorded) while the far side
+        # is still being reached: through a cut that takes as long as the cut
+        # lasts, but the request was sent when the client wrote it.
+        connecting = asyncio.ensure_future(asyncio.open_connection(*self.target))
+        first = await reader.read(65536)
+        if first and self.log is not None:
+            self.record(first)
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            upstream_reader, upstream_writer = await connecting
         except OSError:
             writer.close()
             return
+        if first:
+            upstream_writer.write(first)
 
         async def pipe(source, sink, watch):
             try:
