@@ -318,7 +318,7 @@ struct EmulatorTests {
     /// fleet's token requests against: every token issued, in order, named
     /// by its `jti`, never the token itself.
     @Test func issuedListsEveryTokenByItsClaimsNeverTheToken() async throws {
-        let emulator = try await Emulator.start(clients: [Self.client], appTokenTTL: 12)
+        let emulator = try await Emulator.start(clients: [Self.client], appTokenTTL: 3600)
         defer { emulator.stop() }
         let first = try await Self.appToken(emulator)
         let app = try await Self.appToken(emulator)
@@ -347,7 +347,7 @@ struct EmulatorTests {
         let times = tokens.compactMap { $0["issuedAt"] as? Double }
         #expect(times.count == 3 && times == times.sorted())
         for token in tokens {
-            #expect((token["exp"] as? Int ?? 0) - (token["iat"] as? Int ?? 0) == (token["kind"] as? String == "user" ? 7_776_000 : 12))
+            #expect((token["exp"] as? Int ?? 0) - (token["iat"] as? Int ?? 0) == (token["kind"] as? String == "user" ? 7_776_000 : 3600))
         }
         let text = String(decoding: reply.body, as: UTF8.self)
         for token in [first, app, userToken] { #expect(!text.contains(token)) }
