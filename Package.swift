@@ -82,6 +82,7 @@ let package = Package(
             name: "tallyfy-vault-fixture",
             dependencies: [
                 "TallyfyVault",
+                "CSodium",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

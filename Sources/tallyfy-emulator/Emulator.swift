@@ -139,6 +139,18 @@ struct EmulatorSettings: Sendable {
     var revokeOnReissue = false
 }
 
+/// One issued token as `GET /__emulator/issued` lists it: its claims and
+/// the real time it was issued (Unix seconds with fractions), which tells
+/// token requests one second apart from each other.
+struct IssuedToken: Sendable, Codable {
+    var jti: String
+    var kind: String
+    var holder: String
+    var iat: Int
+    var exp: Int
+    var issuedAt: Double
+}
+
 /// Token lifetimes in seconds; `PUT /__emulator/ttl` changes them at run time,
 /// so a test can seal a short-lived token and then have the refresh get a long one.
 struct TokenLifetimes: Sendable, Codable {
@@ -167,6 +179,10 @@ actor EmulatorState {
     /// Who a token is for (`TokenClaims.holder`) → the `jti` of the newest
     /// token issued to them, for `--revoke-on-reissue`.
     private var newestToken: [String: String] = [:]
+    /// Every token issued, in order, for `GET /__emulator/issued`: the record
+    /// a history checker (tools/partition-test) reads to know which tokens
+    /// existed and, with `--revoke-on-reissue`, when each was revoked.
+    private var issuedLog: [IssuedToken] = []
 
     init(orgs: [String], clients: [Client], lifetimes: TokenLifetimes) {
         self.orgs = orgs
@@ -257,7 +273,12 @@ actor EmulatorState {
     /// Remembers `claims` as the newest token of its holder.
     func issued(_ claims: TokenClaims) {
         newestToken[claims.holder] = claims.jti
+        issuedLog.append(IssuedToken(jti: claims.jti, kind: claims.kind.rawValue, holder: claims.holder,
+                                     iat: claims.iat, exp: claims.exp, issuedAt: Date().timeIntervalSince1970))
     }
+
+    /// Every token issued since start (never the token itself: its `jti` names it).
+    func issuedSnapshot() -> [IssuedToken] { issuedLog }
 
     /// Whether a newer token than `claims` was issued to the same holder.
     func isSuperseded(_ claims: TokenClaims) -> Bool {

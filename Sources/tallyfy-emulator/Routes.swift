@@ -93,6 +93,13 @@ struct EmulatorRoutes: Sendable {
             let seen = await state.requestsSnapshot()
             return Reply.json(.ok, ["clientHeaders": seen.clientHeaders, "withoutClientHeader": seen.withoutClientHeader])
         }
+        router.get("/__emulator/issued") { _, _ in
+            let tokens = await state.issuedSnapshot().map { token -> [String: Any] in
+                ["jti": token.jti, "kind": token.kind, "holder": token.holder, "iat": token.iat, "exp": token.exp,
+                 "issuedAt": token.issuedAt]
+            }
+            return Reply.json(.ok, ["tokens": tokens])
+        }
         router.post("/__emulator/reset") { _, _ in
             await state.reset()
             return Reply.json(.ok, ["ok": true])

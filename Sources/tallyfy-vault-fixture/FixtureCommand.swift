@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSodium
 import Foundation
 import TallyfyVault
 
@@ -10,7 +11,7 @@ struct FixtureCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tallyfy-vault-fixture",
         abstract: "Fill a vault with fake user tokens (benchmarks and tests only).",
-        subcommands: [AddUsers.self, PlaintextSize.self])
+        subcommands: [AddUsers.self, PlaintextSize.self, SecretDigest.self])
 
     struct Target: ParsableArguments {
         @Option var vault: String
@@ -59,6 +60,27 @@ struct FixtureCommand: AsyncParsableCommand {
                 for record in try vault.userTokens(profile: profile) { bytes += try encoder.encode(record).count }
             }
             print("plaintext JSON bytes: \(bytes)")
+        }
+    }
+
+    /// Which client secret a vault holds, without showing it: tools/partition-test
+    /// reads the vault (from the cluster, for an etcd location) after faults and
+    /// compares this with the digests of the secrets it rotated to.
+    struct SecretDigest: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the BLAKE2b-128 digest (hex) of the profile's client secret, never the secret.")
+        @OptionGroup var target: Target
+
+        func run() async throws {
+            EtcdClient.install()
+            let vault = try VaultStore(path: target.vault).open(with: try target.secrets())
+            guard let profile = vault.content.profiles[target.profile] else {
+                throw ValidationError("no profile \(target.profile) in the vault")
+            }
+            let input = Array(profile.clientSecret.utf8)
+            var digest = [UInt8](repeating: 0, count: 16)
+            crypto_generichash(&digest, digest.count, input, UInt64(input.count), nil, 0)
+            print(digest.map { String(format: "%02x", $0) }.joined())
         }
     }
 }

@@ -314,6 +314,45 @@ struct EmulatorTests {
         #expect(try await status(app) == "200 -")  // user tokens leave the client's own alone
     }
 
+    /// `GET /__emulator/issued` is the record tools/partition-test checks a
+    /// fleet's token requests against: every token issued, in order, named
+    /// by its `jti`, never the token itself.
+    @Test func issuedListsEveryTokenByItsClaimsNeverTheToken() async throws {
+        let emulator = try await Emulator.start(clients: [Self.client], appTokenTTL: 3600)
+        defer { emulator.stop() }
+        let first = try await Self.appToken(emulator)
+        let app = try await Self.appToken(emulator)
+        try await Self.createUser(emulator, token: app, ["first_name": "Ann", "last_name": "X", "email": "ann@example.com"])
+            .expect(201)
+        let user = try await emulator.send(.POST, "/api/applications/\(Self.org)/users/ann%40example.com/token",
+                                           headers: Self.apiHeaders(app))
+        let userToken = try #require(user.json["access_token"] as? String)
+
+        let reply = try await emulator.send(.GET, "/__emulator/issued")
+        try reply.expect(200)
+        let tokens = try #require(reply.json["tokens"] as? [[String: Any]])
+        /// The `jti` claim of a JWT, read from its payload.
+        func jti(_ token: String) throws -> String {
+            var payload = String(token.split(separator: ".")[1]).replacingOccurrences(of: "-", with: "+")
+                .replacingOccurrences(of: "_", with: "/")
+            payload += String(repeating: "=", count: (4 - payload.count % 4) % 4)
+            let data = try #require(Data(base64Encoded: payload))
+            let claims = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            return try #require(claims["jti"] as? String)
+        }
+        #expect(tokens.compactMap { $0["jti"] as? String } == [try jti(first), try jti(app), try jti(userToken)])
+        #expect(tokens.compactMap { $0["kind"] as? String } == ["application", "application", "user"])
+        #expect(tokens.compactMap { $0["holder"] as? String } == [
+            "application \(Self.client.id)", "application \(Self.client.id)", "user \(Self.org) ann@example.com"])
+        let times = tokens.compactMap { $0["issuedAt"] as? Double }
+        #expect(times.count == 3 && times == times.sorted())
+        for token in tokens {
+            #expect((token["exp"] as? Int ?? 0) - (token["iat"] as? Int ?? 0) == (token["kind"] as? String == "user" ? 7_776_000 : 3600))
+        }
+        let text = String(decoding: reply.body, as: UTF8.self)
+        for token in [first, app, userToken] { #expect(!text.contains(token)) }
+    }
+
     @Test func withoutRevokeOnReissueEarlierTokensStayValid() async throws {
         let emulator = try await Emulator.start(clients: [Self.client])
         defer { emulator.stop() }

@@ -19,6 +19,18 @@ import TallyfyVaultCore
         #expect(TokenPolicy.isValid(token(left: 1), now: now) && !TokenPolicy.isValid(token(left: 0), now: now))
     }
 
+    /// Issuing a user token needs the application token to outlive the call:
+    /// five minutes, but with short-lived tokens a quarter of the lifetime, or
+    /// every `users token` would renew the application token for the fleet.
+    @Test func aUserCallNeedsAtMostAQuarterOfTheApplicationTokensLife() {
+        let week = SealedToken(value: "t", expiresAt: now.addingTimeInterval(7 * 86400), obtainedAt: now)
+        #expect(TokenBroker.applicationTokenMargin(forUserCallsWith: week) == 300)
+        let twelveSeconds = SealedToken(value: "t", expiresAt: now.addingTimeInterval(12), obtainedAt: now)
+        #expect(TokenBroker.applicationTokenMargin(forUserCallsWith: twelveSeconds) == 3)
+        let odd = SealedToken(value: "t", expiresAt: now, obtainedAt: now.addingTimeInterval(5))
+        #expect(TokenBroker.applicationTokenMargin(forUserCallsWith: odd) == 0)
+    }
+
     /// Under the lock: a token another process renewed since we looked is
     /// taken even when it can't satisfy a long `--min-ttl` (single flight);
     /// the same token we saw is not.

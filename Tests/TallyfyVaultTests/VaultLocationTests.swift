@@ -85,4 +85,23 @@ import Testing
     @Test func prefixEnd() {
         #expect(EtcdVault.prefixEnd("/t/chunks/") == "/t/chunks0")
     }
+
+    /// The machine's cache of an etcd vault never goes back to an older
+    /// revision: a process whose read was overtaken stores what it read after
+    /// the agent stored the newer one (tools/partition-test saw the older copy
+    /// put back, then refused as rolled back, 65).
+    @Test func theCacheNeverGoesBackToAnOlderRevision() throws {
+        let home = FileManager.default.temporaryDirectory.appendingPathComponent("tv-cache-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        let location = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/tallyfy/cache", environment: [:])
+        let cache = RemoteCache(location: location, environment: ["XDG_CACHE_HOME": home])
+        cache.store(RemoteSnapshot(bytes: Data("generation 7".utf8), revision: 70))
+        cache.store(RemoteSnapshot(bytes: Data("generation 6".utf8), revision: 60))
+        #expect(try cache.read().revision == 70 && cache.read().bytes == Data("generation 7".utf8))
+        cache.store(RemoteSnapshot(bytes: Data("generation 8".utf8), revision: 80))
+        #expect(try cache.read().revision == 80 && cache.read().bytes == Data("generation 8".utf8))
+        // Nothing but the cache itself is left in its folder (no lock file, no temporary).
+        let folder = URL(fileURLWithPath: cache.path).deletingLastPathComponent().path
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder) == [URL(fileURLWithPath: cache.path).lastPathComponent])
+    }
 }

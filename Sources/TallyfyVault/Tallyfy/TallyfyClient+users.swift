@@ -162,7 +162,8 @@ extension TallyfyClient {
         case 401:
             return VaultError(
                 .refused, "the application token was rejected by Tallyfy (\(reply.statusText))" + detail.suffix,
-                hint: "get a new one with `tallyfy-vault login`; if that keeps failing, check the client credentials"
+                hint: "get a new one with `tallyfy-vault login`; if that keeps failing, check the client credentials",
+                cause: .tallyfyRejectedApplicationToken
             )
         case 403:
             // The real API answers an organization the client does not belong

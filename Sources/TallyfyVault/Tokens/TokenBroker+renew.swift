@@ -139,9 +139,23 @@ extension TokenBroker {
             return Self.grant(applicationToken, profile: profile, request: request)
         }
         let apiURL = try EndpointURL.validate(profile.apiURL, name: "API URL")
-        let issuedAt = now
-        let issued = try await client.userToken(
-            apiURL: apiURL, orgID: profile.orgID, applicationToken: applicationToken.value, email: email, now: issuedAt)
+        var issuedAt = now
+        let issued: IssuedToken
+        do {
+            issued = try await client.userToken(
+                apiURL: apiURL, orgID: profile.orgID, applicationToken: applicationToken.value, email: email, now: issuedAt)
+        } catch let error as VaultError where error.cause == .tallyfyRejectedApplicationToken {
+            // The application token was good when the call began but not when
+            // it arrived: it expired on a slow or briefly cut link (found by
+            // tools/partition-test: a client cut from Tallyfy for 10 s with
+            // 12-second tokens), or Tallyfy revoked it. Renew it once, still
+            // under the lock, and ask again; a second 401 is the answer.
+            let renewed = try await self.applicationToken(
+                for: request, profile: &profile, in: vault, client: client, renewingRegardless: true)
+            issuedAt = now
+            issued = try await client.userToken(
+                apiURL: apiURL, orgID: profile.orgID, applicationToken: renewed.value, email: email, now: issuedAt)
+        }
         let token = SealedToken(value: issued.accessToken, expiresAt: issued.expiresAt, obtainedAt: issuedAt)
         let storedEmail = try vault.userToken(profile: request.profile, email: email)?.email ?? email
         try vault.setUserToken(UserTokenRecord(profile: request.profile, email: storedEmail, token: token))
@@ -153,11 +167,15 @@ extension TokenBroker {
     /// the request (for a user token it only has to outlive the call), else a
     /// new one from the client-credentials flow, sealed into `vault`.
     private func applicationToken(
-        for request: TokenRequest, profile: inout Profile, in vault: UnlockedVault, client: TallyfyClient
+        for request: TokenRequest, profile: inout Profile, in vault: UnlockedVault, client: TallyfyClient,
+        renewingRegardless: Bool = false
     ) async throws -> SealedToken {
-        let needed = request.user == nil ? request.minimumLifetime : Self.applicationTokenMarginForUserCalls
-        if let token = profile.applicationToken, !(request.renewal == .always && request.user == nil),
-            TokenPolicy.isFresh(token, minimumLifetime: needed, now: now)
+        if !renewingRegardless, let token = profile.applicationToken, !(request.renewal == .always && request.user == nil),
+            TokenPolicy.isFresh(
+                token,
+                minimumLifetime: request.user == nil
+                    ? request.minimumLifetime : Self.applicationTokenMargin(forUserCallsWith: token),
+                now: now)
         {
             return token
         }

@@ -48,7 +48,7 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
     /// breaking anyone's `switch`.
     public struct Cause: Hashable, Sendable, CustomStringConvertible {
         private enum Code: Hashable, Sendable {
-            case unspecified, keyOpensNoSlot, tallyfyRefusedCredentials, etcdRefusedAccess, etcdRefusedTLS, rolledBack
+            case unspecified, keyOpensNoSlot, tallyfyRefusedCredentials, tallyfyRejectedApplicationToken, etcdRefusedAccess, etcdRefusedTLS, rolledBack
         }
 
         private let code: Code
@@ -61,6 +61,9 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
         public static let keyOpensNoSlot = Cause(.keyOpensNoSlot)
         /// Tallyfy refused the client ID and secret (`invalid_client`, 401/403 at the token endpoint): 77.
         public static let tallyfyRefusedCredentials = Cause(.tallyfyRefusedCredentials)
+        /// Tallyfy answered an API call with 401 for the application token
+        /// (expired or revoked on its side): 77.
+        public static let tallyfyRejectedApplicationToken = Cause(.tallyfyRejectedApplicationToken)
         /// etcd refused this machine's user, password or permissions: 77.
         public static let etcdRefusedAccess = Cause(.etcdRefusedAccess)
         /// etcd refused the TLS connection or this machine's certificate: 77.

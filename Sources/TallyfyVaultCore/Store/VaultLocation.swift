@@ -269,6 +269,15 @@ struct RemoteCache {
     }
 
     /// Best effort: a cache that cannot be written costs speed, not data.
+    ///
+    /// Never goes back: every process of this machine stores what it read,
+    /// and one whose read was overtaken (by the agent's, after a change on
+    /// another machine) must not put the older vault back once the newer
+    /// generation was recorded as seen, or the next read of the cache is
+    /// refused as rolled back (65). Found by tools/partition-test. The
+    /// compare and the replace happen under an exclusive `flock` of the
+    /// cache's folder, so two processes storing at once can't interleave
+    /// (nor remove each other's temporary file).
     func store(_ snapshot: RemoteSnapshot) {
         var data = Self.magic
         data.append(contentsOf: (0..<8).reversed().map { UInt8(truncatingIfNeeded: snapshot.revision >> ($0 * 8)) })
@@ -276,6 +285,11 @@ struct RemoteCache {
         do {
             try FileSafety.makeDirectory(directory)
             try FileSafety.requireSafeDirectory(directory)
+            let folder = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard folder >= 0 else { return }
+            defer { close(folder) }
+            guard flock(folder, LOCK_EX) == 0 else { return }
+            if exists, let current = try? read(), current.revision > snapshot.revision { return }
             FileSafety.removeTemporaries(of: path)
             try FileSafety.atomicReplace(path, with: data)
         } catch {}

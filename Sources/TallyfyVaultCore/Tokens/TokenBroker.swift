@@ -152,6 +152,17 @@ public struct TokenBroker: Sendable {
     /// An application token used only to issue a user token must outlive the call.
     package static let applicationTokenMarginForUserCalls: TimeInterval = 300
 
+    /// How much life the application token needs left to issue a user token
+    /// with: five minutes, but never more than a quarter of its lifetime. With
+    /// tokens that live less than five minutes, a flat five would renew the
+    /// application token at every `users token`, for the whole fleet: found by
+    /// tools/partition-test (12-second tokens), where each `users token` made
+    /// an application-token request of its own (and, against a Tallyfy that
+    /// revokes on reissue, revoked the token every machine was handing out).
+    package static func applicationTokenMargin(forUserCallsWith token: SealedToken) -> TimeInterval {
+        min(applicationTokenMarginForUserCalls, max(0, token.expiresAt.timeIntervalSince(token.obtainedAt)) / 4)
+    }
+
     package func sealedToken(_ request: TokenRequest, in vault: UnlockedVault) throws -> SealedToken? {
         let profile = try Self.profile(request.profile, in: vault)
         guard let email = request.user else { return profile.applicationToken }
