@@ -498,8 +498,19 @@ enum ProxyChild {
         server.arguments = ["python3", garbage]
         let portPipe = Pipe()
         server.standardOutput = portPipe
+        // Not the runner's: a server left behind holding the runner's
+        // standard error kept `swift test` waiting for ever after the run.
+        server.standardError = FileHandle.nullDevice
+        server.standardInput = FileHandle.nullDevice
         try server.run()
-        defer { server.terminate() }
+        // SIGKILL: a child of the runner's threads starts with SIGTERM
+        // blocked (Foundation passes the thread's mask on), so terminate()
+        // left it running.
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            _ = reapedStatus(server)
+            try? portPipe.fileHandleForReading.close()
+        }
         var line = Data()
         while !line.contains(0x0A) {
             let chunk = portPipe.fileHandleForReading.availableData

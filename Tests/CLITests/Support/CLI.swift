@@ -57,6 +57,12 @@ func runProcess(
     reader.start()
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     while !reader.isFinished { usleep(1000) }
+    // Closed now, not when Foundation lets go of the Process (which may be
+    // never, for one it did not see end): a run of the suite leaked a
+    // thousand descriptors, and Foundation's Process.run, which goes through
+    // every open descriptor, crashed copying them.
+    try? out.fileHandleForReading.close()
+    try? err.fileHandleForReading.close()
     return RunResult(
         status: reapedStatus(process), stdout: String(decoding: outData, as: UTF8.self),
         stderr: String(decoding: errData, as: UTF8.self), pid: process.processIdentifier)

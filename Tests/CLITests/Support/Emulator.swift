@@ -163,6 +163,7 @@ final class Emulator: @unchecked Sendable {
                 ? 128 + process.terminationStatus : process.terminationStatus
         }
         exitStatus = status
+        try? stdoutPipe.fileHandleForReading.close()  // see runProcess: never left to Foundation
         try? FileManager.default.removeItem(at: workDirectory)
         return status
     }
@@ -335,6 +336,8 @@ final class Emulator: @unchecked Sendable {
         if process.isRunning { process.terminate() }
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        try? out.fileHandleForReading.close()
+        try? err.fileHandleForReading.close()
         process.waitUntilExit()
         return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
     }
