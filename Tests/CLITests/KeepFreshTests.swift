@@ -411,7 +411,9 @@ import Testing
     }
 
     @Test func onExpiryStopStopsTheChildAndExits69() async throws {
-        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 4)
+        // 8 s: the token must still have its 2 s when `exec` starts, however
+        // slowly a loaded machine gets there (with 4 s it once had not).
+        let (sandbox, emulator) = try await loggedIn(appTokenTTL: 8)
         defer { _ = emulator.stop() }
         let pidFile = sandbox.path("child.pid")
         try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "status", status: 503))

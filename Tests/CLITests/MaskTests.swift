@@ -340,7 +340,8 @@ import Testing
         let sandbox = fixture.sandbox
         let child = """
             import os, signal, sys
-            signal.signal(signal.SIGCONT, lambda *_: print("continued", flush=True))
+            # os.write: a second SIGCONT may arrive while the first one prints.
+            signal.signal(signal.SIGCONT, lambda *_: os.write(1, b"continued\\n"))
             print("ready", flush=True)
             name = sys.stdin.readline().strip()
             print("hello " + name + " " + os.environ["TALLYFY_TOKEN"], flush=True)
