@@ -15,7 +15,16 @@ final class BackgroundCommand: @unchecked Sendable {
     private let errURL: URL
 
     var pid: Int32 { process.processIdentifier }
-    var isRunning: Bool { process.isRunning }
+    /// Foundation's answer checked against /proc: under load Foundation can
+    /// miss a child's SIGCHLD and call a zombie running for minutes.
+    var isRunning: Bool {
+        guard process.isRunning else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")"), stat.index(close, offsetBy: 2) < stat.endIndex
+        else { return false }
+        let state = stat[stat.index(close, offsetBy: 2)]
+        return state != "Z" && state != "X"
+    }
 
     init(_ executable: URL, _ arguments: [String], environment: [String: String], stdin: String? = nil, in folder: URL) throws {
         let id = UUID().uuidString
@@ -51,12 +60,27 @@ final class BackgroundCommand: @unchecked Sendable {
 
     /// Waits for the exit; the output files are removed afterwards.
     func wait() -> RunResult {
+        // Not `waitUntilExit` alone: it waits for ever on a zombie Foundation
+        // missed (see `isRunning`); after a while it is reaped here instead.
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(2_000) }
+        if process.isRunning {
+            var raw: Int32 = 0
+            if waitpid(pid, &raw, 0) == pid {
+                let signal = raw & 0x7f
+                return finished(status: signal == 0 ? (raw >> 8) & 0xff : 128 + signal)
+            }
+        }
         process.waitUntilExit()
+        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return finished(status: status)
+    }
+
+    private func finished(status: Int32) -> RunResult {
         let stdout = (try? Data(contentsOf: outURL)) ?? Data()
         let stderr = (try? Data(contentsOf: errURL)) ?? Data()
         try? FileManager.default.removeItem(at: outURL)
         try? FileManager.default.removeItem(at: errURL)
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
         return RunResult(status: status, stdout: String(decoding: stdout, as: UTF8.self),
             stderr: String(decoding: stderr, as: UTF8.self), pid: process.processIdentifier)
     }
