@@ -3,12 +3,12 @@ import TallyfyVaultCore
 
 /// Starting the agent: in the background (`--detach`), under systemd, and
 /// stopping it on a signal.
-public enum AgentLauncher {
+package enum AgentLauncher {
     /// Starts a copy of this program as a detached agent (its own session,
     /// standard streams away from the terminal, log in `agent.log` beside the
     /// socket) and hands it the data key through a pipe: never argv, never
     /// the environment, never a file. Returns once the agent answers.
-    public static func detach(
+    package static func detach(
         unlocker: VaultUnlocker, socketPath: String, vaultPath: String, idleTimeout: String, maxLifetime: String,
         environment: [String: String]
     ) throws -> pid_t {
@@ -90,7 +90,7 @@ public enum AgentLauncher {
     private static let spawnSetSession: Int32 = 0x80
 
     /// What `agent --detach` prints, for `eval` (README.md).
-    public static func shellVariables(socketPath: String, pid: pid_t) -> String {
+    package static func shellVariables(socketPath: String, pid: pid_t) -> String {
         "\(AgentSocket.variable)=\(shellQuoted(socketPath)); export \(AgentSocket.variable); "
             + "\(AgentSocket.pidVariable)=\(pid); export \(AgentSocket.pidVariable);"
     }
@@ -103,7 +103,7 @@ public enum AgentLauncher {
     }
 
     /// SIGTERM and SIGINT make the agent forget its key and stop.
-    public static func stopOnSignals(_ server: AgentServer) -> [DispatchSourceSignal] {
+    package static func stopOnSignals(_ server: AgentServer) -> [DispatchSourceSignal] {
         [SIGTERM, SIGINT].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -114,7 +114,7 @@ public enum AgentLauncher {
     }
 
     /// `sd_notify(READY=1)` for a `Type=notify` unit; nothing without systemd.
-    public static func notifySystemd() {
+    package static func notifySystemd() {
         guard var path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty else { return }
         let descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard descriptor >= 0 else { return }

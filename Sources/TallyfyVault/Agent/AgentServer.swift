@@ -17,18 +17,18 @@ import TallyfyVaultCore
 /// `TokenBroker.grant` under the same vault lock and atomic replace, so it
 /// is single-flight with every CLI process. docs/agent.md describes the
 /// protocol.
-public final class AgentServer: Sendable {
-    public struct Configuration: Sendable {
-        public var socketPath: String
+package final class AgentServer: Sendable {
+    package struct Configuration: Sendable {
+        package var socketPath: String
         /// The vault's resolved path; requests for any other vault are declined.
-        public var vaultPath: String
+        package var vaultPath: String
         /// Forget the key after this long without a token request (nil: never).
-        public var idleTimeout: TimeInterval?
+        package var idleTimeout: TimeInterval?
         /// Forget the key this long after starting (nil: never).
-        public var maxLifetime: TimeInterval?
-        public var environment: [String: String]
+        package var maxLifetime: TimeInterval?
+        package var environment: [String: String]
 
-        public init(socketPath: String, vaultPath: String, idleTimeout: TimeInterval?, maxLifetime: TimeInterval?,
+        package init(socketPath: String, vaultPath: String, idleTimeout: TimeInterval?, maxLifetime: TimeInterval?,
             environment: [String: String])
         {
             self.socketPath = socketPath
@@ -43,7 +43,7 @@ public final class AgentServer: Sendable {
     /// `exec --keep-fresh` uses (a quarter of its life left, brought forward
     /// at random by up to a twentieth of it, so a fleet of agents started
     /// together does not renew in the same second).
-    public static let schedule = RenewalSchedule.standard
+    package static let schedule = RenewalSchedule.standard
 
     /// Threads that accept and serve connections (see `acceptLoop`).
     static let servingThreads = 4
@@ -66,7 +66,7 @@ public final class AgentServer: Sendable {
         var retry: [String: (at: Date, attempt: Int)] = [:]
     }
 
-    public let configuration: Configuration
+    package let configuration: Configuration
     private let store: VaultStore
     private let startedAt: Date
     private let state: Mutex<State>
@@ -80,7 +80,7 @@ public final class AgentServer: Sendable {
     private let renewalTurn = TakingTurns()
     private let log: @Sendable (String) -> Void
 
-    public init(configuration: Configuration, unlocker: VaultUnlocker, log: @escaping @Sendable (String) -> Void) {
+    package init(configuration: Configuration, unlocker: VaultUnlocker, log: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
         store = VaultStore(path: configuration.vaultPath, lockTimeout: VaultStore.lockTimeout(environment: configuration.environment))
         startedAt = VaultClock.now(environment: configuration.environment)
@@ -95,7 +95,7 @@ public final class AgentServer: Sendable {
     /// Listens, serves and renews until stopped (`agent stop`, SIGTERM,
     /// SIGINT); then forgets the key and removes the socket. `ready` runs once
     /// the socket accepts connections.
-    public func run(ready: @Sendable () -> Void) async throws {
+    package func run(ready: @Sendable () -> Void) async throws {
         // A client that hangs up before its answer must never end the agent:
         // writes say MSG_NOSIGNAL, and nothing else may raise SIGPIPE either.
         signal(SIGPIPE, SIG_IGN)
@@ -122,7 +122,7 @@ public final class AgentServer: Sendable {
     }
 
     /// Forgets the key and ends `run` (from a signal handler's queue or `agent stop`).
-    public func stop() {
+    package func stop() {
         let listener = state.withLock {
             $0.unlocker = nil
             $0.stopping = true
@@ -134,7 +134,7 @@ public final class AgentServer: Sendable {
     }
 
     /// Forgets the key and keeps answering "locked".
-    public func lock(reason: String) {
+    package func lock(reason: String) {
         let wasUnlocked = state.withLock { state -> Bool in
             defer { state.unlocker = nil }
             return state.unlocker != nil

@@ -6,8 +6,8 @@ import TallyfyVaultCore
 #endif
 
 /// One line of `tallyfy-vault doctor`.
-public struct DoctorCheck: Sendable, Equatable, Encodable {
-    public enum Level: String, Sendable, Encodable, Comparable {
+package struct DoctorCheck: Sendable, Equatable, Encodable {
+    package enum Level: String, Sendable, Encodable, Comparable {
         case ok = "OK", skip = "SKIP", warn = "WARN", fail = "FAIL"
 
         private var rank: Int {
@@ -19,18 +19,18 @@ public struct DoctorCheck: Sendable, Equatable, Encodable {
             }
         }
 
-        public static func < (lhs: Level, rhs: Level) -> Bool { lhs.rank < rhs.rank }
+        package static func < (lhs: Level, rhs: Level) -> Bool { lhs.rank < rhs.rank }
     }
 
     /// What was checked: `vault file`, `token URL (default)`.
-    public var check: String
-    public var status: Level
+    package var check: String
+    package var status: Level
     /// What was found; never a secret or a token.
-    public var detail: String
+    package var detail: String
     /// What to do about it, for WARN and FAIL.
-    public var hint: String?
+    package var hint: String?
 
-    public init(_ check: String, _ status: Level, _ detail: String, hint: String? = nil) {
+    package init(_ check: String, _ status: Level, _ detail: String, hint: String? = nil) {
         self.check = check
         self.status = status
         self.detail = detail
@@ -40,12 +40,12 @@ public struct DoctorCheck: Sendable, Equatable, Encodable {
 
 /// The report: every check, and the exit status `check` would use
 /// (0 all OK, 1 warnings, 2 failures).
-public struct DoctorReport: Sendable, Encodable {
-    public var checks: [DoctorCheck]
+package struct DoctorReport: Sendable, Encodable {
+    package var checks: [DoctorCheck]
 
-    public var worst: DoctorCheck.Level { checks.map(\.status).max() ?? .ok }
+    package var worst: DoctorCheck.Level { checks.map(\.status).max() ?? .ok }
 
-    public var exitStatus: Int32 {
+    package var exitStatus: Int32 {
         switch worst {
         case .ok, .skip: 0
         case .warn: 1
@@ -55,7 +55,7 @@ public struct DoctorReport: Sendable, Encodable {
 
     private enum CodingKeys: String, CodingKey { case checks, status }
 
-    public func encode(to encoder: Encoder) throws {
+    package func encode(to encoder: Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(checks, forKey: .checks)
         try container.encode(worst == .skip ? DoctorCheck.Level.ok : worst, forKey: .status)
@@ -73,22 +73,22 @@ public struct DoctorReport: Sendable, Encodable {
 /// client-credentials flow runs for real and the token is thrown away. A
 /// sealed user token, if any, is checked with `GET {api}/me`, as Tallyfy's
 /// own CLI checks tokens.
-public struct Doctor: Sendable {
-    public var context: CommandContext
-    public var login: Bool
+package struct Doctor: Sendable {
+    package var context: CommandContext
+    package var login: Bool
     /// The folder of the running `tallyfy-vault-cli`, for the install check.
-    public var installFolder: String?
+    package var installFolder: String?
     /// The HTTP timeout per request, short so that `doctor` itself answers quickly.
-    public var requestTimeout: Duration
+    package var requestTimeout: Duration
 
-    public init(context: CommandContext, login: Bool, installFolder: String?, requestTimeout: Duration = .seconds(10)) {
+    package init(context: CommandContext, login: Bool, installFolder: String?, requestTimeout: Duration = .seconds(10)) {
         self.context = context
         self.login = login
         self.installFolder = installFolder
         self.requestTimeout = requestTimeout
     }
 
-    public func run() async -> DoctorReport {
+    package func run() async -> DoctorReport {
         var checks: [DoctorCheck] = []
         checks += installChecks()
         let (fileChecks, vaultReadable) = vaultFileChecks()

@@ -13,11 +13,11 @@ import TallyfyVaultCore
 /// Tallyfy: no generated gRPC code, no second HTTP/2 stack, and every call is
 /// one small JSON request a person can reproduce with `curl` (README, "Many
 /// machines: a vault on etcd").
-public enum EtcdClient {
+package enum EtcdClient {
     /// Installs the etcd client for every `VaultStore` in this process. The
     /// CLI calls it at start; a Swift program that imports `TallyfyVault`
     /// calls it once before using an etcd location.
-    public static func install() {
+    package static func install() {
         RemoteLocations.install { location in try EtcdVault(location: location) }
     }
 }

@@ -26,17 +26,17 @@ import TallyfyVaultCore
 /// is live, which bounds how stale the cache can be to that interval, and
 /// also repairs a cache that a slower reader in another process overwrote
 /// with an older revision.
-public final class VaultWatch: Sendable {
+package final class VaultWatch: Sendable {
     /// The longest line of the watch stream read before the watch is
     /// dropped (and re-established): etcd's events are a few hundred bytes.
     static let maxLineBytes = 1 << 20
     private let task: Mutex<Task<Void, Never>?>
     private let stopped = Mutex(false)
-    public static let checkInterval = Duration.seconds(2)
+    package static let checkInterval = Duration.seconds(2)
 
     /// Starts watching when `store` is a vault on etcd; `nil` for a file
     /// (whose readers re-read it: a rename is atomic and cheap to notice).
-    public static func start(store: VaultStore, log: @escaping @Sendable (String) -> Void) -> VaultWatch? {
+    package static func start(store: VaultStore, log: @escaping @Sendable (String) -> Void) -> VaultWatch? {
         guard store.isRemote, case .etcd(let location)? = try? store.location(), let vault = try? EtcdVault(location: location),
             let client = try? EtcdGateway.client(for: location, streaming: true)
         else { return nil }
@@ -64,7 +64,7 @@ public final class VaultWatch: Sendable {
     private init() { task = Mutex(nil) }
 
     /// Ends the watch; reads ask etcd again.
-    public func stop() {
+    package func stop() {
         stopped.withLock { $0 = true }
         task.withLock { $0 }?.cancel()
     }

@@ -23,9 +23,9 @@ import TallyfyVaultCore
 /// own. Our terminal is in raw mode meanwhile, its keys relayed as typed
 /// (so ^C reaches the child through its own terminal), and restored by
 /// `finish`.
-public final class MaskedOutput: Sendable {
+package final class MaskedOutput: Sendable {
     /// The descriptors the child gets instead of ours.
-    public let childStdio: SupervisedChild.Stdio
+    package let childStdio: SupervisedChild.Stdio
     /// The ends the child writes to, kept open for a restarted child.
     private let childEnds: [Int32]
     /// Where the relay reads each stream (the pty's master for a terminal);
@@ -49,7 +49,7 @@ public final class MaskedOutput: Sendable {
     static let endByte: UInt8 = 1
 
     /// Makes the pipes (or pty) and starts the relay, knowing `secrets` already.
-    public init(secrets: [String]) throws {
+    package init(secrets: [String]) throws {
         let terminal = isatty(STDIN_FILENO) == 1 && isatty(STDOUT_FILENO) == 1
         var out: [Int32] = [-1, -1]
         var err: [Int32] = [-1, -1]
@@ -116,14 +116,14 @@ public final class MaskedOutput: Sendable {
 
     /// Our window changed size (SIGWINCH): the child's terminal takes it
     /// (and signals the child). False without a pty: pass the signal on.
-    public func windowChanged() -> Bool {
+    package func windowChanged() -> Bool {
         master >= 0 && PseudoTerminal.copyWindowSize(from: STDOUT_FILENO, to: master)
     }
 
     /// Whether the child has a pseudo-terminal of ours to relay (then ^Z
     /// stops it alone, and the supervisor must stop too: see
     /// `suspendTerminal`).
-    public var relaysTerminal: Bool { master >= 0 }
+    package var relaysTerminal: Bool { master >= 0 }
 
     /// The child's suspend key (^Z) when it should stop the child: its
     /// terminal makes signals of keys, and the process group in front is
@@ -149,20 +149,20 @@ public final class MaskedOutput: Sendable {
 
     /// Continues the process group in front on the child's terminal (after
     /// `fg`), besides the child itself.
-    public func continueForeground() {
+    package func continueForeground() {
         let foreground = master >= 0 ? tcgetpgrp(master) : -1
         if foreground > 0 { kill(-foreground, SIGCONT) }
     }
 
     /// The child stopped (^Z on its terminal): our terminal goes back to
     /// the settings it had, for the shell that takes it over while we stop.
-    public func suspendTerminal() {
+    package func suspendTerminal() {
         if let saved = savedTerminal.withLock({ $0 }) { PseudoTerminal.restore(STDIN_FILENO, saved) }
     }
 
     /// We were continued (`fg`): raw mode again, over the settings the
     /// terminal has now, and the child's terminal takes our window's size.
-    public func resumeTerminal() {
+    package func resumeTerminal() {
         guard relaysTerminal else { return }
         savedTerminal.withLock { saved in
             if saved != nil, let now = PseudoTerminal.makeRaw(STDIN_FILENO) { saved = now }
@@ -172,13 +172,13 @@ public final class MaskedOutput: Sendable {
 
     /// Adds a secret (a renewed token) before anything can print it: call
     /// this before the child can see the token.
-    public func add(_ secret: String) {
+    package func add(_ secret: String) {
         added.withLock { $0.append(Array(secret.utf8)) }
     }
 
     /// The child has ended for good: copies what it wrote and what the
     /// maskers held, and returns once the relay has stopped.
-    public func finish() {
+    package func finish() {
         guard finished.withLock({ (value: inout Bool) -> Bool in
             defer { value = true }
             return !value

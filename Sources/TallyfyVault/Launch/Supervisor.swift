@@ -4,9 +4,9 @@ import TallyfyVaultCore
 
 /// What `exec --keep-fresh` does when the token is renewed, and when it has
 /// expired and cannot be renewed.
-public struct KeepFreshOptions: Sendable, Equatable {
+package struct KeepFreshOptions: Sendable, Equatable {
     /// `--on-renew`: what the child is told after each renewal.
-    public enum OnRenew: Sendable, Equatable {
+    package enum OnRenew: Sendable, Equatable {
         /// Nothing: the child reads `TALLYFY_TOKEN_FILE` when it needs to.
         case none
         /// `signal:NAME`: this signal, once per renewal.
@@ -16,7 +16,7 @@ public struct KeepFreshOptions: Sendable, Equatable {
         case restart
 
         /// `none`, `signal:NAME` (`signal:HUP`, `signal:SIGUSR1`) or `restart`.
-        public init(parsing text: String) throws {
+        package init(parsing text: String) throws {
             switch text {
             case "none": self = .none
             case "restart": self = .restart
@@ -42,19 +42,19 @@ public struct KeepFreshOptions: Sendable, Equatable {
     }
 
     /// `--on-expiry`: when the token has expired and renewing still fails.
-    public enum OnExpiry: String, Sendable, Equatable, CaseIterable {
+    package enum OnExpiry: String, Sendable, Equatable, CaseIterable {
         /// Keep the child running (with the expired token) and keep retrying.
         case keep
         /// Stop the child (as for a restart) and exit 69.
         case stop
     }
 
-    public var onRenew: OnRenew
-    public var onExpiry: OnExpiry
+    package var onRenew: OnRenew
+    package var onExpiry: OnExpiry
     /// How long a child has to exit after SIGTERM before it gets SIGKILL.
-    public var stopGrace: TimeInterval
+    package var stopGrace: TimeInterval
 
-    public init(onRenew: OnRenew = .none, onExpiry: OnExpiry = .keep, stopGrace: TimeInterval = 10) {
+    package init(onRenew: OnRenew = .none, onExpiry: OnExpiry = .keep, stopGrace: TimeInterval = 10) {
         self.onRenew = onRenew
         self.onExpiry = onExpiry
         self.stopGrace = stopGrace
@@ -75,7 +75,7 @@ public struct KeepFreshOptions: Sendable, Equatable {
 /// watched from the main thread, or from a thread of its own when called
 /// from any other (the kernel ties the child's death signal to the thread
 /// that forked it; see `SupervisedChild`).
-public enum Supervisor {
+package enum Supervisor {
     /// Bytes on the wake pipe that are not signals (signals are 1…64, with
     /// `WakePipe.fromKernel` perhaps set).
     static let renewedByte: UInt8 = 0xF0
@@ -87,7 +87,7 @@ public enum Supervisor {
     /// `--on-expiry stop` was asked for. With `mask`, the command's output
     /// reaches ours through `MaskedOutput`, which knows every token handed
     /// to it (the first and each renewed one).
-    public static func run(
+    package static func run(
         _ command: [String], parentEnvironment: [String: String], request: TokenRequest, first: TokenGrant,
         source: TokenSource, options: KeepFreshOptions, mask: Bool = false, schedule: RenewalSchedule = .standard,
         note: @escaping @Sendable (String) -> Void
@@ -101,7 +101,7 @@ public enum Supervisor {
     /// `exec --mask` without `--keep-fresh`: runs `command` with `grant`'s
     /// token and copies its output through the masker; no renewal, no token
     /// file. Returns its status, or throws a `LaunchError` (127 / 126).
-    public static func runMasked(_ command: [String], parentEnvironment: [String: String], grant: TokenGrant) throws -> Int32 {
+    package static func runMasked(_ command: [String], parentEnvironment: [String: String], grant: TokenGrant) throws -> Int32 {
         try onItsThread {
             try supervise(command, parentEnvironment: parentEnvironment, first: grant, renewal: nil, mask: true, note: { _ in })
         }
@@ -113,7 +113,7 @@ public enum Supervisor {
     /// goes through the masker, which knows the capability. No renewal here
     /// (the proxy renews), no token file. Returns its status, or throws a
     /// `LaunchError` (127 / 126).
-    public static func runProxied(_ command: [String], environment: [String: String], capability: String, mask: Bool) throws -> Int32 {
+    package static func runProxied(_ command: [String], environment: [String: String], capability: String, mask: Bool) throws -> Int32 {
         try onItsThread {
             let shown = TokenGrant(profile: "", orgID: "", apiURL: "", token: capability, expiresAt: .distantFuture, user: nil)
             return try supervise(command, parentEnvironment: environment, first: shown, renewal: nil, mask: mask, fixedEnvironment: environment,

@@ -25,22 +25,22 @@ import TallyfyVaultCore
 /// Bad HTTP from the child (`ProxyConnectionGuard`) and an upstream that
 /// hangs or answers garbage (502 / 504 within the tool's HTTP deadline)
 /// end at most that one connection.
-public final class CredentialProxy: Sendable {
-    public struct Configuration: Sendable {
+package final class CredentialProxy: Sendable {
+    package struct Configuration: Sendable {
         /// The profile's API URL, e.g. `https://go.tallyfy.com/api`.
-        public var apiURL: URL
+        package var apiURL: URL
         /// The token endpoint, refused even when it lies below the API URL.
-        public var tokenURL: URL?
-        public var rules: [ProxyAllowRule]
+        package var tokenURL: URL?
+        package var rules: [ProxyAllowRule]
         /// How long Tallyfy has to answer (its head); also the longest pause
         /// while an answer streams. `TALLYFY_VAULT_HTTP_TIMEOUT` or 30 s.
-        public var upstreamTimeout: Duration
+        package var upstreamTimeout: Duration
         /// How long a child has from a request's first byte to its head.
-        public var headTimeout: Duration
+        package var headTimeout: Duration
         /// How long a kept-alive connection may stay idle.
-        public var idleTimeout: Duration = .seconds(120)
+        package var idleTimeout: Duration = .seconds(120)
 
-        public init(apiURL: URL, tokenURL: URL?, rules: [ProxyAllowRule], environment: [String: String]) {
+        package init(apiURL: URL, tokenURL: URL?, rules: [ProxyAllowRule], environment: [String: String]) {
             self.apiURL = apiURL
             self.tokenURL = tokenURL
             self.rules = rules
@@ -53,7 +53,7 @@ public final class CredentialProxy: Sendable {
     /// A request body up to this size is read before it is sent, so it can be
     /// sent again after a 401; a longer one streams, and a 401 to it goes to
     /// the child as it came.
-    public static let replayableBodyLimit = 256 * 1024
+    package static let replayableBodyLimit = 256 * 1024
     /// The decoder's limits: beyond them, 431.
     static let headerLimits: NIOHTTPDecoderLimitConfiguration = {
         var limits = NIOHTTPDecoderLimitConfiguration()
@@ -63,12 +63,12 @@ public final class CredentialProxy: Sendable {
         return limits
     }()
 
-    public let configuration: Configuration
-    public let capability: ProxyCapability
-    public let counters: ProxyCounters
-    public let keeper: ProxyTokenKeeper
+    package let configuration: Configuration
+    package let capability: ProxyCapability
+    package let counters: ProxyCounters
+    package let keeper: ProxyTokenKeeper
     /// The port it listens on, on 127.0.0.1.
-    public let port: Int
+    package let port: Int
     private let policy: ProxyPolicy
     private let http: HTTPClient
     private let server: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
@@ -77,13 +77,13 @@ public final class CredentialProxy: Sendable {
 
     /// `http://127.0.0.1:PORT` plus the API URL's path: what the child gets
     /// as `TALLYFY_API_URL`.
-    public var url: String {
+    package var url: String {
         let path = configuration.apiURL.path
         return "http://127.0.0.1:\(port)" + (path == "/" ? "" : path.hasSuffix("/") ? String(path.dropLast()) : path)
     }
 
     /// Binds 127.0.0.1 on a free port; call `serve()` to accept connections.
-    public static func start(
+    package static func start(
         configuration: Configuration, keeper: ProxyTokenKeeper, counters: ProxyCounters, capability: ProxyCapability = ProxyCapability()
     ) async throws -> CredentialProxy {
         let timeouts = ProxyConnectionGuard.Timeouts(
@@ -148,7 +148,7 @@ public final class CredentialProxy: Sendable {
     static func amount(_ duration: Duration) -> TimeAmount { TallyfyClient.timeAmount(duration) }
 
     /// Accepts and serves connections until `stop()`.
-    public func serve() async {
+    package func serve() async {
         try? await server.executeThenClose { inbound in
             try await withThrowingDiscardingTaskGroup { group in
                 for try await connection in inbound {
@@ -160,7 +160,7 @@ public final class CredentialProxy: Sendable {
 
     /// Closes the port at once (connections in flight are cut), stops the
     /// renewals and the upstream client.
-    public func stop() async {
+    package func stop() async {
         try? await server.channel.close()
         await keeper.stop()
         try? await http.shutdown()

@@ -4,12 +4,12 @@ import TallyfyVaultCore
 
 /// The per-run secret the child holds instead of the token: 256 random bits,
 /// useless anywhere but at this proxy, for this run.
-public struct ProxyCapability: Sendable {
+package struct ProxyCapability: Sendable {
     /// `tvproxy_` and 64 hex digits: recognisable in a log as not a Tallyfy
     /// token, and a valid bearer `token68`.
-    public let value: String
+    package let value: String
 
-    public init() {
+    package init() {
         value = "tvproxy_" + Sodium.randomBytes(32).map { byte in
             let digits = Array("0123456789abcdef")
             return String([digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]])
@@ -18,7 +18,7 @@ public struct ProxyCapability: Sendable {
 
     /// Compared in constant time (for equal lengths), so the time taken says
     /// nothing about how much of a guess was right.
-    public func matches(_ presented: Substring) -> Bool {
+    package func matches(_ presented: Substring) -> Bool {
         Array(presented.utf8).withUnsafeBytes { given in
             Array(value.utf8).withUnsafeBytes { own in Sodium.equal(given, own) }
         }
@@ -38,7 +38,7 @@ public struct ProxyCapability: Sendable {
 /// `X-Forwarded-*`, `X-Real-IP`), which could make Tallyfy or a load
 /// balancer in front of it believe another client or host. Added: the real
 /// token, and `X-Tallyfy-Client: APIClient` when the child sent none.
-public enum ProxyHeaders {
+package enum ProxyHeaders {
     static let hopByHop: Set<String> = [
         "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "expect", "host", "content-length",
         "forwarded", "x-real-ip",
@@ -46,7 +46,7 @@ public enum ProxyHeaders {
 
     /// The headers to send upstream (without the token, which is added per
     /// attempt), or the refusal.
-    public static func upstream(
+    package static func upstream(
         _ headers: HTTPHeaders, capability: ProxyCapability, ownHosts: Set<String>, requireHost: Bool
     ) -> Result<HTTPHeaders, ProxyRefusal> {
         guard headers["authorization"].count <= 1 else {
@@ -91,7 +91,7 @@ public enum ProxyHeaders {
 
     /// An answer's headers for the child: without hop-by-hop headers (this
     /// connection's framing is the proxy's own).
-    public static func downstream(_ headers: HTTPHeaders) -> HTTPHeaders {
+    package static func downstream(_ headers: HTTPHeaders) -> HTTPHeaders {
         var named = Set<String>()
         for value in headers["connection"] {
             for name in value.split(separator: ",") { named.insert(name.trimmingCharacters(in: .whitespaces).lowercased()) }

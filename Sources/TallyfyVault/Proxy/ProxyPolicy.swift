@@ -5,12 +5,12 @@ import TallyfyVaultCore
 /// `code` and a message in Tallyfy's own error shape
 /// (`{"error":true,"code":"…","message":"…"}`), so a client written for
 /// Tallyfy reports it as it would any API error.
-public struct ProxyRefusal: Error, Sendable, Equatable {
-    public var status: Int
-    public var code: String
-    public var message: String
+package struct ProxyRefusal: Error, Sendable, Equatable {
+    package var status: Int
+    package var code: String
+    package var message: String
 
-    public init(_ status: Int, _ code: String, _ message: String) {
+    package init(_ status: Int, _ code: String, _ message: String) {
         self.status = status
         self.code = code
         self.message = message
@@ -18,7 +18,7 @@ public struct ProxyRefusal: Error, Sendable, Equatable {
 
     /// The JSON body: Tallyfy's error shape, plus `"source":"tallyfy-vault proxy"`
     /// so a person reading a log can tell the proxy's answer from Tallyfy's.
-    public var body: String {
+    package var body: String {
         "{\"error\":true,\"code\":\"\(code)\",\"message\":\"\(Self.escaped(message))\",\"source\":\"tallyfy-vault proxy\"}"
     }
 
@@ -39,9 +39,9 @@ public struct ProxyRefusal: Error, Sendable, Equatable {
         "Unauthenticated. Send the capability this run was given (TALLYFY_API_TOKEN) as Authorization: Bearer")
     static func badRequest(_ why: String) -> ProxyRefusal { ProxyRefusal(400, "VAULT_PROXY_BAD_REQUEST", why) }
     static func forbidden(_ why: String) -> ProxyRefusal { ProxyRefusal(403, "VAULT_PROXY_FORBIDDEN", why) }
-    public static let headersTooLarge = ProxyRefusal(431, "VAULT_PROXY_HEADERS_TOO_LARGE", "Request header fields too large.")
-    public static let requestTimeout = ProxyRefusal(408, "VAULT_PROXY_REQUEST_TIMEOUT", "The request was not sent in time.")
-    public static let malformed = ProxyRefusal(400, "VAULT_PROXY_BAD_REQUEST", "Malformed HTTP request.")
+    package static let headersTooLarge = ProxyRefusal(431, "VAULT_PROXY_HEADERS_TOO_LARGE", "Request header fields too large.")
+    package static let requestTimeout = ProxyRefusal(408, "VAULT_PROXY_REQUEST_TIMEOUT", "The request was not sent in time.")
+    package static let malformed = ProxyRefusal(400, "VAULT_PROXY_BAD_REQUEST", "Malformed HTTP request.")
     static let badGateway = ProxyRefusal(502, "VAULT_PROXY_BAD_GATEWAY", "Tallyfy could not be reached or gave no valid answer.")
     static let gatewayTimeout = ProxyRefusal(504, "VAULT_PROXY_GATEWAY_TIMEOUT", "Tallyfy did not answer in time.")
     static let noToken = ProxyRefusal(502, "VAULT_PROXY_NO_TOKEN", "The vault could not provide a valid token.")
@@ -52,12 +52,12 @@ public struct ProxyRefusal: Error, Sendable, Equatable {
 /// within that segment and a segment `**` matches any number of segments
 /// (none included). `GET:/organizations/*/processes/**` allows reading every
 /// process of every organization, and nothing else.
-public struct ProxyAllowRule: Sendable, Equatable, CustomStringConvertible {
+package struct ProxyAllowRule: Sendable, Equatable, CustomStringConvertible {
     /// Upper-case; `nil` for any method.
-    public let method: String?
-    public let segments: [String]
+    package let method: String?
+    package let segments: [String]
 
-    public init(parsing text: String) throws {
+    package init(parsing text: String) throws {
         let hint = "write METHOD:PATH-GLOB below the API URL, e.g. --allow GET:/organizations/*/processes/** or --allow '*:/organizations/**'"
         guard let colon = text.firstIndex(of: ":") else {
             throw VaultError(.usage, "--allow \(text.debugDescription) has no METHOD:", hint: hint)
@@ -80,10 +80,10 @@ public struct ProxyAllowRule: Sendable, Equatable, CustomStringConvertible {
         self.segments = segments == [""] ? [] : segments
     }
 
-    public var description: String { "\(method ?? "*"):/\(segments.joined(separator: "/"))" }
+    package var description: String { "\(method ?? "*"):/\(segments.joined(separator: "/"))" }
 
     /// Whether the rule allows `method` on `path` (decoded segments below the API URL).
-    public func allows(method: String, path: [String]) -> Bool {
+    package func allows(method: String, path: [String]) -> Bool {
         if let own = self.method, own != method { return false }
         return Self.match(segments[...], path[...])
     }
@@ -123,16 +123,16 @@ public struct ProxyAllowRule: Sendable, Equatable, CustomStringConvertible {
 /// inside the API URL's path, no dot segments in any encoding, not the token
 /// endpoint, not the emulator's admin surface) and the `--allow` rules.
 /// Pure: the server asks it about every request before anything is sent.
-public struct ProxyPolicy: Sendable {
+package struct ProxyPolicy: Sendable {
     /// The API URL's path, as segments (`/api` → `["api"]`).
-    public let apiPath: [String]
+    package let apiPath: [String]
     /// The token endpoint's path when it is on the API's host (refused even
     /// when the API path would contain it).
-    public let tokenPath: [String]?
+    package let tokenPath: [String]?
     /// Empty: everything below the API URL.
-    public let rules: [ProxyAllowRule]
+    package let rules: [ProxyAllowRule]
 
-    public init(apiURL: URL, tokenURL: URL?, rules: [ProxyAllowRule]) {
+    package init(apiURL: URL, tokenURL: URL?, rules: [ProxyAllowRule]) {
         apiPath = Self.segments(of: apiURL.path)
         if let tokenURL, tokenURL.host?.lowercased() == apiURL.host?.lowercased(), tokenURL.port == apiURL.port {
             tokenPath = Self.segments(of: tokenURL.path)
@@ -148,7 +148,7 @@ public struct ProxyPolicy: Sendable {
 
     /// The request target to send upstream (`/api/…?…`, as the child wrote
     /// it), or why it is refused.
-    public func check(method: String, target: String) -> Result<String, ProxyRefusal> {
+    package func check(method: String, target: String) -> Result<String, ProxyRefusal> {
         if method == "CONNECT" || method == "TRACE" {
             return .failure(ProxyRefusal(405, "VAULT_PROXY_METHOD_NOT_ALLOWED", "\(method) is not forwarded."))
         }

@@ -4,34 +4,34 @@ import TallyfyVaultCore
 
 /// What one proxy run counted; `proxy status` and `exec --proxy --verbose`
 /// print it. Never a token, a capability or a path.
-public final class ProxyCounters: Sendable {
+package final class ProxyCounters: Sendable {
     private let state = Mutex<Snapshot>(Snapshot())
 
-    public struct Snapshot: Sendable, Equatable, Codable {
+    package struct Snapshot: Sendable, Equatable, Codable {
         /// Every request the proxy read a head of (or failed to), refused or not.
-        public var requests = 0
+        package var requests = 0
         /// Answered by the proxy itself and never forwarded.
-        public var refusals = 0
+        package var refusals = 0
         /// Tokens taken in: background renewals and those after a 401.
-        public var renewals = 0
+        package var renewals = 0
         /// Forwarded requests Tallyfy did not answer (502/504 from the proxy).
-        public var upstreamFailures = 0
+        package var upstreamFailures = 0
         /// Requests sent again after a 401 with a renewed token.
-        public var retries = 0
+        package var retries = 0
 
-        public init() {}
+        package init() {}
 
         /// One line for people: `2000 requests, 0 refused, 1 renewal, 1 retried after a 401, 0 upstream failures`.
-        public var line: String {
+        package var line: String {
             func plural(_ n: Int, _ word: String) -> String { "\(n) \(word)\(n == 1 ? "" : "s")" }
             return "\(plural(requests, "request")), \(refusals) refused, \(plural(renewals, "renewal")), "
                 + "\(retries) retried after a 401, \(plural(upstreamFailures, "upstream failure"))"
         }
     }
 
-    public init() {}
+    package init() {}
 
-    public var snapshot: Snapshot { state.withLock { $0 } }
+    package var snapshot: Snapshot { state.withLock { $0 } }
     func count(_ change: (inout Snapshot) -> Void) { state.withLock { change(&$0) } }
 }
 
@@ -50,8 +50,8 @@ public final class ProxyCounters: Sendable {
 /// a user endpoint). So that such requests do not make a renewal each, a
 /// renewed token that was refused again on the retry is not renewed on a 401
 /// until Tallyfy has accepted it once.
-public actor ProxyTokenKeeper {
-    public private(set) var current: TokenGrant
+package actor ProxyTokenKeeper {
+    package private(set) var current: TokenGrant
     private let request: TokenRequest
     private let source: TokenSource
     private let counters: ProxyCounters
@@ -62,7 +62,7 @@ public actor ProxyTokenKeeper {
     private var refusedAfterRenewal: String?
     private var background: Task<Void, Never>?
 
-    public init(first: TokenGrant, request: TokenRequest, source: TokenSource, counters: ProxyCounters,
+    package init(first: TokenGrant, request: TokenRequest, source: TokenSource, counters: ProxyCounters,
         environment: [String: String] = ProcessInfo.processInfo.environment)
     {
         current = first
@@ -73,7 +73,7 @@ public actor ProxyTokenKeeper {
     }
 
     /// Starts renewing before expiry; `note` hears of each failed attempt.
-    public func startRenewing(schedule: RenewalSchedule = .standard, note: @escaping @Sendable (String) -> Void) {
+    package func startRenewing(schedule: RenewalSchedule = .standard, note: @escaping @Sendable (String) -> Void) {
         let stream = TokenStream(request: request, source: source, initial: current, schedule: schedule, environment: environment)
         let what = Supervisor.describe(request)
         background = Task { [weak self] in
@@ -96,7 +96,7 @@ public actor ProxyTokenKeeper {
         }
     }
 
-    public func stop() {
+    package func stop() {
         background?.cancel()
         renewing?.cancel()
     }
@@ -110,19 +110,19 @@ public actor ProxyTokenKeeper {
     }
 
     /// Tallyfy accepted `token`.
-    public func accepted(_ token: String) {
+    package func accepted(_ token: String) {
         if refusedAfterRenewal == token { refusedAfterRenewal = nil }
     }
 
     /// The retry after a renewal got a 401 too: the token is probably fine
     /// and the request not allowed.
-    public func refusedOnRetry(_ token: String) {
+    package func refusedOnRetry(_ token: String) {
         refusedAfterRenewal = token
     }
 
     /// Tallyfy answered 401 to `rejected`: a token to retry with, or `nil`
     /// when there is none better (the 401 then goes to the child as it came).
-    public func renewed(after rejected: String) async -> TokenGrant? {
+    package func renewed(after rejected: String) async -> TokenGrant? {
         if rejected != current.token { return current }  // renewed meanwhile
         if let renewing { return await renewing.value }
         guard refusedAfterRenewal != rejected else { return nil }

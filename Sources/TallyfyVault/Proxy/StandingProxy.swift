@@ -10,16 +10,16 @@ import TallyfyVaultCore
 /// never signalled), its address, profile and counts, rewritten at most once
 /// a second while they change, removed when it stops. The file holds no
 /// capability and no token: `proxy status` needs neither.
-public struct StandingProxyState: Codable, Sendable, Equatable {
-    public var pid: Int32
+package struct StandingProxyState: Codable, Sendable, Equatable {
+    package var pid: Int32
     /// `/proc/PID/stat` field 22: the process's start time in clock ticks.
-    public var processStart: UInt64
-    public var url: String
-    public var profile: String
-    public var startedAt: Date
-    public var counts: ProxyCounters.Snapshot
+    package var processStart: UInt64
+    package var url: String
+    package var profile: String
+    package var startedAt: Date
+    package var counts: ProxyCounters.Snapshot
 
-    public init(pid: Int32, processStart: UInt64, url: String, profile: String, startedAt: Date, counts: ProxyCounters.Snapshot) {
+    package init(pid: Int32, processStart: UInt64, url: String, profile: String, startedAt: Date, counts: ProxyCounters.Snapshot) {
         self.pid = pid
         self.processStart = processStart
         self.url = url
@@ -29,12 +29,12 @@ public struct StandingProxyState: Codable, Sendable, Equatable {
     }
 
     /// `$XDG_RUNTIME_DIR/tallyfy-vault/proxy.json` (or the `/tmp` fallback).
-    public static func path(environment: [String: String]) -> String {
+    package static func path(environment: [String: String]) -> String {
         RuntimeFolder.sharedPath(environment: environment) + "/proxy.json"
     }
 
     /// Written to a temporary name and renamed, so a reader sees a whole file.
-    public func write(to path: String) throws {
+    package func write(to path: String) throws {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.sortedKeys]
@@ -51,7 +51,7 @@ public struct StandingProxyState: Codable, Sendable, Equatable {
 
     /// The state of a proxy that still runs; `nil` when there is no file, or
     /// its process is gone (the stale file is then removed).
-    public static func read(from path: String) throws -> StandingProxyState? {
+    package static func read(from path: String) throws -> StandingProxyState? {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
@@ -66,7 +66,7 @@ public struct StandingProxyState: Codable, Sendable, Equatable {
     }
 
     /// `/proc/PID/stat` field 22, or `nil` when there is no such process.
-    public static func processStartTime(_ pid: Int32) -> UInt64? {
+    package static func processStartTime(_ pid: Int32) -> UInt64? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let close = text.lastIndex(of: ")")
         else { return nil }
@@ -76,7 +76,7 @@ public struct StandingProxyState: Codable, Sendable, Equatable {
     }
 
     /// The lines `proxy` prints for `eval`, as `agent --detach` does.
-    public static func shellVariables(url: String, capability: String, orgID: String, pid: Int32) -> String {
+    package static func shellVariables(url: String, capability: String, orgID: String, pid: Int32) -> String {
         [
             ("TALLYFY_API_URL", url), ("TALLYFY_BASE_URL", url), ("TALLYFY_API_BASE_URL", url),
             ("TALLYFY_TOKEN", capability), ("TALLYFY_API_TOKEN", capability), ("TALLYFY_ORG_ID", orgID),
@@ -85,8 +85,8 @@ public struct StandingProxyState: Codable, Sendable, Equatable {
     }
 
     /// What `proxy stop` prints for `eval`.
-    public static let unsetLines = ["TALLYFY_API_URL", "TALLYFY_BASE_URL", "TALLYFY_API_BASE_URL", "TALLYFY_TOKEN", "TALLYFY_API_TOKEN",
+    package static let unsetLines = ["TALLYFY_API_URL", "TALLYFY_BASE_URL", "TALLYFY_API_BASE_URL", "TALLYFY_TOKEN", "TALLYFY_API_TOKEN",
         pidVariable].map { "unset \($0);" }.joined(separator: "\n")
 
-    public static let pidVariable = "TALLYFY_VAULT_PROXY_PID"
+    package static let pidVariable = "TALLYFY_VAULT_PROXY_PID"
 }

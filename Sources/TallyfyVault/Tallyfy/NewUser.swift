@@ -5,7 +5,7 @@ import Foundation
 import TallyfyVaultCore
 
 /// The role a provisioned user gets in the organization, as Tallyfy names it.
-public enum UserRole: String, Sendable, CaseIterable {
+package enum UserRole: String, Sendable, CaseIterable {
     case admin, standard, light
 }
 
@@ -14,19 +14,19 @@ public enum UserRole: String, Sendable, CaseIterable {
 /// Validated locally before anything is sent, with the same limits Tallyfy
 /// applies, so a typo costs no round trip, no rate-limit budget and no
 /// half-understood 422: the message names every bad field at once.
-public struct NewUser: Sendable, Equatable {
-    public var email: String
-    public var firstName: String
-    public var lastName: String
+package struct NewUser: Sendable, Equatable {
+    package var email: String
+    package var firstName: String
+    package var lastName: String
     /// `nil` lets Tallyfy pick its default role.
-    public var role: UserRole?
+    package var role: UserRole?
     /// An IANA time zone name such as `Europe/London`; `nil` lets Tallyfy pick.
-    public var timezone: String?
+    package var timezone: String?
 
     /// The longest first or last name Tallyfy accepts, in characters.
-    public static let maxNameLength = 32
+    package static let maxNameLength = 32
 
-    public init(email: String, firstName: String, lastName: String, role: UserRole? = nil, timezone: String? = nil) {
+    package init(email: String, firstName: String, lastName: String, role: UserRole? = nil, timezone: String? = nil) {
         self.email = email
         self.firstName = firstName
         self.lastName = lastName
@@ -38,7 +38,7 @@ public struct NewUser: Sendable, Equatable {
     /// be 1–32 characters (not blank, no control characters), the email must
     /// look like an address (one `@`, a non-empty local part, a dotted domain,
     /// no whitespace), and the time zone must be a known IANA name.
-    public func validate() throws {
+    package func validate() throws {
         var problems: [String] = []
         if let problem = Self.nameProblem(firstName, field: "first name") { problems.append(problem) }
         if let problem = Self.nameProblem(lastName, field: "last name") { problems.append(problem) }
@@ -147,7 +147,7 @@ extension NewUser {
     /// Throws `VaultError(.usage, …)` unless `email` looks like an address,
     /// by the same rule as `validate()`; for commands that take only an email
     /// (`users token EMAIL`), so a typo fails before any request.
-    public static func validateEmail(_ email: String) throws {
+    package static func validateEmail(_ email: String) throws {
         guard isValidEmail(email) else {
             throw VaultError(
                 .usage,

@@ -11,18 +11,18 @@ import TallyfyVaultCore
 /// retried, and a server that asks for a longer pause than `maxRetryAfter`
 /// is taken at its word: we give up and say so instead of sleeping for an
 /// unbounded time inside a cron job.
-public struct RetryPolicy: Sendable, Equatable {
+package struct RetryPolicy: Sendable, Equatable {
     /// How many times a request is sent at most, the first one included.
-    public var maxAttempts: Int
+    package var maxAttempts: Int
     /// The pause after the first failed attempt; it doubles after each further one.
-    public var baseDelay: Duration
+    package var baseDelay: Duration
     /// The longest pause backoff alone will produce.
-    public var maxDelay: Duration
+    package var maxDelay: Duration
     /// The longest `Retry-After` we are willing to honour. A server asking for
     /// more makes us give up (exit 75) rather than block a script for that long.
-    public var maxRetryAfter: Duration
+    package var maxRetryAfter: Duration
 
-    public init(
+    package init(
         maxAttempts: Int = 4,
         baseDelay: Duration = .milliseconds(200),
         maxDelay: Duration = .seconds(5),
@@ -35,10 +35,10 @@ public struct RetryPolicy: Sendable, Equatable {
     }
 
     /// Four attempts, 0.2 s doubling up to 5 s, `Retry-After` honoured up to 30 s.
-    public static let standard = RetryPolicy()
+    package static let standard = RetryPolicy()
 
     /// No retries at all: one attempt, then the error.
-    public static let none = RetryPolicy(maxAttempts: 1)
+    package static let none = RetryPolicy(maxAttempts: 1)
 
     /// How long to wait after the failed attempt number `attempt` (1-based)
     /// before the next one, or `nil` to give up.
@@ -47,7 +47,7 @@ public struct RetryPolicy: Sendable, Equatable {
     /// `Retry-After` (seconds or an HTTP-date) asks for more than
     /// `maxRetryAfter`. Otherwise the pause is exponential backoff with
     /// jitter, and never shorter than a `Retry-After` the server sent.
-    public func delay(afterAttempt attempt: Int, retryAfter: String?) -> Duration? {
+    package func delay(afterAttempt attempt: Int, retryAfter: String?) -> Duration? {
         delay(afterAttempt: attempt, retryAfter: retryAfter, now: Date(), jitter: Double.random(in: 0...1))
     }
 
@@ -78,7 +78,7 @@ public struct RetryPolicy: Sendable, Equatable {
     /// Whether an HTTP status is worth asking again for: 429 and every 5xx.
     /// Client errors (400, 401, 403, 404, 409, 422, …) describe the request,
     /// which a retry would not change.
-    public static func isRetryable(status: UInt) -> Bool {
+    package static func isRetryable(status: UInt) -> Bool {
         status == 429 || (500...599).contains(status)
     }
 

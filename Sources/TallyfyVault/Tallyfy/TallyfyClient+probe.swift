@@ -4,7 +4,7 @@ import NIOCore
 import TallyfyVaultCore
 
 /// What a token URL turned out to be when asked without credentials.
-public enum TokenEndpointProbe: Sendable, Equatable {
+package enum TokenEndpointProbe: Sendable, Equatable {
     /// It answered an unauthenticated token request with an OAuth error
     /// (`invalid_request`, `invalid_client`): a token endpoint.
     case tokenEndpoint(status: UInt, code: String)
@@ -17,7 +17,7 @@ public enum TokenEndpointProbe: Sendable, Equatable {
 }
 
 /// Who a token acts as, from `GET {api}/me`.
-public enum MeAnswer: Sendable, Equatable {
+package enum MeAnswer: Sendable, Equatable {
     /// 200: the user's email (or `?` when the body does not say).
     case user(email: String)
     /// Any other status, with Tallyfy's message and request ID when sent.
@@ -29,7 +29,7 @@ extension TallyfyClient {
     /// client at all, so no secret leaves this machine. A Laravel Passport
     /// token endpoint, like Tallyfy's, answers that with an OAuth error; a
     /// wrong URL answers 404, 405 or a redirect. Used by `doctor`.
-    public func probeTokenEndpoint(_ url: URL) async -> TokenEndpointProbe {
+    package func probeTokenEndpoint(_ url: URL) async -> TokenEndpointProbe {
         let endpoint = Endpoint(what: "the token endpoint probe", url: url, afterSendRetryIsSafe: true,
                                 retryableStatus: { _ in false })
         var request = HTTPClientRequest(url: url.absoluteString)
@@ -56,7 +56,7 @@ extension TallyfyClient {
     /// `GET {apiURL}/me` with `token`, as Tallyfy's CLI checks a token
     /// (tallyfy/cli, internal/auth/validate.go). It answers for user tokens;
     /// an application token acts as no user.
-    public func me(apiURL: URL, token: String) async throws -> MeAnswer {
+    package func me(apiURL: URL, token: String) async throws -> MeAnswer {
         let base = try EndpointURL.validate(apiURL.absoluteString, name: "API URL")
         var text = base.absoluteString
         while text.hasSuffix("/") { text.removeLast() }
@@ -80,13 +80,13 @@ extension TallyfyClient {
 
 extension TallyfyClient {
     /// The value of `credentials set --token-url` that asks for discovery.
-    public static let discoverTokenURL = "discover"
+    package static let discoverTokenURL = "discover"
 
     /// The URLs `--token-url discover` tries, in order: the ones Tallyfy
     /// documents (all https, all on Tallyfy's hosts). Debug builds let
     /// `TALLYFY_VAULT_TEST_TOKEN_URLS` (comma-separated) replace them, so
     /// tests can point the search at the emulator.
-    public static func discoveryCandidates(environment: [String: String]) -> [String] {
+    package static func discoveryCandidates(environment: [String: String]) -> [String] {
         #if TALLYFY_TEST_HOOKS
             if let list = environment["TALLYFY_VAULT_TEST_TOKEN_URLS"], !list.isEmpty {
                 return list.split(separator: ",").map(String.init)
@@ -103,7 +103,7 @@ extension TallyfyClient {
     /// `discoverTokenURL(candidates:)` with a client of its own: one try per
     /// candidate, 10 s in all, shut down afterwards (`credentials set
     /// --token-url discover`).
-    public static func discoverTokenURL(environment: [String: String]) async throws -> String {
+    package static func discoverTokenURL(environment: [String: String]) async throws -> String {
         let client = TallyfyClient(requestTimeout: .seconds(10), retry: .none, totalTimeout: .seconds(10))
         let found: Result<String, Error>
         do {
@@ -115,7 +115,7 @@ extension TallyfyClient {
         return try found.get()
     }
 
-    public func discoverTokenURL(candidates: [String]) async throws -> String {
+    package func discoverTokenURL(candidates: [String]) async throws -> String {
         var answers: [String] = []
         for candidate in candidates {
             guard let url = URL(string: candidate) else { continue }

@@ -16,7 +16,7 @@ extension TallyfyClient {
     /// Tallyfy's per-field messages), `.refused` (77) for 401/403,
     /// `.configuration` (78) for an unknown organization, `.tryLater` (75),
     /// `.unavailable` (69) as for the token request.
-    public func createUser(apiURL: URL, orgID: String, applicationToken: String, user: NewUser) async throws {
+    package func createUser(apiURL: URL, orgID: String, applicationToken: String, user: NewUser) async throws {
         try user.validate()
         let url = try Self.apiURL(apiURL, orgID: orgID, path: ["users"])
         let endpoint = Endpoint(
@@ -64,7 +64,7 @@ extension TallyfyClient {
     /// Safe to repeat (it only mints another token), so timeouts and dropped
     /// connections are retried as well. Errors: `.usage` (64) when there is
     /// no such user, otherwise as for `createUser`.
-    public func userToken(apiURL: URL, orgID: String, applicationToken: String, email: String, now: Date) async throws -> IssuedToken {
+    package func userToken(apiURL: URL, orgID: String, applicationToken: String, email: String, now: Date) async throws -> IssuedToken {
         try NewUser.validateEmail(email)
         let url = try Self.apiURL(apiURL, orgID: orgID, path: ["users", email, "token"])
         let endpoint = Endpoint(

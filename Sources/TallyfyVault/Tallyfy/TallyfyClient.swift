@@ -19,7 +19,7 @@ import NIOHTTP1
 /// Call `shutdown()` when done (AsyncHTTPClient requires it); as a safety
 /// net the underlying client is also shut down, without waiting, when this
 /// object is released.
-public final class TallyfyClient: Sendable {
+package final class TallyfyClient: Sendable {
     let http: HTTPClient
     /// How long one attempt may take, from connecting to the last byte of the answer.
     let requestTimeout: Duration
@@ -33,7 +33,7 @@ public final class TallyfyClient: Sendable {
     /// (e.g. `2` or `0.5`). It exists so tests against a deliberately slow
     /// server finish quickly, and lets users with slow links allow more time.
     /// Values that are not a positive number are ignored.
-    public static let timeoutEnvironmentVariable = "TALLYFY_VAULT_HTTP_TIMEOUT"
+    package static let timeoutEnvironmentVariable = "TALLYFY_VAULT_HTTP_TIMEOUT"
 
     /// The largest answer body read; anything longer is not a token answer.
     static let maxBodyBytes = 1 << 20
@@ -46,7 +46,7 @@ public final class TallyfyClient: Sendable {
     ///   - totalTimeout: how long one call (a token request, a user creation)
     ///     may take with all its retries and pauses; by default three times
     ///     the request timeout (90 s, or 9 s with `TALLYFY_VAULT_HTTP_TIMEOUT=3`).
-    public convenience init(
+    package convenience init(
         connectTimeout: Duration = .seconds(5),
         requestTimeout: Duration = .seconds(30),
         retry: RetryPolicy = .standard,
@@ -99,7 +99,7 @@ public final class TallyfyClient: Sendable {
 
     /// Closes connections and releases the underlying HTTP client. Call it
     /// once you are done; requests made afterwards fail.
-    public func shutdown() async {
+    package func shutdown() async {
         try? await http.shutdown()
     }
 
@@ -129,7 +129,7 @@ public final class TallyfyClient: Sendable {
     /// malformed; `.tryLater` (75) for 429; `.unavailable` (69) when Tallyfy
     /// cannot be reached, keeps answering 5xx, or answers something that is
     /// not a token.
-    public func applicationToken(tokenURL: URL, clientID: String, clientSecret: String, now: Date) async throws -> IssuedToken {
+    package func applicationToken(tokenURL: URL, clientID: String, clientSecret: String, now: Date) async throws -> IssuedToken {
         let url = try EndpointURL.validate(tokenURL.absoluteString, name: "token URL")
         let endpoint = Endpoint(
             what: "the token request", url: url, afterSendRetryIsSafe: true,
@@ -160,7 +160,7 @@ public final class TallyfyClient: Sendable {
     /// (tallyfy/documentation, open-api/access-api-as-a-third-party-application-instead-of-a-user.mdx),
     /// the client-credentials guide the vault was built from (and its
     /// default), and the API integration guide (how-to-integrate-with-tallyfy-using-api.mdx).
-    public static let documentedTokenURLs = [
+    package static let documentedTokenURLs = [
         "https://account.tallyfy.com/oauth/token",
         "https://go.tallyfy.com/oauth/token",
         "https://go.tallyfy.com/api/oauth/token",
@@ -312,7 +312,7 @@ extension TallyfyClient {
     /// The process's one client, made on first use (with the timeouts from
     /// `TALLYFY_VAULT_HTTP_TIMEOUT`). Shut it down with `shutdownShared()`
     /// before the program ends.
-    public static var shared: TallyfyClient {
+    package static var shared: TallyfyClient {
         processClient.withLock { client in
             if let client { return client }
             let made = TallyfyClient()
@@ -322,10 +322,10 @@ extension TallyfyClient {
     }
 
     /// Whether `shared` was ever made (and not shut down since).
-    public static var hasShared: Bool { processClient.withLock { $0 != nil } }
+    package static var hasShared: Bool { processClient.withLock { $0 != nil } }
 
     /// Shuts the shared client down; a later `shared` makes a new one.
-    public static func shutdownShared() async {
+    package static func shutdownShared() async {
         let client = processClient.withLock { client -> TallyfyClient? in
             defer { client = nil }
             return client

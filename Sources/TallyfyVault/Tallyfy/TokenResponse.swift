@@ -5,11 +5,11 @@ import TallyfyVaultCore
 ///
 /// The expiry is absolute (not "seconds left") so it can be sealed and
 /// compared with the clock later, by `token --min-ttl`, `check` and `status`.
-public struct IssuedToken: Sendable, Equatable {
-    public let accessToken: String
-    public let expiresAt: Date
+package struct IssuedToken: Sendable, Equatable {
+    package let accessToken: String
+    package let expiresAt: Date
 
-    public init(accessToken: String, expiresAt: Date) {
+    package init(accessToken: String, expiresAt: Date) {
         self.accessToken = accessToken
         self.expiresAt = expiresAt
     }

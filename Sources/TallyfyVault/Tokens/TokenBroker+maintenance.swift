@@ -6,7 +6,7 @@ extension TokenBroker {
     /// new secret is first proven by obtaining an application token with it;
     /// only then are the secret and that token sealed, under the vault lock.
     /// Any failure leaves the vault as it was. Returns the new token, if any.
-    public func rotateSecret(profile name: String, newSecret: String, verify: Bool) async throws -> SealedToken? {
+    package func rotateSecret(profile name: String, newSecret: String, verify: Bool) async throws -> SealedToken? {
         try Credentials.checkSecret(newSecret, what: "the new client secret")
         // The secret this rotation replaces, as it was when the rotation
         // started (before waiting for the lock). Under the lock it must still
@@ -50,7 +50,7 @@ extension TokenBroker {
     /// Renews, for `check --refresh`, every token of `profiles` that is inside
     /// its warning window. Returns what failed (already described), so the
     /// check can report it and still show what is left.
-    public func renewExpiring(profiles: [String]?, thresholds: HealthCheck.Thresholds) async -> [HealthCheck.Problem] {
+    package func renewExpiring(profiles: [String]?, thresholds: HealthCheck.Thresholds) async -> [HealthCheck.Problem] {
         var failures: [HealthCheck.Problem] = []
         let vault: UnlockedVault
         do { vault = try store.open(with: unlocker) } catch let error as VaultError {

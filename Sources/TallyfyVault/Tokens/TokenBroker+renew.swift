@@ -56,7 +56,7 @@ extension TokenBroker {
     /// Renews the token under the vault lock. Another process may have done it
     /// while we waited for the lock; then its token is used and Tallyfy is not
     /// asked again. `seen` is the token read before waiting for the lock.
-    public func renewedGrant(_ request: TokenRequest, seen: SealedToken.Identity? = nil) async throws -> TokenGrant {
+    package func renewedGrant(_ request: TokenRequest, seen: SealedToken.Identity? = nil) async throws -> TokenGrant {
         // The write this may make is recorded as a renewal of this profile's (or user's) token.
         try await AuditTrail.$note.withValue(AuditTrail.Note(what: "renewal", profile: request.profile, user: request.user)) {
             try await renewedGrantUnderLock(request, seen: seen)

@@ -5,7 +5,7 @@ extension TokenBroker {
     /// Provisions a user with the application token (renewed first when it
     /// has less than five minutes left). The fields are checked before any
     /// request is made; the vault changes only if the token was renewed.
-    public func createUser(profile: String, user: NewUser) async throws {
+    package func createUser(profile: String, user: NewUser) async throws {
         try user.validate()
         let grant = try await grant(TokenRequest(profile: profile, minimumLifetime: Self.applicationTokenMarginForUserCalls))
         let apiURL = try EndpointURL.validate(grant.apiURL, name: "API URL")
@@ -17,7 +17,7 @@ extension TokenBroker {
     }
 
     /// Issues a new user-scoped token for `email` and seals it.
-    public func issueUserToken(profile: String, email: String) async throws -> TokenGrant {
+    package func issueUserToken(profile: String, email: String) async throws -> TokenGrant {
         try NewUser.validateEmail(email)
         return try await renewedGrant(TokenRequest(profile: profile, user: email, renewal: .always))
     }

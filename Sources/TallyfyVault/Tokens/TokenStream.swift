@@ -56,25 +56,25 @@ public struct TokenSource: Sendable {
 /// it happens. Retries go on after expiry too: the caller decides whether an
 /// expired token ends anything.
 public struct RenewalSchedule: Sendable, Equatable {
-    public var fractionLeft: Double = 0.25
-    public var jitter: Double = 0.05
+    package var fractionLeft: Double = 0.25
+    package var jitter: Double = 0.05
     /// The shortest time between two renewals, or between retries.
-    public var minimumGap: TimeInterval = 1
-    public var retryBase: TimeInterval = 1
-    public var retryCap: TimeInterval = 300
+    package var minimumGap: TimeInterval = 1
+    package var retryBase: TimeInterval = 1
+    package var retryCap: TimeInterval = 300
 
     public init() {}
 
     public static let standard = RenewalSchedule()
 
     /// How long before expiry a token with `lifetime` left is renewed (before jitter).
-    public func margin(lifetime: TimeInterval, minimumLifetime: TimeInterval) -> TimeInterval {
+    package func margin(lifetime: TimeInterval, minimumLifetime: TimeInterval) -> TimeInterval {
         max(lifetime * fractionLeft, min(minimumLifetime, lifetime / 2))
     }
 
     /// When to renew a token expiring at `expiresAt`, received at `now`;
     /// `random` in 0…1 picks the jitter.
-    public func renewalDate(expiresAt: Date, receivedAt now: Date, minimumLifetime: TimeInterval, random: Double) -> Date {
+    package func renewalDate(expiresAt: Date, receivedAt now: Date, minimumLifetime: TimeInterval, random: Double) -> Date {
         let lifetime = max(0, expiresAt.timeIntervalSince(now))
         let lead = margin(lifetime: lifetime, minimumLifetime: minimumLifetime) + random * jitter * lifetime
         return max(expiresAt.addingTimeInterval(-lead), now.addingTimeInterval(minimumGap))
@@ -82,7 +82,7 @@ public struct RenewalSchedule: Sendable, Equatable {
 
     /// The pause after failed attempt number `attempt` (1-based) for a token
     /// that had `lifetime` when it was handed over.
-    public func retryDelay(afterFailure attempt: Int, lifetime: TimeInterval) -> TimeInterval {
+    package func retryDelay(afterFailure attempt: Int, lifetime: TimeInterval) -> TimeInterval {
         let cap = max(minimumGap, min(retryCap, lifetime / 10))
         let step = retryBase * pow(2, Double(min(max(attempt, 1), 30) - 1))
         return max(minimumGap, min(step, cap))
@@ -90,7 +90,7 @@ public struct RenewalSchedule: Sendable, Equatable {
 
     /// When to try again after a failure at `now`: after the backoff, but not
     /// later than just past `expiresAt` while the token is still valid.
-    public func retryDate(afterFailure attempt: Int, lifetime: TimeInterval, expiresAt: Date, now: Date) -> Date {
+    package func retryDate(afterFailure attempt: Int, lifetime: TimeInterval, expiresAt: Date, now: Date) -> Date {
         let backoff = now.addingTimeInterval(retryDelay(afterFailure: attempt, lifetime: lifetime))
         guard now < expiresAt else { return backoff }
         return min(backoff, expiresAt.addingTimeInterval(0.05))

@@ -15,11 +15,11 @@
 /// the agent tried to serve and failed (say Tallyfy refused the secret) is
 /// its error the caller's error, so the failure is not repeated.
 public struct AgentClient: Sendable {
-    public var socketPath: String
+    package var socketPath: String
     /// For the clock a grant's expiry is checked against (`VaultClock`).
     var environment: [String: String] = [:]
 
-    public init(socketPath: String) {
+    package init(socketPath: String) {
         self.socketPath = socketPath
     }
 
@@ -34,7 +34,7 @@ public struct AgentClient: Sendable {
     /// a short-lived client costs more than the round trip (see
     /// `AgentProtocol+client.swift`).
     /// `timeout` bounds each wait on the socket (default `AgentProtocol.ioTimeout`).
-    public func ask(_ request: AgentProtocol.Request, timeout: Duration? = nil) throws -> AgentProtocol.Answer {
+    package func ask(_ request: AgentProtocol.Request, timeout: Duration? = nil) throws -> AgentProtocol.Answer {
         let body = try request.json()
         let descriptor = try AgentSocket.connect(to: socketPath)
         defer { close(descriptor) }
@@ -96,7 +96,7 @@ public struct AgentClient: Sendable {
     /// An agent's text as it may reach a terminal: control characters
     /// (ESC, newlines, …) written as `\u{1b}`, so no escape sequence or
     /// forged line gets through; at most 1,000 characters.
-    public static func printable(_ text: String) -> String {
+    package static func printable(_ text: String) -> String {
         var out = ""
         for scalar in text.unicodeScalars.prefix(1000) {
             if scalar.isControl || scalar == "\u{2028}" || scalar == "\u{2029}" {
@@ -109,7 +109,7 @@ public struct AgentClient: Sendable {
     }
 
     /// The vault path as the agent knows it: absolute, links resolved.
-    public static func resolved(_ path: String) -> String? {
+    package static func resolved(_ path: String) -> String? {
         if case .etcd(let location)? = try? VaultLocation(parsing: path, environment: [:]) { return location.text }
         guard let real = realpath(path, nil) else { return nil }
         defer { free(real) }

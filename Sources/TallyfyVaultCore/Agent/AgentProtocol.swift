@@ -13,29 +13,29 @@
 /// each a frame: a 4-byte big-endian length, then that many bytes of UTF-8
 /// JSON. Requests are at most 64 KiB and answers at most 1 MiB; anything
 /// larger, shorter or slower than the deadline ends the connection.
-public enum AgentProtocol {
-    public static let version = 1
-    public static let maxRequestLength = 64 * 1024
-    public static let maxAnswerLength = 1 << 20
+package enum AgentProtocol {
+    package static let version = 1
+    package static let maxRequestLength = 64 * 1024
+    package static let maxAnswerLength = 1 << 20
     /// How long either side waits for the other's bytes.
-    public static let ioTimeout: TimeInterval = 5
+    package static let ioTimeout: TimeInterval = 5
 
-    public enum Operation: String, Codable, Sendable {
+    package enum Operation: String, Codable, Sendable {
         case token, status, lock, stop
     }
 
-    public struct Request: Codable, Sendable, Equatable {
-        public var version: Int
-        public var op: Operation
+    package struct Request: Codable, Sendable, Equatable {
+        package var version: Int
+        package var op: Operation
         /// The vault's resolved path: an agent serves one vault only.
-        public var vault: String?
-        public var profile: String?
-        public var user: String?
-        public var minimumLifetime: Double?
+        package var vault: String?
+        package var profile: String?
+        package var user: String?
+        package var minimumLifetime: Double?
         /// `whenStale`, `whenStaleStrictly` or `never` (see `TokenRequest.Renewal`).
-        public var renewal: String?
+        package var renewal: String?
 
-        public init(op: Operation, vault: String? = nil, profile: String? = nil, user: String? = nil,
+        package init(op: Operation, vault: String? = nil, profile: String? = nil, user: String? = nil,
             minimumLifetime: Double? = nil, renewal: String? = nil)
         {
             version = AgentProtocol.version
@@ -51,17 +51,17 @@ public enum AgentProtocol {
     /// What the agent answers. `error` names why it could not serve:
     /// `locked` (no key held), `other-vault`, `bad-request`, or `failed`
     /// (serving failed; `message`, `hint` and `exitStatus` say how).
-    public struct Answer: Codable, Sendable, Equatable {
-        public var version: Int
-        public var ok: Bool
-        public var error: String?
-        public var message: String?
-        public var hint: String?
-        public var exitStatus: Int32?
-        public var grant: WireGrant?
-        public var status: Status?
+    package struct Answer: Codable, Sendable, Equatable {
+        package var version: Int
+        package var ok: Bool
+        package var error: String?
+        package var message: String?
+        package var hint: String?
+        package var exitStatus: Int32?
+        package var grant: WireGrant?
+        package var status: Status?
 
-        public init(ok: Bool, error: String? = nil, message: String? = nil, hint: String? = nil, exitStatus: Int32? = nil,
+        package init(ok: Bool, error: String? = nil, message: String? = nil, hint: String? = nil, exitStatus: Int32? = nil,
             grant: WireGrant? = nil, status: Status? = nil)
         {
             version = AgentProtocol.version
@@ -74,22 +74,22 @@ public enum AgentProtocol {
             self.status = status
         }
 
-        public static func failure(_ error: String, _ message: String) -> Answer {
+        package static func failure(_ error: String, _ message: String) -> Answer {
             Answer(ok: false, error: error, message: message)
         }
     }
 
     /// A `TokenGrant` on the wire; the expiry in Unix seconds.
-    public struct WireGrant: Codable, Sendable, Equatable {
-        public var profile: String
-        public var orgID: String
-        public var apiURL: String
-        public var token: String
-        public var expiresAt: Double
-        public var user: String?
-        public var renewalFailure: String?
+    package struct WireGrant: Codable, Sendable, Equatable {
+        package var profile: String
+        package var orgID: String
+        package var apiURL: String
+        package var token: String
+        package var expiresAt: Double
+        package var user: String?
+        package var renewalFailure: String?
 
-        public init(_ grant: TokenGrant) {
+        package init(_ grant: TokenGrant) {
             profile = grant.profile
             orgID = grant.orgID
             apiURL = grant.apiURL
@@ -100,7 +100,7 @@ public enum AgentProtocol {
         }
 
         /// Back to a grant; `nil` when the expiry is not a sane date.
-        public var grant: TokenGrant? {
+        package var grant: TokenGrant? {
             guard expiresAt.isFinite, abs(expiresAt) < 1e11 else { return nil }
             var grant = TokenGrant(profile: profile, orgID: orgID, apiURL: apiURL, token: token,
                 expiresAt: Date(timeIntervalSince1970: expiresAt), user: user)
@@ -109,17 +109,17 @@ public enum AgentProtocol {
         }
     }
 
-    public struct Status: Codable, Sendable, Equatable {
-        public var vault: String
-        public var locked: Bool
-        public var pid: Int32
-        public var startedAt: Double
-        public var idleTimeout: Double?
-        public var maxLifetime: Double?
-        public var served: Int
-        public var renewals: Int
+    package struct Status: Codable, Sendable, Equatable {
+        package var vault: String
+        package var locked: Bool
+        package var pid: Int32
+        package var startedAt: Double
+        package var idleTimeout: Double?
+        package var maxLifetime: Double?
+        package var served: Int
+        package var renewals: Int
 
-        public init(vault: String, locked: Bool, pid: Int32, startedAt: Double, idleTimeout: Double?, maxLifetime: Double?,
+        package init(vault: String, locked: Bool, pid: Int32, startedAt: Double, idleTimeout: Double?, maxLifetime: Double?,
             served: Int, renewals: Int)
         {
             self.vault = vault
@@ -136,7 +136,7 @@ public enum AgentProtocol {
     // MARK: - Frames
 
     /// Writes one frame: length, then `value` as JSON.
-    public static func send(_ value: some Encodable, to descriptor: Int32) throws {
+    package static func send(_ value: some Encodable, to descriptor: Int32) throws {
         try sendFrame(Array(try JSONEncoder().encode(value)), to: descriptor)
     }
 
@@ -161,7 +161,7 @@ public enum AgentProtocol {
     /// Reads one request frame and decodes it: the request, or why it is a
     /// bad request (`bad-request`: an unknown `op`, another version, JSON
     /// that is not a request). Throws only when no whole frame arrived.
-    public static func decodeRequest(_ body: [UInt8]) -> Result<Request, BadRequest> {
+    package static func decodeRequest(_ body: [UInt8]) -> Result<Request, BadRequest> {
         if let request = try? JSONDecoder().decode(Request.self, from: Data(body)) {
             guard request.version == version else {
                 return .failure(BadRequest(message: "this agent speaks protocol version \(version)"))
@@ -187,27 +187,27 @@ public enum AgentProtocol {
     }
 
     /// Why a whole frame is not a request the agent can serve.
-    public struct BadRequest: Error, Sendable {
-        public var message: String
+    package struct BadRequest: Error, Sendable {
+        package var message: String
     }
 
     /// Reads one frame against a deadline for the whole frame, never per
     /// byte: a client that trickles its request cannot hold the reader past
     /// the deadline. `read` may be called again with a later deadline to
     /// go on where it stopped.
-    public struct FrameReader: Sendable {
-        public let maxLength: Int
+    package struct FrameReader: Sendable {
+        package let maxLength: Int
         private var header: [UInt8] = []
         private var body: [UInt8] = []
         private var length: Int?
 
-        public init(maxLength: Int) {
+        package init(maxLength: Int) {
             self.maxLength = maxLength
         }
 
         /// The frame's body; `nil` when the deadline passed first. Throws when
         /// the peer hung up, a read failed or the frame is over the limit.
-        public mutating func read(from descriptor: Int32, until deadline: Date) throws -> [UInt8]? {
+        package mutating func read(from descriptor: Int32, until deadline: Date) throws -> [UInt8]? {
             var chunk = [UInt8](repeating: 0, count: 16 * 1024)
             while true {
                 if let length, body.count == length { return body }
@@ -242,7 +242,7 @@ public enum AgentProtocol {
     }
 
     /// Reads one frame of at most `maxLength` bytes and decodes it.
-    public static func receive<T: Decodable>(_ type: T.Type, from descriptor: Int32, maxLength: Int) throws -> T {
+    package static func receive<T: Decodable>(_ type: T.Type, from descriptor: Int32, maxLength: Int) throws -> T {
         let body = try receiveFrame(from: descriptor, maxLength: maxLength)
         do {
             return try JSONDecoder().decode(T.self, from: Data(body))
@@ -273,7 +273,7 @@ public enum AgentProtocol {
 }
 
 /// Why talking to the agent did not work; clients then do the work themselves.
-public enum AgentError: Error, Sendable {
+package enum AgentError: Error, Sendable {
     /// No agent socket, or not one we trust.
     case unavailable(String)
     /// The connection broke, timed out or carried something malformed.

@@ -13,13 +13,13 @@
 /// (0700, owned by the user) under `$XDG_RUNTIME_DIR`; the agent serves only
 /// peers of its own uid (`SO_PEERCRED`), and a client talks only to an agent
 /// of its own uid, through a socket file the user owns.
-public enum AgentSocket {
-    public static let variable = "TALLYFY_VAULT_AGENT_SOCK"
-    public static let pidVariable = "TALLYFY_VAULT_AGENT_PID"
+package enum AgentSocket {
+    package static let variable = "TALLYFY_VAULT_AGENT_SOCK"
+    package static let pidVariable = "TALLYFY_VAULT_AGENT_PID"
 
     /// `$XDG_RUNTIME_DIR/tallyfy-vault/agent.sock`; without `XDG_RUNTIME_DIR`
     /// (cron, some containers), `/tmp/tallyfy-vault-UID/agent.sock`.
-    public static func defaultPath(environment: [String: String]) -> String {
+    package static func defaultPath(environment: [String: String]) -> String {
         if let runtime = environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/") {
             return runtime + "/tallyfy-vault/agent.sock"
         }
@@ -27,7 +27,7 @@ public enum AgentSocket {
     }
 
     /// The socket a client should try: the variable, else the default.
-    public static func path(environment: [String: String]) -> String {
+    package static func path(environment: [String: String]) -> String {
         if let path = environment[variable], !path.isEmpty { return path }
         return defaultPath(environment: environment)
     }
@@ -37,7 +37,7 @@ public enum AgentSocket {
     /// first, a fresh private folder instead (`RuntimeFolder`), with the
     /// note to print. Clients then find the agent only through the variable,
     /// which `agent --detach` prints.
-    public static func listeningPath(explicit: String?, environment: [String: String]) throws -> (path: String, note: String?) {
+    package static func listeningPath(explicit: String?, environment: [String: String]) throws -> (path: String, note: String?) {
         if let explicit { return (explicit, nil) }
         if let path = environment[variable], !path.isEmpty { return (path, nil) }
         let (folder, fallback) = try RuntimeFolder.prepare(environment: environment)
@@ -52,7 +52,7 @@ public enum AgentSocket {
 
     /// The agent's folder, made 0700 if missing; refused unless it is a real
     /// folder (not a link) owned by us that no one else can enter.
-    public static func prepareFolder(for path: String) throws {
+    package static func prepareFolder(for path: String) throws {
         let folder = folder(of: path)
         if mkdir(folder, 0o700) != 0 && errno != EEXIST {
             throw VaultError(.io, "could not create the agent's folder \(folder): \(String(cString: strerror(errno)))")
@@ -76,7 +76,7 @@ public enum AgentSocket {
 
     /// Connects to the agent at `path`, after checking the socket file and
     /// its folder belong to us, and that the process answering runs as us.
-    public static func connect(to path: String) throws -> Int32 {
+    package static func connect(to path: String) throws -> Int32 {
         var info = stat()
         guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFSOCK else {
             throw AgentError.unavailable("no agent socket at \(path)")
@@ -117,7 +117,7 @@ public enum AgentSocket {
 
     /// Bounds every read and write on `descriptor`, so a silent peer cannot
     /// hold the other end.
-    public static func setTimeouts(_ descriptor: Int32, seconds: TimeInterval) {
+    package static func setTimeouts(_ descriptor: Int32, seconds: TimeInterval) {
         var timeout = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -139,7 +139,7 @@ public enum AgentSocket {
     }
 
     /// The uid and pid of the process at the other end (`SO_PEERCRED`).
-    public static func peerCredentials(_ descriptor: Int32) -> (uid: uid_t, pid: pid_t)? {
+    package static func peerCredentials(_ descriptor: Int32) -> (uid: uid_t, pid: pid_t)? {
         var credentials = PeerCredentials()
         var length = socklen_t(MemoryLayout<PeerCredentials>.size)
         guard getsockopt(descriptor, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0,
@@ -159,7 +159,7 @@ public enum AgentSocket {
 
     /// Binds and listens at `path`. A socket file left by a dead agent is
     /// replaced; one a live agent answers on is refused.
-    public static func listen(at path: String) throws -> Int32 {
+    package static func listen(at path: String) throws -> Int32 {
         try prepareFolder(for: path)
         var info = stat()
         if lstat(path, &info) == 0 {

@@ -95,12 +95,12 @@ enum AuditHex {
 /// Where a vault sealed the head of one audit log at its last write: the
 /// last record's number and its link hash. A log that ends before it was
 /// cut back.
-public struct AuditHead: Codable, Sendable, Equatable {
-    public var seq: UInt64
-    public var link: String
-    public var at: Date
+package struct AuditHead: Codable, Sendable, Equatable {
+    package var seq: UInt64
+    package var link: String
+    package var at: Date
 
-    public init(seq: UInt64, link: String, at: Date) {
+    package init(seq: UInt64, link: String, at: Date) {
         self.seq = seq
         self.link = link
         self.at = at

@@ -14,33 +14,33 @@
 /// the link hash of the line before. A record written without the vault's
 /// key (a refused unlock, a `migrate`, which has none) carries
 /// `"mac":"none"`; the next keyed record still covers it through `prev`.
-public struct AuditRecord: Codable, Sendable, Equatable {
+package struct AuditRecord: Codable, Sendable, Equatable {
     /// Position in this log's chain, from 1, continued across rotated files.
-    public var seq: UInt64
+    package var seq: UInt64
     /// RFC 3339 UTC with milliseconds.
-    public var time: String
+    package var time: String
     /// The command as typed (`exec`, `token`, `credentials set`, `agent`, …).
-    public var op: String
+    package var op: String
     /// `hand-out`, `change`, `unlock-refused`, `rollback-refused`,
     /// `rollback-accepted`, `failed`.
-    public var event: String
-    public var profile: String?
-    public var user: String?
+    package var event: String
+    package var profile: String?
+    package var user: String?
     /// A keyed fingerprint of the token handed out or sealed (`AuditKey`).
-    public var token: String?
+    package var token: String?
     /// What a change was when the command alone doesn't say (`renewal`).
-    public var change: String?
+    package var change: String?
     /// `ok`, or the exit status and reason.
-    public var result: String
-    public var uid: UInt32
-    public var pid: Int32
-    public var ppid: Int32
-    public var parent: String?
-    public var tty: String?
-    public var ci: String?
-    public var host: String
-    public var prev: String
-    public var mac: String
+    package var result: String
+    package var uid: UInt32
+    package var pid: Int32
+    package var ppid: Int32
+    package var parent: String?
+    package var tty: String?
+    package var ci: String?
+    package var host: String
+    package var prev: String
+    package var mac: String
 
     /// The line's bytes up to its `mac` field.
     func prefixBytes() -> [UInt8] {
@@ -127,7 +127,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     }
 
     /// The record a line holds, `nil` when it is not one.
-    public static func decode(_ line: some Collection<UInt8>) -> AuditRecord? {
+    package static func decode(_ line: some Collection<UInt8>) -> AuditRecord? {
         try? JSONDecoder().decode(AuditRecord.self, from: Data(line))
     }
 }

@@ -36,7 +36,7 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
     /// status call for different actions. Never the message text.
     public let cause: Cause
 
-    public init(_ kind: Kind, _ message: String, hint: String? = nil, cause: Cause = .unspecified) {
+    package init(_ kind: Kind, _ message: String, hint: String? = nil, cause: Cause = .unspecified) {
         self.kind = kind
         self.message = message
         self.hint = hint
@@ -97,7 +97,7 @@ public struct VaultError: Error, Sendable, CustomStringConvertible {
 extension VaultError.Kind {
     /// The kind whose exit status is `status` (an agent relays errors as
     /// statuses); anything unknown is `.unavailable`.
-    public init(exitStatus status: Int32) {
+    package init(exitStatus status: Int32) {
         switch status {
         case 64: self = .usage
         case 65: self = .corrupt

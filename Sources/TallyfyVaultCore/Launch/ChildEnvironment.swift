@@ -20,7 +20,7 @@ public struct TokenGrant: Sendable, Equatable {
     /// out instead: why, for the one warning line the caller prints.
     public var renewalFailure: String?
 
-    public init(profile: String, orgID: String, apiURL: String, token: String, expiresAt: Date, user: String?) {
+    package init(profile: String, orgID: String, apiURL: String, token: String, expiresAt: Date, user: String?) {
         self.profile = profile
         self.orgID = orgID
         self.apiURL = apiURL
@@ -32,16 +32,16 @@ public struct TokenGrant: Sendable, Equatable {
 
 /// The variables of README.md's `exec` table, built from a
 /// grant and the parent's environment.
-public enum ChildEnvironment {
-    public static let execMarker = "TALLYFY_VAULT_EXEC"
+package enum ChildEnvironment {
+    package static let execMarker = "TALLYFY_VAULT_EXEC"
 
     /// Variables that carried unlock material, or were meant for our own
     /// CLI only: never passed on.
-    public static let removed: Set<String> = Handover.variables.union([UnlockSources.passphraseVariable])
+    package static let removed: Set<String> = Handover.variables.union([UnlockSources.passphraseVariable])
 
     /// The variables `exec` sets, in a stable order: `exported` and the
     /// nesting marker.
-    public static func variables(for grant: TokenGrant) -> [(name: String, value: String)] {
+    package static func variables(for grant: TokenGrant) -> [(name: String, value: String)] {
         exported(for: grant) + [(execMarker, grant.profile)]
     }
 
@@ -49,7 +49,7 @@ public enum ChildEnvironment {
     /// `TALLYFY_VAULT_EXEC`, which means "this process is an exec child".
     /// A shell that ran `eval "$(tallyfy-vault export)"` is not one, and a
     /// later `exec` from it must not be refused as nested.
-    public static func exported(for grant: TokenGrant) -> [(name: String, value: String)] {
+    package static func exported(for grant: TokenGrant) -> [(name: String, value: String)] {
         [
             ("TALLYFY_TOKEN", grant.token),
             ("TALLYFY_API_TOKEN", grant.token),
@@ -71,18 +71,18 @@ public enum ChildEnvironment {
     /// stale values of our variables, plus the grant's variables. A
     /// `TALLYFY_TOKEN_FILE` inherited from an outer `exec --keep-fresh` is
     /// dropped: it would name another grant's token.
-    public static func build(parent: [String: String], grant: TokenGrant) -> [String: String] {
+    package static func build(parent: [String: String], grant: TokenGrant) -> [String: String] {
         var environment = parent.filter { !removed.contains($0.key) && $0.key != tokenFileVariable }
         for (name, value) in variables(for: grant) { environment[name] = value }
         return environment
     }
 
     /// The path of the token file `exec --keep-fresh` keeps renewed (`TokenFile`).
-    public static let tokenFileVariable = "TALLYFY_TOKEN_FILE"
+    package static let tokenFileVariable = "TALLYFY_TOKEN_FILE"
 
     /// The environment of a supervised child (`exec --keep-fresh`): as
     /// `build(parent:grant:)`, plus the path of the token file.
-    public static func build(parent: [String: String], grant: TokenGrant, tokenFile: String) -> [String: String] {
+    package static func build(parent: [String: String], grant: TokenGrant, tokenFile: String) -> [String: String] {
         var environment = build(parent: parent, grant: grant)
         environment[tokenFileVariable] = tokenFile
         return environment
@@ -93,7 +93,7 @@ public enum ChildEnvironment {
     /// `capability` and the URL variables the proxy's `url`; the token's
     /// expiry and an inherited token file are left out. No variable names
     /// or holds the token.
-    public static func buildProxied(parent: [String: String], grant: TokenGrant, url: String, capability: String) -> [String: String] {
+    package static func buildProxied(parent: [String: String], grant: TokenGrant, url: String, capability: String) -> [String: String] {
         var proxied = grant
         proxied.token = capability
         proxied.apiURL = url
@@ -104,7 +104,7 @@ public enum ChildEnvironment {
 
     /// Refuses `exec` inside `exec`: the inner one would see a token variable
     /// and a marker, and nesting usually means a wrapper script ran twice.
-    public static func refuseNesting(_ parent: [String: String]) throws {
+    package static func refuseNesting(_ parent: [String: String]) throws {
         if let profile = parent[execMarker], !profile.isEmpty {
             throw VaultError(.usage,
                 "already running under `tallyfy-vault exec` (profile \"\(profile)\"); nesting is refused",
@@ -113,7 +113,7 @@ public enum ChildEnvironment {
     }
 
     /// RFC 3339 in UTC, whole seconds: `2026-12-06T04:25:05Z`.
-    public static func rfc3339(_ date: Date) -> String {
+    package static func rfc3339(_ date: Date) -> String {
         // Clamped (to years 1..9999) so that no date, whatever a file held,
         // can trap the conversion to whole seconds.
         var time = time_t(VaultBounds.clamped(date.timeIntervalSince1970).rounded(.down))

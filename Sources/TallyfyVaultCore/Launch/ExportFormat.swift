@@ -8,7 +8,7 @@
 #endif
 
 /// How `export` prints the child's variables.
-public enum ExportFormat: String, Sendable, CaseIterable {
+package enum ExportFormat: String, Sendable, CaseIterable {
     /// `export NAME='value'` lines, safe for `eval` in any POSIX shell.
     case sh
     /// `NAME=value` lines, unquoted, that every common reader takes the same
@@ -21,7 +21,7 @@ public enum ExportFormat: String, Sendable, CaseIterable {
     /// One JSON object keyed by variable name.
     case json
 
-    public func render(_ variables: [(name: String, value: String)]) throws -> String {
+    package func render(_ variables: [(name: String, value: String)]) throws -> String {
         switch self {
         case .sh:
             return variables.map { "export \($0.name)=\(Self.shellQuoted($0.value))" }.joined(separator: "\n")

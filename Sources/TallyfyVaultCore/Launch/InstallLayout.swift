@@ -23,12 +23,12 @@
 /// or by us that no one else can write, and its folder, and the folders
 /// above it up to the prefix, are owned by root or by us and writable by no
 /// one else (a folder others can write lets them swap the file).
-public enum InstallLayout {
-    public static let launcherName = "tallyfy-vault"
-    public static let cliName = "tallyfy-vault-cli"
+package enum InstallLayout {
+    package static let launcherName = "tallyfy-vault"
+    package static let cliName = "tallyfy-vault-cli"
 
     /// What the launcher at `launcher` (its resolved path) would run.
-    public enum Lookup: Equatable, Sendable {
+    package enum Lookup: Equatable, Sendable {
         case found(String)
         case notFound(expected: [String])
         case unsafe(String, reason: String)
@@ -48,7 +48,7 @@ public enum InstallLayout {
 
     /// The CLI the launcher at `launcher` runs: the first candidate that
     /// exists, refused when it or its folders are unsafe.
-    public static func findCLI(launcher: String) -> Lookup {
+    package static func findCLI(launcher: String) -> Lookup {
         let candidates = candidates(launcher: launcher)
         for (cli, folders) in candidates {
             var info = stat()
@@ -64,7 +64,7 @@ public enum InstallLayout {
 
     /// The launcher that goes with the CLI at `cli` (its resolved path): in
     /// `PREFIX/bin` for a CLI in `PREFIX/libexec/tallyfy-vault`, else beside it.
-    public static func launcher(forCLI cli: String) -> String {
+    package static func launcher(forCLI cli: String) -> String {
         let folder = parentFolder(of: cli)
         if folder.hasSuffix("/libexec/tallyfy-vault") {
             return parentFolder(of: parentFolder(of: folder)) + "/bin/" + launcherName

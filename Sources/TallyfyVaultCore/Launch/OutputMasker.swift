@@ -410,10 +410,10 @@ struct Automaton: Sendable {
 
 /// Whether an `exec` masks its command's output: `--mask` / `--no-mask`
 /// when given, else `TALLYFY_VAULT_MASK` (`1` on, `0` or empty off).
-public enum OutputMasking {
-    public static let variable = "TALLYFY_VAULT_MASK"
+package enum OutputMasking {
+    package static let variable = "TALLYFY_VAULT_MASK"
 
-    public static func requested(flag: Bool?, environment: [String: String]) throws -> Bool {
+    package static func requested(flag: Bool?, environment: [String: String]) throws -> Bool {
         if let flag { return flag }
         switch environment[variable] ?? "" {
         case "1": return true

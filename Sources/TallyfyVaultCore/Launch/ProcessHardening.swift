@@ -16,11 +16,11 @@ import CSodium
 /// `environ` root-only; `RLIMIT_CORE 0` is the belt to that brace. Both are
 /// undone for an `exec` child: `execve` resets dumpability by itself, and the
 /// core limit is put back before it, so the child runs as it would without us.
-public enum ProcessHardening {
+package enum ProcessHardening {
     nonisolated(unsafe) private static var savedCoreLimit: rlimit?
 
     /// Called once, before any secret is read.
-    public static func protect() {
+    package static func protect() {
         guard savedCoreLimit == nil else { return }
         var limit = rlimit()
         getrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
@@ -35,7 +35,7 @@ public enum ProcessHardening {
     package static var coreLimitForChild: rlimit? { savedCoreLimit }
 
     /// Puts the core limit back, just before handing the process to a child.
-    public static func restoreForChild() {
+    package static func restoreForChild() {
         guard var limit = savedCoreLimit else { return }
         setrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
     }

@@ -13,11 +13,11 @@
 /// The child keeps our pid, standard streams, terminal and signals; its exit
 /// status is the status. No shell is involved: the arguments pass through
 /// exactly as given.
-public enum ProcessReplacement {
+package enum ProcessReplacement {
     /// Looks `command` up on `PATH` (unless it contains a slash) and calls
     /// `execve`. Returns only by throwing: 127 when the command is not found,
     /// 126 when it is found but cannot be executed.
-    public static func execute(_ arguments: [String], environment: [String: String]) throws -> Never {
+    package static func execute(_ arguments: [String], environment: [String: String]) throws -> Never {
         guard let command = arguments.first, !command.isEmpty else {
             throw LaunchError(status: 64, message: "no command to run", hint: "write it after --: tallyfy-vault exec -- COMMAND")
         }
@@ -65,12 +65,12 @@ public enum ProcessReplacement {
 }
 
 /// A failure to start the child, with the shell's statuses (126, 127).
-public struct LaunchError: Error, Sendable {
-    public let status: Int32
-    public let message: String
-    public let hint: String?
+package struct LaunchError: Error, Sendable {
+    package let status: Int32
+    package let message: String
+    package let hint: String?
 
-    public init(status: Int32, message: String, hint: String? = nil) {
+    package init(status: Int32, message: String, hint: String? = nil) {
         self.status = status
         self.message = message
         self.hint = hint

@@ -16,9 +16,9 @@
 /// user out of the agent or keep-fresh: as ssh-agent does, a fresh folder
 /// is then made with `mkdtemp` (`/tmp/tallyfy-vault-UID.XXXXXX`, 0700, ours
 /// by construction) and the caller is told, so it can say where.
-public enum RuntimeFolder {
+package enum RuntimeFolder {
     /// The shared folder's path for this environment (`tmp` only for tests).
-    public static func sharedPath(environment: [String: String], tmp: String = "/tmp") -> String {
+    package static func sharedPath(environment: [String: String], tmp: String = "/tmp") -> String {
         if let runtime = environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/") {
             return (runtime.hasSuffix("/") ? String(runtime.dropLast()) : runtime) + "/tallyfy-vault"
         }
@@ -30,7 +30,7 @@ public enum RuntimeFolder {
     /// (`fallback` says which and why). Under `XDG_RUNTIME_DIR` (a folder
     /// only the user can write) an unsafe folder is the user's own doing and
     /// is refused with 77.
-    public static func prepare(environment: [String: String], tmp: String = "/tmp") throws -> (path: String, fallback: String?) {
+    package static func prepare(environment: [String: String], tmp: String = "/tmp") throws -> (path: String, fallback: String?) {
         let shared = sharedPath(environment: environment, tmp: tmp)
         let inTmp = !(environment["XDG_RUNTIME_DIR"]?.hasPrefix("/") ?? false)
         do {

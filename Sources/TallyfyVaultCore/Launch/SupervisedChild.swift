@@ -16,19 +16,19 @@ import CSodium
 /// signal dispositions and core limit are what they would be without us.
 /// Start it from the thread that will outlive it (the main thread): the
 /// kernel sends the death signal when the *thread* that forked exits.
-public struct SupervisedChild: Sendable {
-    public let pid: pid_t
+package struct SupervisedChild: Sendable {
+    package let pid: pid_t
 
     /// Descriptors a child gets instead of ours (`exec --mask`'s pipes or
     /// pseudo-terminal); -1 keeps ours.
-    public struct Stdio: Sendable {
-        public var input: Int32 = -1
-        public var output: Int32 = -1
-        public var error: Int32 = -1
+    package struct Stdio: Sendable {
+        package var input: Int32 = -1
+        package var output: Int32 = -1
+        package var error: Int32 = -1
         /// A session of its own, with `input` (a pty) as its terminal.
-        public var controllingTerminal = false
+        package var controllingTerminal = false
 
-        public init(input: Int32 = -1, output: Int32 = -1, error: Int32 = -1, controllingTerminal: Bool = false) {
+        package init(input: Int32 = -1, output: Int32 = -1, error: Int32 = -1, controllingTerminal: Bool = false) {
             self.input = input
             self.output = output
             self.error = error
@@ -39,7 +39,7 @@ public struct SupervisedChild: Sendable {
     /// Looks the command up as `exec` does and starts it; 127 / 126 as a
     /// `LaunchError` when it cannot be run. `stdio`: descriptors the child
     /// gets instead of ours.
-    public static func start(_ arguments: [String], environment: [String: String], stdio: Stdio? = nil) throws -> SupervisedChild {
+    package static func start(_ arguments: [String], environment: [String: String], stdio: Stdio? = nil) throws -> SupervisedChild {
         guard let command = arguments.first, !command.isEmpty else {
             throw LaunchError(status: 64, message: "no command to run", hint: "write it after --: tallyfy-vault exec --keep-fresh -- COMMAND")
         }
@@ -101,12 +101,12 @@ public struct SupervisedChild: Sendable {
     }
 
     /// Sends `signal`; a child already gone is not an error.
-    public func send(_ signal: Int32) {
+    package func send(_ signal: Int32) {
         kill(pid, signal)
     }
 
     /// What became of the child since it was last asked.
-    public enum Change: Equatable, Sendable {
+    package enum Change: Equatable, Sendable {
         /// Its status as a shell reports it: its exit code, or 128 + the
         /// signal that killed it.
         case ended(Int32)
@@ -115,7 +115,7 @@ public struct SupervisedChild: Sendable {
     }
 
     /// `nil` while it runs (and, unless `reportingStops`, while it is stopped).
-    public func change(reportingStops: Bool = false) -> Change? {
+    package func change(reportingStops: Bool = false) -> Change? {
         var status: Int32 = 0
         var result: pid_t
         repeat { result = waitpid(pid, &status, WNOHANG | (reportingStops ? WUNTRACED : 0)) } while result < 0 && errno == EINTR
@@ -135,15 +135,15 @@ public struct SupervisedChild: Sendable {
 /// Where a supervisor waits: signals (written by a C handler, one byte each)
 /// and events from its other threads arrive on one non-blocking pipe, which
 /// the supervisor's thread polls.
-public final class WakePipe: Sendable {
+package final class WakePipe: Sendable {
     let readEnd: Int32
     let writeEnd: Int32
 
     /// Bytes with this bit set are signals the kernel sent to the whole
     /// process group (a terminal's ^C): the child has them already.
-    public static let fromKernel: UInt8 = 0x80
+    package static let fromKernel: UInt8 = 0x80
 
-    public init() throws {
+    package init() throws {
         var ends: [Int32] = [-1, -1]
         guard makePipe(&ends, nonBlocking: true) else {
             throw VaultError(.io, "could not create a pipe: \(String(cString: strerror(errno)))")
@@ -159,7 +159,7 @@ public final class WakePipe: Sendable {
 
     /// Catches each of `signals` into this pipe. Returns those left alone
     /// because they were ignored when we started (`nohup`).
-    public func catchSignals(_ signals: [Int32]) -> Set<Int32> {
+    package func catchSignals(_ signals: [Int32]) -> Set<Int32> {
         var ignored: Set<Int32> = []
         for signal in signals where tallyfy_catch_signal(signal, writeEnd) == 1 {
             ignored.insert(signal)
@@ -168,14 +168,14 @@ public final class WakePipe: Sendable {
     }
 
     /// Wakes the waiting thread with `byte` (from any thread).
-    public func post(_ byte: UInt8) {
+    package func post(_ byte: UInt8) {
         var value = byte
         _ = Glibc.write(writeEnd, &value, 1)
     }
 
     /// Waits up to `timeout` seconds (`nil`: for ever) and returns every
     /// byte that arrived.
-    public func wait(timeout: TimeInterval?) -> [UInt8] {
+    package func wait(timeout: TimeInterval?) -> [UInt8] {
         var descriptor = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
         let milliseconds = timeout.map { Int32(max(0, min($0 * 1000, 3_600_000)).rounded(.up)) } ?? -1
         _ = poll(&descriptor, 1, milliseconds)
@@ -192,9 +192,9 @@ public final class WakePipe: Sendable {
 }
 
 /// Signal names as `--on-renew signal:NAME` takes them.
-public enum SignalName {
+package enum SignalName {
     /// The signals a supervisor forwards to its child.
-    public static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH]
+    package static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH]
 
     /// The signals `--on-renew signal:NAME` sends: those programs
     /// conventionally catch to reload, reopen or redraw. INT, TERM and QUIT
@@ -203,7 +203,7 @@ public enum SignalName {
     static let table: [String: Int32] = ["HUP": SIGHUP, "USR1": SIGUSR1, "USR2": SIGUSR2, "WINCH": SIGWINCH]
 
     /// Their names, for hints.
-    public static let reloads = ["HUP", "USR1", "USR2", "WINCH"]
+    package static let reloads = ["HUP", "USR1", "USR2", "WINCH"]
 
     /// Signals a user may name that are refused as a reload.
     static let others: Set<String> = [
@@ -218,17 +218,17 @@ public enum SignalName {
     }
 
     /// `HUP`, `SIGHUP` or `hup` (a reload signal); `nil` for anything else.
-    public static func number(_ name: String) -> Int32? {
+    package static func number(_ name: String) -> Int32? {
         table[bare(name)]
     }
 
     /// Whether `name` is a signal at all (reload or not), so a refusal can say why.
-    public static func isSignal(_ name: String) -> Bool {
+    package static func isSignal(_ name: String) -> Bool {
         table[bare(name)] != nil || others.contains(bare(name))
     }
 
     /// `HUP` for SIGHUP; the number for one not in the table.
-    public static func name(_ number: Int32) -> String {
+    package static func name(_ number: Int32) -> String {
         table.first { $0.value == number }?.key ?? String(number)
     }
 }

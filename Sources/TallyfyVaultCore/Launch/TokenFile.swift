@@ -20,16 +20,16 @@
 /// never a partial file. The folder is removed when the supervisor ends; a
 /// folder left by a supervisor that was killed (its PID gone, or reused by a
 /// process that started at another time) is removed by the next one.
-public final class TokenFile: Sendable {
+package final class TokenFile: Sendable {
     /// The supervisor's own folder.
-    public let folder: String
+    package let folder: String
     /// The token file.
-    public let path: String
+    package let path: String
     /// A private folder made for this supervisor alone because the shared
     /// one was unsafe (`RuntimeFolder`): removed with the token's folder.
     private let ownBase: String?
 
-    public static let fileName = "token"
+    package static let fileName = "token"
     static let prefix = "exec-"
 
     private init(folder: String, ownBase: String?) {
@@ -39,14 +39,14 @@ public final class TokenFile: Sendable {
     }
 
     /// The shared private runtime folder, made when missing (`RuntimeFolder`).
-    public static func runtimeFolder(environment: [String: String]) throws -> String {
+    package static func runtimeFolder(environment: [String: String]) throws -> String {
         try RuntimeFolder.prepare(environment: environment).path
     }
 
     /// Removes what killed supervisors left, then makes this process's
     /// folder. `note` hears when the shared folder was unsafe and a fresh
     /// private one is used instead.
-    public static func create(environment: [String: String], note: (String) -> Void = { _ in }) throws -> TokenFile {
+    package static func create(environment: [String: String], note: (String) -> Void = { _ in }) throws -> TokenFile {
         let (base, fallback) = try RuntimeFolder.prepare(environment: environment)
         if let fallback { note(fallback) }
         removeStale(in: base)
@@ -57,7 +57,7 @@ public final class TokenFile: Sendable {
     }
 
     /// Replaces the token atomically (temporary file, then rename).
-    public func write(_ token: String) throws {
+    package func write(_ token: String) throws {
         let temporary = folder + "/.\(Self.fileName)-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw Self.ioError("could not write the token file in \(folder)") }
@@ -83,7 +83,7 @@ public final class TokenFile: Sendable {
     }
 
     /// Removes the token file and the folder.
-    public func remove() {
+    package func remove() {
         Self.removeTree(folder)
         if let ownBase { rmdir(ownBase) }
     }

@@ -11,32 +11,32 @@
 /// a later read refuses. The reader's own limits (SECURITY.md, "File
 /// format") are the outer fence: a hostile or damaged file that exceeds them
 /// is refused as corrupt (65), never trusted, never a crash.
-public enum VaultBounds {
+package enum VaultBounds {
     /// Dates as Unix seconds: from 1970 to the last second of year 9999.
     /// Beyond these, conversions to whole seconds or to a calendar date
     /// would overflow; a vault holding one is refused as corrupt.
-    public static let earliestDate: TimeInterval = 0
-    public static let latestDate: TimeInterval = 253_402_300_799
+    package static let earliestDate: TimeInterval = 0
+    package static let latestDate: TimeInterval = 253_402_300_799
 
     /// The longest and shortest token lifetime accepted from Tallyfy (its own
     /// are 7 and 90 days): an answer outside this is refused, not sealed.
-    public static let minimumTokenLifetime: TimeInterval = 1
-    public static let maximumTokenLifetime: TimeInterval = 3650 * 86_400
+    package static let minimumTokenLifetime: TimeInterval = 1
+    package static let maximumTokenLifetime: TimeInterval = 3650 * 86_400
 
     /// A client secret, in UTF-8 bytes (Tallyfy's are 40 to 100 characters).
-    public static let maxSecretLength = 4096
+    package static let maxSecretLength = 4096
     /// A token from Tallyfy (real ones are a few KiB).
-    public static let maxTokenLength = 16 * 1024
+    package static let maxTokenLength = 16 * 1024
     /// A token or API URL.
-    public static let maxURLLength = 2048
+    package static let maxURLLength = 2048
     /// An email address (RFC 5321's limit on a forward path).
-    public static let maxEmailLength = 254
+    package static let maxEmailLength = 254
     /// Profiles in one vault: keeps the root far below its 64 MiB limit
     /// (each profile is at most about 25 KiB of JSON).
-    public static let maxProfiles = 1000
+    package static let maxProfiles = 1000
 
     /// Whether `date` is a date the vault can hold.
-    public static func isValid(_ date: Date) -> Bool {
+    package static func isValid(_ date: Date) -> Bool {
         let seconds = date.timeIntervalSince1970
         return seconds.isFinite && seconds >= earliestDate && seconds <= latestDate
     }
@@ -48,7 +48,7 @@ public enum VaultBounds {
 
     /// `seconds` pulled into the range above, for code that must print or
     /// convert a date whatever it is (a hostile summary, a test clock).
-    public static func clamped(_ seconds: TimeInterval) -> TimeInterval {
+    package static func clamped(_ seconds: TimeInterval) -> TimeInterval {
         guard seconds.isFinite else { return seconds > 0 ? latestDate : earliestDate }
         return min(max(seconds, -62_135_596_800), latestDate)  // year 1 .. 9999
     }

@@ -12,48 +12,48 @@
 /// This is the sealed "root" of the file. User tokens are not in here: each
 /// is a record sealed on its own (see `UserTokenRecord`), so that finding one
 /// user's token in a vault of ten thousand does not decrypt and parse them all.
-public struct VaultContent: Codable, Sendable, Equatable {
-    public var profiles: [String: Profile]
+package struct VaultContent: Codable, Sendable, Equatable {
+    package var profiles: [String: Profile]
     /// A random name for this vault (32 hex digits), kept for its whole life,
     /// across `rekey` and `migrate`: what this machine's memory of the
     /// newest generation it has seen (`SeenGenerations`) is keyed by.
     /// Absent in a vault an earlier release wrote; given at its next write.
-    public var id: String?
+    package var id: String?
     /// Increased by every write (`UnlockedVault.sealed`). Sealed, so it can't
     /// be changed without the key: an older vault put back is told apart by
     /// it. Absent (0) in a vault an earlier release wrote.
-    public var generation: UInt64?
+    package var generation: UInt64?
     /// The root of the audit key (hex), pinned at the first write of this
     /// release from the data key, so `rekey` keeps old records verifiable
     /// (`UnlockedVault.auditKey`). Absent until then.
-    public var auditKey: String?
+    package var auditKey: String?
     /// The head of each machine's audit log at the vault's last writes,
     /// keyed by host and log path (`AuditTrail.headName`): each machine
     /// keeps its own log, and a write seals only its own head.
-    public var auditHeads: [String: AuditHead]?
+    package var auditHeads: [String: AuditHead]?
 
-    public init(profiles: [String: Profile] = [:]) {
+    package init(profiles: [String: Profile] = [:]) {
         self.profiles = profiles
     }
 }
 
 /// One credential set: a Tallyfy organization and the client issued for it.
-public struct Profile: Codable, Sendable, Equatable {
-    public var orgID: String
-    public var clientID: String
+package struct Profile: Codable, Sendable, Equatable {
+    package var orgID: String
+    package var clientID: String
     /// The client secret. It lives in a `String` only while the vault is open.
-    public var clientSecret: String
-    public var tokenURL: String
-    public var apiURL: String
+    package var clientSecret: String
+    package var tokenURL: String
+    package var apiURL: String
     /// When the secret was set or last rotated; `check` warns when it is old.
-    public var secretSetAt: Date
+    package var secretSetAt: Date
     /// The current application token, if one was obtained.
-    public var applicationToken: SealedToken?
+    package var applicationToken: SealedToken?
     /// The last renewal that failed while a sealed token was handed out
     /// instead; cleared by the next renewal that succeeds. `check` reports it.
-    public var lastRenewalFailure: RenewalFailure?
+    package var lastRenewalFailure: RenewalFailure?
 
-    public init(
+    package init(
         orgID: String, clientID: String, clientSecret: String, tokenURL: String, apiURL: String,
         secretSetAt: Date, applicationToken: SealedToken? = nil
     ) {
@@ -69,13 +69,13 @@ public struct Profile: Codable, Sendable, Equatable {
 
 /// When a renewal failed and why, in words that never hold a secret (they
 /// are the library's own error messages, which never do), bounded in length.
-public struct RenewalFailure: Codable, Sendable, Equatable {
-    public var at: Date
-    public var reason: String
+package struct RenewalFailure: Codable, Sendable, Equatable {
+    package var at: Date
+    package var reason: String
 
-    public static let maxReasonLength = 200
+    package static let maxReasonLength = 200
 
-    public init(at: Date, reason: String) {
+    package init(at: Date, reason: String) {
         self.at = at
         let oneLine = String(String.UnicodeScalarView(reason.unicodeScalars.filter { $0.properties.generalCategory != .control }))
         self.reason = String(oneLine.utf8.prefix(Self.maxReasonLength)) ?? String(oneLine.prefix(Self.maxReasonLength / 4))
@@ -83,12 +83,12 @@ public struct RenewalFailure: Codable, Sendable, Equatable {
 }
 
 /// A bearer token and when it stops being valid.
-public struct SealedToken: Codable, Sendable, Equatable {
-    public var value: String
-    public var expiresAt: Date
-    public var obtainedAt: Date
+package struct SealedToken: Codable, Sendable, Equatable {
+    package var value: String
+    package var expiresAt: Date
+    package var obtainedAt: Date
 
-    public init(value: String, expiresAt: Date, obtainedAt: Date) {
+    package init(value: String, expiresAt: Date, obtainedAt: Date) {
         self.value = value
         self.expiresAt = expiresAt
         self.obtainedAt = obtainedAt
@@ -97,27 +97,27 @@ public struct SealedToken: Codable, Sendable, Equatable {
     /// Tells tokens apart without their value, so "the token I saw before
     /// waiting for the lock" can be passed on (from the launcher to the CLI)
     /// without passing the token.
-    public struct Identity: Sendable, Equatable {
-        public var expiresAt: Date
-        public var obtainedAt: Date
+    package struct Identity: Sendable, Equatable {
+        package var expiresAt: Date
+        package var obtainedAt: Date
 
-        public init(expiresAt: Date, obtainedAt: Date) {
+        package init(expiresAt: Date, obtainedAt: Date) {
             self.expiresAt = expiresAt
             self.obtainedAt = obtainedAt
         }
     }
 
-    public var identity: Identity { Identity(expiresAt: expiresAt, obtainedAt: obtainedAt) }
+    package var identity: Identity { Identity(expiresAt: expiresAt, obtainedAt: obtainedAt) }
 }
 
 /// A user-scoped token, sealed as its own record.
-public struct UserTokenRecord: Codable, Sendable, Equatable {
-    public var profile: String
+package struct UserTokenRecord: Codable, Sendable, Equatable {
+    package var profile: String
     /// The email as Tallyfy knows it; lookups ignore case.
-    public var email: String
-    public var token: SealedToken
+    package var email: String
+    package var token: SealedToken
 
-    public init(profile: String, email: String, token: SealedToken) {
+    package init(profile: String, email: String, token: SealedToken) {
         self.profile = profile
         self.email = email
         self.token = token

@@ -15,15 +15,15 @@
 /// Tallyfy. It is part of the header, which is authenticated as associated
 /// data of the sealed root, so any change to it is detected as soon as the
 /// vault is opened with a key.
-public struct VaultSummary: Codable, Sendable, Equatable {
-    public var profiles: [String: ProfileSummary]
+package struct VaultSummary: Codable, Sendable, Equatable {
+    package var profiles: [String: ProfileSummary]
     /// The vault's id and generation, copied from the sealed root on every
     /// write so `status` and `doctor` can show them without a key (absent
     /// from vaults written before generations existed).
-    public var vaultID: String?
-    public var generation: UInt64?
+    package var vaultID: String?
+    package var generation: UInt64?
 
-    public init(profiles: [String: ProfileSummary] = [:], vaultID: String? = nil, generation: UInt64? = nil) {
+    package init(profiles: [String: ProfileSummary] = [:], vaultID: String? = nil, generation: UInt64? = nil) {
         self.profiles = profiles
         self.vaultID = vaultID
         self.generation = generation
@@ -31,15 +31,15 @@ public struct VaultSummary: Codable, Sendable, Equatable {
 }
 
 /// What `check` needs to know about one profile, without its secrets.
-public struct ProfileSummary: Codable, Sendable, Equatable {
-    public var secretSetAt: Date
-    public var applicationTokenExpiresAt: Date?
-    public var userTokenCount: Int
-    public var earliestUserTokenExpiresAt: Date?
+package struct ProfileSummary: Codable, Sendable, Equatable {
+    package var secretSetAt: Date
+    package var applicationTokenExpiresAt: Date?
+    package var userTokenCount: Int
+    package var earliestUserTokenExpiresAt: Date?
     /// The last failed renewal, until one succeeds (absent from the JSON when none).
-    public var lastRenewalFailure: RenewalFailure?
+    package var lastRenewalFailure: RenewalFailure?
 
-    public init(
+    package init(
         secretSetAt: Date, applicationTokenExpiresAt: Date?, userTokenCount: Int, earliestUserTokenExpiresAt: Date?,
         lastRenewalFailure: RenewalFailure? = nil
     ) {

@@ -9,12 +9,12 @@
 
 /// The three forms `check` prints: text for cron mail, JSON, and the
 /// node_exporter textfile format.
-public enum CheckFormat: String, Sendable, CaseIterable {
+package enum CheckFormat: String, Sendable, CaseIterable {
     case text, json, prometheus
 
     /// The report in this form. Text is empty when everything is OK, so cron
     /// sends mail only about problems.
-    public func render(_ report: HealthCheck.Report) throws -> String {
+    package func render(_ report: HealthCheck.Report) throws -> String {
         switch self {
         case .text:
             return report.problems.map { "\($0.status.name): \($0.message)" }.joined(separator: "\n")

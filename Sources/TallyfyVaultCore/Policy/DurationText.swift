@@ -9,11 +9,11 @@
 
 /// Durations as README.md writes them: `90s`, `45m`, `48h`, `7d`, or a
 /// sequence such as `1d12h`.
-public enum DurationText {
+package enum DurationText {
     private static let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
 
     /// Seconds in `text`; throws `.usage` with the accepted forms otherwise.
-    public static func parse(_ text: String) throws -> TimeInterval {
+    package static func parse(_ text: String) throws -> TimeInterval {
         var total: TimeInterval = 0
         var digits = ""
         var sawUnit = false
@@ -38,7 +38,7 @@ public enum DurationText {
 
     /// A short human form of `seconds`: "6d 23h", "45m", "expired 2h ago" is
     /// left to callers. Rounds down to the two largest units.
-    public static func format(_ seconds: TimeInterval) -> String {
+    package static func format(_ seconds: TimeInterval) -> String {
         // Bounded so that no difference of dates can trap the conversion.
         var remaining = Int(min(max(seconds.isNaN ? 0 : seconds, -1e15), 1e15).rounded(.down))
         if remaining < 60 { return "\(max(remaining, 0))s" }

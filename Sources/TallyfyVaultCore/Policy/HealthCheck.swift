@@ -10,14 +10,14 @@
 /// The monitoring check behind `check`: Nagios statuses from the clear summary.
 ///
 /// It reads only the non-secret summary, so cron can run it with no key.
-public enum HealthCheck {
+package enum HealthCheck {
     /// Nagios plugin statuses, which are also `check`'s exit statuses.
-    public enum Status: Int32, Sendable, Comparable, Codable {
+    package enum Status: Int32, Sendable, Comparable, Codable {
         case ok = 0, warning = 1, critical = 2, unknown = 3
 
-        public static func < (a: Status, b: Status) -> Bool { a.rawValue < b.rawValue }
+        package static func < (a: Status, b: Status) -> Bool { a.rawValue < b.rawValue }
 
-        public var name: String {
+        package var name: String {
             switch self {
             case .ok: "OK"
             case .warning: "WARNING"
@@ -28,16 +28,16 @@ public enum HealthCheck {
     }
 
     /// When to warn; README.md's defaults.
-    public struct Thresholds: Sendable {
-        public var warnApplication: TimeInterval = 48 * 3600
-        public var warnUser: TimeInterval = 14 * 86400
-        public var critical: TimeInterval = 12 * 3600
-        public var secretMaxAge: TimeInterval = 90 * 86400
+    package struct Thresholds: Sendable {
+        package var warnApplication: TimeInterval = 48 * 3600
+        package var warnUser: TimeInterval = 14 * 86400
+        package var critical: TimeInterval = 12 * 3600
+        package var secretMaxAge: TimeInterval = 90 * 86400
 
-        public init() {}
+        package init() {}
 
         /// `--warn-before`, when given, applies to both kinds of token.
-        public init(warnBefore: TimeInterval?, criticalBefore: TimeInterval?, secretMaxAge: TimeInterval?) {
+        package init(warnBefore: TimeInterval?, criticalBefore: TimeInterval?, secretMaxAge: TimeInterval?) {
             if let warnBefore {
                 warnApplication = warnBefore
                 warnUser = warnBefore
@@ -48,14 +48,14 @@ public enum HealthCheck {
     }
 
     /// One thing that is not OK.
-    public struct Problem: Sendable, Equatable, Codable {
-        public var status: Status
-        public var profile: String?
+    package struct Problem: Sendable, Equatable, Codable {
+        package var status: Status
+        package var profile: String?
         /// "application", "user", "secret" or "vault".
-        public var kind: String
-        public var message: String
+        package var kind: String
+        package var message: String
 
-        public init(status: Status, profile: String?, kind: String, message: String) {
+        package init(status: Status, profile: String?, kind: String, message: String) {
             self.status = status
             self.profile = profile
             self.kind = kind
@@ -63,15 +63,15 @@ public enum HealthCheck {
         }
     }
 
-    public struct Report: Sendable {
-        public var status: Status
-        public var problems: [Problem]
-        public var summary: VaultSummary
-        public var checkedAt: Date
+    package struct Report: Sendable {
+        package var status: Status
+        package var problems: [Problem]
+        package var summary: VaultSummary
+        package var checkedAt: Date
     }
 
     /// Evaluates `summary` for the given profiles (all when `nil`).
-    public static func evaluate(_ summary: VaultSummary, profiles: [String]?, thresholds: Thresholds, now: Date) -> Report {
+    package static func evaluate(_ summary: VaultSummary, profiles: [String]?, thresholds: Thresholds, now: Date) -> Report {
         var problems: [Problem] = []
         let names = profiles ?? summary.profiles.keys.sorted()
         if names.isEmpty {
@@ -120,7 +120,7 @@ public enum HealthCheck {
     }
 
     /// The report for a vault that can't be read at all.
-    public static func unknown(_ message: String, now: Date) -> Report {
+    package static func unknown(_ message: String, now: Date) -> Report {
         Report(status: .unknown, problems: [Problem(status: .unknown, profile: nil, kind: "vault", message: message)],
             summary: VaultSummary(), checkedAt: now)
     }
@@ -128,7 +128,7 @@ public enum HealthCheck {
 
 extension Lifetime {
     /// "expires in 23h (2026-12-01T10:00:00Z)" or "expired 2h ago (…)".
-    public static func expiryPhrase(_ expiresAt: Date, now: Date) -> String {
+    package static func expiryPhrase(_ expiresAt: Date, now: Date) -> String {
         let left = expiresAt.timeIntervalSince(now)
         let when = ChildEnvironment.rfc3339(expiresAt)
         return left > 0 ? "expires in \(DurationText.format(left)) (\(when))" : "expired \(DurationText.format(-left)) ago (\(when))"

@@ -8,9 +8,9 @@
 #endif
 
 /// Human forms of "how long until this expires".
-public enum Lifetime {
+package enum Lifetime {
     /// "in 6d 23h", or "expired 2h ago".
-    public static func describe(_ expiresAt: Date, now: Date) -> String {
+    package static func describe(_ expiresAt: Date, now: Date) -> String {
         let left = expiresAt.timeIntervalSince(now)
         return left > 0 ? "in \(DurationText.format(left))" : "expired \(DurationText.format(-left)) ago"
     }

@@ -13,13 +13,13 @@ public enum TokenPolicy {
     public static let defaultMinimumLifetime: TimeInterval = 3600
 
     /// Usable without contacting Tallyfy: at least `minimumLifetime` left.
-    public static func isFresh(_ token: SealedToken?, minimumLifetime: TimeInterval, now: Date) -> Bool {
+    package static func isFresh(_ token: SealedToken?, minimumLifetime: TimeInterval, now: Date) -> Bool {
         guard let token else { return false }
         return token.expiresAt.timeIntervalSince(now) >= minimumLifetime
     }
 
     /// Not yet expired: what `--no-refresh` settles for.
-    public static func isValid(_ token: SealedToken?, now: Date) -> Bool {
+    package static func isValid(_ token: SealedToken?, now: Date) -> Bool {
         guard let token else { return false }
         return token.expiresAt > now
     }
@@ -29,7 +29,7 @@ public enum TokenPolicy {
     /// (`seen` is what we read before waiting for the lock). That second rule
     /// is what makes a refresh single-flight even when `--min-ttl` is longer
     /// than Tallyfy's lifetime would allow.
-    public static func canReuse(_ token: SealedToken?, seen: SealedToken.Identity?, minimumLifetime: TimeInterval, now: Date) -> Bool {
+    package static func canReuse(_ token: SealedToken?, seen: SealedToken.Identity?, minimumLifetime: TimeInterval, now: Date) -> Bool {
         if isFresh(token, minimumLifetime: minimumLifetime, now: now) { return true }
         guard let token, token.identity != seen else { return false }
         return isValid(token, now: now)
@@ -38,24 +38,24 @@ public enum TokenPolicy {
     /// Degraded renewal: when renewing failed for a passing reason, a sealed
     /// token with more than this left is handed out anyway (with a warning),
     /// so a cron job does not fail because Tallyfy had a bad minute.
-    public static let fallbackFloor: TimeInterval = 60
+    package static let fallbackFloor: TimeInterval = 60
 
     /// The failures worth riding out on a still-valid token: Tallyfy
     /// unreachable, timing out or answering 5xx (69), or 429 / another
     /// process holding the lock (75). A refused secret (77) or a broken
     /// vault is never ridden out: someone must act.
-    public static func isPassing(_ error: VaultError) -> Bool {
+    package static func isPassing(_ error: VaultError) -> Bool {
         error.kind == .unavailable || error.kind == .tryLater
     }
 
     /// Whether `token` may stand in for a renewal that failed with `error`.
-    public static func canFallBack(_ token: SealedToken?, after error: VaultError, request: TokenRequest, now: Date) -> Bool {
+    package static func canFallBack(_ token: SealedToken?, after error: VaultError, request: TokenRequest, now: Date) -> Bool {
         guard let token, request.renewal == .whenStale, isPassing(error) else { return false }
         return token.expiresAt.timeIntervalSince(now) > fallbackFloor
     }
 
     /// The minimum lifetime from `--min-ttl`, else `TALLYFY_VAULT_MIN_TTL`, else 1h.
-    public static func minimumLifetime(option: String?, environment: [String: String]) throws -> TimeInterval {
+    package static func minimumLifetime(option: String?, environment: [String: String]) throws -> TimeInterval {
         if let option { return try DurationText.parse(option) }
         if let value = environment["TALLYFY_VAULT_MIN_TTL"], !value.isEmpty { return try DurationText.parse(value) }
         return defaultMinimumLifetime

@@ -8,14 +8,14 @@
 #endif
 
 /// The parts of `check` that touch the vault file and the output file.
-public enum VaultCheck {
+package enum VaultCheck {
     /// The whole check: with `refresh`, renew what is inside the warning
     /// window first (through `renew`, which the caller runs however suits it);
     /// verify the summary when a key is at hand; evaluate. It never prompts,
     /// not even at a terminal: a check is a cron job or a monitoring probe,
     /// and one run by hand must answer the same. Every failure becomes an
     /// UNKNOWN report, never an error.
-    public static func run(
+    package static func run(
         store: VaultStore, sources: UnlockSources, profiles: [String]?, thresholds: HealthCheck.Thresholds,
         refresh: Bool, now: Date,
         renew: (TokenBroker, [String]?) async throws -> [HealthCheck.Problem]
@@ -53,7 +53,7 @@ public enum VaultCheck {
     /// With a key, proves the clear summary matches the sealed content: it is
     /// authenticated as associated data already, and this also catches a
     /// writer that sealed a wrong summary. Without a key, does nothing.
-    public static func verifySummary(_ read: VaultRead, store: VaultStore, unlocker: VaultUnlocker) throws {
+    package static func verifySummary(_ read: VaultRead, store: VaultStore, unlocker: VaultUnlocker) throws {
         guard !unlocker.secrets.isEmpty else { return }
         let vault = try store.opened(read.parsed, with: unlocker)
         guard vault.summary() == read.summary else {
@@ -64,7 +64,7 @@ public enum VaultCheck {
     /// Writes a report file the way node_exporter's textfile collector needs:
     /// a temporary file in the same folder, renamed into place. Mode 0644: the
     /// report holds no secret and the collector runs as another user.
-    public static func writeReport(_ text: String, to path: String) throws {
+    package static func writeReport(_ text: String, to path: String) throws {
         try FileSafety.atomicReplace(path, with: Data((text.isEmpty ? "" : text + "\n").utf8), mode: 0o644)
     }
 }

@@ -13,8 +13,8 @@
 /// absolute Unix time (`1767225600`) or an offset from the real clock
 /// (`+91d`), so expiry and secret-age rules are tested without sleeping.
 /// Release builds always use the real clock.
-public enum VaultClock {
-    public static func now(environment: [String: String] = ProcessInfo.processInfo.environment) -> Date {
+package enum VaultClock {
+    package static func now(environment: [String: String] = ProcessInfo.processInfo.environment) -> Date {
         #if TALLYFY_TEST_HOOKS
             if let value = environment["TALLYFY_VAULT_TEST_NOW"] {
                 if value.hasPrefix("+"), let offset = try? DurationText.parse(String(value.dropFirst())) {

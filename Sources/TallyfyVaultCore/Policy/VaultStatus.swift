@@ -8,32 +8,32 @@
 #endif
 
 /// What `status` shows, read from the clear summary and slot table only.
-public struct VaultStatus: Sendable, Encodable {
-    public struct ProfileStatus: Sendable, Encodable {
-        public var name: String
-        public var applicationTokenExpiresAt: String?
-        public var applicationTokenLeft: String?
-        public var userTokenCount: Int
-        public var earliestUserTokenExpiresAt: String?
-        public var earliestUserTokenLeft: String?
-        public var secretSetAt: String
-        public var secretAge: String
+package struct VaultStatus: Sendable, Encodable {
+    package struct ProfileStatus: Sendable, Encodable {
+        package var name: String
+        package var applicationTokenExpiresAt: String?
+        package var applicationTokenLeft: String?
+        package var userTokenCount: Int
+        package var earliestUserTokenExpiresAt: String?
+        package var earliestUserTokenLeft: String?
+        package var secretSetAt: String
+        package var secretAge: String
     }
 
-    public var vault: String
+    package var vault: String
     /// The vault's write count, from the clear summary (unauthenticated
     /// until opened), and the newest this machine has seen of it: a vault
     /// below that is refused as rolled back. `nil` for a vault written
     /// before generations existed.
-    public var generation: UInt64?
-    public var rememberedGeneration: UInt64?
-    public var slots: [SlotInfo]
-    public var profiles: [ProfileStatus]
+    package var generation: UInt64?
+    package var rememberedGeneration: UInt64?
+    package var slots: [SlotInfo]
+    package var profiles: [ProfileStatus]
     /// Where this machine records hand-outs and changes: the log's path, or
     /// `off` (`TALLYFY_VAULT_AUDIT=off`), with ` (required)` in that mode.
-    public var audit: String?
+    package var audit: String?
 
-    public static func read(store: VaultStore, now: Date) throws -> VaultStatus {
+    package static func read(store: VaultStore, now: Date) throws -> VaultStatus {
         let read = try store.read(withSummary: true, cached: false)
         var status = make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
         status.generation = read.summary.generation
@@ -43,7 +43,7 @@ public struct VaultStatus: Sendable, Encodable {
     }
 
     /// The report for a summary and slot table already read.
-    public static func make(summary: VaultSummary, slots: [SlotInfo], vault: String, now: Date) -> VaultStatus {
+    package static func make(summary: VaultSummary, slots: [SlotInfo], vault: String, now: Date) -> VaultStatus {
         let rfc = ChildEnvironment.rfc3339
         let profiles = summary.profiles.sorted { $0.key < $1.key }.map { name, profile in
             ProfileStatus(
@@ -61,6 +61,6 @@ public struct VaultStatus: Sendable, Encodable {
 }
 
 /// `--format text|json` for commands that have just those two.
-public enum FormatTextJSON: String, Sendable, CaseIterable {
+package enum FormatTextJSON: String, Sendable, CaseIterable {
     case text, json
 }

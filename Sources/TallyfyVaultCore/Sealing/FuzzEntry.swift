@@ -19,14 +19,14 @@ package enum FuzzEntry {
     package struct Outcome: Sendable, Equatable {
         /// `success`, or the failed `VaultError.Kind` as the test vectors name
         /// it (`corrupt`, `refused`, …).
-        public var expect: String
+        package var expect: String
         /// `parse`, `open` or `records`: the stage that failed (the last one
         /// reached on success), as in the vectors' `stage`.
-        public var stage: String
+        package var stage: String
         /// The error message, empty on success.
-        public var message: String
+        package var message: String
 
-        public init(expect: String, stage: String, message: String) {
+        package init(expect: String, stage: String, message: String) {
             self.expect = expect
             self.stage = stage
             self.message = message
@@ -46,7 +46,7 @@ package enum FuzzEntry {
 
     /// Called with the stage about to run (`parse`, `open`, `records`), so a
     /// replay can show where a crash happened. Not used while fuzzing.
-    nonisolated(unsafe) public static var stageHook: ((String) -> Void)? = nil
+    nonisolated(unsafe) package static var stageHook: ((String) -> Void)? = nil
 
     /// `ParsedVault(parsing:)`, then `UnlockedVault.open` with the 32-byte
     /// key file `keyFile`, then `userTokens(profile:)` for every profile of

@@ -9,7 +9,7 @@ import CSodium
 #endif
 
 /// The Argon2id cost of a passphrase slot, as libsodium names its presets.
-public enum KDFLevel: String, Sendable, CaseIterable {
+package enum KDFLevel: String, Sendable, CaseIterable {
     /// 2 passes, 64 MiB: for passphrases typed often on small machines.
     case interactive
     /// 3 passes, 256 MiB: the default.
@@ -18,7 +18,7 @@ public enum KDFLevel: String, Sendable, CaseIterable {
     case sensitive
 
     /// Argon2id parameters `(opsLimit, memLimit)` in libsodium's units.
-    public var parameters: (opsLimit: UInt64, memLimit: UInt64) {
+    package var parameters: (opsLimit: UInt64, memLimit: UInt64) {
         #if TALLYFY_TEST_HOOKS
             // Debug builds only (the test suite): a cheap cost so hundreds of
             // vaults can be made in a test run. Release builds ignore this.

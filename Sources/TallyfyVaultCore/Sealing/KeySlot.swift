@@ -81,21 +81,21 @@ extension KeySlot {
 }
 
 /// What may be shown about an unlock slot: never key material.
-public struct SlotInfo: Sendable, Equatable, Codable {
-    public var label: String
-    public var kind: SlotKind
+package struct SlotInfo: Sendable, Equatable, Codable {
+    package var label: String
+    package var kind: SlotKind
     /// Argon2id cost of a passphrase slot.
-    public var opsLimit: UInt64?
-    public var memLimitBytes: UInt64?
+    package var opsLimit: UInt64?
+    package var memLimitBytes: UInt64?
     /// A passphrase slot whose Argon2id cost is below libsodium's
     /// `interactive` preset (2 passes, 64 MiB): guessing its passphrase is
     /// cheap. Only a debug build writes one; `keys list` and `status` flag it.
-    public var weak: Bool
+    package var weak: Bool
     /// A PKCS#11 slot's token label and serial number, and its key's
     /// CKA_ID in hex, as they were when the slot was added.
-    public var token: String?
-    public var tokenSerial: String?
-    public var keyID: String?
+    package var token: String?
+    package var tokenSerial: String?
+    package var keyID: String?
 
     init(_ slot: KeySlot) {
         label = slot.label

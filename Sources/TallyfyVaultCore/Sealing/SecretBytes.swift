@@ -15,13 +15,13 @@ import CSodium
 /// owner goes away. The type is `~Copyable`, so the bytes are never silently
 /// duplicated, and it has no `description`, no `Codable` conformance and no
 /// `String` conversion: the only way to the bytes is a scoped closure.
-public struct SecretBytes: ~Copyable {
+package struct SecretBytes: ~Copyable {
     private let pointer: UnsafeMutableRawPointer
     /// The number of secret bytes (the allocation is never empty).
-    public let count: Int
+    package let count: Int
 
     /// Zero-filled guarded memory of `count` bytes.
-    public init(count: Int) {
+    package init(count: Int) {
         _ = Sodium.ready
         guard let memory = sodium_malloc(max(count, 1)) else {
             fatalError("sodium_malloc could not allocate \(count) bytes of guarded memory")
@@ -33,7 +33,7 @@ public struct SecretBytes: ~Copyable {
 
     /// A copy of `bytes` in guarded memory. The caller remains responsible for
     /// wiping the source when it is secret.
-    public init(copying source: some ContiguousBytes) {
+    package init(copying source: some ContiguousBytes) {
         self.init(count: source.withUnsafeBytes { $0.count })
         source.withUnsafeBytes { bytes in
             if bytes.count > 0 { pointer.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
@@ -41,7 +41,7 @@ public struct SecretBytes: ~Copyable {
     }
 
     /// `count` fresh random bytes, generated directly into guarded memory.
-    public static func random(count: Int) -> SecretBytes {
+    package static func random(count: Int) -> SecretBytes {
         let secret = SecretBytes(count: count)
         randombytes_buf(secret.pointer, count)
         return secret
@@ -52,12 +52,12 @@ public struct SecretBytes: ~Copyable {
     }
 
     /// Read access to the bytes for the duration of `body` only.
-    public func withUnsafeBytes<R: ~Copyable, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+    package func withUnsafeBytes<R: ~Copyable, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
         try body(UnsafeRawBufferPointer(start: pointer, count: count))
     }
 
     /// Write access to the bytes for the duration of `body` only.
-    public mutating func withUnsafeMutableBytes<R: ~Copyable, E: Error>(
+    package mutating func withUnsafeMutableBytes<R: ~Copyable, E: Error>(
         _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R
     ) throws(E) -> R {
         try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
@@ -93,9 +93,9 @@ struct GuardedScratch: ~Copyable {
 
 /// A reference-counted home for `SecretBytes`, for places that need to keep a
 /// key alive across several calls (an opened vault keeps its data key here).
-public final class SecretBox: @unchecked Sendable {
-    public let bytes: SecretBytes
-    public init(_ bytes: consuming SecretBytes) { self.bytes = bytes }
+package final class SecretBox: @unchecked Sendable {
+    package let bytes: SecretBytes
+    package init(_ bytes: consuming SecretBytes) { self.bytes = bytes }
 }
 
 extension Data {

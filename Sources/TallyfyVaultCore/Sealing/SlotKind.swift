@@ -8,7 +8,7 @@
 /// a `SlotMethod` (`PassphraseSlot`, `KeyFileSlot`, `Pkcs11Slot`). Adding a
 /// kind is a new case here and a new method file; the format, the unlocker,
 /// `rekey` and the listings go through `method` and know no kind by name.
-public enum SlotKind: UInt8, Sendable, Equatable, Codable, CaseIterable {
+package enum SlotKind: UInt8, Sendable, Equatable, Codable, CaseIterable {
     case passphrase = 1
     case keyFile = 2
     case pkcs11 = 3
@@ -23,10 +23,10 @@ public enum SlotKind: UInt8, Sendable, Equatable, Codable, CaseIterable {
 
     /// How the CLI names it, in text and JSON: `passphrase`, `key-file` or
     /// `pkcs11`; also the label of the first slot of this kind.
-    public var name: String { method.name }
+    package var name: String { method.name }
 
     // In JSON (status, keys list) the kind is its name, not its byte.
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let name = try decoder.singleValueContainer().decode(String.self)
         guard let kind = SlotKind.allCases.first(where: { $0.name == name }) else {
             throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown slot kind \(name)"))
@@ -34,7 +34,7 @@ public enum SlotKind: UInt8, Sendable, Equatable, Codable, CaseIterable {
         self = kind
     }
 
-    public func encode(to encoder: any Encoder) throws {
+    package func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(name)
     }
@@ -78,14 +78,14 @@ extension SlotMethod {
 /// The one rule for slot labels, applied by `init --label`, `keys add
 /// --label` and the reader alike: 1 to 64 bytes of UTF-8, no control
 /// characters (a label is printed by `keys list` and `status`).
-public enum SlotLabel {
+package enum SlotLabel {
     static let maxLength = 64
 
-    public static func isValid(_ label: String) -> Bool {
+    package static func isValid(_ label: String) -> Bool {
         !label.isEmpty && label.utf8.count <= maxLength && !label.unicodeScalars.contains(where: \.isControl)
     }
 
-    public static func check(_ label: String) throws {
+    package static func check(_ label: String) throws {
         guard isValid(label) else {
             throw VaultError(.usage, "a slot label must be 1 to \(maxLength) bytes on one line, without control characters",
                 hint: "choose a shorter --label, e.g. ops-laptop")

@@ -7,15 +7,15 @@ import Synchronization
 /// collected in an array; the bytes themselves stay in guarded memory with a
 /// single owner and are wiped when the last reference goes.
 public final class UnlockSecret: @unchecked Sendable {
-    public let kind: SlotKind
-    public let bytes: SecretBytes
+    package let kind: SlotKind
+    package let bytes: SecretBytes
     /// Where it came from, for messages ("key file /etc/…", "TALLYFY_VAULT_PASSPHRASE").
-    public let origin: String
+    package let origin: String
     /// What the secret works with besides its bytes, for a kind that needs
     /// more than bytes: a PKCS#11 secret's `Pkcs11Token` (its bytes are the PIN).
-    public let device: (any Sendable)?
+    package let device: (any Sendable)?
 
-    public init(kind: SlotKind, bytes: consuming SecretBytes, origin: String, device: (any Sendable)? = nil) {
+    package init(kind: SlotKind, bytes: consuming SecretBytes, origin: String, device: (any Sendable)? = nil) {
         self.kind = kind
         self.bytes = bytes
         self.origin = origin
@@ -46,5 +46,5 @@ public final class UnlockSecret: @unchecked Sendable {
     }
 
     /// The length of a key file, and of the random bytes `keygen` writes.
-    public static let keyFileLength = 32
+    package static let keyFileLength = 32
 }

@@ -13,12 +13,12 @@
 /// This type does all the cryptography of the format; `VaultStore` moves its
 /// bytes to and from disk. Mutations change only memory until `sealed()`
 /// produces the new file bytes.
-public final class UnlockedVault: @unchecked Sendable {
+package final class UnlockedVault: @unchecked Sendable {
     private var dataKey: SecretBox
     private var indexKey: SecretBox
     private(set) var slots: [KeySlot] { didSet { modificationCount += 1 } }
     /// The decrypted root: profiles, credentials, application tokens.
-    public var content: VaultContent { didSet { modificationCount += 1 } }
+    package var content: VaultContent { didSet { modificationCount += 1 } }
     /// The sealed user-token records: read in place from the file until
     /// something reads them all or changes one (see `RecordTable`).
     private var recordTable: RecordTable
@@ -55,7 +55,7 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// A new, empty vault with a fresh random data key and one slot.
-    public static func create(secret: UnlockSecret, label: String, kdf: KDFLevel) throws -> UnlockedVault {
+    package static func create(secret: UnlockSecret, label: String, kdf: KDFLevel) throws -> UnlockedVault {
         ProcessHardening.protect()
         try SlotLabel.check(label)
         let key = SecretBytes.random(count: Sodium.aeadKeyBytes)
@@ -126,7 +126,7 @@ public final class UnlockedVault: @unchecked Sendable {
     ///
     /// Refuses (`.usage`, nothing written) a state that a reader would refuse:
     /// a value outside `VaultBounds`, or a part over the format's limits.
-    public func sealed() throws -> Data {
+    package func sealed() throws -> Data {
         precondition(!forgotClientSecrets, "a copy of the vault without its client secrets is never sealed")
         // Each write is a new generation; a vault without a name gets one.
         if content.id == nil { content.id = Self.hex(Sodium.randomBytes(16)) }
@@ -175,7 +175,7 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// The clear-text summary that `check` reads without a key.
-    public func summary() -> VaultSummary {
+    package func summary() -> VaultSummary {
         var profiles: [String: ProfileSummary] = [:]
         for (name, profile) in content.profiles {
             let tag = profileTag(name)
@@ -196,7 +196,7 @@ public final class UnlockedVault: @unchecked Sendable {
     // MARK: - User-token records
 
     /// The sealed user token of `email` in `profile`, opening only that record.
-    public func userToken(profile: String, email: String) throws -> UserTokenRecord? {
+    package func userToken(profile: String, email: String) throws -> UserTokenRecord? {
         let locator = locator(profile: profile, email: email)
         guard let record = recordTable.find(locator) else { return nil }
         var scratch = GuardedScratch()
@@ -204,7 +204,7 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// Every user token of `profile`, opened one by one (for listing and checks).
-    public func userTokens(profile: String) throws -> [UserTokenRecord] {
+    package func userTokens(profile: String) throws -> [UserTokenRecord] {
         let tag = profileTag(profile)
         var scratch = GuardedScratch()
         var opened: [UserTokenRecord] = []
@@ -216,18 +216,18 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// How many user tokens `profile` has, without opening them.
-    public func userTokenCount(profile: String) -> Int {
+    package func userTokenCount(profile: String) -> Int {
         let tag = profileTag(profile)
         return records.reduce(0) { $0 + ($1.entry.profileTag == tag ? 1 : 0) }
     }
 
     /// Seals `record`, replacing any earlier token of the same user.
-    public func setUserToken(_ record: UserTokenRecord) throws {
+    package func setUserToken(_ record: UserTokenRecord) throws {
         try setUserTokens([record])
     }
 
     /// Seals many records in one pass (one scan of the index, not one per record).
-    public func setUserTokens(_ newRecords: [UserTokenRecord]) throws {
+    package func setUserTokens(_ newRecords: [UserTokenRecord]) throws {
         var scratch = GuardedScratch()
         var sealed: [SealedRecord] = []
         sealed.reserveCapacity(newRecords.count)
@@ -264,7 +264,7 @@ public final class UnlockedVault: @unchecked Sendable {
 
     /// Drops the user token of `email`; `false` when there was none.
     @discardableResult
-    public func removeUserToken(profile: String, email: String) -> Bool {
+    package func removeUserToken(profile: String, email: String) -> Bool {
         let locator = locator(profile: profile, email: email)
         let removed = recordTable.removeAll { $0.entry.locator == locator }
         if removed > 0 { modificationCount += 1 }
@@ -272,7 +272,7 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// Drops a profile and every user token that belongs to it.
-    public func removeProfile(_ name: String) {
+    package func removeProfile(_ name: String) {
         content.profiles[name] = nil
         let tag = profileTag(name)
         if recordTable.removeAll(where: { $0.entry.profileTag == tag }) > 0 { modificationCount += 1 }
@@ -308,17 +308,17 @@ public final class UnlockedVault: @unchecked Sendable {
     // MARK: - Slots and keys
 
     /// The unlock slots, without any key material.
-    public var slotList: [SlotInfo] { slots.map(SlotInfo.init) }
+    package var slotList: [SlotInfo] { slots.map(SlotInfo.init) }
 
     /// A label not used yet, such as "passphrase-2".
-    public func unusedLabel(for kind: SlotKind) -> String {
+    package func unusedLabel(for kind: SlotKind) -> String {
         let base = kind.name
         if !slots.contains(where: { $0.label == base }) { return base }
         return (2...).lazy.map { "\(base)-\($0)" }.first { label in !self.slots.contains { $0.label == label } }!
     }
 
     /// Adds a slot that opens the vault with `secret`.
-    public func addSlot(secret: UnlockSecret, label: String, kdf: KDFLevel) throws {
+    package func addSlot(secret: UnlockSecret, label: String, kdf: KDFLevel) throws {
         try SlotLabel.check(label)
         guard !slots.contains(where: { $0.label == label }) else {
             throw VaultError(.usage, "a key slot labelled \"\(label)\" exists already", hint: "choose another --label")
@@ -345,7 +345,7 @@ public final class UnlockedVault: @unchecked Sendable {
     }
 
     /// Removes the slot labelled `label`; the last slot can't go.
-    public func removeSlot(label: String) throws {
+    package func removeSlot(label: String) throws {
         guard let position = slots.firstIndex(where: { $0.label == label }) else {
             throw VaultError(.usage, "no key slot is labelled \"\(label)\"", hint: "`tallyfy-vault keys list` shows the labels")
         }
@@ -359,7 +359,7 @@ public final class UnlockedVault: @unchecked Sendable {
     /// A new data key: every slot that `secrets` opens is wrapped again (with
     /// a fresh salt), every user-token record re-sealed. Slots no given secret
     /// opens can't be re-wrapped; they are refused unless `dropOthers`.
-    public func rekey(secrets: [UnlockSecret], kdf: KDFLevel? = nil, dropOthers: Bool) throws {
+    package func rekey(secrets: [UnlockSecret], kdf: KDFLevel? = nil, dropOthers: Bool) throws {
         var newSlots: [KeySlot] = []
         var unreachable: [String] = []
         pinAuditKey()  // before the data key it is derived from goes

@@ -14,11 +14,11 @@ import Synchronization
 /// with the exact slots it came from, and opens any later read of the same
 /// vault with that key. When the slots differ (a concurrent `rekey` or
 /// `keys add`), the key may have changed, so the secrets are tried again.
-public final class VaultUnlocker: Sendable {
-    public let secrets: [UnlockSecret]
+package final class VaultUnlocker: Sendable {
+    package let secrets: [UnlockSecret]
     private let remembered = Mutex<(slots: [KeySlot], key: SecretBox)?>(nil)
 
-    public init(secrets: [UnlockSecret]) {
+    package init(secrets: [UnlockSecret]) {
         self.secrets = secrets
     }
 
@@ -43,7 +43,7 @@ public final class VaultUnlocker: Sendable {
     /// the secrets: what the agent keeps. It opens the vault while its slots
     /// stay as they were; after any slot change it opens nothing (the agent
     /// then forgets the key and clients unlock for themselves).
-    public func keepingOnlyTheDataKey() -> VaultUnlocker? {
+    package func keepingOnlyTheDataKey() -> VaultUnlocker? {
         guard let known = remembered.withLock({ $0 }) else { return nil }
         let unlocker = VaultUnlocker(secrets: [])
         unlocker.remember(slots: known.slots, key: known.key)
@@ -53,7 +53,7 @@ public final class VaultUnlocker: Sendable {
     /// An unlocker for `store` from a bare data key (the detached agent gets
     /// its key this way from the process that unlocked); refused unless the
     /// key opens the vault as it is now.
-    public static func withDataKey(_ key: consuming SecretBytes, for store: VaultStore) throws -> VaultUnlocker {
+    package static func withDataKey(_ key: consuming SecretBytes, for store: VaultStore) throws -> VaultUnlocker {
         let parsed = try store.parsed(readSummary: false)
         let unlocker = VaultUnlocker(secrets: [])
         unlocker.remember(slots: parsed.slots, key: SecretBox(key))
@@ -63,7 +63,7 @@ public final class VaultUnlocker: Sendable {
 
     /// Hands the remembered data key to `body` (to pass it to a detached
     /// agent through a pipe); `nil` before anything was opened.
-    public func withDataKeyBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R? {
+    package func withDataKeyBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R? {
         guard let known = remembered.withLock({ $0 }) else { return nil }
         return try known.key.bytes.withUnsafeBytes(body)
     }

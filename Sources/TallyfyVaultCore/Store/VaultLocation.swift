@@ -14,11 +14,11 @@ import Synchronization
 /// Anything that looks like a URL (`scheme://…`) is never taken as a file
 /// path: `etcd://` and `etcds://` are etcd locations, every other scheme is
 /// refused (64), so a typo never creates a folder named `etcd:`.
-public enum VaultLocation: Sendable, Equatable {
+package enum VaultLocation: Sendable, Equatable {
     case file(String)
     case etcd(EtcdLocation)
 
-    public init(parsing text: String, environment: [String: String]) throws {
+    package init(parsing text: String, environment: [String: String]) throws {
         guard let separator = text.firstRange(of: "://") else {
             self = .file(text)
             return
@@ -41,24 +41,24 @@ public enum VaultLocation: Sendable, Equatable {
 /// An etcd cluster and the key prefix a vault lives under, with the TLS and
 /// authentication settings `TALLYFY_VAULT_ETCD_*` give (the names follow
 /// `etcdctl`'s `--cacert`, `--cert`, `--key`, `--user`).
-public struct EtcdLocation: Sendable, Equatable, Hashable {
+package struct EtcdLocation: Sendable, Equatable, Hashable {
     /// `host:port` for each member, in the order given; IPv6 hosts in brackets.
-    public var endpoints: [String]
+    package var endpoints: [String]
     /// The key prefix without a trailing slash, starting with `/`: keys are `prefix + "/manifest"`, ….
-    public var prefix: String
+    package var prefix: String
     /// `etcds://`: HTTPS, verified against `caFile` (else the system's CAs).
-    public var tls: Bool
-    public var caFile: String?
-    public var certFile: String?
-    public var keyFile: String?
-    public var user: String?
-    public var passwordFile: String?
+    package var tls: Bool
+    package var caFile: String?
+    package var certFile: String?
+    package var keyFile: String?
+    package var user: String?
+    package var passwordFile: String?
 
     /// The location as written, without credentials: shown in messages and
     /// used to name this machine's cache of it.
-    public var text: String { "\(tls ? "etcds" : "etcd")://\(endpoints.joined(separator: ","))\(prefix)" }
+    package var text: String { "\(tls ? "etcds" : "etcd")://\(endpoints.joined(separator: ","))\(prefix)" }
 
-    public init(parsing text: String, environment: [String: String]) throws {
+    package init(parsing text: String, environment: [String: String]) throws {
         func bad(_ why: String) -> VaultError {
             VaultError(.usage, "\(text.prefix(200)) is not a valid etcd location: \(why)",
                 hint: "write it as etcd://HOST:PORT[,HOST:PORT…]/PREFIX, e.g. etcd://127.0.0.1:2379/tallyfy/prod")
@@ -122,19 +122,19 @@ public struct EtcdLocation: Sendable, Equatable, Hashable {
 }
 
 /// The sealed bytes of a remote location and the version they were read at.
-public struct RemoteSnapshot: Sendable {
-    public var bytes: Data
+package struct RemoteSnapshot: Sendable {
+    package var bytes: Data
     /// Opaque to the store: what a conditional write compares against.
-    public var revision: Int64
+    package var revision: Int64
 
-    public init(bytes: Data, revision: Int64) {
+    package init(bytes: Data, revision: Int64) {
         self.bytes = bytes
         self.revision = revision
     }
 }
 
 /// What a read found: nothing, the revision the caller already has, or newer bytes.
-public enum RemoteRead: Sendable {
+package enum RemoteRead: Sendable {
     case missing
     case unchanged
     case current(RemoteSnapshot)
@@ -142,14 +142,14 @@ public enum RemoteRead: Sendable {
 
 /// A held fleet-wide write lock; `release()` gives it back early (its lease
 /// frees it anyway when the holder dies).
-public protocol RemoteLock: Sendable {
+package protocol RemoteLock: Sendable {
     func release()
 }
 
 /// Where the sealed bytes live when it is not a file: the small protocol an
 /// etcd cluster implements (in `TallyfyVault`, which has the HTTP client).
 /// `VaultStore` does everything above it: parsing, unlocking, the cache.
-public protocol RemoteSealedBytes: Sendable {
+package protocol RemoteSealedBytes: Sendable {
     /// The current bytes; `.unchanged` (one small request) when they are
     /// still at `revision`, which a caller holding a copy passes.
     func read(ifChangedSince revision: Int64?) throws -> RemoteRead
@@ -164,7 +164,7 @@ public protocol RemoteSealedBytes: Sendable {
 
 extension RemoteSealedBytes {
     /// The current bytes, or `nil` when no vault is there.
-    public func read() throws -> RemoteSnapshot? {
+    package func read() throws -> RemoteSnapshot? {
         if case .current(let snapshot) = try read(ifChangedSince: nil) { return snapshot }
         return nil
     }
@@ -174,10 +174,10 @@ extension RemoteSealedBytes {
 /// client (`EtcdClient.install()`); the `tallyfy-vault` launcher, which has no
 /// HTTP stack, installs nothing and serves only from this machine's cache,
 /// handing everything else to the full CLI.
-public enum RemoteLocations {
+package enum RemoteLocations {
     private static let factory = Mutex<(@Sendable (EtcdLocation) throws -> any RemoteSealedBytes)?>(nil)
 
-    public static func install(_ make: @escaping @Sendable (EtcdLocation) throws -> any RemoteSealedBytes) {
+    package static func install(_ make: @escaping @Sendable (EtcdLocation) throws -> any RemoteSealedBytes) {
         factory.withLock { $0 = make }
     }
 
@@ -197,7 +197,7 @@ public enum RemoteLocations {
     /// Called by a watch when it is established (`true`: the cache has just
     /// been brought up to date) and when it is lost (`false`: reads ask etcd
     /// again until it is back).
-    public static func setWatched(_ location: EtcdLocation, _ live: Bool) {
+    package static func setWatched(_ location: EtcdLocation, _ live: Bool) {
         _ = watched.withLock { live ? $0.insert(location).inserted : $0.remove(location) != nil }
     }
 

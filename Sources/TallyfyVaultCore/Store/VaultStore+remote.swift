@@ -162,11 +162,11 @@ struct RemoteVault: Sendable {
 
 extension VaultStore {
     /// Whether the sealed bytes live somewhere other than a file (etcd).
-    public var isRemote: Bool { remote != nil }
+    package var isRemote: Bool { remote != nil }
 
     /// The vault's location, parsed; throws for a refused one (a URL that is
     /// not etcd://, a malformed etcd location).
-    public func location() throws -> VaultLocation {
+    package func location() throws -> VaultLocation {
         switch remote {
         case nil: .file(path)
         case .success(let remote): .etcd(remote.location)
@@ -178,7 +178,7 @@ extension VaultStore {
     /// machine's cache up to date; whether anything had changed. What a watch
     /// on the vault's keys calls on every change. `false` for a file.
     @discardableResult
-    public func refreshCache() throws -> Bool {
+    package func refreshCache() throws -> Bool {
         guard let remote else { return false }
         return try remote.get().refresh()
     }
@@ -186,7 +186,7 @@ extension VaultStore {
     /// The sealed bytes as stored, checked to be a vault but not decrypted:
     /// what `migrate` copies. For an etcd vault, read from the cluster, never
     /// from this machine's cache (69 when it cannot be reached).
-    public func sealedBytes() throws -> Data {
+    package func sealedBytes() throws -> Data {
         let bytes: Data
         if let remote {
             bytes = try remote.get().bytesFromCluster()
@@ -201,7 +201,7 @@ extension VaultStore {
     /// Stores `bytes` (a sealed vault, checked by parsing) as a new vault;
     /// refuses to replace an existing one. Nothing is decrypted or written in
     /// the clear.
-    public func create(sealedBytes bytes: Data) throws {
+    package func create(sealedBytes bytes: Data) throws {
         _ = try ParsedVault(parsing: bytes)
         if let remote { return try remote.get().create(bytes) }
         try requireAbsent()

@@ -17,9 +17,9 @@
 /// changed it meanwhile), apply their change and replace the file. A failed
 /// or refused change writes nothing: the file stays byte-for-byte as it was.
 public struct VaultStore: Sendable {
-    public let path: String
+    package let path: String
     /// How long a writer waits for another process's lock before giving up (75).
-    public var lockTimeout: Duration
+    package var lockTimeout: Duration
 
     /// Set when `path` names an etcd cluster (or a refused URL): then every
     /// operation goes to `VaultStore+remote.swift` and no file is touched.
@@ -37,7 +37,7 @@ public struct VaultStore: Sendable {
     /// `environment` supplies `TALLYFY_VAULT_ETCD_*` and the cache folder
     /// when `path` is an etcd location, and where this machine remembers the
     /// generations it has seen (`XDG_STATE_HOME`, `HOME`).
-    public init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout, environment: [String: String]) {
+    package init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout, environment: [String: String]) {
         self.path = path
         self.lockTimeout = lockTimeout
         remote = RemoteVault.parse(path, environment: environment)
@@ -102,7 +102,7 @@ public struct VaultStore: Sendable {
     /// `TALLYFY_VAULT_LOCK_TIMEOUT`: seconds (fractions allowed, 0 = fail at
     /// once) a writer waits for the lock; the default when unset or not a
     /// non-negative number.
-    public static func lockTimeout(environment: [String: String]) -> Duration {
+    package static func lockTimeout(environment: [String: String]) -> Duration {
         guard let text = environment["TALLYFY_VAULT_LOCK_TIMEOUT"], let seconds = Double(text),
             seconds.isFinite, seconds >= 0, seconds <= 86_400
         else { return defaultLockTimeout }
@@ -121,13 +121,13 @@ public struct VaultStore: Sendable {
     var lockPath: String { path + ".lock" }
     var directory: String { URL(fileURLWithPath: path).deletingLastPathComponent().path }
 
-    public var exists: Bool {
+    package var exists: Bool {
         if let remote { return (try? remote.get().exists()) ?? false }
         return FileManager.default.fileExists(atPath: path)
     }
 
     /// Creates a new vault file; refuses to replace an existing one.
-    public func create(_ vault: UnlockedVault) throws {
+    package func create(_ vault: UnlockedVault) throws {
         if let remote {
             try sealing(vault)
             try remote.get().create(try vault.sealed())
@@ -146,7 +146,7 @@ public struct VaultStore: Sendable {
     }
 
     /// Refuses when a vault is already at `path`: `init` never overwrites.
-    public func requireAbsent() throws {
+    package func requireAbsent() throws {
         if let remote { return try remote.get().requireAbsent() }
         if exists {
             throw VaultError(.usage, "a vault exists already at \(path); refusing to overwrite it",
@@ -165,14 +165,14 @@ public struct VaultStore: Sendable {
     /// Fails as opening would (missing, unreadable, other users' access)
     /// without reading the file, so no one is prompted for a passphrase to
     /// open a vault that isn't there.
-    public func checkAccess() throws {
+    package func checkAccess() throws {
         if let remote { return try remote.get().checkAccess() }
         try FileSafety.requireSafeDirectory(directory)
         close(try FileSafety.openPrivate(path, what: "the vault").descriptor)
     }
 
     /// The unlock slots as the clear header lists them, readable with no key.
-    public func slots() throws -> [SlotInfo] {
+    package func slots() throws -> [SlotInfo] {
         try parsed().slots.map(SlotInfo.init)
     }
 
@@ -183,7 +183,7 @@ public struct VaultStore: Sendable {
     }
 
     /// The clear-text summary, readable with no key (for `check`).
-    public func summary() throws -> VaultSummary {
+    package func summary() throws -> VaultSummary {
         try parsed().summary
     }
 
@@ -195,7 +195,7 @@ public struct VaultStore: Sendable {
     /// passphrase, with one `open` of the file.
     /// `cached: false` asks an etcd vault's cluster first (its cache only
     /// when the cluster is unreachable), for reports on the fleet's state.
-    public func read(withSummary: Bool = false, cached: Bool = true) throws -> VaultRead {
+    package func read(withSummary: Bool = false, cached: Bool = true) throws -> VaultRead {
         if let remote {
             let location = try remote.get()
             let bytes = cached ? try location.bytesPreferringCache() : try location.bytes()
@@ -205,12 +205,12 @@ public struct VaultStore: Sendable {
     }
 
     /// Opens the vault for reading, without a lock.
-    public func open(with unlocker: VaultUnlocker) throws -> UnlockedVault {
+    package func open(with unlocker: VaultUnlocker) throws -> UnlockedVault {
         try opened(try parsed(readSummary: false), with: unlocker)
     }
 
     /// Opens the vault for reading with `secrets`, remembering nothing.
-    public func open(with secrets: [UnlockSecret]) throws -> UnlockedVault {
+    package func open(with secrets: [UnlockSecret]) throws -> UnlockedVault {
         try open(with: VaultUnlocker(secrets: secrets))
     }
 
@@ -224,7 +224,7 @@ public struct VaultStore: Sendable {
     /// stays and every path to the vault sees the change (SECURITY.md, "On
     /// disk"). A vault that belongs to another user is refused before any
     /// change is attempted.
-    public func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
+    package func update<T>(with unlocker: VaultUnlocker, _ change: (UnlockedVault) async throws -> T) async throws -> T {
         if let remote { return try await remote.get().update(with: unlocker, timeout: lockTimeout, store: self, change) }
         let (store, mode) = try writeTarget()
         let lock = try await FileLock.acquire(path: store.lockPath, timeout: lockTimeout)
@@ -236,7 +236,7 @@ public struct VaultStore: Sendable {
         return result
     }
 
-    public func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) async throws -> T) async throws -> T {
+    package func update<T>(with secrets: [UnlockSecret], _ change: (UnlockedVault) async throws -> T) async throws -> T {
         try await update(with: VaultUnlocker(secrets: secrets), change)
     }
 
@@ -263,14 +263,14 @@ public struct VaultStore: Sendable {
 
 /// One read of a vault's sealed bytes, parsed but not decrypted
 /// (`VaultStore.read`): a command reads once and decides on what it read.
-public struct VaultRead: Sendable {
+package struct VaultRead: Sendable {
     let parsed: ParsedVault
 
     /// The clear summary, when read `withSummary` (else empty). Not
     /// authenticated until the vault is opened: it may decide where work
     /// happens, never which token is handed out.
-    public var summary: VaultSummary { parsed.summary }
+    package var summary: VaultSummary { parsed.summary }
 
     /// The unlock slots as the clear header lists them.
-    public var slots: [SlotInfo] { parsed.slots.map(SlotInfo.init) }
+    package var slots: [SlotInfo] { parsed.slots.map(SlotInfo.init) }
 }

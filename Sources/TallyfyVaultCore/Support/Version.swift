@@ -12,20 +12,20 @@
 /// and one old, would mix a fast path and a renewing path that may disagree
 /// on the file format or the contract, so the launcher passes its version to
 /// the CLI it starts, and the CLI refuses to run under another one.
-public enum TallyfyVaultVersion {
-    public static let current = "0.2.0"
+package enum TallyfyVaultVersion {
+    package static let current = "0.2.0"
     /// Vault file format versions this release opens.
-    public static let formatsRead: [UInt16] = VaultFormat.versionsRead
+    package static let formatsRead: [UInt16] = VaultFormat.versionsRead
     /// The format version this release writes (2 only for a vault with a
     /// PKCS#11 key slot, which older releases can't open).
-    public static let formatWritten: UInt16 = VaultFormat.version
+    package static let formatWritten: UInt16 = VaultFormat.version
 
     /// Set by the launcher for the CLI it hands over to; removed from every
     /// child's environment.
-    public static let launcherVariable = "TALLYFY_VAULT_LAUNCHER_VERSION"
+    package static let launcherVariable = "TALLYFY_VAULT_LAUNCHER_VERSION"
 
     /// Refuses (78) when a launcher of another release started this CLI.
-    public static func requireMatchingLauncher(environment: [String: String]) throws {
+    package static func requireMatchingLauncher(environment: [String: String]) throws {
         guard let launcher = environment[launcherVariable], launcher != current else { return }
         throw VaultError(.configuration,
             "the tallyfy-vault launcher is version \(launcher) but its tallyfy-vault-cli is version \(current); they must come from one release",
@@ -33,7 +33,7 @@ public enum TallyfyVaultVersion {
     }
 
     /// What `tallyfy-vault --version` and `tallyfy-vault version` print.
-    public static func report(cliPath: String, environment: [String: String]) -> String {
+    package static func report(cliPath: String, environment: [String: String]) -> String {
         let launcher = environment[launcherVariable] ?? "not used (the CLI was started directly)"
         return """
             tallyfy-vault \(current)

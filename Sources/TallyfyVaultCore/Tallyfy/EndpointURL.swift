@@ -19,10 +19,10 @@ import Darwin
 /// network: that is how the bundled emulator and users' own integration
 /// tests run. Userinfo (`user:pass@`), queries and fragments are refused
 /// because the vault appends paths to these URLs and prints them in messages.
-public enum EndpointURL {
+package enum EndpointURL {
     /// Returns the parsed URL, or throws `VaultError(.usage, …)` naming
     /// `name` (e.g. `--token-url`) and saying what is wrong.
-    public static func validate(_ string: String, name: String) throws -> URL {
+    package static func validate(_ string: String, name: String) throws -> URL {
         let hint = "use an https:// URL such as https://go.tallyfy.com/api; "
             + "plain http:// is accepted only for loopback hosts (127.0.0.1, ::1, localhost)"
         guard !string.isEmpty else {

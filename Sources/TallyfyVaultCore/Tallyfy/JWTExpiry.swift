@@ -14,7 +14,7 @@
 /// server will actually reject them; if the two disagree (a proxy delayed the
 /// answer, the server's clock differs, the token was minted earlier), the
 /// earlier moment is the honest one, so a token is never used past either.
-public enum TokenExpiry {
+package enum TokenExpiry {
     /// The expiry of `accessToken` received at `receivedAt` with `expiresIn`
     /// seconds to live: the earlier of `receivedAt + expiresIn` and the JWT
     /// `exp` claim, whichever of the two exist.
@@ -23,13 +23,13 @@ public enum TokenExpiry {
     /// `receivedAt` (already expired) so that nothing trusts it. Callers that
     /// must reject such a token use `knownExpiry(of:expiresIn:receivedAt:)`
     /// instead; `TallyfyClient` does, and reports an unexpected response.
-    public static func expiry(of accessToken: String, expiresIn: Int?, receivedAt: Date) -> Date {
+    package static func expiry(of accessToken: String, expiresIn: Int?, receivedAt: Date) -> Date {
         knownExpiry(of: accessToken, expiresIn: expiresIn, receivedAt: receivedAt) ?? receivedAt
     }
 
     /// Like `expiry(of:expiresIn:receivedAt:)`, but `nil` when neither
     /// `expiresIn` nor a JWT `exp` claim says when the token expires.
-    public static func knownExpiry(of accessToken: String, expiresIn: Int?, receivedAt: Date) -> Date? {
+    package static func knownExpiry(of accessToken: String, expiresIn: Int?, receivedAt: Date) -> Date? {
         let fromExpiresIn = expiresIn.map { receivedAt.addingTimeInterval(TimeInterval($0)) }
         let fromJWT = jwtExpiry(of: accessToken)
         switch (fromExpiresIn, fromJWT) {
@@ -44,7 +44,7 @@ public enum TokenExpiry {
     /// JSON object), or `nil` when the token is not such a JWT or has no
     /// numeric `exp`. The signature is not checked: the vault only uses the
     /// claim to avoid keeping a token longer than its issuer intends.
-    public static func jwtExpiry(of token: String) -> Date? {
+    package static func jwtExpiry(of token: String) -> Date? {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, !parts[1].isEmpty,
               let payload = base64URLDecode(parts[1]),

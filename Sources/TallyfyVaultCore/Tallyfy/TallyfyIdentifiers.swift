@@ -7,20 +7,20 @@
 /// open-api/api-clients/postman/troubleshooting.mdx). Both only warn, never
 /// refuse: the emulator, staging set-ups and tests may use other shapes, and
 /// the server stays the judge.
-public enum TallyfyIdentifiers {
+package enum TallyfyIdentifiers {
     /// 32 hexadecimal characters (either case).
-    public static func isOrganizationIDShaped(_ value: String) -> Bool {
+    package static func isOrganizationIDShaped(_ value: String) -> Bool {
         value.utf8.count == 32 && value.utf8.allSatisfy { isHexDigit($0) }
     }
 
     /// Only ASCII digits.
-    public static func isClientIDShaped(_ value: String) -> Bool {
+    package static func isClientIDShaped(_ value: String) -> Bool {
         !value.isEmpty && value.utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
     }
 
     /// One line per identifier that does not look like Tallyfy's, each
     /// lower case and saying what was expected.
-    public static func warnings(orgID: String, clientID: String) -> [String] {
+    package static func warnings(orgID: String, clientID: String) -> [String] {
         var lines: [String] = []
         if !isOrganizationIDShaped(orgID) {
             lines.append("organization ID \"\(orgID)\" is not 32 hexadecimal characters, the shape of Tallyfy's organization IDs")

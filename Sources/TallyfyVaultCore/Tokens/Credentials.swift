@@ -8,15 +8,15 @@
 #endif
 
 /// Storing, replacing and removing a profile's client credentials.
-public enum Credentials {
-    public static let defaultTokenURL = "https://go.tallyfy.com/oauth/token"
-    public static let defaultAPIURL = "https://go.tallyfy.com/api"
+package enum Credentials {
+    package static let defaultTokenURL = "https://go.tallyfy.com/oauth/token"
+    package static let defaultAPIURL = "https://go.tallyfy.com/api"
 
     /// Stores credentials in `vault` under `profileName`. Everything is checked
     /// before anything changes. Replacing a profile's credentials drops its
     /// application token (it belonged to the old client); user tokens stay
     /// unless the organization changed.
-    public static func set(
+    package static func set(
         in vault: UnlockedVault, profile profileName: String, orgID: String, clientID: String, secret: String,
         tokenURL: String?, apiURL: String?, now: Date
     ) throws {
@@ -38,7 +38,7 @@ public enum Credentials {
 
     /// A client secret the vault will seal: one non-empty line of at most
     /// `VaultBounds.maxSecretLength` bytes, no control characters.
-    public static func checkSecret(_ secret: String, what: String = "the client secret") throws {
+    package static func checkSecret(_ secret: String, what: String = "the client secret") throws {
         guard !secret.isEmpty else { throw VaultError(.usage, "\(what) is empty; nothing was changed") }
         guard !secret.contains(where: { $0.isNewline }) else {
             throw VaultError(.usage, "\(what) spans several lines; give it on one line")
@@ -53,7 +53,7 @@ public enum Credentials {
     }
 
     /// Everything but the secret, checked before anyone is asked for the secret.
-    public static func validate(profile: String, orgID: String, clientID: String, tokenURL: String?, apiURL: String?) throws {
+    package static func validate(profile: String, orgID: String, clientID: String, tokenURL: String?, apiURL: String?) throws {
         try checkProfileName(profile)
         try checkIdentifier(orgID, name: "--org")
         try checkIdentifier(clientID, name: "--client-id")
@@ -65,7 +65,7 @@ public enum Credentials {
     }
 
     /// Removes a profile and its user tokens; `.usage` when there is none.
-    public static func remove(from vault: UnlockedVault, profile: String) throws {
+    package static func remove(from vault: UnlockedVault, profile: String) throws {
         guard vault.content.profiles[profile] != nil else {
             throw VaultError(.configuration, "profile \"\(profile)\" has no credentials in this vault; nothing to remove")
         }
@@ -80,7 +80,7 @@ public enum Credentials {
     }
 
     /// Profile names appear in the clear summary and in Prometheus labels.
-    public static func checkProfileName(_ name: String) throws {
+    package static func checkProfileName(_ name: String) throws {
         guard !name.isEmpty, name.count <= 64,
             name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) })
         else {
@@ -123,7 +123,7 @@ public enum Credentials {
     /// `--secret-stdin` with standard input at a terminal would show the
     /// secret as it is typed, and wait for Ctrl-D with no prompt: refused,
     /// before anything else is asked, pointing at the no-echo prompt.
-    public static func refuseTerminalStandardInput() throws {
+    package static func refuseTerminalStandardInput() throws {
         guard isatty(0) == 1 else { return }
         throw VaultError(.usage, "--secret-stdin reads the secret from standard input, which is a terminal here: the secret would show as it is typed",
             hint: "leave out --secret-stdin to be asked for it without echo, or pipe it in (`--secret-stdin < FILE`)")
@@ -132,7 +132,7 @@ public enum Credentials {
     /// The client secret from standard input (all of it, less one final
     /// `\n` or `\r\n`, at most `VaultBounds.maxSecretLength` bytes) or from a
     /// no-echo prompt: never from the command line.
-    public static func readSecret(fromStandardInput: Bool, prompt: String) throws -> String {
+    package static func readSecret(fromStandardInput: Bool, prompt: String) throws -> String {
         ProcessHardening.protect()
         if fromStandardInput {
             try refuseTerminalStandardInput()

@@ -52,11 +52,11 @@ public struct TokenRequest: Sendable {
 /// let grant = try await broker.grant(TokenRequest(profile: "default", minimumLifetime: 3600))
 /// ```
 public struct TokenBroker: Sendable {
-    public let store: VaultStore
+    package let store: VaultStore
     /// Shared by every open this broker makes, so a refresh (look, then
     /// re-read under the lock) derives the key once.
-    public let unlocker: VaultUnlocker
-    public let environment: [String: String]
+    package let unlocker: VaultUnlocker
+    package let environment: [String: String]
     /// Whom a hand-out is recorded for (`AuditTrail`).
     package var recording: HandOutRecord = .thisProcess
 
@@ -70,7 +70,7 @@ public struct TokenBroker: Sendable {
         case none
     }
 
-    public init(store: VaultStore, unlocker: VaultUnlocker, environment: [String: String] = ProcessInfo.processInfo.environment) {
+    package init(store: VaultStore, unlocker: VaultUnlocker, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.store = store
         self.unlocker = unlocker
         self.environment = environment
@@ -94,7 +94,7 @@ public struct TokenBroker: Sendable {
     }
 
     /// Unlocks what `VaultStore.read` read: the one decryption of a command's pass.
-    public func open(_ read: VaultRead) throws -> UnlockedVault {
+    package func open(_ read: VaultRead) throws -> UnlockedVault {
         try store.opened(read.parsed, with: unlocker)
     }
 
@@ -141,7 +141,7 @@ public struct TokenBroker: Sendable {
     /// the renewing code at once and derive the key there, once. The summary
     /// is not authenticated until the vault is opened, so this only ever
     /// decides where the work happens, never what token is handed out.
-    public func summaryPromisesSealedToken(_ request: TokenRequest, in read: VaultRead) -> Bool {
+    package func summaryPromisesSealedToken(_ request: TokenRequest, in read: VaultRead) -> Bool {
         guard request.renewal != .always, let profile = read.summary.profiles[request.profile] else { return false }
         let expiry = request.user == nil ? profile.applicationTokenExpiresAt : profile.earliestUserTokenExpiresAt
         guard let expiry else { return false }
@@ -174,7 +174,7 @@ public struct TokenBroker: Sendable {
     }
 
     /// The profile's credentials, or the configuration error (78) that says how to add them.
-    public static func profile(_ name: String, in vault: UnlockedVault) throws -> Profile {
+    package static func profile(_ name: String, in vault: UnlockedVault) throws -> Profile {
         guard let profile = vault.content.profiles[name] else {
             throw VaultError(.configuration, "profile \"\(name)\" has no credentials in this vault",
                 hint: "store them with `tallyfy-vault --profile \(name) credentials set --org ORG_ID --client-id ID`")

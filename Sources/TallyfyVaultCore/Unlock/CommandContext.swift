@@ -10,33 +10,33 @@
 /// The global settings of a command as plain values, whichever parser found
 /// them: the `tallyfy-vault` launcher's `exec` fast path builds one by hand,
 /// the CLI through ArgumentParser. Options win over their variables.
-public struct CommandContext: Sendable {
-    public var vault: String?
-    public var profile: String?
-    public var keyFile: String?
-    public var passphraseFile: String?
+package struct CommandContext: Sendable {
+    package var vault: String?
+    package var profile: String?
+    package var keyFile: String?
+    package var passphraseFile: String?
     /// `--pkcs11 URI`: unlock with a key on a PKCS#11 token.
-    public var pkcs11: String?
-    public var environment: [String: String]
+    package var pkcs11: String?
+    package var environment: [String: String]
 
-    public var vaultPath: String {
+    package var vaultPath: String {
         vault ?? nonEmpty("TALLYFY_VAULT_FILE") ?? VaultStore.defaultPath(environment: environment)
     }
 
-    public var profileName: String { explicitProfile ?? "default" }
+    package var profileName: String { explicitProfile ?? "default" }
 
     /// The profile when one was named (flag or variable), for commands that
     /// otherwise cover every profile.
-    public var explicitProfile: String? { profile ?? nonEmpty("TALLYFY_VAULT_PROFILE") }
+    package var explicitProfile: String? { profile ?? nonEmpty("TALLYFY_VAULT_PROFILE") }
 
     /// The vault, with its audit trail naming this command's profile.
-    public var store: VaultStore {
+    package var store: VaultStore {
         var store = VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment), environment: environment)
         store.audit.profile = profileName
         return store
     }
 
-    public var sources: UnlockSources {
+    package var sources: UnlockSources {
         UnlockSources(
             keyFile: keyFile ?? nonEmpty("TALLYFY_VAULT_KEY_FILE"),
             passphraseFile: passphraseFile ?? nonEmpty("TALLYFY_VAULT_PASSPHRASE_FILE"),
@@ -47,7 +47,7 @@ public struct CommandContext: Sendable {
 
     /// The secrets to open the vault, after turning off core dumps. Missing
     /// vaults are reported before anyone is prompted for a passphrase.
-    public func secretsToOpen() throws -> [UnlockSecret] {
+    package func secretsToOpen() throws -> [UnlockSecret] {
         ProcessHardening.protect()
         try store.checkAccess()
         let available = try sources.available(promptForPIN: true)
@@ -77,7 +77,7 @@ public struct CommandContext: Sendable {
 
     /// The token request that `exec`, `export` and `token` options describe:
     /// `--user`, `--min-ttl` (else `TALLYFY_VAULT_MIN_TTL`, else 1h), `--no-refresh`.
-    public func tokenRequest(user: String?, minimumLifetime: String?, noRefresh: Bool, strict: Bool = false) throws -> TokenRequest {
+    package func tokenRequest(user: String?, minimumLifetime: String?, noRefresh: Bool, strict: Bool = false) throws -> TokenRequest {
         TokenRequest(
             profile: profileName, user: user,
             minimumLifetime: try TokenPolicy.minimumLifetime(option: minimumLifetime, environment: environment),
@@ -88,18 +88,18 @@ public struct CommandContext: Sendable {
     /// open it (after the read, so a missing or unsafe vault is reported
     /// before anyone is prompted), then opened once. The broker decides on
     /// this vault and reads it again only under the lock, to renew.
-    public func pass(secrets: () throws -> [UnlockSecret]) throws -> (TokenBroker, UnlockedVault) {
+    package func pass(secrets: () throws -> [UnlockSecret]) throws -> (TokenBroker, UnlockedVault) {
         ProcessHardening.protect()
         let read = try store.read()
         let broker = TokenBroker(store: store, secrets: try secrets(), environment: environment)
         return (broker, try broker.open(read))
     }
 
-    public func broker() throws -> TokenBroker {
+    package func broker() throws -> TokenBroker {
         TokenBroker(store: store, secrets: try secretsToOpen(), environment: environment)
     }
 
-    public init(
+    package init(
         vault: String? = nil, profile: String? = nil, keyFile: String? = nil, passphraseFile: String? = nil,
         pkcs11: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment
     ) {

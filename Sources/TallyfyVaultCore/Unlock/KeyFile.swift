@@ -8,9 +8,9 @@
 #endif
 
 /// Key files: 32 random bytes, mode 0600, never overwritten.
-public enum KeyFile {
+package enum KeyFile {
     /// Writes a new key file at `path`; refuses when something is there.
-    public static func generate(at path: String) throws {
+    package static func generate(at path: String) throws {
         if FileManager.default.fileExists(atPath: path) {
             throw VaultError(.usage, "\(path) exists already; refusing to overwrite a key file",
                 hint: "choose another path: a vault sealed for the old key would be lost with it")

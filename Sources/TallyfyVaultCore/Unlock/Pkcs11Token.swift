@@ -17,19 +17,19 @@ import Synchronization
 /// that back. The module is found in `TALLYFY_VAULT_PKCS11_MODULE`, else the
 /// URI's `module-path`, else p11-kit's proxy module, which reaches every
 /// module p11-kit is configured for.
-public final class Pkcs11Token: Sendable {
-    public let uri: Pkcs11URI
-    public let modulePath: String
+package final class Pkcs11Token: Sendable {
+    package let uri: Pkcs11URI
+    package let modulePath: String
     private let opened = Mutex<Session?>(nil)
 
-    public static let moduleVariable = "TALLYFY_VAULT_PKCS11_MODULE"
+    package static let moduleVariable = "TALLYFY_VAULT_PKCS11_MODULE"
     /// Where Debian, Fedora and Arch install p11-kit's proxy module.
     static let proxyModules = [
         "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so", "/usr/lib/aarch64-linux-gnu/p11-kit-proxy.so",
         "/usr/lib64/p11-kit-proxy.so", "/usr/lib/p11-kit-proxy.so",
     ]
 
-    public init(uri: Pkcs11URI, environment: [String: String]) throws {
+    package init(uri: Pkcs11URI, environment: [String: String]) throws {
         self.uri = uri
         if let module = environment[Self.moduleVariable], !module.isEmpty {
             modulePath = module
@@ -137,7 +137,7 @@ public final class Pkcs11Token: Sendable {
 
     /// What `doctor` reports: the module loads, the token is present, the
     /// key's public half is there (no PIN needed, nothing decrypted).
-    public func diagnose() throws -> String {
+    package func diagnose() throws -> String {
         var session = try openSession()
         let (_, identity) = try findKey(CKO_PUBLIC_KEY, in: &session)
         tfy_p11_close(&session)

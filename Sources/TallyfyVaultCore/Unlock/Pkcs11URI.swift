@@ -12,18 +12,18 @@
 /// `public`, which is implied anyway) in the path, and `module-path` in the
 /// query. A PIN in the URI (`pin-value`, `pin-source`) is refused: a URI is
 /// given on the command line, where a secret shows in `ps` and in history.
-public struct Pkcs11URI: Sendable, Equatable {
-    public var token: String?
-    public var serial: String?
-    public var manufacturer: String?
-    public var model: String?
-    public var object: String?
-    public var id: [UInt8]?
-    public var modulePath: String?
+package struct Pkcs11URI: Sendable, Equatable {
+    package var token: String?
+    package var serial: String?
+    package var manufacturer: String?
+    package var model: String?
+    package var object: String?
+    package var id: [UInt8]?
+    package var modulePath: String?
     /// The URI as given, for messages (it holds no secret: those are refused).
-    public var text: String
+    package var text: String
 
-    public init(parsing text: String) throws {
+    package init(parsing text: String) throws {
         self.text = text
         guard text.hasPrefix("pkcs11:") else {
             throw Self.bad(text, "it does not start with pkcs11:")

@@ -13,13 +13,13 @@
 /// It talks to `/dev/tty`, not to standard input, so `cmd | tallyfy-vault …`
 /// still prompts the person at the keyboard; with no terminal (cron, CI) it
 /// fails at once with what to set instead.
-public enum TerminalPrompt {
+package enum TerminalPrompt {
     static let maxLength = 4096
     /// What to give instead of typing, wherever there is no prompt.
-    public static let unlockSourcesHint = "give --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, or a systemd credential tallyfy-vault.key"
+    package static let unlockSourcesHint = "give --key-file, --passphrase-file, TALLYFY_VAULT_PASSPHRASE, or a systemd credential tallyfy-vault.key"
 
     /// A passphrase; with `confirm`, asked twice and compared.
-    public static func passphrase(prompt: String, confirm: Bool) throws -> UnlockSecret {
+    package static func passphrase(prompt: String, confirm: Bool) throws -> UnlockSecret {
         let first = try readSecret(prompt: prompt)
         guard first.count > 0 else { throw VaultError(.usage, "the passphrase is empty") }
         if confirm {
@@ -31,7 +31,7 @@ public enum TerminalPrompt {
     }
 
     /// Whether there is a terminal to prompt on (`/dev/tty` opens).
-    public static var isAvailable: Bool {
+    package static var isAvailable: Bool {
         let fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         defer { close(fd) }
@@ -49,7 +49,7 @@ public enum TerminalPrompt {
     }
 
     /// One line typed without echo, in guarded memory.
-    public static func readSecret(prompt: String) throws -> SecretBytes {
+    package static func readSecret(prompt: String) throws -> SecretBytes {
         let fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard fd >= 0, isatty(fd) == 1 else {
             if fd >= 0 { close(fd) }

@@ -5,15 +5,15 @@
 #endif
 
 extension UnlockSources {
-    public static let pkcs11Variable = "TALLYFY_VAULT_PKCS11_URI"
-    public static let pinFileVariable = "TALLYFY_VAULT_PKCS11_PIN_FILE"
+    package static let pkcs11Variable = "TALLYFY_VAULT_PKCS11_URI"
+    package static let pinFileVariable = "TALLYFY_VAULT_PKCS11_PIN_FILE"
 
     /// The token named by `uri` with its PIN: from the file named by
     /// `TALLYFY_VAULT_PKCS11_PIN_FILE` (its first line), else typed without
     /// echo when `promptForPIN`, never from argv. `nil` when there is no PIN
     /// at hand and no prompt may be shown (the launcher's fast path, doctor),
     /// or when there is no terminal but another source was given.
-    public func pkcs11Secret(_ uri: String, promptForPIN: Bool, othersGiven: Bool = false) throws -> UnlockSecret? {
+    package func pkcs11Secret(_ uri: String, promptForPIN: Bool, othersGiven: Bool = false) throws -> UnlockSecret? {
         let parsed = try Pkcs11URI(parsing: uri)
         let pin: SecretBytes
         if let file = environment[Self.pinFileVariable], !file.isEmpty {

@@ -16,16 +16,16 @@
 /// the first that opens a slot wins; the prompt is used only when there is
 /// none, and without a terminal the answer is an error at once, never a hang.
 public struct UnlockSources: Sendable {
-    public var keyFile: String?
-    public var passphraseFile: String?
-    public var environment: [String: String]
+    package var keyFile: String?
+    package var passphraseFile: String?
+    package var environment: [String: String]
     /// Where `keyFile` was named (`--key-file`, `TALLYFY_VAULT_KEY_FILE`),
     /// so that a missing key file's message can say which setting to fix.
-    public var keyFileSource: String?
+    package var keyFileSource: String?
     /// `--pkcs11 URI`, else `TALLYFY_VAULT_PKCS11_URI`: a key on a token.
-    public var pkcs11: String?
+    package var pkcs11: String?
 
-    public init(keyFile: String?, passphraseFile: String?, environment: [String: String], keyFileSource: String?, pkcs11: String? = nil) {
+    package init(keyFile: String?, passphraseFile: String?, environment: [String: String], keyFileSource: String?, pkcs11: String? = nil) {
         self.keyFile = keyFile
         self.passphraseFile = passphraseFile
         self.environment = environment
@@ -38,7 +38,7 @@ public struct UnlockSources: Sendable {
     }
 
     /// The variable that may carry a passphrase; removed from every child.
-    public static let passphraseVariable = "TALLYFY_VAULT_PASSPHRASE"
+    package static let passphraseVariable = "TALLYFY_VAULT_PASSPHRASE"
     static let systemdCredentialName = "tallyfy-vault.key"
     static let maxPassphraseFileLength = 64 * 1024
 
@@ -50,7 +50,7 @@ public struct UnlockSources: Sendable {
     ///
     /// A token is among them when its PIN is in a file; with `promptForPIN`
     /// (a command that may ask) its PIN is typed at the terminal instead.
-    public func available(promptForPIN: Bool = false) throws -> [UnlockSecret] {
+    package func available(promptForPIN: Bool = false) throws -> [UnlockSecret] {
         ProcessHardening.protect()
         var secrets: [UnlockSecret] = []
         if let keyFile { secrets.append(try readNamedKeyFile(keyFile)) }
@@ -80,7 +80,7 @@ public struct UnlockSources: Sendable {
 
     /// The one secret a new vault (or a new slot) is made for: the first
     /// available source, or a passphrase typed twice.
-    public func secretToCreate(what: String) throws -> UnlockSecret {
+    package func secretToCreate(what: String) throws -> UnlockSecret {
         if let first = try available(promptForPIN: true).first { return first }
         return try TerminalPrompt.passphrase(prompt: "New passphrase for \(what): ", confirm: true)
     }
@@ -99,7 +99,7 @@ public struct UnlockSources: Sendable {
     }
 
     /// A key file: exactly 32 bytes, readable by its owner only.
-    public static func readKeyFile(_ path: String, origin: String? = nil) throws -> UnlockSecret {
+    package static func readKeyFile(_ path: String, origin: String? = nil) throws -> UnlockSecret {
         let bytes = try FileSafety.readSecretFile(path, what: "the key file", maxLength: 4096)
         guard bytes.count == UnlockSecret.keyFileLength else {
             throw VaultError(.usage, "\(path) is not a tallyfy-vault key file (it has \(bytes.count) bytes, a key file has \(UnlockSecret.keyFileLength))",
@@ -110,7 +110,7 @@ public struct UnlockSources: Sendable {
 
     /// A passphrase file: its first line, without the line ending.
     /// (`what` names it in messages: a PIN file is read the same way.)
-    public static func readPassphraseFile(_ path: String, what: String = "passphrase") throws -> UnlockSecret {
+    package static func readPassphraseFile(_ path: String, what: String = "passphrase") throws -> UnlockSecret {
         let bytes = try FileSafety.readSecretFile(path, what: "the \(what) file", maxLength: maxPassphraseFileLength)
         let lineLength = bytes.withUnsafeBytes { raw -> Int in
             var end = raw.firstIndex(of: UInt8(ascii: "\n")) ?? raw.count
