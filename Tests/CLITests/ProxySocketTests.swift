@@ -107,7 +107,7 @@ enum ProxySocketClient {
 /// the real binary, the real emulator, real clients (one as another user).
 extension ProxyTests {
     /// `proxy --detach`'s variables.
-    func variables(_ started: RunResult) -> [String: String] {
+    func proxyVariables(_ started: RunResult) -> [String: String] {
         var variables: [String: String] = [:]
         for line in started.stdout.split(separator: "\n") {
             let assignment = line.split(separator: ";")[0].split(separator: "=", maxSplits: 1).map(String.init)
@@ -163,7 +163,7 @@ extension ProxyTests {
         defer { emulator.stop() }
         let client = try sandbox.write(ProxySocketClient.script, to: "socket-client.py")
         let started = try sandbox.ok(["proxy", "--detach", "--allow", "GET:/organizations/*/me"])
-        let variables = variables(started)
+        let variables = proxyVariables(started)
         defer { _ = try? sandbox.run(["proxy", "stop"]) }
         let socket = try #require(variables["TALLYFY_VAULT_PROXY_SOCKET"], "\(started.brief)")
         #expect(socket == sandbox.path("run/tallyfy-vault/proxy.sock"))
@@ -245,7 +245,7 @@ extension ProxyTests {
         let client = try sandbox.write(ProxySocketClient.script, to: "socket-client.py")
         let socket = sandbox.path("run/tallyfy-vault/proxy.sock")
         func start() throws -> (Int32, [String: String]) {
-            let variables = variables(try sandbox.ok(["proxy", "--detach"]))
+            let variables = proxyVariables(try sandbox.ok(["proxy", "--detach"]))
             #expect(variables["TALLYFY_VAULT_PROXY_SOCKET"] == socket)
             return (Int32(variables["TALLYFY_VAULT_PROXY_PID"] ?? "") ?? 0, variables)
         }
@@ -307,7 +307,7 @@ extension ProxyTests {
         noSource["TALLYFY_VAULT_KEY_FILE"] = nil
         let started = try runProcess(BuildProducts.vault, ["proxy", "--detach", "--min-ttl", "1s"], environment: noSource)
         #expect(started.status == 0, "\(started.brief)")
-        let variables = variables(started)
+        let variables = proxyVariables(started)
         defer { _ = try? sandbox.run(["proxy", "stop"]) }
         let socket = try #require(variables["TALLYFY_VAULT_PROXY_SOCKET"], "\(started.brief)")
         let result = try runProcess(URL(fileURLWithPath: "/usr/bin/env"), ["python3", client, "expiry", socket, "60"],
