@@ -117,8 +117,8 @@ public final class CredentialProxy: Sendable {
             do {
                 let file = try ProxySocketFile.prepare(path)
                 // Nothing but us may connect even for a moment: bound under
-                // umask 077 (as the agent's socket), so the file is 0600.
-                let previous = umask(0o077)
+                // umask 177 (as ssh-agent's), so the file is 0600.
+                let previous = umask(0o177)
                 defer { umask(previous) }
                 let unix = try await bootstrap().bind(unixDomainSocketPath: path) { channel in
                     accept(channel, over: .unix, configuration: configuration, counters: counters)
