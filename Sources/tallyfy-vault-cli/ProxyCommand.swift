@@ -77,12 +77,16 @@ struct ProxyCommand: AsyncParsableCommand {
                 Output.line(lines)
                 fflush(nil)
             }
+            // Woken often, so a signal stops it at once (`proxy stop` waits
+            // for that); the counts are written at most once a second.
+            var written = Date()
             while !stopping.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
+                try? await Task.sleep(for: .milliseconds(100))
                 let counts = running.proxy.counters.snapshot
-                if counts != state.counts {
+                if counts != state.counts && Date().timeIntervalSince(written) >= 1 {
                     state.counts = counts
                     try? state.write(to: statePath)
+                    written = Date()
                 }
             }
             await running.proxy.stop()
