@@ -92,10 +92,11 @@ public struct StandingProxyState: Codable, Sendable, Equatable {
 
     /// The lines `proxy` prints for `eval`, as `agent --detach` does.
     public static func shellVariables(url: String, capability: String, orgID: String, pid: Int32, socket: String?) -> String {
-        ([
+        let variables = [
             ("TALLYFY_API_URL", url), ("TALLYFY_BASE_URL", url), ("TALLYFY_API_BASE_URL", url),
             ("TALLYFY_TOKEN", capability), ("TALLYFY_API_TOKEN", capability), ("TALLYFY_ORG_ID", orgID),
-        ] + (socket.map { [(socketVariable, $0)] } ?? []) + [(pidVariable, String(pid))]).map { "\($0.0)=\(AgentLauncher.shellQuoted($0.1)); export \($0.0);" }.joined(separator: "\n")
+        ] + (socket.map { [(socketVariable, $0)] } ?? []) + [(pidVariable, String(pid))]
+        return variables.map { "\($0.0)=\(AgentLauncher.shellQuoted($0.1)); export \($0.0);" }.joined(separator: "\n")
     }
 
     /// What `proxy stop` prints for `eval`.
