@@ -199,7 +199,9 @@ public final class MaskedOutput: Sendable {
     private func relay(_ initial: [[UInt8]]) {
         var maskers = [OutputMasker(secrets: initial), OutputMasker(secrets: initial)]
         var reading = readEnds.map { $0 >= 0 }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        // As large as the pipe (F_SETPIPE_SZ above): a chatty child is read
+        // in a few large pieces, each fed to the masker in one call.
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
         defer { for index in 0..<2 where reading[index] { close(readEnds[index]) } }
 
         /// Writes `bytes` to our side of stream `index`; when that is gone,
