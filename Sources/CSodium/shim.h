@@ -38,6 +38,12 @@ static void tallyfy_signal_to_pipe(int signal, siginfo_t *info, void *context) {
     errno = saved;
 }
 
+/* Whether the calling thread is the process's main thread (its thread id
+   is the process id): the supervisor watches a child from the main thread,
+   else from a thread of its own. */
+#include <sys/syscall.h>
+static inline int tallyfy_is_main_thread(void) { return syscall(SYS_gettid) == getpid(); }
+
 /* Catches `signal` into the wake pipe `fd` and unblocks it on the calling
    thread (the supervising one). Returns 1 when the signal was
    ignored when we started (e.g. under nohup): it is then left ignored, as a

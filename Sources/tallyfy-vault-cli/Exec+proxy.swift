@@ -64,15 +64,21 @@ enum ProxyLaunch {
         let serving: Task<Void, Never>
     }
 
-    static func start(context: CommandContext, selection: TokenSelection, rules: [ProxyAllowRule], what: String) async throws -> Running {
+    /// `unixSocketPath`: the standing proxy's socket, for this uid only.
+    static func start(
+        context: CommandContext, selection: TokenSelection, rules: [ProxyAllowRule], what: String, unixSocketPath: String? = nil
+    ) async throws -> Running {
         let (request, source) = try selection.renewingSource(context, what: what)
         let grant = try await selection.firstGrant(request, from: source)
         let apiURL = try EndpointURL.validate(grant.apiURL, name: "API URL")
-        let counters = ProxyCounters()
+        let counters = ProxyCounters(unixSocket: unixSocketPath != nil)
         let keeper = ProxyTokenKeeper(first: grant, request: request, source: source, counters: counters, environment: context.environment)
-        let proxy = try await CredentialProxy.start(
-            configuration: .init(apiURL: apiURL, tokenURL: nil, rules: rules, environment: context.environment),
-            keeper: keeper, counters: counters)
+        var configuration = CredentialProxy.Configuration(apiURL: apiURL, tokenURL: nil, rules: rules, environment: context.environment)
+        configuration.unixSocketPath = unixSocketPath
+        configuration.refusedPeer = { uid, pid in
+            Output.note("refused a connection to the proxy's Unix socket from uid \(uid) (pid \(pid)): it serves only uid \(geteuid())")
+        }
+        let proxy = try await CredentialProxy.start(configuration: configuration, keeper: keeper, counters: counters)
         await keeper.startRenewing(note: { Output.note($0) })
         let serving = Task { await proxy.serve() }
         return Running(proxy: proxy, grant: grant, serving: serving)

@@ -11,12 +11,14 @@ struct ProxyCommand: AsyncParsableCommand {
         abstract: "Run a standing credential proxy: tools get its address and a capability, never the token.",
         discussion: """
             Prints TALLYFY_API_URL, TALLYFY_BASE_URL, TALLYFY_API_BASE_URL (the proxy on 127.0.0.1), \
-            TALLYFY_TOKEN and TALLYFY_API_TOKEN (a capability for this proxy only), TALLYFY_ORG_ID and \
-            TALLYFY_VAULT_PROXY_PID as shell lines, as `agent --detach` does: \
-            eval "$(tallyfy-vault proxy --detach)". Anyone who has the capability can use Tallyfy through \
-            the proxy (within the --allow rules) while it runs, and nobody can take the token from it. \
-            `proxy status` shows it and its counts; `proxy stop` stops it. One standing proxy per user \
-            (its state is $XDG_RUNTIME_DIR/tallyfy-vault/proxy.json).
+            TALLYFY_TOKEN and TALLYFY_API_TOKEN (a capability for this proxy only), TALLYFY_ORG_ID, \
+            TALLYFY_VAULT_PROXY_SOCKET and TALLYFY_VAULT_PROXY_PID as shell lines, as `agent --detach` does: \
+            eval "$(tallyfy-vault proxy --detach)". Over TCP anyone who has the capability can use Tallyfy \
+            through the proxy (within the --allow rules) while it runs; over its Unix socket \
+            (TALLYFY_VAULT_PROXY_SOCKET, e.g. curl --unix-socket) only processes of your own uid can, \
+            without the capability. Nobody can take the token from it. \
+            `proxy status` shows it and its counts per listener; `proxy stop` stops it. One standing proxy \
+            per user (its state is $XDG_RUNTIME_DIR/tallyfy-vault/proxy.json, its socket proxy.sock beside it).
             """,
         subcommands: [Run.self, Status.self, Stop.self],
         defaultSubcommand: Run.self)
@@ -47,15 +49,26 @@ struct ProxyCommand: AsyncParsableCommand {
                 return
             }
             ProcessHardening.protect()
-            _ = try RuntimeFolder.prepare(environment: context.environment)
-            let running = try await ProxyLaunch.start(context: context, selection: options.selection, rules: rules, what: "proxy")
+            // Before the socket exists: a SIGTERM from here on removes it.
+            let stopping = ProxySignals.stopOnSignals()
+            let folder = try RuntimeFolder.prepare(environment: context.environment)
+            if let fallback = folder.fallback { Output.note(fallback) }
+            let running = try await ProxyLaunch.start(
+                context: context, selection: options.selection, rules: rules, what: "proxy",
+                unixSocketPath: StandingProxyState.socketPath(in: folder.path))
             let pid = getpid()
+            let socket = running.proxy.unixSocketPath
             let lines = StandingProxyState.shellVariables(
-                url: running.proxy.url, capability: running.proxy.capability.value, orgID: running.grant.orgID, pid: pid)
+                url: running.proxy.url, capability: running.proxy.capability.value, orgID: running.grant.orgID, pid: pid, socket: socket)
             var state = StandingProxyState(
-                pid: pid, processStart: StandingProxyState.processStartTime(pid) ?? 0, url: running.proxy.url,
+                pid: pid, processStart: StandingProxyState.processStartTime(pid) ?? 0, url: running.proxy.url, socket: socket,
                 profile: running.grant.profile, startedAt: Date(), counts: running.proxy.counters.snapshot)
-            try state.write(to: statePath)
+            do {
+                try state.write(to: statePath)
+            } catch {
+                await running.proxy.stop()  // its socket file goes with it
+                throw error
+            }
             if let readyFD {
                 let text = lines + "\n"
                 _ = text.withCString { write(readyFD, $0, strlen($0)) }
@@ -64,13 +77,16 @@ struct ProxyCommand: AsyncParsableCommand {
                 Output.line(lines)
                 fflush(nil)
             }
-            let stopping = ProxySignals.stopOnSignals()
+            // Woken often, so a signal stops it at once (`proxy stop` waits
+            // for that); the counts are written at most once a second.
+            var written = Date()
             while !stopping.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
+                try? await Task.sleep(for: .milliseconds(100))
                 let counts = running.proxy.counters.snapshot
-                if counts != state.counts {
+                if counts != state.counts && Date().timeIntervalSince(written) >= 1 {
                     state.counts = counts
                     try? state.write(to: statePath)
+                    written = Date()
                 }
             }
             await running.proxy.stop()
@@ -80,7 +96,8 @@ struct ProxyCommand: AsyncParsableCommand {
     }
 
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "status", abstract: "Show the standing proxy and its counts.")
+        static let configuration = CommandConfiguration(
+            commandName: "status", abstract: "Show the standing proxy, where it listens, and its counts per listener.")
         @OptionGroup var global: GlobalOptions
 
         func run() throws {
@@ -88,14 +105,13 @@ struct ProxyCommand: AsyncParsableCommand {
             guard let state = try StandingProxyState.read(from: path) else {
                 throw VaultError(.unavailable, "no proxy is running", hint: "start one with `eval \"$(tallyfy-vault proxy --detach)\"`")
             }
-            Output.line("proxy pid \(state.pid) for profile \"\(state.profile)\" on \(state.url), since \(ChildEnvironment.rfc3339(state.startedAt))")
-            Output.line(state.counts.line)
+            for line in state.statusLines { Output.line(line) }
         }
     }
 
     struct Stop: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "stop", abstract: "Stop the standing proxy; prints the `unset` lines to eval.")
+            commandName: "stop", abstract: "Stop the standing proxy (its port closes, its socket file goes); prints the `unset` lines to eval.")
         @OptionGroup var global: GlobalOptions
 
         func run() throws {

@@ -11,7 +11,7 @@ struct FixtureCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tallyfy-vault-fixture",
         abstract: "Fill a vault with fake user tokens (benchmarks and tests only).",
-        subcommands: [AddUsers.self, PlaintextSize.self, SecretDigest.self])
+        subcommands: [AddUsers.self, PlaintextSize.self, SecretDigest.self, MaskThroughput.self])
 
     struct Target: ParsableArguments {
         @Option var vault: String
@@ -81,6 +81,41 @@ struct FixtureCommand: AsyncParsableCommand {
             var digest = [UInt8](repeating: 0, count: 16)
             crypto_generichash(&digest, digest.count, input, UInt64(input.count), nil, 0)
             print(digest.map { String(format: "%02x", $0) }.joined())
+        }
+    }
+
+    /// `tools/bench mask`: the masker alone over a file, with 1 or more
+    /// random JWT-sized tokens (each in all its forms), so the cost of more
+    /// tokens is seen apart from the relay's copies.
+    struct MaskThroughput: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Mask FILE in 64 KiB chunks with N random tokens; print MB/s (best of 3) and the forms in the automaton.")
+        @Option(help: "How many tokens.") var tokens = 1
+        @Argument var file: String
+
+        func run() throws {
+            let data = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+            let secrets = (0..<tokens).map { _ in Array(("eyJ" + AddUsers.fakeToken()).utf8) }
+            var best = Double.infinity
+            var forms = 0
+            for _ in 0..<3 {
+                var masker = OutputMasker(secrets: secrets)
+                forms = masker.patterns.count
+                var out = 0
+                let start = DispatchTime.now().uptimeNanoseconds
+                data.withUnsafeBufferPointer { all in
+                    var offset = 0
+                    while offset < all.count {
+                        let end = min(all.count, offset + 65536)
+                        out += masker.feed(UnsafeBufferPointer(rebasing: all[offset..<end])).count
+                        offset = end
+                    }
+                }
+                out += masker.finish().count
+                precondition(out == data.count, "the masker changed text with no token in it")
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            }
+            print(String(format: "tokens %d, forms %d: %.0f MB/s (%.1f ms for %d bytes)", tokens, forms, Double(data.count) / best / 1e6, best * 1000, data.count))
         }
     }
 }

@@ -25,8 +25,8 @@ enum ExecFastPath {
         var minimumLifetime: String?
         var noRefresh = false
         var noAgent = false
-        /// `--no-mask`; `--mask` itself is not taken here.
-        var noMask = false
+        /// `--mask` / `--no-mask`; `nil`: as `TALLYFY_VAULT_MASK` says.
+        var mask: Bool?
         /// `--proxy`: the full CLI runs the proxy; nothing is unlocked here.
         var proxy = false
         var command: [String] = []
@@ -35,6 +35,9 @@ enum ExecFastPath {
         enum Decision {
             /// Replace the process with the command, in this environment.
             case run([String: String])
+            /// Run the command as our child with this grant, its output
+            /// masked (`exec --mask`), and exit with its status.
+            case runMasked(TokenGrant)
             /// Hand the command line to the full CLI, with `Handover.note`
             /// when this pass found the sealed token too old (the CLI renews
             /// at once), `nil` for anything else (an error, a nested exec, no
@@ -51,9 +54,11 @@ enum ExecFastPath {
             // again, and recorded once, by the CLI this hands over to.
             AuditTrail.operation = "exec"
             AuditTrail.recordsRefusals = false
-            // A masked exec supervises its command: the full CLI does that
-            // (and reports a bad TALLYFY_VAULT_MASK).
-            guard (try? OutputMasking.requested(flag: noMask ? false : nil, environment: context.environment)) == false else { return .handOver(note: nil) }
+            // A bad TALLYFY_VAULT_MASK is reported by the CLI.
+            guard let masked = try? OutputMasking.requested(flag: mask, environment: context.environment) else { return .handOver(note: nil) }
+            func handOut(_ grant: TokenGrant) -> Decision {
+                masked ? .runMasked(grant) : .run(ChildEnvironment.build(parent: context.environment, grant: grant))
+            }
             // Never prompt here: without a key file or passphrase at hand, the
             // CLI asks (once).
             guard (try? ChildEnvironment.refuseNesting(context.environment)) != nil,
@@ -64,7 +69,7 @@ enum ExecFastPath {
             if let agent = AgentClient(environment: context.environment, disabled: noAgent),
                 let grant = try? agent.grant(request, vaultPath: context.vaultPath), grant.renewalFailure == nil
             {
-                return .run(ChildEnvironment.build(parent: context.environment, grant: grant))
+                return handOut(grant)
             }
             // One pass: the vault read once (the summary only when a
             // passphrase might be spent), unlocked once, decided once.
@@ -79,7 +84,7 @@ enum ExecFastPath {
                 case let decided = Result(catching: { try broker.sealedGrant(request, in: vault) })
             else { return .handOver(note: nil) }
             switch decided {
-            case .success(let grant?): return .run(ChildEnvironment.build(parent: context.environment, grant: grant))
+            case .success(let grant?): return handOut(grant)
             case .success(nil):
                 let seen = try? broker.sealedToken(request, in: vault)
                 return .handOver(note: Handover.note(seen: seen?.identity, for: request, vault: context.vaultPath))
@@ -129,8 +134,8 @@ enum ExecFastPath {
                 invocation.proxy = true
                 continue
             }
-            if word == "--no-mask" && sawExec {
-                invocation.noMask = true
+            if (word == "--mask" || word == "--no-mask") && sawExec {
+                invocation.mask = word == "--mask"
                 continue
             }
             guard let (name, value) = option(word, in: arguments, before: terminator, at: &index) else { return nil }

@@ -1,7 +1,8 @@
 // The `tallyfy-vault` command.
 //
 // This small launcher serves the hot path alone: a plain `exec` whose sealed
-// token is fresh enough — read, unlock, decide, execve — linking only the
+// token is fresh enough — read, unlock, decide, execve (or, with `--mask`,
+// run the command as its child through the masker) — linking only the
 // core library (no HTTP stack, no argument parser), because in a binary that
 // carries them, just starting costs several times more than `exec` itself.
 // Every other command line, and every `exec` that needs a refresh or fails,
@@ -34,6 +35,12 @@ if let invocation = ExecFastPath.parse(arguments) {
     case .run(let environment):
         // Returns only if the command can't be run; the CLI then reports 126/127.
         _ = try? ProcessReplacement.execute(invocation.command, environment: environment)
+    case .runMasked(let grant):
+        // The command's status; a command that can't be started goes to
+        // the CLI, which reports 126/127.
+        if let status = try? Supervision.run(invocation.command, parentEnvironment: invocation.context.environment, first: grant, mask: true) {
+            exit(status)
+        }
     case .handOver(let note?):
         setenv(Handover.seenVariable, note, 1)
     case .handOver(nil):

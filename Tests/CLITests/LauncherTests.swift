@@ -34,6 +34,13 @@ import Testing
             let result = try run(arguments)
             #expect(result.status == 0 && result.stdout == expected, "\(arguments): \(result.brief)")
         }
+        // A masked exec with a fresh token is served here too: the command
+        // runs as the launcher's child, its output through the masker.
+        let printIt = ["sh", "-c", "echo \"t=$TALLYFY_TOKEN\"; exit 3"]
+        let masked = try run(["exec", "--mask", "--"] + printIt)
+        #expect(masked.status == 3 && masked.stdout == "t=<redacted>\n", "\(masked.brief)")
+        let byVariable = try runProcess(alone, ["exec", "--"] + printIt, environment: environment.merging(["TALLYFY_VAULT_MASK": "1"]) { $1 })
+        #expect(byVariable.status == 3 && byVariable.stdout == "t=<redacted>\n", "\(byVariable.brief)")
         let before = try sandbox.vaultBytes()
         let expectedCLI = sandbox.root.appendingPathComponent("alone/tallyfy-vault-cli").path
         for arguments in [["status"], ["exec", "--min-ttl", "30d", "--", "true"], ["exec", "--bogus", "--", "true"], ["version"]] {

@@ -185,7 +185,7 @@ import Testing
         let token = try token(sandbox)
         let printIt = "import os; print('t=' + os.environ['TALLYFY_TOKEN'])"
         // A plain exec with a fresh token and a key file is the launcher's
-        // fast path: it must hand a masked one to the full CLI.
+        // fast path: it masks by itself (LauncherTests checks it has no CLI).
         let masked = try exec(sandbox, [], python: printIt, env: ["TALLYFY_VAULT_MASK": "1"])
         #expect(masked.status == 0 && text(masked.stdout) == "t=<redacted>\n", "stderr: \(text(masked.stderr))")
         for options in [["--no-mask"], ["--mask", "--no-mask"]] {

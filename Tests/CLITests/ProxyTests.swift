@@ -237,7 +237,7 @@ enum ProxyChild {
 
     /// A sandbox logged in to a fresh emulator that accepts the old and the
     /// new secret, with a private `XDG_RUNTIME_DIR`, and the child script.
-    private func world(_ extra: [String] = [], appTokenTTL: Int? = nil) async throws -> (Sandbox, Emulator, String) {
+    func world(_ extra: [String] = [], appTokenTTL: Int? = nil) async throws -> (Sandbox, Emulator, String) {
         let emulator = try await Emulator.start(
             clients: [("client-test", oldSecret), ("client-test", newSecret)], appTokenTTL: appTokenTTL, extraArguments: extra)
         let sandbox = try Sandbox()
@@ -251,11 +251,11 @@ enum ProxyChild {
         return (sandbox, emulator, script)
     }
 
-    private func json(_ result: RunResult) throws -> [String: Any] {
+    func json(_ result: RunResult) throws -> [String: Any] {
         try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.brief)")
     }
 
-    private func summary(_ value: Any?) -> [String] {
+    func summary(_ value: Any?) -> [String] {
         ((value as? [Any]) ?? []).map { "\($0)" }
     }
 
@@ -295,7 +295,7 @@ enum ProxyChild {
         #expect(left.isEmpty, "left behind: \(left)")
     }
 
-    private func isListening(_ port: Int) throws -> Bool {
+    func isListening(_ port: Int) throws -> Bool {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(descriptor) }
         var address = sockaddr_in()
@@ -554,7 +554,7 @@ enum ProxyChild {
             if assignment.count == 2 { variables[assignment[0]] = assignment[1] }
         }
         #expect(Set(variables.keys) == ["TALLYFY_API_URL", "TALLYFY_BASE_URL", "TALLYFY_API_BASE_URL", "TALLYFY_TOKEN",
-            "TALLYFY_API_TOKEN", "TALLYFY_ORG_ID", "TALLYFY_VAULT_PROXY_PID"], "\(started.brief)")
+            "TALLYFY_API_TOKEN", "TALLYFY_ORG_ID", "TALLYFY_VAULT_PROXY_SOCKET", "TALLYFY_VAULT_PROXY_PID"], "\(started.brief)")
         #expect(started.stdout.contains("export TALLYFY_API_TOKEN;"))
         let again = try sandbox.refused(["proxy", "--detach"], status: 64)
         #expect(again.stderr.contains("a proxy is already running"))
@@ -576,7 +576,8 @@ enum ProxyChild {
         #expect(!status.stdout.contains(variables["TALLYFY_API_TOKEN"] ?? "?"))
 
         let stopped = try sandbox.ok(["proxy", "stop"])
-        #expect(stopped.stdout.contains("unset TALLYFY_API_URL;") && stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_PID;"))
+        #expect(stopped.stdout.contains("unset TALLYFY_API_URL;") && stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_PID;")
+            && stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_SOCKET;"))
         let port = try #require(URLComponents(string: variables["TALLYFY_API_URL"] ?? "")?.port)
         #expect(try !isListening(port))
         #expect(!FileManager.default.fileExists(atPath: sandbox.path("run/tallyfy-vault/proxy.json")))

@@ -104,6 +104,37 @@ import Testing
         #expect(status([host, ("Authorization", "Bearer \(capability.value)")]) == nil)
     }
 
+    /// Over the standing proxy's Unix socket (peer uid checked by the kernel):
+    /// no capability needed, but one given must be right; any one `Host`.
+    @Test func overTheUnixSocketTheCapabilityIsOptionalButNeverWrong() {
+        func status(_ pairs: [(String, String)]) -> Int? {
+            let result = ProxyHeaders.upstream(headers(pairs), capability: capability, ownHosts: nil, requireHost: true, capabilityRequired: false)
+            if case .failure(let refusal) = result { return refusal.status }
+            return nil
+        }
+        #expect(status([("Host", "localhost")]) == nil)
+        #expect(status([("Host", "example.invalid"), ("Authorization", "Bearer \(capability.value)")]) == nil)
+        #expect(status([("Host", "localhost"), ("Authorization", "Bearer \(ProxyCapability().value)")]) == 401)
+        #expect(status([("Host", "localhost"), ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x")]) == 401)
+        #expect(status([("Host", "localhost"), ("Host", "localhost")]) == 400)
+        #expect(status([("Host", "localhost"), ("Authorization", "Bearer \(capability.value)"), ("Authorization", "Bearer \(capability.value)")]) == 400)
+        let out = try? ProxyHeaders.upstream(headers([("Host", "localhost"), ("Proxy-Authorization", "Basic x")]), capability: capability,
+            ownHosts: nil, requireHost: true, capabilityRequired: false).get()
+        #expect(out?.map(\.name) == ["X-Tallyfy-Client"])
+    }
+
+    @Test func countsAreKeptPerListener() {
+        let counters = ProxyCounters(unixSocket: true)
+        counters.count(over: .tcp, requests: 3, refusals: 1)
+        counters.count(over: .unix, requests: 2, refusals: 1)
+        counters.countOtherUser()
+        let snapshot = counters.snapshot
+        #expect(snapshot.line(for: .tcp) == "3 requests, 1 refused")
+        #expect(snapshot.line(for: .unix) == "2 requests, 1 refused, 1 connection from another user refused")
+        #expect(snapshot.line == "5 requests, 2 refused, 0 renewals, 0 retried after a 401, 0 upstream failures, 1 connection from another user refused")
+        #expect(ProxyCounters().snapshot.unixSocket == nil, "exec --proxy has no socket")
+    }
+
     @Test func capabilitiesAre256RandomBitsAndDiffer() {
         let values = Set((0..<100).map { _ in ProxyCapability().value })
         #expect(values.count == 100)

@@ -9,7 +9,11 @@ import TallyfyVaultCore
 /// The loopback credential proxy behind `exec --proxy` and `tallyfy-vault proxy`:
 /// a child holds a capability and this address; the proxy holds the token.
 ///
-/// It listens on 127.0.0.1 only, on a free port. Each request is checked
+/// It listens on 127.0.0.1 only, on a free port, and, for a standing proxy,
+/// also on a Unix socket (`Configuration.unixSocketPath`) through the same
+/// pipeline: a connection there is accepted only from a process of the
+/// proxy's own uid (`SO_PEERCRED`, checked before a byte is read; another
+/// uid's is closed and counted), and needs no capability. Each request is checked
 /// before anything leaves the machine (`ProxyHeaders`: the capability,
 /// compared in constant time, and smuggling headers; `ProxyPolicy`: the path
 /// and the `--allow` rules) and, when refused, answered here in Tallyfy's
@@ -39,6 +43,13 @@ package final class CredentialProxy: Sendable {
         package var headTimeout: Duration
         /// How long a kept-alive connection may stay idle.
         package var idleTimeout: Duration = .seconds(120)
+        /// Also listen here, for this uid only, without the capability. Its
+        /// folder must be private (`RuntimeFolder`); a stale socket file of
+        /// ours there is replaced, anything else refused.
+        package var unixSocketPath: String?
+        /// Hears of each connection to the Unix socket refused for its uid
+        /// (uid, pid), for the proxy's log.
+        package var refusedPeer: (@Sendable (UInt32, Int32) -> Void)?
 
         package init(apiURL: URL, tokenURL: URL?, rules: [ProxyAllowRule], environment: [String: String]) {
             self.apiURL = apiURL
@@ -71,7 +82,8 @@ package final class CredentialProxy: Sendable {
     package let port: Int
     private let policy: ProxyPolicy
     private let http: HTTPClient
-    private let server: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+    private let servers: [(ProxyListener, Server)]
+    private let socketFile: ProxySocketFile?
     private let upstreamBase: String
     private let ownHosts: Set<String>
 
@@ -82,49 +94,109 @@ package final class CredentialProxy: Sendable {
         return "http://127.0.0.1:\(port)" + (path == "/" ? "" : path.hasSuffix("/") ? String(path.dropLast()) : path)
     }
 
-    /// Binds 127.0.0.1 on a free port; call `serve()` to accept connections.
+    /// Binds 127.0.0.1 on a free port (and the Unix socket, when configured);
+    /// call `serve()` to accept connections.
     package static func start(
         configuration: Configuration, keeper: ProxyTokenKeeper, counters: ProxyCounters, capability: ProxyCapability = ProxyCapability()
     ) async throws -> CredentialProxy {
-        let timeouts = ProxyConnectionGuard.Timeouts(
-            head: Self.amount(configuration.headTimeout), body: Self.amount(configuration.upstreamTimeout),
-            idle: Self.amount(configuration.idleTimeout))
-        let server: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+        let tcp: Server
         do {
-            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .serverChannelOption(.backlog, value: 512)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: "127.0.0.1", port: 0) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let guardHandler = ProxyConnectionGuard(timeouts: timeouts, counters: counters)
-                        let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(ByteWatcher(guardHandler))
-                        try sync.configureHTTPServerPipeline(
-                            withErrorHandling: false, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: Self.headerLimits)
-                        try sync.addHandler(guardHandler)
-                        return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
-                    }
-                }
+            tcp = try await bootstrap().bind(host: "127.0.0.1", port: 0) { channel in
+                accept(channel, over: .tcp, configuration: configuration, counters: counters)
+            }
         } catch {
             throw VaultError(.io, "the proxy could not listen on 127.0.0.1: \(error)")
         }
-        guard let port = server.channel.localAddress?.port else {
-            try? await server.channel.close()
+        guard let port = tcp.channel.localAddress?.port else {
+            try? await tcp.channel.close()
             throw VaultError(.io, "the proxy could not tell which port it listens on")
         }
-        return CredentialProxy(configuration: configuration, keeper: keeper, counters: counters, capability: capability, server: server, port: port)
+        var servers: [(ProxyListener, Server)] = [(.tcp, tcp)]
+        var socketFile: ProxySocketFile?
+        if let path = configuration.unixSocketPath {
+            do {
+                let file = try ProxySocketFile.prepare(path)
+                // Nothing but us may connect even for a moment: bound under
+                // umask 177 (as ssh-agent's), so the file is 0600.
+                let previous = umask(0o177)
+                defer { umask(previous) }
+                let unix = try await bootstrap().bind(unixDomainSocketPath: path) { channel in
+                    accept(channel, over: .unix, configuration: configuration, counters: counters)
+                }
+                servers.append((.unix, unix))
+                socketFile = file.bound()
+            } catch {
+                try? await tcp.channel.close()
+                if let error = error as? VaultError { throw error }
+                throw VaultError(.io, "the proxy could not listen on \(path): \(error)",
+                    hint: "set XDG_RUNTIME_DIR to a short private folder")
+            }
+        }
+        return CredentialProxy(
+            configuration: configuration, keeper: keeper, counters: counters, capability: capability, servers: servers,
+            socketFile: socketFile, port: port)
+    }
+
+    private typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+    private typealias Server = NIOAsyncChannel<Accepted, Never>
+
+    /// What an accepted connection became: one to serve, or one from
+    /// another uid, closed already.
+    private enum Accepted: Sendable {
+        case serve(Connection, over: ProxyListener)
+        case refused
+    }
+
+    /// The one bootstrap both listeners bind (TCP options are ignored on the
+    /// Unix socket).
+    private static func bootstrap() -> ServerBootstrap {
+        ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 512)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+    }
+
+    /// The pipeline of every connection, on either listener; on the Unix
+    /// socket, after the peer's uid was found to be ours.
+    private static func accept(
+        _ channel: Channel, over listener: ProxyListener, configuration: Configuration, counters: ProxyCounters
+    ) -> EventLoopFuture<Accepted> {
+        let timeouts = ProxyConnectionGuard.Timeouts(
+            head: Self.amount(configuration.headTimeout), body: Self.amount(configuration.upstreamTimeout),
+            idle: Self.amount(configuration.idleTimeout))
+        let peer: EventLoopFuture<PeerCredentials?> =
+            listener == .unix ? PeerCredentials.of(channel) : channel.eventLoop.makeSucceededFuture(nil)
+        return peer.flatMapThrowing { credentials in
+            if listener == .unix {
+                // Not ours (or not known): closed before a byte is read. Not
+                // a failed future: that would end the listener's accept loop.
+                guard let credentials, credentials.uid == geteuid() else {
+                    counters.countOtherUser()
+                    configuration.refusedPeer?(credentials?.uid ?? UInt32.max, credentials?.pid ?? 0)
+                    channel.close(promise: nil)
+                    return .refused
+                }
+            }
+            let guardHandler = ProxyConnectionGuard(timeouts: timeouts, counters: counters, listener: listener)
+            let sync = channel.pipeline.syncOperations
+            try sync.addHandler(ByteWatcher(guardHandler))
+            try sync.configureHTTPServerPipeline(
+                withErrorHandling: false, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: Self.headerLimits)
+            try sync.addHandler(guardHandler)
+            return .serve(try Connection(wrappingChannelSynchronously: channel), over: listener)
+        }
     }
 
     private init(
         configuration: Configuration, keeper: ProxyTokenKeeper, counters: ProxyCounters, capability: ProxyCapability,
-        server: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>, port: Int
+        servers: [(ProxyListener, Server)], socketFile: ProxySocketFile?, port: Int
     ) {
         self.configuration = configuration
         self.keeper = keeper
         self.counters = counters
         self.capability = capability
-        self.server = server
+        self.servers = servers
+        self.socketFile = socketFile
         self.port = port
         policy = ProxyPolicy(apiURL: configuration.apiURL, tokenURL: configuration.tokenURL, rules: configuration.rules)
         ownHosts = ["127.0.0.1:\(port)", "localhost:\(port)"]
@@ -147,21 +219,33 @@ package final class CredentialProxy: Sendable {
 
     static func amount(_ duration: Duration) -> TimeAmount { TallyfyClient.timeAmount(duration) }
 
-    /// Accepts and serves connections until `stop()`.
+    /// The Unix socket's path, when it listens on one.
+    package var unixSocketPath: String? { socketFile?.path }
+
+    /// Accepts and serves connections on every listener until `stop()`.
     package func serve() async {
-        try? await server.executeThenClose { inbound in
-            try await withThrowingDiscardingTaskGroup { group in
-                for try await connection in inbound {
-                    group.addTask { await self.serve(connection) }
+        await withDiscardingTaskGroup { listeners in
+            for (_, server) in servers {
+                listeners.addTask {
+                    try? await server.executeThenClose { inbound in
+                        try await withThrowingDiscardingTaskGroup { group in
+                            for try await accepted in inbound {
+                                guard case .serve(let connection, let listener) = accepted else { continue }
+                                group.addTask { await self.serve(connection, over: listener) }
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Closes the port at once (connections in flight are cut), stops the
-    /// renewals and the upstream client.
+    /// Closes the port and the Unix socket at once (connections in flight
+    /// are cut) and removes the socket file, stops the renewals and the
+    /// upstream client.
     package func stop() async {
-        try? await server.channel.close()
+        for (_, server) in servers { try? await server.channel.close() }
+        socketFile?.remove()
         await keeper.stop()
         try? await http.shutdown()
     }
@@ -206,19 +290,19 @@ package final class CredentialProxy: Sendable {
 
     private typealias Outbound = NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
 
-    private func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
+    private func serve(_ connection: Connection, over listener: ProxyListener) async {
         try? await connection.executeThenClose { inbound, outbound in
             let parts = Parts(inbound.makeAsyncIterator())
             while let part = try await parts.next() {
                 guard case .head(let head) = part else { continue }
-                counters.count { $0.requests += 1 }
+                counters.count(over: listener, requests: 1)
                 let hasBody = head.headers.first(name: "content-length").map { $0 != "0" } ?? false
                     || head.headers.contains(name: "transfer-encoding")
                 parts.bodyDone = false
                 let keepGoing: Bool
-                switch decide(head) {
+                switch decide(head, over: listener) {
                 case .failure(let refusal):
-                    counters.count { $0.refusals += 1 }
+                    counters.count(over: listener, refusals: 1)
                     // A small body is read and dropped, so the connection stays
                     // usable; a large one is not read at all: close instead.
                     let length = head.headers.first(name: "content-length").flatMap(Int.init)
@@ -234,10 +318,12 @@ package final class CredentialProxy: Sendable {
         }
     }
 
-    private func decide(_ head: HTTPRequestHead) -> Result<(String, HTTPHeaders), ProxyRefusal> {
+    private func decide(_ head: HTTPRequestHead, over listener: ProxyListener) -> Result<(String, HTTPHeaders), ProxyRefusal> {
         policy.check(method: head.method.rawValue, target: head.uri).flatMap { target in
-            ProxyHeaders.upstream(head.headers, capability: capability, ownHosts: ownHosts, requireHost: head.version != .http1_0 && head.version != .http0_9)
-                .map { (target, $0) }
+            ProxyHeaders.upstream(
+                head.headers, capability: capability, ownHosts: listener == .tcp ? ownHosts : nil,
+                requireHost: head.version != .http1_0 && head.version != .http0_9, capabilityRequired: listener == .tcp
+            ).map { (target, $0) }
         }
     }
 
@@ -339,5 +425,85 @@ package final class CredentialProxy: Sendable {
             return .gatewayTimeout
         }
         return .badGateway
+    }
+}
+
+/// The peer of a Unix socket connection, as the kernel knows it
+/// (`SO_PEERCRED`, Linux's `struct ucred`).
+struct PeerCredentials: Sendable {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+
+    /// `nil` when the channel cannot say (then the peer is not trusted).
+    static func of(_ channel: Channel) -> EventLoopFuture<PeerCredentials?> {
+        guard let provider = channel as? SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(nil) }
+        let credentials: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        return credentials.map { Optional($0) }.recover { _ in nil }
+    }
+}
+
+/// The standing proxy's socket file: replaced only when it is a stale socket
+/// of ours, and removed when the proxy stops only while it is still the
+/// file this proxy bound (same device and inode), so a proxy never removes
+/// another's.
+struct ProxySocketFile: Sendable {
+    let path: String
+    private var identity: (dev_t, ino_t)?
+
+    private init(path: String) { self.path = path }
+
+    /// Checks `path` can be bound: its folder private and ours, no live
+    /// listener behind an existing socket file (a stale one is removed).
+    static func prepare(_ path: String) throws -> ProxySocketFile {
+        let folder = (path as NSString).deletingLastPathComponent
+        var info = stat()
+        guard lstat(folder, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid(), info.st_mode & 0o077 == 0 else {
+            throw VaultError(.refused, "the proxy's socket folder \(folder) is not a private folder of yours",
+                hint: "remove it; tallyfy-vault makes it as a private folder")
+        }
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFSOCK, info.st_uid == geteuid() else {
+                throw VaultError(.usage, "\(path) exists and is not a proxy socket of yours; refusing to replace it", hint: "remove it")
+            }
+            if listening(path) {
+                throw VaultError(.usage, "a proxy is already listening on \(path)", hint: "use it, or stop it with `tallyfy-vault proxy stop`")
+            }
+            unlink(path)  // stale: its proxy is gone
+        }
+        return ProxySocketFile(path: path)
+    }
+
+    /// Whether something accepts connections on the socket at `path`.
+    private static func listening(_ path: String) -> Bool {
+        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
+    }
+
+    /// Remembers which file was bound.
+    func bound() -> ProxySocketFile {
+        var file = self
+        var info = stat()
+        if lstat(path, &info) == 0 { file.identity = (info.st_dev, info.st_ino) }
+        return file
+    }
+
+    func remove() {
+        var info = stat()
+        guard let identity, lstat(path, &info) == 0, info.st_dev == identity.0, info.st_ino == identity.1 else { return }
+        unlink(path)
     }
 }

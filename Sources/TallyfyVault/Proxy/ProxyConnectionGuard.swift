@@ -33,6 +33,7 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
     /// The handler at the front of the pipeline, which writes raw answers.
     weak var watcher: ByteWatcher?
     private let counters: ProxyCounters
+    private let listener: ProxyListener
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
     private var waitingForHead = true
@@ -40,9 +41,10 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
     private var responseInFlight = false
     private var answered = false
 
-    init(timeouts: Timeouts, counters: ProxyCounters) {
+    init(timeouts: Timeouts, counters: ProxyCounters, listener: ProxyListener) {
         self.timeouts = timeouts
         self.counters = counters
+        self.listener = listener
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -109,10 +111,7 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let parser = error as? HTTPParserError {
             guard context.channel.isActive, !answered else { return }
-            counters.count {
-                $0.requests += 1
-                $0.refusals += 1
-            }
+            counters.count(over: listener, requests: 1, refusals: 1)
             answerAndClose(parser == .headerOverflow ? .headersTooLarge : .malformed)
             return
         }
@@ -136,10 +135,7 @@ final class ProxyConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler 
             return
         }
         let started = waitingForHead
-        counters.count {
-            $0.requests += started ? 1 : 0
-            $0.refusals += 1
-        }
+        counters.count(over: listener, requests: started ? 1 : 0, refusals: 1)
         answerAndClose(.requestTimeout)
     }
 

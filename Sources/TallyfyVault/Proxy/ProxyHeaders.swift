@@ -38,6 +38,13 @@ package struct ProxyCapability: Sendable {
 /// `X-Forwarded-*`, `X-Real-IP`), which could make Tallyfy or a load
 /// balancer in front of it believe another client or host. Added: the real
 /// token, and `X-Tallyfy-Client: APIClient` when the child sent none.
+///
+/// Over the standing proxy's Unix socket, whose peer the kernel vouches for
+/// (`SO_PEERCRED`: the proxy's own uid), no `Authorization` is needed; one
+/// that is there must still be the capability (a wrong one, or the real
+/// token, is refused as over TCP). `Host` is not compared there (`ownHosts`
+/// `nil`): no browser reaches a Unix socket, so there is no DNS rebinding to
+/// stop, and `Host` never reaches Tallyfy anyway; two are still refused.
 package enum ProxyHeaders {
     static let hopByHop: Set<String> = [
         "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "expect", "host", "content-length",
@@ -47,21 +54,25 @@ package enum ProxyHeaders {
     /// The headers to send upstream (without the token, which is added per
     /// attempt), or the refusal.
     package static func upstream(
-        _ headers: HTTPHeaders, capability: ProxyCapability, ownHosts: Set<String>, requireHost: Bool
+        _ headers: HTTPHeaders, capability: ProxyCapability, ownHosts: Set<String>?, requireHost: Bool,
+        capabilityRequired: Bool = true
     ) -> Result<HTTPHeaders, ProxyRefusal> {
         guard headers["authorization"].count <= 1 else {
             return .failure(.badRequest("More than one Authorization header."))
         }
-        guard let authorization = headers.first(name: "authorization") else { return .failure(.unauthenticated) }
-        let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-        guard parts.count == 2, parts[0].lowercased() == "bearer",
-            capability.matches(parts[1].drop(while: { $0 == " " }))
-        else { return .failure(.unauthenticated) }
+        if let authorization = headers.first(name: "authorization") {
+            let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+            guard parts.count == 2, parts[0].lowercased() == "bearer",
+                capability.matches(parts[1].drop(while: { $0 == " " }))
+            else { return .failure(.unauthenticated) }
+        } else if capabilityRequired {
+            return .failure(.unauthenticated)
+        }
 
         let hosts = headers["host"]
         guard hosts.count <= 1 else { return .failure(.badRequest("More than one Host header.")) }
         if let host = hosts.first {
-            guard ownHosts.contains(host.lowercased()) else {
+            guard ownHosts?.contains(host.lowercased()) ?? true else {
                 return .failure(.badRequest("The Host header names another host than this proxy."))
             }
         } else if requireHost {

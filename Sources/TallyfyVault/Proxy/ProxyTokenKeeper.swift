@@ -2,13 +2,20 @@ import Foundation
 import Synchronization
 import TallyfyVaultCore
 
+/// Where a request reached the proxy: its TCP port on 127.0.0.1 (the
+/// capability required) or the standing proxy's Unix socket (its own uid only).
+package enum ProxyListener: String, Sendable, Codable {
+    case tcp, unix
+}
+
 /// What one proxy run counted; `proxy status` and `exec --proxy --verbose`
 /// print it. Never a token, a capability or a path.
 package final class ProxyCounters: Sendable {
     private let state = Mutex<Snapshot>(Snapshot())
 
     package struct Snapshot: Sendable, Equatable, Codable {
-        /// Every request the proxy read a head of (or failed to), refused or not.
+        /// Every request the proxy read a head of (or failed to), refused or
+        /// not, over either listener.
         package var requests = 0
         /// Answered by the proxy itself and never forwarded.
         package var refusals = 0
@@ -18,21 +25,76 @@ package final class ProxyCounters: Sendable {
         package var upstreamFailures = 0
         /// Requests sent again after a 401 with a renewed token.
         package var retries = 0
+        /// The Unix socket's share of `requests` and `refusals`, and the
+        /// connections it refused from other uids; `nil` without a socket
+        /// (`exec --proxy`). The TCP port's share is the rest.
+        package var unixSocket: UnixSocketCounts?
 
         package init() {}
 
-        /// One line for people: `2000 requests, 0 refused, 1 renewal, 1 retried after a 401, 0 upstream failures`.
-        package var line: String {
-            func plural(_ n: Int, _ word: String) -> String { "\(n) \(word)\(n == 1 ? "" : "s")" }
-            return "\(plural(requests, "request")), \(refusals) refused, \(plural(renewals, "renewal")), "
-                + "\(retries) retried after a 401, \(plural(upstreamFailures, "upstream failure"))"
+        package struct UnixSocketCounts: Sendable, Equatable, Codable {
+            package var requests = 0
+            package var refusals = 0
+            /// Connections from another uid, closed before a byte was read:
+            /// not requests, so in neither count above.
+            package var otherUsers = 0
+
+            package init() {}
         }
+
+        /// One line for people: `2000 requests, 0 refused, 1 renewal, 1 retried after a 401, 0 upstream failures`,
+        /// and `, 1 connection from another user refused` when there was one.
+        package var line: String {
+            let refusedPeers = unixSocket?.otherUsers ?? 0
+            return "\(Self.plural(requests, "request")), \(refusals) refused, \(Self.plural(renewals, "renewal")), "
+                + "\(retries) retried after a 401, \(Self.plural(upstreamFailures, "upstream failure"))"
+                + (refusedPeers > 0 ? ", \(Self.plural(refusedPeers, "connection")) from another user refused" : "")
+        }
+
+        /// Requests and refusals over one listener, for `proxy status`.
+        package func line(for listener: ProxyListener) -> String {
+            switch listener {
+            case .tcp:
+                let unix = unixSocket ?? UnixSocketCounts()
+                return "\(Self.plural(requests - unix.requests, "request")), \(refusals - unix.refusals) refused"
+            case .unix:
+                let unix = unixSocket ?? UnixSocketCounts()
+                return "\(Self.plural(unix.requests, "request")), \(unix.refusals) refused, "
+                    + "\(Self.plural(unix.otherUsers, "connection")) from another user refused"
+            }
+        }
+
+        static func plural(_ n: Int, _ word: String) -> String { "\(n) \(word)\(n == 1 ? "" : "s")" }
     }
 
-    package init() {}
+    /// `unixSocket`: whether the run has a Unix socket (its counts start at 0).
+    package init(unixSocket: Bool = false) {
+        if unixSocket { state.withLock { $0.unixSocket = .init() } }
+    }
 
     package var snapshot: Snapshot { state.withLock { $0 } }
     func count(_ change: (inout Snapshot) -> Void) { state.withLock { change(&$0) } }
+
+    /// A request (or a refusal) read over `listener`.
+    func count(over listener: ProxyListener, requests: Int = 0, refusals: Int = 0) {
+        state.withLock {
+            $0.requests += requests
+            $0.refusals += refusals
+            if listener == .unix {
+                $0.unixSocket = $0.unixSocket ?? .init()
+                $0.unixSocket?.requests += requests
+                $0.unixSocket?.refusals += refusals
+            }
+        }
+    }
+
+    /// A connection to the Unix socket from another uid, closed unread.
+    func countOtherUser() {
+        state.withLock {
+            $0.unixSocket = $0.unixSocket ?? .init()
+            $0.unixSocket?.otherUsers += 1
+        }
+    }
 }
 
 /// The token behind the proxy: the grant in use, renewed in the background

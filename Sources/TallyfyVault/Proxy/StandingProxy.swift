@@ -10,19 +10,28 @@ import TallyfyVaultCore
 /// never signalled), its address, profile and counts, rewritten at most once
 /// a second while they change, removed when it stops. The file holds no
 /// capability and no token: `proxy status` needs neither.
+///
+/// Its Unix socket, `proxy.sock`, is in the same folder: for processes of
+/// the user's own uid only, without the capability.
 package struct StandingProxyState: Codable, Sendable, Equatable {
     package var pid: Int32
     /// `/proc/PID/stat` field 22: the process's start time in clock ticks.
     package var processStart: UInt64
     package var url: String
+    /// The Unix socket it also listens on (absent in a state file written
+    /// before it had one).
+    package var socket: String?
     package var profile: String
     package var startedAt: Date
     package var counts: ProxyCounters.Snapshot
 
-    package init(pid: Int32, processStart: UInt64, url: String, profile: String, startedAt: Date, counts: ProxyCounters.Snapshot) {
+    package init(
+        pid: Int32, processStart: UInt64, url: String, socket: String?, profile: String, startedAt: Date, counts: ProxyCounters.Snapshot
+    ) {
         self.pid = pid
         self.processStart = processStart
         self.url = url
+        self.socket = socket
         self.profile = profile
         self.startedAt = startedAt
         self.counts = counts
@@ -32,6 +41,9 @@ package struct StandingProxyState: Codable, Sendable, Equatable {
     package static func path(environment: [String: String]) -> String {
         RuntimeFolder.sharedPath(environment: environment) + "/proxy.json"
     }
+
+    /// `proxy.sock` in `folder`, the runtime folder `RuntimeFolder.prepare` gave.
+    package static func socketPath(in folder: String) -> String { folder + "/proxy.sock" }
 
     /// Written to a temporary name and renamed, so a reader sees a whole file.
     package func write(to path: String) throws {
@@ -65,28 +77,45 @@ package struct StandingProxyState: Codable, Sendable, Equatable {
         return state
     }
 
-    /// `/proc/PID/stat` field 22, or `nil` when there is no such process.
+    /// `/proc/PID/stat` field 22, or `nil` when there is no such process, or
+    /// it has ended and waits to be reaped (a zombie: where nothing reaps
+    /// orphans, as in some containers, a stopped detached proxy stays one).
     package static func processStartTime(_ pid: Int32) -> UInt64? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let close = text.lastIndex(of: ")")
         else { return nil }
         // Fields after the command name (which may hold spaces): state is field 3.
         let fields = text[text.index(after: close)...].split(separator: " ")
-        return fields.count > 19 ? UInt64(fields[19]) : nil
+        guard fields.count > 19, fields[0] != "Z", fields[0] != "X" else { return nil }
+        return UInt64(fields[19])
     }
 
     /// The lines `proxy` prints for `eval`, as `agent --detach` does.
-    package static func shellVariables(url: String, capability: String, orgID: String, pid: Int32) -> String {
-        [
+    package static func shellVariables(url: String, capability: String, orgID: String, pid: Int32, socket: String?) -> String {
+        let variables = [
             ("TALLYFY_API_URL", url), ("TALLYFY_BASE_URL", url), ("TALLYFY_API_BASE_URL", url),
             ("TALLYFY_TOKEN", capability), ("TALLYFY_API_TOKEN", capability), ("TALLYFY_ORG_ID", orgID),
-            (pidVariable, String(pid)),
-        ].map { "\($0.0)=\(AgentLauncher.shellQuoted($0.1)); export \($0.0);" }.joined(separator: "\n")
+        ] + (socket.map { [(socketVariable, $0)] } ?? []) + [(pidVariable, String(pid))]
+        return variables.map { "\($0.0)=\(AgentLauncher.shellQuoted($0.1)); export \($0.0);" }.joined(separator: "\n")
     }
 
     /// What `proxy stop` prints for `eval`.
     package static let unsetLines = ["TALLYFY_API_URL", "TALLYFY_BASE_URL", "TALLYFY_API_BASE_URL", "TALLYFY_TOKEN", "TALLYFY_API_TOKEN",
-        pidVariable].map { "unset \($0);" }.joined(separator: "\n")
+        socketVariable, pidVariable].map { "unset \($0);" }.joined(separator: "\n")
 
     package static let pidVariable = "TALLYFY_VAULT_PROXY_PID"
+    /// The Unix socket: `curl --unix-socket "$TALLYFY_VAULT_PROXY_SOCKET" "$TALLYFY_API_URL/…"`.
+    package static let socketVariable = "TALLYFY_VAULT_PROXY_SOCKET"
+
+    /// What `proxy status` prints: the proxy, then each listener with its
+    /// share of the counts, then the totals.
+    package var statusLines: [String] {
+        var lines = ["proxy pid \(pid) for profile \"\(profile)\", since \(ChildEnvironment.rfc3339(startedAt))"]
+        lines.append("  on \(url) (TCP, with the capability): \(counts.line(for: .tcp))")
+        if let socket {
+            lines.append("  on \(socket) (Unix socket, uid \(geteuid()) only, no capability needed): \(counts.line(for: .unix))")
+        }
+        lines.append("  in all: \(counts.line)")
+        return lines
+    }
 }

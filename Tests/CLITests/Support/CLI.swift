@@ -74,7 +74,15 @@ func runProcess(
 /// child is reaped here instead.
 func reapedStatus(_ process: Process) -> Int32 {
     let deadline = Date().addingTimeInterval(10)
-    while process.isRunning && Date() < deadline { usleep(2_000) }
+    // A zombie is done: no need to wait out the deadline (every
+    // `proxy --detach`, whose child outlives it, waited the whole 10 s).
+    func zombie() -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")"), stat.index(close, offsetBy: 2) < stat.endIndex
+        else { return false }
+        return stat[stat.index(close, offsetBy: 2)] == "Z"
+    }
+    while process.isRunning && !zombie() && Date() < deadline { usleep(2_000) }
     guard process.isRunning else { return process.terminationStatus }
     var raw: Int32 = 0
     guard waitpid(process.processIdentifier, &raw, 0) == process.processIdentifier else {

@@ -1,6 +1,13 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
+import Dispatch
 import Synchronization
-import TallyfyVaultCore
 
 /// `exec --mask`: the pipes a supervised child writes its standard output and
 /// error to, and the thread that copies each through its own `OutputMasker`
@@ -83,15 +90,15 @@ package final class MaskedOutput: Sendable {
         wake = (wakeEnds[0], wakeEnds[1])
         savedTerminal = Mutex(terminal ? PseudoTerminal.makeRaw(STDIN_FILENO) : nil)
         let initial = secrets.map { Array($0.utf8) }
-        Thread { [self] in
+        DetachedThread.start { [self] in
             relay(initial)
             done.signal()
-        }.start()
+        }
         if terminal {
             // Keys as typed, to the child's terminal. Blocked in read(0) when
             // the supervisor exits, which ends it.
             let master = pty.master
-            Thread {
+            DetachedThread.start {
                 var buffer = [UInt8](repeating: 0, count: 4096)
                 while true {
                     let got = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
@@ -105,7 +112,7 @@ package final class MaskedOutput: Sendable {
                     }
                     guard Self.writeAll(master, Array(keys)) else { return }
                 }
-            }.start()
+            }
         }
     }
 
@@ -192,7 +199,9 @@ package final class MaskedOutput: Sendable {
     private func relay(_ initial: [[UInt8]]) {
         var maskers = [OutputMasker(secrets: initial), OutputMasker(secrets: initial)]
         var reading = readEnds.map { $0 >= 0 }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        // As large as the pipe (F_SETPIPE_SZ above): a chatty child is read
+        // in a few large pieces, each fed to the masker in one call.
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
         defer { for index in 0..<2 where reading[index] { close(readEnds[index]) } }
 
         /// Writes `bytes` to our side of stream `index`; when that is gone,
