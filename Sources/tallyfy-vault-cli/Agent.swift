@@ -39,6 +39,52 @@ struct Agent: ParsableCommand {
         @Option(help: .hidden) var keyFD: Int32?
 
         func run() async throws {
+            // A foreground agent keeps running for hours: glibc overwrites what
+            // it frees from its first instruction on (AgentMemory).
+            if !detach { AgentMemory.restartWithFreedMemoryOverwritten(log: { Output.note("agent: \($0)") }) }
+            var agent = try prepare()
+            // Unlocked: the passphrase variable goes, with every copy of the
+            // command's environment (`prepare` kept none).
+            AgentMemory.forgetPassphraseVariable()
+            if detach {
+                let pid = try AgentLauncher.detach(
+                    unlocker: agent.unlocker.take()!, socketPath: agent.socketPath, vaultPath: agent.vaultPath,
+                    idleTimeout: idleTimeout, maxLifetime: maxLifetime, environment: agent.environment)
+                Output.line(AgentLauncher.shellVariables(socketPath: agent.socketPath, pid: pid))
+                AgentOptions.announce(pid: pid, socketPath: agent.socketPath)
+                return
+            }
+            // The server holds the key from here on, alone: `agent lock` must
+            // leave no reference to it behind (this command's own kept it alive).
+            let server = AgentServer(
+                configuration: .init(socketPath: agent.socketPath, vaultPath: agent.vaultPath, idleTimeout: agent.idle,
+                    maxLifetime: agent.lifetime, environment: agent.environment),
+                unlocker: agent.unlocker.take()!, log: { Output.note("agent: \($0)") })
+            let signals = AgentLauncher.stopOnSignals(server)
+            defer { withExtendedLifetime(signals) {} }
+            let socketPath = agent.socketPath
+            try await server.run(ready: {
+                AgentOptions.announce(pid: getpid(), socketPath: socketPath)
+                AgentLauncher.notifySystemd()
+            })
+        }
+
+        /// What the agent runs with, once unlocked.
+        private struct Prepared {
+            var socketPath: String
+            var vaultPath: String
+            var idle: TimeInterval?
+            var lifetime: TimeInterval?
+            /// Taken (set to nil) by whoever keeps it.
+            var unlocker: VaultUnlocker?
+            /// The command's environment without `TALLYFY_VAULT_PASSPHRASE`.
+            var environment: [String: String]
+        }
+
+        /// Checks, unlocks and returns what the agent needs; the command's
+        /// context (whose environment may hold the passphrase) ends here, so
+        /// nothing the agent keeps refers to it.
+        private func prepare() throws -> Prepared {
             let context = global.context
             let environment = context.environment
             let (socketPath, folderNote) = try AgentSocket.listeningPath(explicit: socketOption.socket, environment: environment)
@@ -55,24 +101,8 @@ struct Agent: ParsableCommand {
                     hint: "use it, stop it with `tallyfy-vault agent stop`, or give another --socket")
             }
             let unlocker = try AgentOptions.unlock(context: context, vaultPath: vaultPath, keyFD: keyFD)
-            if detach {
-                let pid = try AgentLauncher.detach(
-                    unlocker: unlocker, socketPath: socketPath, vaultPath: vaultPath,
-                    idleTimeout: idleTimeout, maxLifetime: maxLifetime, environment: environment)
-                Output.line(AgentLauncher.shellVariables(socketPath: socketPath, pid: pid))
-                AgentOptions.announce(pid: pid, socketPath: socketPath)
-                return
-            }
-            let server = AgentServer(
-                configuration: .init(socketPath: socketPath, vaultPath: vaultPath, idleTimeout: idle, maxLifetime: lifetime,
-                    environment: environment),
-                unlocker: unlocker, log: { Output.note("agent: \($0)") })
-            let signals = AgentLauncher.stopOnSignals(server)
-            defer { withExtendedLifetime(signals) {} }
-            try await server.run(ready: {
-                AgentOptions.announce(pid: getpid(), socketPath: socketPath)
-                AgentLauncher.notifySystemd()
-            })
+            return Prepared(socketPath: socketPath, vaultPath: vaultPath, idle: idle, lifetime: lifetime, unlocker: unlocker,
+                environment: environment.filter { $0.key != UnlockSources.passphraseVariable })
         }
     }
 

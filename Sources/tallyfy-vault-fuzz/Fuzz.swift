@@ -1,7 +1,7 @@
 import Foundation
 import TallyfyVault
 
-// libFuzzer harness (SECURITY.md, "Fuzzing") with four targets, chosen by
+// libFuzzer harness (SECURITY.md, "Fuzzing") with six targets, chosen by
 // `TALLYFY_FUZZ_TARGET`:
 //
 //   vault    (the default) the vault parser and the key-file unlock path
@@ -10,12 +10,16 @@ import TallyfyVault
 //            (`FuzzEntry.parseSummary`)
 //   mask     `exec --mask`'s masker over random secrets, output and writes,
 //            against a naive reference (`FuzzEntry.mask`, `MaskFuzz`)
+//   agent    what the agent reads on a connection: the frame, the request's
+//            JSON and a token request's checks (`FuzzEntry.agentRequest`)
+//   etcd     the etcd v3 gateway's answers as the client reads them: range,
+//            put, txn, lease and the watch stream (`FuzzEntry.etcdAnswers`)
 //
 // `tools/fuzz` builds it with `-sanitize=fuzzer,address -DTALLYFY_FUZZ`:
 // libFuzzer then provides `main` and calls `LLVMFuzzerTestOneInput` for every
 // input. In any other build (`swift build`) the same target is a replay tool:
 //
-//     tallyfy-vault-fuzz [--target vault|token|summary] FILE...
+//     tallyfy-vault-fuzz [--target vault|token|summary|mask|agent|etcd] FILE...
 //
 // runs the same function once over each file and prints how far it got, so a
 // crasher can be replayed under a debugger or checked after a fix.
@@ -40,6 +44,8 @@ let targets: [String: @Sendable (Data) -> FuzzEntry.Outcome] = [
     "token": { FuzzEntry.tokenResponse($0) },
     "summary": { FuzzEntry.parseSummary($0) },
     "mask": { FuzzEntry.mask($0) },
+    "agent": { FuzzEntry.agentRequest($0) },
+    "etcd": { FuzzEntry.etcdAnswers($0) },
 ]
 
 /// The target this process runs: set once, before the first input.
@@ -49,7 +55,7 @@ nonisolated(unsafe) var target: (Data) -> FuzzEntry.Outcome = { _ in fatalError(
 /// Chooses `targetName`'s function, or says which names exist.
 func chooseTarget() -> Bool {
     guard let chosen = targets[targetName] else {
-        FileHandle.standardError.write(Data("tallyfy-vault-fuzz: unknown target \"\(targetName)\" (TALLYFY_FUZZ_TARGET): use vault, token, summary or mask\n".utf8))
+        FileHandle.standardError.write(Data("tallyfy-vault-fuzz: unknown target \"\(targetName)\" (TALLYFY_FUZZ_TARGET): use vault, token, summary, mask, agent or etcd\n".utf8))
         return false
     }
     target = chosen
@@ -103,12 +109,13 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
             }
             guard !paths.isEmpty, !paths.contains(where: { $0 == "-h" || $0 == "--help" }) else {
                 let usage = """
-                    usage: tallyfy-vault-fuzz [--target vault|token|summary|mask] FILE...
+                    usage: tallyfy-vault-fuzz [--target vault|token|summary|mask|agent|etcd] FILE...
                     Runs a fuzz target once over each file and prints its outcome: vault (the
                     default: parse, open with the key file 0x00..0x1f, read every user token),
                     token (a token endpoint's answer body) or summary (the clear summary's JSON,
-                    then what keyless status and check do with it) or mask (exec --mask's masker
-                    against a naive reference). TALLYFY_FUZZ_TARGET chooses
+                    then what keyless status and check do with it), mask (exec --mask's masker
+                    against a naive reference), agent (what the agent reads on a connection) or
+                    etcd (the etcd gateway's answers and watch stream). TALLYFY_FUZZ_TARGET chooses
                     it too. tools/fuzz builds the libFuzzer version of these targets.
 
                     """

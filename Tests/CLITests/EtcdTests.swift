@@ -498,7 +498,11 @@ import Testing
                 (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
             }
             #expect(seen, "round \(round): b's agent did not refresh its cache; agent: \(agent.stderrSoFar)")
-            #expect(agent.stderrSoFar.components(separatedBy: "the vault changed in etcd").count - 1 == round, "\(agent.stderrSoFar)")
+            // The agent logs the change after it has written the cache: wait for the line too.
+            let logged = ProcView.waitUntil(seconds: 10) {
+                agent.stderrSoFar.components(separatedBy: "the vault changed in etcd").count - 1 >= round
+            }
+            #expect(logged && agent.stderrSoFar.components(separatedBy: "the vault changed in etcd").count - 1 == round, "\(agent.stderrSoFar)")
             guard round == 1, let member = watchedMembers().last else { continue }
             // The member the watch goes through dies: the agent watches through another.
             let index = try #require(cluster.endpoints.split(separator: ",").firstIndex { $0 == member })

@@ -3,7 +3,7 @@ import Testing
 @testable import TallyfyVault
 @testable import TallyfyVaultCore
 
-/// The fuzzer's committed seeds (`FuzzSeeds/token`, `FuzzSeeds/summary`;
+/// The fuzzer's committed seeds (`FuzzSeeds/TARGET`;
 /// SECURITY.md, "Fuzzing"), replayed through the same functions libFuzzer
 /// calls, so every case issue 9 named and every finding `tools/fuzz` copied
 /// here keeps running in `swift test`. A seed's name starts with the outcome
@@ -43,6 +43,22 @@ import Testing
     @Test("each summary seed has the outcome its name says", arguments: FuzzSeedTests.seeds("summary"))
     func summarySeed(_ seed: Seed) throws {
         let outcome = try Self.outcome(seed)
+        if let expect = seed.expect { #expect(outcome.expect == expect, "\(outcome.stage): \(outcome.message)") }
+    }
+
+    /// The agent's request reader and the etcd gateway's answers: each seed
+    /// has the outcome its name says (a finding of either traps).
+    @Test("each agent seed has the outcome its name says", arguments: FuzzSeedTests.seeds("agent"))
+    func agentSeed(_ seed: Seed) throws {
+        let data = try Data(contentsOf: Self.folder.appendingPathComponent(seed.target).appendingPathComponent(seed.file))
+        let outcome = FuzzEntry.agentRequest(data)
+        if let expect = seed.expect { #expect(outcome.expect == expect, "\(outcome.stage): \(outcome.message)") }
+    }
+
+    @Test("each etcd seed has the outcome its name says", arguments: FuzzSeedTests.seeds("etcd"))
+    func etcdSeed(_ seed: Seed) throws {
+        let data = try Data(contentsOf: Self.folder.appendingPathComponent(seed.target).appendingPathComponent(seed.file))
+        let outcome = FuzzEntry.etcdAnswers(data)
         if let expect = seed.expect { #expect(outcome.expect == expect, "\(outcome.stage): \(outcome.message)") }
     }
 

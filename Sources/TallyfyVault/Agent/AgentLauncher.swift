@@ -44,7 +44,10 @@ package enum AgentLauncher {
             "--idle-timeout", idleTimeout, "--max-lifetime", maxLifetime]
         // The agent needs no unlock material: it gets the key on descriptor 3.
         let dropped = ChildEnvironment.removed.union(["TALLYFY_VAULT_KEY_FILE", "TALLYFY_VAULT_PASSPHRASE_FILE"])
-        let childEnvironment = environment.filter { !dropped.contains($0.key) }.map { "\($0.key)=\($0.value)" }
+        var kept = environment.filter { !dropped.contains($0.key) }
+        // glibc overwrites what the agent frees from its start (AgentMemory).
+        kept["GLIBC_TUNABLES"] = AgentMemory.tunablesVariable(environment)
+        let childEnvironment = kept.map { "\($0.key)=\($0.value)" }
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = childEnvironment.map { strdup($0) } + [nil]
         defer { (argv + envp).forEach { free($0) } }

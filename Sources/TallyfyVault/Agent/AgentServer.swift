@@ -287,10 +287,12 @@ package final class AgentServer: Sendable {
         }
     }
 
-    /// The request in library terms, or the answer that refuses it.
-    private func tokenRequest(_ wire: AgentProtocol.Request) -> Result<TokenRequest, AgentFailure> {
-        guard wire.vault == configuration.vaultPath else {
-            return .failure(AgentFailure(.failure("other-vault", "this agent holds \(configuration.vaultPath) only")))
+    /// The request in library terms, or the answer that refuses it, for an
+    /// agent that holds the vault at `vaultPath` (a function of the request
+    /// alone, so the fuzz target runs exactly what the agent runs).
+    static func tokenRequest(_ wire: AgentProtocol.Request, vaultPath: String) -> Result<TokenRequest, AgentFailure> {
+        guard wire.vault == vaultPath else {
+            return .failure(AgentFailure(.failure("other-vault", "this agent holds \(vaultPath) only")))
         }
         guard let profile = wire.profile, let minimum = wire.minimumLifetime, minimum.isFinite, minimum >= 0 else {
             return .failure(AgentFailure(.failure("bad-request", "a token request needs a profile and a minimum lifetime")))
@@ -307,7 +309,7 @@ package final class AgentServer: Sendable {
         return .success(TokenRequest(profile: profile, user: wire.user, minimumLifetime: minimum, renewal: renewal))
     }
 
-    private struct AgentFailure: Error {
+    struct AgentFailure: Error {
         var answer: AgentProtocol.Answer
         init(_ answer: AgentProtocol.Answer) { self.answer = answer }
     }
@@ -316,7 +318,7 @@ package final class AgentServer: Sendable {
     /// else the request to renew.
     private func sealedAnswer(_ wire: AgentProtocol.Request, for pid: pid_t) -> Reply {
         let request: TokenRequest
-        switch tokenRequest(wire) {
+        switch Self.tokenRequest(wire, vaultPath: configuration.vaultPath) {
         case .success(let valid): request = valid
         case .failure(let refusal): return .now(refusal.answer)
         }

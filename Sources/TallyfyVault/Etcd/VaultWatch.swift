@@ -127,42 +127,28 @@ private struct WatchStream: Sendable {
             if response.status == .unauthorized { vault.gateway.forgetToken() }
             throw WatchEnded(reason: "etcd answered \(response.status.code)")
         }
-        var pending = Data()
+        var lines = WatchLines()
         for try await chunk in response.body {
-            pending.append(contentsOf: chunk.readableBytesView)
-            // An event is a few hundred bytes; a "line" that never ends is not etcd.
-            if pending.count > VaultWatch.maxLineBytes, !pending.contains(0x0A) {
-                throw WatchEnded(reason: "a line of the watch stream is over \(VaultWatch.maxLineBytes >> 20) MiB")
-            }
-            while let newline = pending.firstIndex(of: 0x0A) {
-                let line = pending[pending.startIndex..<newline]
-                pending = Data(pending[pending.index(after: newline)...])
+            for line in try lines.append(chunk.readableBytesView) {
                 try handle(line, endpoint: endpoint, established: established)
             }
         }
         // etcd's last word may come without a newline (`{"error":{…"no leader"}}`).
-        try handle(pending, endpoint: endpoint, established: established)
+        try handle(lines.rest, endpoint: endpoint, established: established)
         throw WatchEnded(reason: "the stream ended")
     }
 
     private func handle(_ line: Data, endpoint: String, established: () -> Void) throws {
-        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else { return }
-        if let error = object["error"] as? [String: Any] {
-            throw WatchEnded(reason: EtcdGateway.clean((error["message"] as? String) ?? "an error"))
-        }
-        guard let result = object["result"] as? [String: Any] else { return }
-        if result["canceled"] as? Bool == true {
-            throw WatchEnded(reason: EtcdGateway.clean((result["cancel_reason"] as? String) ?? "canceled by etcd"))
-        }
-        if result["created"] as? Bool == true {
+        let event = WatchEvent(line: line)
+        if let reason = event.ended { throw WatchEnded(reason: reason) }
+        if event.created {
             // Anything that changed before the watch began is read now.
             _ = try store.refreshCache()
             RemoteLocations.setWatched(location, true)
             established()
             log("watching \(location.text) for changes (through \(endpoint))")
         }
-        if let events = result["events"] as? [[String: Any]], !events.isEmpty {
-            let revision = events.compactMap { ($0["kv"] as? [String: Any])?["mod_revision"] }.last.map(int64) ?? 0
+        if let revision = event.changedAt {
             do {
                 // Logged even when the periodic check got there first.
                 try store.refreshCache()
@@ -182,6 +168,56 @@ private struct WatchStream: Sendable {
     }
 }
 
-private struct WatchEnded: Error {
+struct WatchEnded: Error {
     let reason: String
+}
+
+/// The watch stream cut into lines, one JSON object each. An event is a few
+/// hundred bytes; a "line" that runs past `VaultWatch.maxLineBytes` without
+/// ending is not etcd, and ends the watch.
+struct WatchLines {
+    private var pending = Data()
+
+    /// The lines `bytes` completes, in order.
+    mutating func append(_ bytes: some Sequence<UInt8>) throws -> [Data] {
+        pending.append(contentsOf: bytes)
+        if pending.count > VaultWatch.maxLineBytes, !pending.contains(0x0A) {
+            throw WatchEnded(reason: "a line of the watch stream is over \(VaultWatch.maxLineBytes >> 20) MiB")
+        }
+        var lines: [Data] = []
+        while let newline = pending.firstIndex(of: 0x0A) {
+            lines.append(Data(pending[pending.startIndex..<newline]))
+            pending = Data(pending[pending.index(after: newline)...])
+        }
+        return lines
+    }
+
+    /// What came after the last newline.
+    var rest: Data { pending }
+}
+
+/// What one line of the watch stream says: the watch ended (etcd's error, or
+/// a cancel, with its reason in one line), it was created, or the manifest
+/// changed (at the revision of its last event). Anything else is ignored.
+struct WatchEvent: Equatable {
+    var ended: String?
+    var created = false
+    var changedAt: Int64?
+
+    init(line: Data) {
+        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else { return }
+        if let error = object["error"] as? [String: Any] {
+            ended = EtcdGateway.clean((error["message"] as? String) ?? "an error")
+            return
+        }
+        guard let result = object["result"] as? [String: Any] else { return }
+        if result["canceled"] as? Bool == true {
+            ended = EtcdGateway.clean((result["cancel_reason"] as? String) ?? "canceled by etcd")
+            return
+        }
+        created = result["created"] as? Bool == true
+        if let events = result["events"] as? [[String: Any]], !events.isEmpty {
+            changedAt = events.compactMap { ($0["kv"] as? [String: Any])?["mod_revision"] }.last.map(int64) ?? 0
+        }
+    }
 }
