@@ -15,21 +15,21 @@ import TallyfyVaultCore
 /// (`glibc.malloc.perturb`), with its per-thread cache off (a block freed
 /// into that cache is not overwritten), and removes the passphrase from its
 /// own environment once it has unlocked.
-public enum AgentMemory {
+package enum AgentMemory {
     /// Freed blocks are filled with 0xff (and new ones with 0x00, as calloc
     /// gives them); no block is kept in the per-thread cache, which glibc
     /// fills nothing into.
-    public static let tunables = "glibc.malloc.perturb=255:glibc.malloc.tcache_count=0"
+    package static let tunables = "glibc.malloc.perturb=255:glibc.malloc.tcache_count=0"
 
     /// `GLIBC_TUNABLES` for a process that should run with `tunables`,
     /// keeping any the user set.
-    public static func tunablesVariable(_ environment: [String: String]) -> String {
+    package static func tunablesVariable(_ environment: [String: String]) -> String {
         guard let existing = environment["GLIBC_TUNABLES"], !existing.isEmpty else { return tunables }
         return existing.contains("glibc.malloc.perturb=") ? existing : existing + ":" + tunables
     }
 
     /// Whether glibc read our tunables when this process started.
-    public static var freedMemoryIsOverwritten: Bool {
+    package static var freedMemoryIsOverwritten: Bool {
         guard let value = getenv("GLIBC_TUNABLES") else { return false }
         return String(cString: value).contains("glibc.malloc.perturb=")
     }
@@ -39,7 +39,7 @@ public enum AgentMemory {
     /// starts). Called first thing by a foreground agent, before any secret
     /// is read; returns only when the tunables are in effect already, or the
     /// exec failed (then the agent runs without them, and says so).
-    public static func restartWithFreedMemoryOverwritten(log: (String) -> Void) {
+    package static func restartWithFreedMemoryOverwritten(log: (String) -> Void) {
         guard !freedMemoryIsOverwritten else { return }
         guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else {
             log("could not find this program (/proc/self/exe) to restart it with freed memory overwritten; running without")
@@ -58,7 +58,7 @@ public enum AgentMemory {
     /// overwrites the string that held it, name and value: the one the kernel
     /// put on the stack (which `/proc/PID/environ` shows) or a copy `setenv`
     /// made. Called once the agent has unlocked.
-    public static func forgetPassphraseVariable() {
+    package static func forgetPassphraseVariable() {
         let name = UnlockSources.passphraseVariable + "="
         var held: [UnsafeMutablePointer<CChar>] = []
         var entry: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> = environ
