@@ -523,6 +523,46 @@ struct EtcdClusterError: Error, CustomStringConvertible {
             "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "0"])
     }
 
+    /// A machine cut from Tallyfy but not from etcd holds the fleet's lock
+    /// while its token request hangs (found by tools/partition-test): it must
+    /// give the lock up while another machine can still renew before the
+    /// sealed token expires, not hold it until the token has expired for
+    /// everyone. The token has at most 12 s left by both machines' clocks;
+    /// a's request hangs for 30 s; b, waiting for the lock, must renew within
+    /// those 12 s (without the bound a's lock outlasts b's 10 s wait: 75).
+    @Test func aRenewalStuckOnTallyfyLetsAnotherMachineRenewBeforeTheTokenExpires() async throws {
+        let cluster = try EtcdCluster.start(members: 1)
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 3600)
+        defer { _ = emulator.stop() }
+        let loggingIn = ContinuousClock.now  // the sealed token expires 3600 s after its request, which comes later
+        let a = try loggedIn(on: cluster.location(), emulator)
+        let b = try machine(location: a.vaultLocation, key: a.keyPath)
+        let sealed = try a.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let nearTheEnd = ["TALLYFY_VAULT_TEST_NOW": "+3588s"]
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 30_000, times: 1))
+        let stuck = try a.launch(["exec", "--min-ttl", "1h", "--", "printenv", "TALLYFY_TOKEN"], env: nearTheEnd)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try await emulator.counts()["token"] ?? 0 < 2, stuck.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))  // polling for a's request to arrive, not a fixed wait
+        }
+        let other = try b.launch(["exec", "--min-ttl", "1h", "--", "printenv", "TALLYFY_TOKEN"], env: nearTheEnd)
+        let renewed = other.wait()
+        #expect(renewed.status == 0, "\(renewed.brief)")
+        #expect(ContinuousClock.now - loggingIn < .seconds(12), "b renewed only after the sealed token had expired")
+        let token = renewed.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!token.isEmpty && token != sealed)
+        let gaveUp = stuck.wait()
+        #expect(gaveUp.status == 69, "\(gaveUp.brief)")
+        #expect(gaveUp.stderr.contains("gave up so that another process or machine can renew it"), "\(gaveUp.stderr)")
+        #expect(!gaveUp.stdout.contains(sealed), "a handed out the token it could not renew")
+        // One request each: login, a's (given up), b's.
+        #expect(try await emulator.counts()["token"] == 3)
+        // The vault holds b's token (a machine with no cache reads it from etcd).
+        let third = try machine(location: a.vaultLocation, key: a.keyPath)
+        #expect(try third.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+    }
+
     @Test func aLockWhoseHolderDiedExpiresWithItsLease() async throws {
         let cluster = try EtcdCluster.start(members: 1)
         defer { withExtendedLifetime(cluster) {} }

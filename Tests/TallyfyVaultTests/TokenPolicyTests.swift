@@ -31,6 +31,19 @@ import TallyfyVaultCore
         #expect(TokenBroker.applicationTokenMargin(forUserCallsWith: odd) == 0)
     }
 
+    /// A call to Tallyfy under the vault lock waits at most half the life
+    /// the sealed application token has left (at least a second), so a
+    /// holder that can't reach Tallyfy lets go in time for one that can; an
+    /// expired or missing token leaves the client's own timeouts.
+    @Test func underTheLockTallyfyIsGivenHalfTheLifeLeft() {
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 4), now: now) == 2)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 7 * 86400), now: now) == 3.5 * 86400)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 0.5), now: now) == TokenPolicy.minimumPatienceUnderLock)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 0), now: now) == nil)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: -5), now: now) == nil)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: nil, now: now) == nil)
+    }
+
     /// Under the lock: a token another process renewed since we looked is
     /// taken even when it can't satisfy a long `--min-ttl` (single flight);
     /// the same token we saw is not.

@@ -54,6 +54,27 @@ public enum TokenPolicy {
         return token.expiresAt.timeIntervalSince(now) > fallbackFloor
     }
 
+    /// How long a call to Tallyfy made while holding the vault lock may
+    /// take: half the life the sealed application token has left (at least
+    /// `minimumPatienceUnderLock`), or `nil` (the client's own timeouts) when
+    /// it has none left. Every process and machine that needs a token waits
+    /// for this lock, so a holder that cannot reach Tallyfy must let go while
+    /// one that can still has time to renew before the token expires. Found
+    /// by tools/partition-test: a machine cut from Tallyfy but not from etcd
+    /// held the fleet's lock until the 12-second token had expired for
+    /// everyone. With Tallyfy's 7-day tokens, renewed hours before their end,
+    /// this is far longer than the client's own timeouts and changes nothing.
+    public static func patienceUnderLock(applicationToken token: SealedToken?, now: Date) -> TimeInterval? {
+        guard let token else { return nil }
+        let left = token.expiresAt.timeIntervalSince(now)
+        guard left > 0 else { return nil }
+        return max(minimumPatienceUnderLock, left / 2)
+    }
+
+    /// The least `patienceUnderLock` allows: a token about to expire is not
+    /// worth giving up a call Tallyfy is about to answer.
+    public static let minimumPatienceUnderLock: TimeInterval = 1
+
     /// The minimum lifetime from `--min-ttl`, else `TALLYFY_VAULT_MIN_TTL`, else 1h.
     public static func minimumLifetime(option: String?, environment: [String: String]) throws -> TimeInterval {
         if let option { return try DurationText.parse(option) }
