@@ -580,12 +580,12 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         }
         holder.kill()
         _ = holder.wait()
-        // Another writer waits for the lease to expire (10 s), then writes.
+        // Another writer waits for the lease to expire (3 s), then writes.
         let started = ContinuousClock.now
         try sandbox.ok(["--profile", "second", "credentials", "set", "--org", "org-test", "--client-id", client,
             "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
             stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "20"])
-        #expect(ContinuousClock.now - started < .seconds(16))
+        #expect(ContinuousClock.now - started < .seconds(7), "the dead holder's lock outlived its 3-second lease")
         // With a short wait, a held lock is 75 and says why.
         try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 5_000, times: 1))
         let slow = try sandbox.launch(["login"])
@@ -597,6 +597,41 @@ struct EtcdClusterError: Error, CustomStringConvertible {
             status: 75, stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "0.5"])
         #expect(busy.stderr.contains("lock"), "\(busy.stderr)")
         #expect(slow.wait().status == 0)
+    }
+
+    /// The lock's lease is short (3 s), so a live holder must keep it alive
+    /// at every member: one that hangs (paused) must not cost the holder its
+    /// lock while it waits for Tallyfy, or a second machine would renew too.
+    @Test func aLiveHolderKeepsTheLockWhileAMemberHangs() async throws {
+        let cluster = try EtcdCluster.start()
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Self.sandbox(on: cluster.location())
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        // A login that waits 40 s for Tallyfy while holding the lock (no
+        // token is sealed yet, so nothing cuts the wait short): longer than
+        // the other machine takes to give up, each of whose commands first
+        // waits 3 s for the hung member.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 40_000, times: 1))
+        let holder = try sandbox.launch(["login"], env: ["TALLYFY_VAULT_HTTP_TIMEOUT": "60"])
+        let deadline = ContinuousClock.now + .seconds(15)
+        while try await emulator.counts()["token"] ?? 0 < 1, holder.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // The member the holder talks to (the first: it answered) hangs.
+        try cluster.signal(member: 1, SIGSTOP)
+        defer { try? cluster.signal(member: 1, SIGCONT) }
+        let other = try machine(location: sandbox.vaultLocation, key: sandbox.keyPath)
+        let busy = try other.refused(["--profile", "second", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+            status: 75, stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "6"])
+        #expect(busy.stderr.contains("lock"), "\(busy.stderr)")
+        #expect(holder.isRunning, "the holder ended before the other machine gave up: the test proved nothing")
+        try cluster.signal(member: 1, SIGCONT)
+        holder.kill()
+        _ = holder.wait()
     }
 
     @Test func aRotationOnOneMachineServesEveryMachine() async throws {

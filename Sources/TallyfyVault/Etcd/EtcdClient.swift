@@ -50,7 +50,17 @@ struct EtcdVault: RemoteSealedBytes {
     /// however the time is spent: a member answering slowly but within each
     /// request's deadline cannot hold a client for minutes.
     static let wholeDeadline = Duration.seconds(15)
-    static let lockTTL = 10
+    /// The fleet lock's lease, in seconds: how long a holder that can no
+    /// longer reach the cluster (cut off, on a minority's side, or dead)
+    /// keeps everyone else waiting. Found by tools/partition-test: with 10 s,
+    /// a machine cut from etcd just after taking the lock held it past the
+    /// moment the fleet had to renew a 12-second token, and nobody had a
+    /// valid one. A live holder renews the lease every second at every
+    /// member, so only a holder that reaches none of them for 3 s loses it
+    /// (its write, conditioned on the revision it read, then fails: nothing
+    /// is lost). etcd raises a TTL below its minimum (1.5 s with its default
+    /// timings) to that minimum.
+    static let lockTTL = 3
     static let manifestFormat = "tallyfy-vault-etcd-1"
 
     let location: EtcdLocation
@@ -220,11 +230,22 @@ struct EtcdVault: RemoteSealedBytes {
                 if left <= 0 { lease = try grantLease() }
                 leaseRenewed = clock.now
             }
-            let answer = try gateway.call("/v3/kv/txn", [
-                "compare": [["key": b64(lockKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]],
-                "success": [["request_put": ["key": b64(lockKey), "value": b64(owner), "lease": lease]]],
-                "failure": [["request_range": ["key": b64(lockKey)]]],
-            ], patience: Self.writePatience)
+            let answer: [String: Any]
+            do {
+                answer = try gateway.call("/v3/kv/txn", [
+                    "compare": [["key": b64(lockKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]],
+                    "success": [["request_put": ["key": b64(lockKey), "value": b64(owner), "lease": lease]]],
+                    "failure": [["request_range": ["key": b64(lockKey)]]],
+                ], patience: Self.writePatience)
+            } catch let error as VaultError where error.kind == .unavailable && clock.now < deadline {
+                // A transaction that outlasted the short lease (a long
+                // election) is refused for it: a new lease, and again.
+                let answer = try? gateway.call("/v3/lease/keepalive", ["ID": lease])
+                guard int64((answer?["result"] as? [String: Any])?["TTL"]) <= 0 else { throw error }
+                lease = try grantLease()
+                leaseRenewed = clock.now
+                continue
+            }
             // Held by this owner after a failed compare: an earlier attempt
             // whose answer was lost (see `commit`) took it.
             let holder = ((answer["responses"] as? [[String: Any]])?.first?["response_range"] as? [String: Any]).flatMap {
@@ -271,7 +292,9 @@ final class EtcdLock: RemoteLock, @unchecked Sendable {
         let gateway = vault.gateway
         let every = TimeAmount.seconds(Int64(EtcdVault.lockTTL / 3))
         keepAlive = gateway.http.eventLoopGroup.next().scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
-            gateway.send("/v3/lease/keepalive", ["ID": lease])
+            // To every member: one that hangs (paused, cut off) must not
+            // cost the lease while the others would have kept it.
+            gateway.sendToEveryMember("/v3/lease/keepalive", ["ID": lease])
         }
     }
 
@@ -317,6 +340,15 @@ final class EtcdGateway: Sendable {
             let request = try? request(path, data, endpoint: location.endpoints[preferred.withLock { $0 }])
         else { return }
         _ = http.execute(request: request, deadline: .now() + Self.deadline)
+    }
+
+    /// Sends and forgets, to every member at once (the lock's keep-alives).
+    func sendToEveryMember(_ path: String, _ body: [String: Any]) {
+        guard let data = try? JSONSerialization.data(withJSONObject: body) else { return }
+        for endpoint in location.endpoints {
+            guard let request = try? request(path, data, endpoint: endpoint) else { continue }
+            _ = http.execute(request: request, deadline: .now() + Self.deadline)
+        }
     }
 
     private func request(_ path: String, _ body: Data, endpoint: String) throws -> HTTPClient.Request {
