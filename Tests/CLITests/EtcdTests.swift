@@ -634,6 +634,28 @@ struct EtcdClusterError: Error, CustomStringConvertible {
         _ = holder.wait()
     }
 
+    /// A member that hangs costs a process one wait (3 s), not one per
+    /// operation: every operation used to start again at the first member,
+    /// so a write (a read, then a lease and the lock) waited twice, and an
+    /// agent at every renewal (found by tools/partition-test).
+    @Test func aHungFirstMemberCostsAProcessOneWait() async throws {
+        let cluster = try EtcdCluster.start()
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Self.sandbox(on: cluster.location())
+        try sandbox.ok(["init"])
+        let other = try machine(location: sandbox.vaultLocation, key: sandbox.keyPath)
+        try cluster.signal(member: 1, SIGSTOP)
+        defer { try? cluster.signal(member: 1, SIGCONT) }
+        let started = ContinuousClock.now
+        try other.ok(["credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(5), "a write with the first member hung took \(took): it waited for that member more than once")
+        try cluster.signal(member: 1, SIGCONT)
+    }
+
     @Test func aRotationOnOneMachineServesEveryMachine() async throws {
         let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }

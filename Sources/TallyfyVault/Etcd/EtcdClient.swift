@@ -315,7 +315,18 @@ final class EtcdLock: RemoteLock, @unchecked Sendable {
 final class EtcdGateway: Sendable {
     let location: EtcdLocation
     let http: HTTPClient
-    private let preferred: Mutex<Int>
+    /// The member that last answered, per cluster, for the whole process:
+    /// every operation of a command or an agent makes a gateway of its own,
+    /// and each used to start again at the first member. Found by
+    /// tools/partition-test: with the first member cut off, every write of
+    /// an agent first waited 3 s for it (a lease, then the lock), and a
+    /// renewal due 3 s before a short-lived token's end came too late.
+    private static let lastAnswered = Mutex<[String: Int]>([:])
+    private var preferredKey: String { location.endpoints.joined(separator: ",") }
+    private var preferred: Int {
+        get { Self.lastAnswered.withLock { $0[preferredKey] ?? 0 } }
+        set { Self.lastAnswered.withLock { $0[preferredKey] = newValue } }
+    }
     private let token: Mutex<String?>
 
     /// A request that a member has not answered in this time is sent to the next.
@@ -328,7 +339,6 @@ final class EtcdGateway: Sendable {
     init(location: EtcdLocation) throws {
         self.location = location
         http = try Self.client(for: location)
-        preferred = Mutex(0)
         token = Mutex(nil)
     }
 
@@ -337,7 +347,7 @@ final class EtcdGateway: Sendable {
     /// Sends and forgets (lease keep-alives and revokes).
     func send(_ path: String, _ body: [String: Any]) {
         guard let data = try? JSONSerialization.data(withJSONObject: body),
-            let request = try? request(path, data, endpoint: location.endpoints[preferred.withLock { $0 }])
+            let request = try? request(path, data, endpoint: location.endpoints[preferred % location.endpoints.count])
         else { return }
         _ = http.execute(request: request, deadline: .now() + Self.deadline)
     }
@@ -439,7 +449,7 @@ final class EtcdGateway: Sendable {
     private func attempt(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
         let data = try JSONSerialization.data(withJSONObject: body)
         let count = location.endpoints.count
-        let start = preferred.withLock { $0 }
+        let start = preferred
         var lastProblem = "no member answered"
         var tlsProblem: String?
         var reachable = false  // some member answered or took the request, and could not serve it
@@ -473,7 +483,7 @@ final class EtcdGateway: Sendable {
                 continue
             }
             if response.status == .ok {
-                preferred.withLock { $0 = index }
+                preferred = index
                 return json
             }
             let code = (json["code"] as? Int) ?? 0

@@ -210,8 +210,9 @@ extension TokenBroker {
     ) async throws -> T {
         let sealed = vault.content.profiles[profile]?.applicationToken
         guard let patience = TokenPolicy.patienceUnderLock(applicationToken: sealed, now: now) else { return try await call() }
+        let answerBy = ContinuousClock.now + .milliseconds(Int64(patience * 1000))
         return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await call() }
+            group.addTask { try await TallyfyClient.$answerBy.withValue(answerBy) { try await call() } }
             group.addTask {
                 try await Task.sleep(for: .milliseconds(Int64(patience * 1000)))
                 return nil
