@@ -32,15 +32,23 @@ import TallyfyVaultCore
     }
 
     /// A call to Tallyfy under the vault lock waits at most half the life
-    /// the sealed application token has left (at least a second), so a
-    /// holder that can't reach Tallyfy lets go in time for one that can; an
-    /// expired or missing token leaves the client's own timeouts.
+    /// the sealed application token has left, and at least a twelfth of its
+    /// lifetime (and a second), also once it has expired, so a holder that
+    /// can't reach Tallyfy lets go in time for one that can; with no token
+    /// sealed, the client's own timeouts.
     @Test func underTheLockTallyfyIsGivenHalfTheLifeLeft() {
-        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 4), now: now) == 2)
-        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 7 * 86400), now: now) == 3.5 * 86400)
-        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 0.5), now: now) == TokenPolicy.minimumPatienceUnderLock)
-        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: 0), now: now) == nil)
-        #expect(TokenPolicy.patienceUnderLock(applicationToken: token(left: -5), now: now) == nil)
+        func twelveSeconds(left: TimeInterval) -> SealedToken {
+            SealedToken(value: "t", expiresAt: now.addingTimeInterval(left), obtainedAt: now.addingTimeInterval(left - 12))
+        }
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: twelveSeconds(left: 4), now: now) == 2)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: twelveSeconds(left: 1), now: now) == 1)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: twelveSeconds(left: -5), now: now) == 1)
+        let week = SealedToken(value: "t", expiresAt: now.addingTimeInterval(2 * 86400), obtainedAt: now.addingTimeInterval(-5 * 86400))
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: week, now: now) == 86400)
+        let expiredWeek = SealedToken(value: "t", expiresAt: now.addingTimeInterval(-60), obtainedAt: now.addingTimeInterval(-7 * 86400 - 60))
+        #expect(abs((TokenPolicy.patienceUnderLock(applicationToken: expiredWeek, now: now) ?? 0) - 7 * 86400 / 12) < 0.001)
+        let tiny = SealedToken(value: "t", expiresAt: now.addingTimeInterval(0.5), obtainedAt: now.addingTimeInterval(-1))
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: tiny, now: now) == TokenPolicy.minimumPatienceUnderLock)
         #expect(TokenPolicy.patienceUnderLock(applicationToken: nil, now: now) == nil)
     }
 

@@ -109,14 +109,14 @@ extension TallyfyClient {
     /// would otherwise hold the caller (and the vault lock) for as long as
     /// it likes.
     func send(_ request: HTTPClientRequest, to endpoint: Endpoint) async throws -> Reply {
-        var overall = ContinuousClock.now + totalTimeout
+        let overall = ContinuousClock.now + totalTimeout
         var retryUntil = overall
-        if let answerBy = Self.answerBy, answerBy < overall {
+        if let answerBy = Self.answerBy {
             // No retry that would leave too little time for an answer: one
             // begun just before the caller gives up may still be answered,
-            // and the token Tallyfy issues then is one nobody keeps.
-            overall = answerBy
-            retryUntil = answerBy - Self.leastTimeForAnAttempt
+            // and the token Tallyfy issues then is one nobody keeps. (The
+            // caller stops the attempt in flight itself, and says why.)
+            retryUntil = min(overall, answerBy - Self.leastTimeForAnAttempt)
         }
         return try await withRetries(policy: retry, deadline: retryUntil, sleep: sleep) { _ in
             let left = overall - ContinuousClock.now
