@@ -470,7 +470,9 @@ struct EtcdClusterError: Error, CustomStringConvertible {
     @Test func killingTheLeaderMidRefreshLosesNothing() async throws {
         let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }
-        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
+        // A 60-second token: an expired one is renewed with a twelfth of its
+        // lifetime (5 s) to wait for Tallyfy, longer than the 2 s delay below.
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 60)
         defer { _ = emulator.stop() }
         let sandbox = try loggedIn(on: cluster.location(), emulator)
         sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
