@@ -362,7 +362,9 @@ import Testing
     @Test func killingTheLeaderMidRefreshLosesNothing() async throws {
         let cluster = try EtcdCluster.start()
         defer { withExtendedLifetime(cluster) {} }
-        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 1)
+        // A 60-second token: an expired one is renewed with a twelfth of its
+        // lifetime (5 s) to wait for Tallyfy, longer than the 2 s delay below.
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 60)
         defer { _ = emulator.stop() }
         let sandbox = try loggedIn(on: cluster.location(), emulator)
         sandbox.environment["TALLYFY_VAULT_TEST_NOW"] = "+1h"
@@ -415,6 +417,46 @@ import Testing
             "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "0"])
     }
 
+    /// A machine cut from Tallyfy but not from etcd holds the fleet's lock
+    /// while its token request hangs (found by tools/partition-test): it must
+    /// give the lock up while another machine can still renew before the
+    /// sealed token expires, not hold it until the token has expired for
+    /// everyone. The 24-second token has at most 12 s left by both clocks;
+    /// a's request hangs for 30 s; b, waiting for the lock, must renew within
+    /// those 12 s (without the bound a's lock outlasts b's 10 s wait: 75).
+    @Test func aRenewalStuckOnTallyfyLetsAnotherMachineRenewBeforeTheTokenExpires() async throws {
+        let cluster = try EtcdCluster.start(members: 1)
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)], appTokenTTL: 24)
+        defer { _ = emulator.stop() }
+        let loggingIn = ContinuousClock.now  // the sealed token expires 24 s after its request, which comes later
+        let a = try loggedIn(on: cluster.location(), emulator)
+        let b = try machine(location: a.vaultLocation, key: a.keyPath)
+        let sealed = try a.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let nearTheEnd = ["TALLYFY_VAULT_TEST_NOW": "+12s"]
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 30_000, times: 1))
+        let stuck = try a.launch(["exec", "--min-ttl", "1h", "--", "printenv", "TALLYFY_TOKEN"], env: nearTheEnd)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try await emulator.counts()["token"] ?? 0 < 2, stuck.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))  // polling for a's request to arrive, not a fixed wait
+        }
+        let other = try b.launch(["exec", "--min-ttl", "1h", "--", "printenv", "TALLYFY_TOKEN"], env: nearTheEnd)
+        let renewed = other.wait()
+        #expect(renewed.status == 0, "\(renewed.brief)")
+        #expect(ContinuousClock.now - loggingIn < .seconds(12), "b renewed only after the sealed token had expired")
+        let token = renewed.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!token.isEmpty && token != sealed)
+        let gaveUp = stuck.wait()
+        #expect(gaveUp.status == 69, "\(gaveUp.brief)")
+        #expect(gaveUp.stderr.contains("gave up so that another process or machine can renew it"), "\(gaveUp.stderr)")
+        #expect(!gaveUp.stdout.contains(sealed), "a handed out the token it could not renew")
+        // One request each: login, a's (given up), b's.
+        #expect(try await emulator.counts()["token"] == 3)
+        // The vault holds b's token (a machine with no cache reads it from etcd).
+        let third = try machine(location: a.vaultLocation, key: a.keyPath)
+        #expect(try third.ok(["token", "--no-refresh"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == token)
+    }
+
     @Test func aLockWhoseHolderDiedExpiresWithItsLease() async throws {
         let cluster = try EtcdCluster.start(members: 1)
         defer { withExtendedLifetime(cluster) {} }
@@ -432,12 +474,12 @@ import Testing
         }
         holder.kill()
         _ = holder.wait()
-        // Another writer waits for the lease to expire (10 s), then writes.
+        // Another writer waits for the lease to expire (3 s), then writes.
         let started = ContinuousClock.now
         try sandbox.ok(["--profile", "second", "credentials", "set", "--org", "org-test", "--client-id", client,
             "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
             stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "20"])
-        #expect(ContinuousClock.now - started < .seconds(16))
+        #expect(ContinuousClock.now - started < .seconds(7), "the dead holder's lock outlived its 3-second lease")
         // With a short wait, a held lock is 75 and says why.
         try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 5_000, times: 1))
         let slow = try sandbox.launch(["login"])
@@ -449,6 +491,63 @@ import Testing
             status: 75, stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "0.5"])
         #expect(busy.stderr.contains("lock"), "\(busy.stderr)")
         #expect(slow.wait().status == 0)
+    }
+
+    /// The lock's lease is short (3 s), so a live holder must keep it alive
+    /// at every member: one that hangs (paused) must not cost the holder its
+    /// lock while it waits for Tallyfy, or a second machine would renew too.
+    @Test func aLiveHolderKeepsTheLockWhileAMemberHangs() async throws {
+        let cluster = try EtcdCluster.start()
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Self.sandbox(on: cluster.location())
+        try sandbox.ok(["init"])
+        try sandbox.storeCredentials(for: emulator, secret: secret)
+        // A login that waits 40 s for Tallyfy while holding the lock (no
+        // token is sealed yet, so nothing cuts the wait short): longer than
+        // the other machine takes to give up, each of whose commands first
+        // waits 3 s for the hung member.
+        try await emulator.inject(Emulator.Fault(endpoint: "token", kind: "delay", delayMs: 40_000, times: 1))
+        let holder = try sandbox.launch(["login"], env: ["TALLYFY_VAULT_HTTP_TIMEOUT": "60"])
+        let deadline = ContinuousClock.now + .seconds(15)
+        while try await emulator.counts()["token"] ?? 0 < 1, holder.isRunning, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // The member the holder talks to (the first: it answered) hangs.
+        try cluster.signal(member: 1, SIGSTOP)
+        defer { try? cluster.signal(member: 1, SIGCONT) }
+        let other = try machine(location: sandbox.vaultLocation, key: sandbox.keyPath)
+        let busy = try other.refused(["--profile", "second", "credentials", "set", "--org", "org-test", "--client-id", client,
+            "--secret-stdin", "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL],
+            status: 75, stdin: secret, env: ["TALLYFY_VAULT_LOCK_TIMEOUT": "6"])
+        #expect(busy.stderr.contains("lock"), "\(busy.stderr)")
+        #expect(holder.isRunning, "the holder ended before the other machine gave up: the test proved nothing")
+        try cluster.signal(member: 1, SIGCONT)
+        holder.kill()
+        _ = holder.wait()
+    }
+
+    /// A member that hangs costs a process one wait (3 s), not one per
+    /// operation: every operation used to start again at the first member,
+    /// so a write (a read, then a lease and the lock) waited twice, and an
+    /// agent at every renewal (found by tools/partition-test).
+    @Test func aHungFirstMemberCostsAProcessOneWait() async throws {
+        let cluster = try EtcdCluster.start()
+        defer { withExtendedLifetime(cluster) {} }
+        let emulator = try await Emulator.start(clients: [(client, secret)])
+        defer { _ = emulator.stop() }
+        let sandbox = try Self.sandbox(on: cluster.location())
+        try sandbox.ok(["init"])
+        let other = try machine(location: sandbox.vaultLocation, key: sandbox.keyPath)
+        try cluster.signal(member: 1, SIGSTOP)
+        defer { try? cluster.signal(member: 1, SIGCONT) }
+        let started = ContinuousClock.now
+        try other.ok(["credentials", "set", "--org", "org-test", "--client-id", client, "--secret-stdin",
+            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret)
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(5), "a write with the first member hung took \(took): it waited for that member more than once")
+        try cluster.signal(member: 1, SIGCONT)
     }
 
     @Test func aRotationOnOneMachineServesEveryMachine() async throws {

@@ -31,6 +31,27 @@ import TallyfyVaultCore
         #expect(TokenBroker.applicationTokenMargin(forUserCallsWith: odd) == 0)
     }
 
+    /// A call to Tallyfy under the vault lock waits at most half the life
+    /// the sealed application token has left, and at least a twelfth of its
+    /// lifetime (and a second), also once it has expired, so a holder that
+    /// can't reach Tallyfy lets go in time for one that can; with no token
+    /// sealed, the client's own timeouts.
+    @Test func underTheLockTallyfyIsGivenHalfTheLifeLeft() {
+        func twelveSeconds(left: TimeInterval) -> SealedToken {
+            SealedToken(value: "t", expiresAt: now.addingTimeInterval(left), obtainedAt: now.addingTimeInterval(left - 12))
+        }
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: twelveSeconds(left: 4), now: now) == 2)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: twelveSeconds(left: 1), now: now) == 1)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: twelveSeconds(left: -5), now: now) == 1)
+        let week = SealedToken(value: "t", expiresAt: now.addingTimeInterval(2 * 86400), obtainedAt: now.addingTimeInterval(-5 * 86400))
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: week, now: now) == 86400)
+        let expiredWeek = SealedToken(value: "t", expiresAt: now.addingTimeInterval(-60), obtainedAt: now.addingTimeInterval(-7 * 86400 - 60))
+        #expect(abs((TokenPolicy.patienceUnderLock(applicationToken: expiredWeek, now: now) ?? 0) - 7 * 86400 / 12) < 0.001)
+        let tiny = SealedToken(value: "t", expiresAt: now.addingTimeInterval(0.5), obtainedAt: now.addingTimeInterval(-1))
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: tiny, now: now) == TokenPolicy.minimumPatienceUnderLock)
+        #expect(TokenPolicy.patienceUnderLock(applicationToken: nil, now: now) == nil)
+    }
+
     /// Under the lock: a token another process renewed since we looked is
     /// taken even when it can't satisfy a long `--min-ttl` (single flight);
     /// the same token we saw is not.

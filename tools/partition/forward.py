@@ -42,9 +42,32 @@ class Forwarder:
         first = await reader.read(65536)
         if first and self.log is not None:
             self.record(first)
+        # A client that gives up before the far side answers the connection
+        # closes it; a real connection whose SYN never got through then
+        # carries nothing, so its request must not arrive after the cut heals.
+        while first and not connecting.done():
+            reading = asyncio.ensure_future(reader.read(65536))
+            await asyncio.wait({connecting, reading}, return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                reading.cancel()
+                try:
+                    # Gone before the pipes read from the same stream; bytes
+                    # that arrived as it was cancelled are kept.
+                    first += await reading
+                except asyncio.CancelledError:
+                    pass
+                break
+            more = reading.result()
+            if not more:
+                connecting.cancel()
+                writer.close()
+                return
+            if self.log is not None:
+                self.record(more)
+            first += more
         try:
             upstream_reader, upstream_writer = await connecting
-        except OSError:
+        except (OSError, asyncio.CancelledError):
             writer.close()
             return
         if first:

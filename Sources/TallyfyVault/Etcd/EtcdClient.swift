@@ -50,7 +50,17 @@ struct EtcdVault: RemoteSealedBytes {
     /// however the time is spent: a member answering slowly but within each
     /// request's deadline cannot hold a client for minutes.
     static let wholeDeadline = Duration.seconds(15)
-    static let lockTTL = 10
+    /// The fleet lock's lease, in seconds: how long a holder that can no
+    /// longer reach the cluster (cut off, on a minority's side, or dead)
+    /// keeps everyone else waiting. Found by tools/partition-test: with 10 s,
+    /// a machine cut from etcd just after taking the lock held it past the
+    /// moment the fleet had to renew a 12-second token, and nobody had a
+    /// valid one. A live holder renews the lease every second at every
+    /// member, so only a holder that reaches none of them for 3 s loses it
+    /// (its write, conditioned on the revision it read, then fails: nothing
+    /// is lost). etcd raises a TTL below its minimum (1.5 s with its default
+    /// timings) to that minimum.
+    static let lockTTL = 3
     static let manifestFormat = "tallyfy-vault-etcd-1"
 
     let location: EtcdLocation
@@ -226,11 +236,22 @@ struct EtcdVault: RemoteSealedBytes {
                 if left <= 0 { lease = try grantLease() }
                 leaseRenewed = clock.now
             }
-            let answer = try gateway.call("/v3/kv/txn", [
-                "compare": [["key": b64(lockKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]],
-                "success": [["request_put": ["key": b64(lockKey), "value": b64(owner), "lease": lease]]],
-                "failure": [["request_range": ["key": b64(lockKey)]]],
-            ], patience: Self.writePatience)
+            let answer: [String: Any]
+            do {
+                answer = try gateway.call("/v3/kv/txn", [
+                    "compare": [["key": b64(lockKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]],
+                    "success": [["request_put": ["key": b64(lockKey), "value": b64(owner), "lease": lease]]],
+                    "failure": [["request_range": ["key": b64(lockKey)]]],
+                ], patience: Self.writePatience)
+            } catch let error as VaultError where error.kind == .unavailable && clock.now < deadline {
+                // A transaction that outlasted the short lease (a long
+                // election) is refused for it: a new lease, and again.
+                let answer = try? gateway.call("/v3/lease/keepalive", ["ID": lease])
+                guard int64((answer?["result"] as? [String: Any])?["TTL"]) <= 0 else { throw error }
+                lease = try grantLease()
+                leaseRenewed = clock.now
+                continue
+            }
             // Held by this owner after a failed compare: an earlier attempt
             // whose answer was lost (see `commit`) took it.
             let holder = ((answer["responses"] as? [[String: Any]])?.first?["response_range"] as? [String: Any]).flatMap {
@@ -279,7 +300,9 @@ final class EtcdLock: RemoteLock, @unchecked Sendable {
         let every = TimeAmount.seconds(Int64(EtcdVault.lockTTL / 3))
         loop = gateway.http.eventLoopGroup.next()
         keepAlive = loop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
-            gateway.send("/v3/lease/keepalive", ["ID": lease])
+            // To every member: one that hangs (paused, cut off) must not
+            // cost the lease while the others would have kept it.
+            gateway.sendToEveryMember("/v3/lease/keepalive", ["ID": lease])
         }
     }
 
@@ -306,7 +329,18 @@ final class EtcdLock: RemoteLock, @unchecked Sendable {
 final class EtcdGateway: Sendable {
     let location: EtcdLocation
     let http: HTTPClient
-    private let preferred: Mutex<Int>
+    /// The member that last answered, per cluster, for the whole process:
+    /// every operation of a command or an agent makes a gateway of its own,
+    /// and each used to start again at the first member. Found by
+    /// tools/partition-test: with the first member cut off, every write of
+    /// an agent first waited 3 s for it (a lease, then the lock), and a
+    /// renewal due 3 s before a short-lived token's end came too late.
+    private static let lastAnswered = Mutex<[String: Int]>([:])
+    private var preferredKey: String { location.endpoints.joined(separator: ",") }
+    private var preferred: Int {
+        get { Self.lastAnswered.withLock { $0[preferredKey] ?? 0 } }
+        set { Self.lastAnswered.withLock { $0[preferredKey] = newValue } }
+    }
     private let token: Mutex<String?>
     /// Carries a request to a member, when not `http` (the fuzz target).
     private let transport: EtcdTransport?
@@ -323,7 +357,6 @@ final class EtcdGateway: Sendable {
     init(location: EtcdLocation, transport: EtcdTransport? = nil, pause: @escaping @Sendable (Duration) -> Void = nap) throws {
         self.location = location
         http = try Self.client(for: location)
-        preferred = Mutex(0)
         token = Mutex(nil)
         self.transport = transport
         self.pause = pause
@@ -334,10 +367,20 @@ final class EtcdGateway: Sendable {
     /// Sends and forgets (lease keep-alives and revokes).
     func send(_ path: String, _ body: [String: Any]) {
         guard let data = try? JSONSerialization.data(withJSONObject: body) else { return }
-        let endpoint = location.endpoints[preferred.withLock { $0 }]
+        let endpoint = location.endpoints[preferred % location.endpoints.count]
         if let transport { _ = try? transport(endpoint, path, data); return }
         guard let request = try? request(path, data, endpoint: endpoint) else { return }
         _ = http.execute(request: request, deadline: .now() + Self.deadline)
+    }
+
+    /// Sends and forgets, to every member at once (the lock's keep-alives).
+    func sendToEveryMember(_ path: String, _ body: [String: Any]) {
+        guard let data = try? JSONSerialization.data(withJSONObject: body) else { return }
+        for endpoint in location.endpoints {
+            if let transport { _ = try? transport(endpoint, path, data); continue }
+            guard let request = try? request(path, data, endpoint: endpoint) else { continue }
+            _ = http.execute(request: request, deadline: .now() + Self.deadline)
+        }
     }
 
     private func request(_ path: String, _ body: Data, endpoint: String) throws -> HTTPClient.Request {
@@ -428,7 +471,7 @@ final class EtcdGateway: Sendable {
     private func attempt(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
         let data = try JSONSerialization.data(withJSONObject: body)
         let count = location.endpoints.count
-        let start = preferred.withLock { $0 }
+        let start = preferred
         var lastProblem = "no member answered"
         var tlsProblem: String?
         var reachable = false  // some member answered or took the request, and could not serve it
@@ -468,7 +511,7 @@ final class EtcdGateway: Sendable {
                 continue
             }
             if status == 200 {
-                preferred.withLock { $0 = index }
+                preferred = index
                 return json
             }
             let code = (json["code"] as? Int) ?? 0

@@ -92,6 +92,11 @@ enum TransportFailure: Equatable {
 }
 
 extension TallyfyClient {
+    /// When the caller gives up on the call (`TokenBroker.patiently`: a call
+    /// under the vault lock), so that no retry is begun too late to be answered.
+    @TaskLocal static var answerBy: ContinuousClock.Instant?
+    static let leastTimeForAnAttempt = Duration.milliseconds(500)
+
     /// Sends `request` under the retry policy and returns the first answer
     /// that needs no further attempt. Throws `VaultError` for transport
     /// failures and for retryable statuses once attempts run out.
@@ -105,7 +110,15 @@ extension TallyfyClient {
     /// it likes.
     func send(_ request: HTTPClientRequest, to endpoint: Endpoint) async throws -> Reply {
         let overall = ContinuousClock.now + totalTimeout
-        return try await withRetries(policy: retry, deadline: overall, sleep: sleep) { _ in
+        var retryUntil = overall
+        if let answerBy = Self.answerBy {
+            // No retry that would leave too little time for an answer: one
+            // begun just before the caller gives up may still be answered,
+            // and the token Tallyfy issues then is one nobody keeps. (The
+            // caller stops the attempt in flight itself, and says why.)
+            retryUntil = min(overall, answerBy - Self.leastTimeForAnAttempt)
+        }
+        return try await withRetries(policy: retry, deadline: retryUntil, sleep: sleep) { _ in
             let left = overall - ContinuousClock.now
             return try await self.attempt(request, to: endpoint, within: min(self.requestTimeout, left))
         }

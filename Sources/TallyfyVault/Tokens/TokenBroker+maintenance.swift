@@ -33,8 +33,10 @@ extension TokenBroker {
             if verify {
                 let tokenURL = try EndpointURL.validate(profile.tokenURL, name: "token URL")
                 let issuedAt = VaultClock.now(environment: environment)
-                let issued = try await client.applicationToken(
-                    tokenURL: tokenURL, clientID: profile.clientID, clientSecret: newSecret, now: issuedAt)
+                let issued = try await patiently(in: vault, profile: name, what: "the token request with the new secret") { [profile] in
+                    try await client.applicationToken(
+                        tokenURL: tokenURL, clientID: profile.clientID, clientSecret: newSecret, now: issuedAt)
+                }
                 token = SealedToken(value: issued.accessToken, expiresAt: issued.expiresAt, obtainedAt: issuedAt)
             }
             profile.clientSecret = newSecret

@@ -139,11 +139,14 @@ extension TokenBroker {
             return Self.grant(applicationToken, profile: profile, request: request)
         }
         let apiURL = try EndpointURL.validate(profile.apiURL, name: "API URL")
-        var issuedAt = now
+        let firstAsked = now
+        var issuedAt = firstAsked
         let issued: IssuedToken
         do {
-            issued = try await client.userToken(
-                apiURL: apiURL, orgID: profile.orgID, applicationToken: applicationToken.value, email: email, now: issuedAt)
+            issued = try await patiently(in: vault, profile: request.profile, what: "the user-token request") { [profile] in
+                try await client.userToken(
+                    apiURL: apiURL, orgID: profile.orgID, applicationToken: applicationToken.value, email: email, now: firstAsked)
+            }
         } catch let error as VaultError where error.cause == .tallyfyRejectedApplicationToken {
             // The application token was good when the call began but not when
             // it arrived: it expired on a slow or briefly cut link (found by
@@ -152,9 +155,12 @@ extension TokenBroker {
             // under the lock, and ask again; a second 401 is the answer.
             let renewed = try await self.applicationToken(
                 for: request, profile: &profile, in: vault, client: client, renewingRegardless: true)
-            issuedAt = now
-            issued = try await client.userToken(
-                apiURL: apiURL, orgID: profile.orgID, applicationToken: renewed.value, email: email, now: issuedAt)
+            let again = now
+            issuedAt = again
+            issued = try await patiently(in: vault, profile: request.profile, what: "the user-token request") { [profile] in
+                try await client.userToken(
+                    apiURL: apiURL, orgID: profile.orgID, applicationToken: renewed.value, email: email, now: again)
+            }
         }
         let token = SealedToken(value: issued.accessToken, expiresAt: issued.expiresAt, obtainedAt: issuedAt)
         let storedEmail = try vault.userToken(profile: request.profile, email: email)?.email ?? email
@@ -181,12 +187,43 @@ extension TokenBroker {
         }
         let tokenURL = try EndpointURL.validate(profile.tokenURL, name: "token URL")
         let issuedAt = now
-        let issued = try await client.applicationToken(
-            tokenURL: tokenURL, clientID: profile.clientID, clientSecret: profile.clientSecret, now: issuedAt)
+        let issued = try await patiently(in: vault, profile: request.profile, what: "the token request") { [profile] in
+            try await client.applicationToken(
+                tokenURL: tokenURL, clientID: profile.clientID, clientSecret: profile.clientSecret, now: issuedAt)
+        }
         let token = SealedToken(value: issued.accessToken, expiresAt: issued.expiresAt, obtainedAt: issuedAt)
         profile.applicationToken = token
         vault.content.profiles[request.profile] = profile
         return token
+    }
+}
+
+extension TokenBroker {
+    /// `call`, a request to Tallyfy made while this process holds the vault
+    /// lock, given up (69) once it has taken as long as
+    /// `TokenPolicy.patienceUnderLock` allows for the application token
+    /// sealed in `vault`: the lock is then free while another process or
+    /// machine that can reach Tallyfy still has time to renew that token. The
+    /// call is cancelled, not abandoned, so the lock is released when this returns.
+    package func patiently<T: Sendable>(
+        in vault: UnlockedVault, profile: String, what: String, _ call: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let sealed = vault.content.profiles[profile]?.applicationToken
+        guard let patience = TokenPolicy.patienceUnderLock(applicationToken: sealed, now: now) else { return try await call() }
+        let answerBy = ContinuousClock.now + .milliseconds(Int64(patience * 1000))
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await TallyfyClient.$answerBy.withValue(answerBy) { try await call() } }
+            group.addTask {
+                try await Task.sleep(for: .milliseconds(Int64(patience * 1000)))
+                return nil
+            }
+            defer { group.cancelAll() }
+            if let first = try await group.next(), let answer = first { return answer }
+            throw VaultError(.unavailable,
+                "Tallyfy did not answer \(what) within \(String(format: "%.1f", patience)) s, half the life the sealed application token has left; "
+                    + "gave up so that another process or machine can renew it before it expires",
+                hint: "check this machine's way to Tallyfy (`tallyfy-vault doctor`); the next attempt takes the token another one renewed")
+        }
     }
 }
 

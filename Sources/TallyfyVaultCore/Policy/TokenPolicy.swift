@@ -54,6 +54,29 @@ public enum TokenPolicy {
         return token.expiresAt.timeIntervalSince(now) > fallbackFloor
     }
 
+    /// How long a call to Tallyfy made while holding the vault lock may
+    /// take: half the life the sealed application token has left, but at
+    /// least a twelfth of its whole lifetime (and a second), also once it
+    /// has expired; `nil` (the client's own timeouts) when none is sealed.
+    /// Every process and machine that needs a token waits for this lock, so
+    /// a holder that cannot reach Tallyfy must let go while one that can
+    /// still has time to renew before the token expires, and, once it has
+    /// expired, soon. Found by tools/partition-test: a machine cut from
+    /// Tallyfy but not from etcd held the fleet's lock until the 12-second
+    /// token had expired for everyone, and for as long as the cut lasted.
+    /// With Tallyfy's 7-day tokens (or any lasting more than a few minutes)
+    /// both bounds are longer than the client's own timeouts: nothing changes.
+    public static func patienceUnderLock(applicationToken token: SealedToken?, now: Date) -> TimeInterval? {
+        guard let token else { return nil }
+        let left = token.expiresAt.timeIntervalSince(now)
+        let lifetime = token.expiresAt.timeIntervalSince(token.obtainedAt)
+        return max(left / 2, lifetime / 12, minimumPatienceUnderLock)
+    }
+
+    /// The least `patienceUnderLock` allows: a token about to expire is not
+    /// worth giving up a call Tallyfy is about to answer.
+    public static let minimumPatienceUnderLock: TimeInterval = 1
+
     /// The minimum lifetime from `--min-ttl`, else `TALLYFY_VAULT_MIN_TTL`, else 1h.
     package static func minimumLifetime(option: String?, environment: [String: String]) throws -> TimeInterval {
         if let option { return try DurationText.parse(option) }
