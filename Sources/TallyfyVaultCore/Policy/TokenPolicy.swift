@@ -66,7 +66,7 @@ public enum TokenPolicy {
     /// token had expired for everyone, and for as long as the cut lasted.
     /// With Tallyfy's 7-day tokens (or any lasting more than a few minutes)
     /// both bounds are longer than the client's own timeouts: nothing changes.
-    public static func patienceUnderLock(applicationToken token: SealedToken?, now: Date) -> TimeInterval? {
+    package static func patienceUnderLock(applicationToken token: SealedToken?, now: Date) -> TimeInterval? {
         guard let token else { return nil }
         let left = token.expiresAt.timeIntervalSince(now)
         let lifetime = token.expiresAt.timeIntervalSince(token.obtainedAt)
@@ -75,7 +75,7 @@ public enum TokenPolicy {
 
     /// The least `patienceUnderLock` allows: a token about to expire is not
     /// worth giving up a call Tallyfy is about to answer.
-    public static let minimumPatienceUnderLock: TimeInterval = 1
+    package static let minimumPatienceUnderLock: TimeInterval = 1
 
     /// The minimum lifetime from `--min-ttl`, else `TALLYFY_VAULT_MIN_TTL`, else 1h.
     package static func minimumLifetime(option: String?, environment: [String: String]) throws -> TimeInterval {
