@@ -12,8 +12,7 @@ final class EtcdCluster: @unchecked Sendable {
     let endpoints: String
     let tls: Bool
 
-    static let tool = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("tools/etcd-cluster").path
+    static let tool = LibraryExampleTests.packageRoot.appendingPathComponent("tools/etcd-cluster").path
 
     /// `nil` (and a message) when etcd is not installed and cannot be.
     /// With `owner`, the cluster is stopped when that process ends (for a
