@@ -19,6 +19,8 @@ import Testing
         let (sandbox, emulator) = try await loggedIn()
         defer { _ = emulator.stop() }
         let expected = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"]).stdout
+        // Nothing the launcher serves alone (masked or not) or refuses writes the vault.
+        let before = try sandbox.vaultBytes()
         let alone = try BuildProducts.copy(into: sandbox.root.appendingPathComponent("alone"), withCLI: false)
         let environment = sandbox.environment
         func run(_ arguments: [String]) throws -> RunResult {
@@ -41,7 +43,6 @@ import Testing
         #expect(masked.status == 3 && masked.stdout == "t=<redacted>\n", "\(masked.brief)")
         let byVariable = try runProcess(alone, ["exec", "--"] + printIt, environment: environment.merging(["TALLYFY_VAULT_MASK": "1"]) { $1 })
         #expect(byVariable.status == 3 && byVariable.stdout == "t=<redacted>\n", "\(byVariable.brief)")
-        let before = try sandbox.vaultBytes()
         let expectedCLI = sandbox.root.appendingPathComponent("alone/tallyfy-vault-cli").path
         for arguments in [["status"], ["exec", "--min-ttl", "30d", "--", "true"], ["exec", "--bogus", "--", "true"], ["version"]] {
             let result = try run(arguments)

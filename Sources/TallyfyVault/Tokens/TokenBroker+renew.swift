@@ -220,7 +220,7 @@ extension TokenBroker {
             defer { group.cancelAll() }
             if let first = try await group.next(), let answer = first { return answer }
             throw VaultError(.unavailable,
-                "Tallyfy did not answer \(what) within \(String(format: "%.1f", patience)) s, half the life the sealed application token has left; "
+                "Tallyfy did not answer \(what) within \(String(format: "%.1f", patience)) s, what the vault lock may be held for with the sealed application token's life left; "
                     + "gave up so that another process or machine can renew it before it expires",
                 hint: "check this machine's way to Tallyfy (`tallyfy-vault doctor`); the next attempt takes the token another one renewed")
         }
