@@ -12,10 +12,10 @@ struct ProxyCommand: AsyncParsableCommand {
         discussion: """
             Prints TALLYFY_API_URL, TALLYFY_BASE_URL, TALLYFY_API_BASE_URL (the proxy on 127.0.0.1), \
             TALLYFY_TOKEN and TALLYFY_API_TOKEN (a capability for this proxy only), TALLYFY_ORG_ID, \
-            TALLYFY_VAULT_PROXY_SOCKET and TALLYFY_VAULT_PROXY_PID as shell lines, as `agent --detach` does: \
+            TALLYFY_VAULT_PROXY_SOCK and TALLYFY_VAULT_PROXY_PID as shell lines, as `agent --detach` does: \
             eval "$(tallyfy-vault proxy --detach)". Over TCP anyone who has the capability can use Tallyfy \
             through the proxy (within the --allow rules) while it runs; over its Unix socket \
-            (TALLYFY_VAULT_PROXY_SOCKET, e.g. curl --unix-socket) only processes of your own uid can, \
+            (TALLYFY_VAULT_PROXY_SOCK, e.g. curl --unix-socket) only processes of your own uid can, \
             without the capability. Nobody can take the token from it. \
             `proxy status` shows it and its counts per listener; `proxy stop` stops it. One standing proxy \
             per user (its state is $XDG_RUNTIME_DIR/tallyfy-vault/proxy.json, its socket proxy.sock beside it).

@@ -165,9 +165,9 @@ extension ProxyTests {
         let started = try sandbox.ok(["proxy", "--detach", "--allow", "GET:/organizations/*/me"])
         let variables = proxyVariables(started)
         defer { _ = try? sandbox.run(["proxy", "stop"]) }
-        let socket = try #require(variables["TALLYFY_VAULT_PROXY_SOCKET"], "\(started.brief)")
+        let socket = try #require(variables["TALLYFY_VAULT_PROXY_SOCK"], "\(started.brief)")
         #expect(socket == sandbox.path("run/tallyfy-vault/proxy.sock"))
-        #expect(started.stdout.contains("export TALLYFY_VAULT_PROXY_SOCKET;"))
+        #expect(started.stdout.contains("export TALLYFY_VAULT_PROXY_SOCK;"))
         #expect(mode(socket) & S_IFMT == S_IFSOCK && mode(socket) & 0o777 == 0o600, "mode \(String(mode(socket), radix: 8))")
         try await emulator.reset()
 
@@ -235,7 +235,7 @@ extension ProxyTests {
 
         // `proxy stop`: the socket file goes, with the state file.
         let stopped = try sandbox.ok(["proxy", "stop"])
-        #expect(stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_SOCKET;"))
+        #expect(stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_SOCK;"))
         #expect(!FileManager.default.fileExists(atPath: socket))
         let left = (try? FileManager.default.contentsOfDirectory(atPath: sandbox.path("run/tallyfy-vault"))) ?? []
         #expect(left == ["proxy.log"], "left behind: \(left)")
@@ -248,7 +248,7 @@ extension ProxyTests {
         let socket = sandbox.path("run/tallyfy-vault/proxy.sock")
         func start() throws -> (Int32, [String: String]) {
             let variables = proxyVariables(try sandbox.ok(["proxy", "--detach"]))
-            #expect(variables["TALLYFY_VAULT_PROXY_SOCKET"] == socket)
+            #expect(variables["TALLYFY_VAULT_PROXY_SOCK"] == socket)
             return (Int32(variables["TALLYFY_VAULT_PROXY_PID"] ?? "") ?? 0, variables)
         }
 
@@ -311,7 +311,7 @@ extension ProxyTests {
         #expect(started.status == 0, "\(started.brief)")
         let variables = proxyVariables(started)
         defer { _ = try? sandbox.run(["proxy", "stop"]) }
-        let socket = try #require(variables["TALLYFY_VAULT_PROXY_SOCKET"], "\(started.brief)")
+        let socket = try #require(variables["TALLYFY_VAULT_PROXY_SOCK"], "\(started.brief)")
         let result = try runProcess(URL(fileURLWithPath: "/usr/bin/env"), ["python3", client, "expiry", socket, "60"],
             environment: toolEnvironment(sandbox, variables, drop: ["TALLYFY_TOKEN", "TALLYFY_API_TOKEN"]))
         #expect(result.status == 0, "\(result.brief)")

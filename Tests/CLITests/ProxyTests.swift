@@ -554,7 +554,7 @@ enum ProxyChild {
             if assignment.count == 2 { variables[assignment[0]] = assignment[1] }
         }
         #expect(Set(variables.keys) == ["TALLYFY_API_URL", "TALLYFY_BASE_URL", "TALLYFY_API_BASE_URL", "TALLYFY_TOKEN",
-            "TALLYFY_API_TOKEN", "TALLYFY_ORG_ID", "TALLYFY_VAULT_PROXY_SOCKET", "TALLYFY_VAULT_PROXY_PID"], "\(started.brief)")
+            "TALLYFY_API_TOKEN", "TALLYFY_ORG_ID", "TALLYFY_VAULT_PROXY_SOCK", "TALLYFY_VAULT_PROXY_PID"], "\(started.brief)")
         #expect(started.stdout.contains("export TALLYFY_API_TOKEN;"))
         let again = try sandbox.refused(["proxy", "--detach"], status: 64)
         #expect(again.stderr.contains("a proxy is already running"))
@@ -577,7 +577,7 @@ enum ProxyChild {
 
         let stopped = try sandbox.ok(["proxy", "stop"])
         #expect(stopped.stdout.contains("unset TALLYFY_API_URL;") && stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_PID;")
-            && stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_SOCKET;"))
+            && stopped.stdout.contains("unset TALLYFY_VAULT_PROXY_SOCK;"))
         let port = try #require(URLComponents(string: variables["TALLYFY_API_URL"] ?? "")?.port)
         #expect(try !isListening(port))
         #expect(!FileManager.default.fileExists(atPath: sandbox.path("run/tallyfy-vault/proxy.json")))

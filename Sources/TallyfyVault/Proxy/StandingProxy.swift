@@ -104,8 +104,8 @@ package struct StandingProxyState: Codable, Sendable, Equatable {
         socketVariable, pidVariable].map { "unset \($0);" }.joined(separator: "\n")
 
     package static let pidVariable = "TALLYFY_VAULT_PROXY_PID"
-    /// The Unix socket: `curl --unix-socket "$TALLYFY_VAULT_PROXY_SOCKET" "$TALLYFY_API_URL/…"`.
-    package static let socketVariable = "TALLYFY_VAULT_PROXY_SOCKET"
+    /// The Unix socket: `curl --unix-socket "$TALLYFY_VAULT_PROXY_SOCK" "$TALLYFY_API_URL/…"`.
+    package static let socketVariable = "TALLYFY_VAULT_PROXY_SOCK"
 
     /// What `proxy status` prints: the proxy, then each listener with its
     /// share of the counts, then the totals.
