@@ -3,7 +3,7 @@ import Foundation
 import TallyfyVault
 
 /// `exec --mask` / `--no-mask`: whether the command's output is copied
-/// through the masker (README.md, "Masking a command's output").
+/// through the masker (docs/exec.md, "Masking a command's output").
 struct MaskArguments: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: ArgumentHelp("""
         Run the command as a child and replace every form of the token (raw, base64, percent- and \

@@ -3,7 +3,7 @@ import Foundation
 import TallyfyVault
 
 /// `exec --proxy [--allow METHOD:PATH-GLOB]… [--verbose]`: the command gets the
-/// address of a loopback proxy and a capability, never the token (README.md,
+/// address of a loopback proxy and a capability, never the token (docs/proxy.md,
 /// "The child never holds the token").
 struct ProxyArguments: ParsableArguments {
     @Flag(help: ArgumentHelp("""

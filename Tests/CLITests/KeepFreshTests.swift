@@ -62,7 +62,7 @@ import Testing
         let (sandbox, emulator) = try await loggedIn(appTokenTTL: 5)
         defer { _ = emulator.stop() }
         let log = sandbox.path("reads")
-        // The README's example, timed: every read is used against /me at once.
+        // docs/exec.md's example, timed: every read is used against /me at once.
         let script = """
             end=$(( $(date +%s) + 15 ))
             while [ "$(date +%s)" -lt "$end" ]; do

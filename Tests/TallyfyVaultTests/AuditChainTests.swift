@@ -35,7 +35,7 @@ import Testing
         FileManager.default.createFile(atPath: path, contents: Data(out), attributes: [.posixPermissions: 0o600])
     }
 
-    /// README "Audit log" targets, on 1 million records: verify ≤ 5 s, show
+    /// docs/operations.md "Audit log" targets, on 1 million records: verify ≤ 5 s, show
     /// --since 1h ≤ 0.5 s. `TALLYFY_VAULT_AUDIT_BENCH_RECORDS=1000000` runs
     /// that size (the suite's default is small, for speed); the times are printed.
     @Test func aLargeLogVerifiesAndFiltersQuickly() throws {

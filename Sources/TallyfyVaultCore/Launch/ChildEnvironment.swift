@@ -30,7 +30,7 @@ public struct TokenGrant: Sendable, Equatable {
     }
 }
 
-/// The variables of README.md's `exec` table, built from a
+/// The variables of docs/exec.md's `exec` table, built from a
 /// grant and the parent's environment.
 package enum ChildEnvironment {
     package static let execMarker = "TALLYFY_VAULT_EXEC"

@@ -17,7 +17,7 @@
 /// (binary, invalid UTF-8). Secrets can be added mid-stream (a renewed token
 /// under `--keep-fresh`): the held bytes are scanned again for them.
 package struct OutputMasker: Sendable {
-    /// What a secret is replaced with (README.md, "exec --mask").
+    /// What a secret is replaced with (docs/exec.md, "Masking a command's output").
     package static let marker: [UInt8] = Array("<redacted>".utf8)
 
     private var forms: Set<[UInt8]> = []

@@ -9,7 +9,7 @@
 
 /// Where the key or passphrase that opens the vault comes from.
 ///
-/// README.md's order: `--key-file`, `--pkcs11` (a token), `--passphrase-file`,
+/// docs/unlocking.md's order: `--key-file`, `--pkcs11` (a token), `--passphrase-file`,
 /// `TALLYFY_VAULT_PASSPHRASE`, `$CREDENTIALS_DIRECTORY/tallyfy-vault.key`
 /// (systemd `LoadCredential=`), then a no-echo prompt on the terminal. Every
 /// non-interactive source that is present is collected, in that order, and
