@@ -323,7 +323,7 @@ import Testing
         ])
     }
 
-    @Test func anEtcdUserWithoutAccessIsRefusedClearly() async throws {
+    @Test func anEtcdUserLogsInOncePerCommandAndIsRefusedClearlyWithoutAccess() async throws {
         let cluster = try EtcdCluster.start(members: 1)
         defer { withExtendedLifetime(cluster) {} }
         let sandbox = try Sandbox()
@@ -346,6 +346,19 @@ import Testing
         sandbox.environment["TALLYFY_VAULT_ETCD_PASSWORD_FILE"] = try sandbox.write(password + "\n", to: "etcd-password")
         try sandbox.ok(["--vault", cluster.location("/tallyfy/allowed"), "init"])
         try sandbox.ok(["--vault", cluster.location("/tallyfy/allowed"), "keys", "list"])
+        // One login per process: a slot change reads the vault, takes the
+        // lock, writes and frees the lock through one gateway, so it
+        // authenticates once (plain HTTP here, so strace sees each request).
+        try sandbox.ok(["keygen", sandbox.path("second.key")])
+        let trace = sandbox.path("strace-writes.log")
+        let change = try runProcess(URL(fileURLWithPath: "/usr/bin/strace"),
+            ["-f", "-qq", "-s", "64", "-e", "trace=write,writev,sendto,sendmsg", "-o", trace, BuildProducts.vault.path,
+             "--vault", cluster.location("/tallyfy/allowed"), "keys", "add", "--new-key-file", sandbox.path("second.key"), "--label", "second"],
+            environment: sandbox.environment)
+        #expect(change.status == 0, "\(change.brief)")
+        let requests = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n").filter { $0.contains("POST /v3/") }
+        #expect(requests.filter { $0.contains("POST /v3/auth/authenticate") }.count == 1, "\(requests.count) requests")
+        #expect(requests.filter { $0.contains("POST /v3/kv/txn") }.count >= 2, "the lock and the write were seen: \(requests.count) requests")
         let denied = try sandbox.refused(["--vault", cluster.location("/tallyfy/other"), "init"], status: 77)
         #expect(denied.stderr.contains("refused user vault"), "\(denied.stderr)")
         #expect(!denied.stderr.contains(password))

@@ -44,6 +44,26 @@ final class EtcdGateway: Sendable {
         self.pause = pause
     }
 
+    /// The gateways of this process, one per vault (members, prefix, user
+    /// and password file, TLS files; the prefix too, as errors name it):
+    /// every read, lock and write of a command, and every renewal and watch
+    /// of an agent running for weeks, go through one, so with etcd
+    /// authentication the process logs in once (again only when etcd says
+    /// its token expired) instead of once per operation.
+    private static let gateways = Mutex<[String: EtcdGateway]>([:])
+
+    static func shared(for location: EtcdLocation) throws -> EtcdGateway {
+        let key = (location.endpoints + [location.prefix, location.user ?? "", location.passwordFile ?? "", location.tls ? "tls" : "plain",
+            location.caFile ?? "", location.certFile ?? "", location.keyFile ?? ""]).joined(separator: "\u{0}")
+        if let existing = gateways.withLock({ $0[key] }) { return existing }
+        let made = try EtcdGateway(location: location)
+        return gateways.withLock { gateways in
+            if let existing = gateways[key] { return existing }
+            gateways[key] = made
+            return made
+        }
+    }
+
     var scheme: String { location.tls ? "https" : "http" }
 
     /// Sends and forgets (lease keep-alives and revokes).

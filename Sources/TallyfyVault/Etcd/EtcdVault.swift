@@ -50,9 +50,12 @@ struct EtcdVault: RemoteSealedBytes {
     let location: EtcdLocation
     let gateway: EtcdGateway
 
+    /// A vault on this process's one gateway to its cluster
+    /// (`EtcdGateway.shared(for:)`), so every operation of a command or an
+    /// agent shares one login and one HTTP client.
     init(location: EtcdLocation) throws {
         self.location = location
-        gateway = try EtcdGateway(location: location)
+        gateway = try EtcdGateway.shared(for: location)
     }
 
     /// A vault whose gateway talks through `transport` (the fuzz target's canned answers).
