@@ -359,6 +359,22 @@ import Testing
         let requests = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n").filter { $0.contains("POST /v3/") }
         #expect(requests.filter { $0.contains("POST /v3/auth/authenticate") }.count == 1, "\(requests.count) requests")
         #expect(requests.filter { $0.contains("POST /v3/kv/txn") }.count >= 2, "the lock and the write were seen: \(requests.count) requests")
+        // An agent reads, renews and watches through the same gateway: one
+        // login for its whole life (its watch used to log in on its own).
+        let runtime = sandbox.root.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        sandbox.environment["XDG_RUNTIME_DIR"] = runtime.path
+        let agentTrace = sandbox.path("strace-agent.log")
+        let agent = try BackgroundCommand(URL(fileURLWithPath: "/usr/bin/strace"),
+            ["-f", "-qq", "-s", "64", "-e", "trace=write,writev,sendto,sendmsg", "-o", agentTrace, BuildProducts.vault.path,
+             "--vault", cluster.location("/tallyfy/allowed"), "agent"],
+            environment: sandbox.environment, in: sandbox.root)
+        #expect(ProcView.waitUntil(seconds: 30) { agent.stderrSoFar.contains("watching ") || !agent.isRunning }, "\(agent.stderrSoFar)")
+        try sandbox.ok(["--vault", cluster.location("/tallyfy/allowed"), "agent", "stop"])
+        _ = agent.wait()
+        let agentRequests = try String(contentsOfFile: agentTrace, encoding: .utf8).split(separator: "\n").filter { $0.contains("POST /v3/") }
+        #expect(agentRequests.filter { $0.contains("POST /v3/auth/authenticate") }.count == 1, "\(agentRequests.count) requests")
+        #expect(agentRequests.contains { $0.contains("POST /v3/watch") }, "the watch was seen")
         let denied = try sandbox.refused(["--vault", cluster.location("/tallyfy/other"), "init"], status: 77)
         #expect(denied.stderr.contains("refused user vault"), "\(denied.stderr)")
         #expect(!denied.stderr.contains(password))
