@@ -1,9 +1,3 @@
-import AsyncHTTPClient
-import Foundation
-import NIOCore
-import NIOHTTP1
-import NIOSSL
-import Synchronization
 import TallyfyVaultCore
 
 /// Lets this process keep vaults in etcd (`--vault etcd://…`).

@@ -1,9 +1,5 @@
-import AsyncHTTPClient
 import Foundation
 import NIOCore
-import NIOHTTP1
-import NIOSSL
-import Synchronization
 import TallyfyVaultCore
 
 /// The fleet-wide lock: a key attached to a lease that is kept alive while

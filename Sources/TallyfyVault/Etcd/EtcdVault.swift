@@ -1,9 +1,4 @@
-import AsyncHTTPClient
 import Foundation
-import NIOCore
-import NIOHTTP1
-import NIOSSL
-import Synchronization
 import TallyfyVaultCore
 
 /// A vault in etcd, laid out so that any size fits etcd's request limit
