@@ -115,15 +115,7 @@ package struct AuditRecord: Codable, Sendable, Equatable {
     }
 
     private static func rfc3339(seconds whole: Int, milliseconds: Int32) -> String {
-        var seconds = whole
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(milliseconds, 3))Z"
+        RFC3339.text(seconds: whole, milliseconds: milliseconds)
     }
 
     /// The record a line holds, `nil` when it is not one.

@@ -116,16 +116,6 @@ package enum ChildEnvironment {
     package static func rfc3339(_ date: Date) -> String {
         // Clamped (to years 1..9999) so that no date, whatever a file held,
         // can trap the conversion to whole seconds.
-        var time = time_t(VaultBounds.clamped(date.timeIntervalSince1970).rounded(.down))
-        var parts = tm()
-        gmtime_r(&time, &parts)
-        // Built by hand: String(format:) goes through CVarArg's dynamic
-        // casts, which cost more than the rest of this on the exec fast path.
-        func digits(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return "\(digits(parts.tm_year + 1900, 4))-\(digits(parts.tm_mon + 1, 2))-\(digits(parts.tm_mday, 2))"
-            + "T\(digits(parts.tm_hour, 2)):\(digits(parts.tm_min, 2)):\(digits(parts.tm_sec, 2))Z"
+        RFC3339.text(seconds: Int(VaultBounds.clamped(date.timeIntervalSince1970).rounded(.down)))
     }
 }
