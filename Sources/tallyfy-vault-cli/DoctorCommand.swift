@@ -38,12 +38,8 @@ struct DoctorCommand: AsyncParsableCommand {
         throw ExitCode(report.exitStatus)
     }
 
-    /// The folder of this executable, from /proc/self/exe.
+    /// The folder of this executable.
     static func installFolder() -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else { return nil }
-        let path = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return URL(fileURLWithPath: path).deletingLastPathComponent().path
+        ThisProgram.path.map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }
     }
 }

@@ -159,33 +159,20 @@ enum ProxyDetach {
     static func start(arguments: [String], environment: [String: String]) throws -> String {
         let folder = try RuntimeFolder.prepare(environment: environment).path
         let logPath = folder + "/proxy.log"
-        guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else {
-            throw VaultError(.configuration, "cannot tell where this program is (/proc/self/exe), so it cannot start a detached proxy",
-                hint: "run `tallyfy-vault proxy` in the foreground")
-        }
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { throw VaultError(.io, "could not create a pipe for the proxy") }
         for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, ends[1], 3)
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, logPath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, 0x80)  // POSIX_SPAWN_SETSID: away from our terminal
-        let childArguments = ["tallyfy-vault"] + arguments.filter { $0 != "--detach" } + ["--ready-fd", "3"]
-        let argv = childArguments.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        let childArguments = arguments.filter { $0 != "--detach" } + ["--ready-fd", "3"]
+        let pid: pid_t
+        do {
+            pid = try ThisProgram.startDetached("proxy", arguments: childArguments, environment: environment, logPath: logPath, descriptor3: ends[1])
+        } catch {
+            close(ends[1])
+            close(ends[0])
+            throw error
+        }
         close(ends[1])
         defer { close(ends[0]) }
-        guard spawned == 0 else { throw VaultError(.io, "could not start the proxy: \(String(cString: strerror(spawned)))") }
         var output = Data()
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {

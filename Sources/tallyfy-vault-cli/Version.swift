@@ -20,6 +20,6 @@ struct Version: ParsableCommand {
 extension CommandLine {
     /// This CLI's own path, for `version` (so a user can see which install answered).
     static var executablePath: String {
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "unknown"
+        ThisProgram.path ?? "unknown"
     }
 }

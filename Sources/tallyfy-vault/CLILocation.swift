@@ -21,7 +21,7 @@ enum CLILocation {
     case unknownLocation
 
     static func find() -> CLILocation {
-        guard let me = resolvedExecutable() else { return .unknownLocation }
+        guard let me = ThisProgram.path else { return .unknownLocation }
         switch InstallLayout.findCLI(launcher: me) {
         case .found(let path): return .found(path)
         case .notFound(let expected): return .notFound(expected: expected)
@@ -29,11 +29,4 @@ enum CLILocation {
         }
     }
 
-    /// The real path of this executable, symlinks resolved.
-    private static func resolvedExecutable() -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0, buffer[0] == CChar(UInt8(ascii: "/")) else { return nil }
-        return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
 }

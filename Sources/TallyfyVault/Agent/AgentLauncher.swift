@@ -14,10 +14,6 @@ package enum AgentLauncher {
     ) throws -> pid_t {
         try AgentSocket.prepareFolder(for: socketPath)
         let logPath = (socketPath as NSString).deletingLastPathComponent + "/agent.log"
-        guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else {
-            throw VaultError(.configuration, "cannot tell where this program is (/proc/self/exe), so it cannot start a detached agent",
-                hint: "run `tallyfy-vault agent` in the foreground (e.g. under systemd)")
-        }
         var pipeEnds: [Int32] = [-1, -1]
         guard pipe(&pipeEnds) == 0 else { throw VaultError(.io, "could not create a pipe for the agent's key") }
         // Neither end may leak into anything else this process starts.
@@ -28,35 +24,21 @@ package enum AgentLauncher {
         // parent waiting for our pipes to close would wait for the agent).
         closeOnExecEverything()
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, pipeEnds[0], 3)  // dup2 clears close-on-exec
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, logPath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(spawnSetSession))
-
-        let arguments = ["tallyfy-vault", "agent", "--vault", vaultPath, "--socket", socketPath, "--key-fd", "3",
+        let arguments = ["agent", "--vault", vaultPath, "--socket", socketPath, "--key-fd", "3",
             "--idle-timeout", idleTimeout, "--max-lifetime", maxLifetime]
         // The agent needs no unlock material: it gets the key on descriptor 3.
         let dropped = ChildEnvironment.removed.union(["TALLYFY_VAULT_KEY_FILE", "TALLYFY_VAULT_PASSPHRASE_FILE"])
         var kept = environment.filter { !dropped.contains($0.key) }
         // glibc overwrites what the agent frees from its start (AgentMemory).
         kept["GLIBC_TUNABLES"] = AgentMemory.tunablesVariable(environment)
-        let childEnvironment = kept.map { "\($0.key)=\($0.value)" }
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = childEnvironment.map { strdup($0) } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        close(pipeEnds[0])
-        guard spawned == 0 else {
-            throw VaultError(.io, "could not start the agent: \(String(cString: strerror(spawned)))")
+        let pid: pid_t
+        do {
+            pid = try ThisProgram.startDetached("agent", arguments: arguments, environment: kept, logPath: logPath, descriptor3: pipeEnds[0])
+        } catch {
+            close(pipeEnds[0])
+            throw error
         }
+        close(pipeEnds[0])
         let sent = unlocker.withDataKeyBytes { write(pipeEnds[1], $0.baseAddress!, $0.count) } ?? -1
         guard sent == 32 else {
             kill(pid, SIGTERM)
@@ -87,10 +69,6 @@ package enum AgentLauncher {
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
         }
     }
-
-    /// glibc's `POSIX_SPAWN_SETSID` (a GNU extension Swift does not import):
-    /// the child starts a new session, away from our terminal.
-    private static let spawnSetSession: Int32 = 0x80
 
     /// What `agent --detach` prints, for `eval` (README.md).
     package static func shellVariables(socketPath: String, pid: pid_t) -> String {

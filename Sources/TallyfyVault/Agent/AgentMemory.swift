@@ -41,7 +41,7 @@ package enum AgentMemory {
     /// exec failed (then the agent runs without them, and says so).
     package static func restartWithFreedMemoryOverwritten(log: (String) -> Void) {
         guard !freedMemoryIsOverwritten else { return }
-        guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else {
+        guard let executable = ThisProgram.path else {
             log("could not find this program (/proc/self/exe) to restart it with freed memory overwritten; running without")
             return
         }
