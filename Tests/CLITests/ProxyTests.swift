@@ -568,10 +568,12 @@ enum ProxyChild {
 
         // Its counts reach `proxy status` within a second or so.
         var status = try sandbox.ok(["proxy", "status"])
-        while !status.stdout.contains("2 requests, 0 refused") {
+        let deadline = Date().addingTimeInterval(30)
+        while !status.stdout.contains("2 requests, 0 refused"), Date() < deadline {
             usleep(100_000)
             status = try sandbox.ok(["proxy", "status"])
         }
+        #expect(status.stdout.contains("2 requests, 0 refused"), "\(status.stdout)")
         #expect(status.stdout.contains("on \(variables["TALLYFY_API_URL"] ?? "?")"))
         #expect(!status.stdout.contains(variables["TALLYFY_API_TOKEN"] ?? "?"))
 
