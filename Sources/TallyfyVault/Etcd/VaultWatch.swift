@@ -119,7 +119,8 @@ private struct WatchStream: Sendable {
         // etcd ends the stream when this member loses its leader, so a member
         // cut off from the others is never trusted to report changes.
         request.headers.add(name: "Grpc-Metadata-hasleader", value: "true")
-        if let token = try vault.gateway.authorization() { request.headers.add(name: "Authorization", value: token) }
+        let gateway = vault.gateway
+        if let token = try await offThePool({ try gateway.authorization() }) { request.headers.add(name: "Authorization", value: token) }
         let body = ["create_request": ["key": b64(vault.manifestKey)]]
         request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
         let response = try await client.execute(request, deadline: .distantFuture)
@@ -130,20 +131,22 @@ private struct WatchStream: Sendable {
         var lines = WatchLines()
         for try await chunk in response.body {
             for line in try lines.append(chunk.readableBytesView) {
-                try handle(line, endpoint: endpoint, established: established)
+                try await handle(line, endpoint: endpoint, established: established)
             }
         }
         // etcd's last word may come without a newline (`{"error":{…"no leader"}}`).
-        try handle(lines.rest, endpoint: endpoint, established: established)
+        try await handle(lines.rest, endpoint: endpoint, established: established)
         throw WatchEnded(reason: "the stream ended")
     }
 
-    private func handle(_ line: Data, endpoint: String, established: () -> Void) throws {
+    /// Reads the cluster off the shared pool (`offThePool`): the agent's renewals need its threads.
+    private func handle(_ line: Data, endpoint: String, established: () -> Void) async throws {
         let event = WatchEvent(line: line)
         if let reason = event.ended { throw WatchEnded(reason: reason) }
         if event.created {
             // Anything that changed before the watch began is read now.
-            _ = try store.refreshCache()
+            let store = self.store
+            _ = try await offThePool { try store.refreshCache() }
             RemoteLocations.setWatched(location, true)
             established()
             log("watching \(location.text) for changes (through \(endpoint))")
@@ -151,7 +154,8 @@ private struct WatchStream: Sendable {
         if let revision = event.changedAt {
             do {
                 // Logged even when the periodic check got there first.
-                try store.refreshCache()
+                let store = self.store
+                _ = try await offThePool { try store.refreshCache() }
                 log("the vault changed in etcd (revision \(revision)); this machine's cache is up to date")
             } catch {
                 // Not current: reads must ask etcd until a read succeeds.

@@ -130,33 +130,42 @@ struct RemoteVault: Sendable {
         if (try? cache.read())?.revision != snapshot.revision { cache.store(snapshot) }
     }
 
-    /// `store` opens what is read (refusing a rolled-back vault) and remembers what is written.
+    /// `store` opens what is read (refusing a rolled-back vault) and remembers
+    /// what is written. The lock, the read and the write block, so they run
+    /// off the shared pool (`offThePool`); `change` (a call to Tallyfy) is async.
     func update<T>(with unlocker: VaultUnlocker, timeout: Duration, store: VaultStore, _ change: (UnlockedVault) async throws -> T)
         async throws -> T
     {
         let connection = try self.connection()
-        let lock = try connection.lock(timeout: timeout)
-        defer { lock.release() }
-        guard let snapshot = try connection.read() else { throw notFound }
+        let lock = try await offThePool { try connection.lock(timeout: timeout) }
+        do {
+            let result = try await update(connection, with: unlocker, store: store, change)
+            _ = try? await offThePool { lock.release() }
+            return result
+        } catch {
+            _ = try? await offThePool { lock.release() }
+            throw error
+        }
+    }
+
+    /// The part of `update` done under the lock.
+    private func update<T>(_ connection: any RemoteSealedBytes, with unlocker: VaultUnlocker, store: VaultStore,
+        _ change: (UnlockedVault) async throws -> T) async throws -> T
+    {
+        guard let snapshot = try await offThePool({ try connection.read() }) else { throw notFound }
         let vault = try store.opened(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker)
         remember(snapshot)
         let before = vault.modificationCount
         let result = try await change(vault)
         if vault.modificationCount != before {
             try store.sealing(vault)
-            try write(vault, replacing: snapshot, connection, unlocker)
+            let bytes = try vault.sealed()
+            let revision = try await offThePool { try connection.write(bytes, replacing: snapshot) }
+            remember(RemoteSnapshot(bytes: bytes, revision: revision))
+            vault.rememberKey(in: unlocker)
             try store.written(vault)
         }
         return result
-    }
-
-    private func write(_ vault: UnlockedVault, replacing snapshot: RemoteSnapshot, _ connection: any RemoteSealedBytes,
-        _ unlocker: VaultUnlocker) throws
-    {
-        let bytes = try vault.sealed()
-        let revision = try connection.write(bytes, replacing: snapshot)
-        remember(RemoteSnapshot(bytes: bytes, revision: revision))
-        vault.rememberKey(in: unlocker)
     }
 }
 
