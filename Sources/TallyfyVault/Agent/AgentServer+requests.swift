@@ -5,27 +5,33 @@ import TallyfyVaultCore
 /// Request handling: a decoded request to its answer (token, status, lock,
 /// stop), renewing first where the sealed token will not do.
 extension AgentServer {
-    /// Answers one whole request frame; one that is not a request this agent
-    /// serves (an unknown `op` or `renewal`, another version) gets `bad-request`.
+    /// Answers one whole request frame on its connection.
     func respond(to body: [UInt8], on connection: Int32, from pid: pid_t) {
-        let request: AgentProtocol.Request
-        switch AgentProtocol.decodeRequest(body) {
-        case .success(let decoded): request = decoded
-        case .failure(let bad):
-            log("answered bad-request to pid \(pid): \(bad.message)")
-            return reply(.failure("bad-request", bad.message), on: connection, to: pid)
-        }
-        switch answer(request, from: pid) {
+        let (decided, op) = reply(toFrame: body, from: pid)
+        switch decided {
         case .now(let answer):
             reply(answer, on: connection, to: pid)
-            if request.op == .stop { stop() }
+            if op == .stop { stop() }
         case .afterRenewing(let tokenRequest, let vault):
             Task { reply(await self.renewedAnswer(tokenRequest, from: vault, for: pid), on: connection, to: pid) }
         }
     }
 
+    /// What one whole request frame gets, with no socket (`AgentRequestTests`):
+    /// one that is not a request this agent serves (an unknown `op` or
+    /// `renewal`, another version) gets `bad-request`; `op` is `nil` then.
+    func reply(toFrame body: [UInt8], from pid: pid_t) -> (reply: Reply, op: AgentProtocol.Operation?) {
+        switch AgentProtocol.decodeRequest(body) {
+        case .success(let request):
+            return (answer(request, from: pid), request.op)
+        case .failure(let bad):
+            log("answered bad-request to pid \(pid): \(bad.message)")
+            return (.now(.failure("bad-request", bad.message)), nil)
+        }
+    }
+
     /// An answer at once, or a token to renew first (`renewedAnswer`).
-    private enum Reply {
+    enum Reply {
         case now(AgentProtocol.Answer)
         /// With the vault the request was decided on (held, or for etcd
         /// read from the cache): the renewal reads it again only under the lock.
