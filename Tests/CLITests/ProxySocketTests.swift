@@ -149,15 +149,6 @@ extension ProxyTests {
         return Int(match.1) ?? -1
     }
 
-    /// Starts an agent in the foreground on the sandbox's key file and waits
-    /// until it answers.
-    func startAgent(_ sandbox: Sandbox) throws -> BackgroundCommand {
-        let agent = try sandbox.launch(["agent"])
-        let ready = ProcView.waitUntil(seconds: 30) { (try? sandbox.run(["agent", "status"]))?.status == 0 || !agent.isRunning }
-        #expect(ready && agent.isRunning, "the agent did not start: \(agent.isRunning ? "" : agent.wait().brief)")
-        return agent
-    }
-
     @Test func theUnixSocketServesItsOwnUidWithoutTheCapability() async throws {
         let (sandbox, emulator, _) = try await world()
         defer { emulator.stop() }
@@ -277,7 +268,7 @@ extension ProxyTests {
     @Test func execProxyRunsOnTheAgentWithNoUnlockSource() async throws {
         let (sandbox, emulator, script) = try await world(appTokenTTL: 6)
         defer { emulator.stop() }
-        let agent = try startAgent(sandbox)
+        let agent = try AgentTests().startAgent(sandbox, unlock: [:])  // on the sandbox's key file
         defer {
             agent.kill(SIGTERM)
             _ = agent.wait()
@@ -300,7 +291,7 @@ extension ProxyTests {
         let (sandbox, emulator, _) = try await world(appTokenTTL: 6)
         defer { emulator.stop() }
         let client = try sandbox.write(ProxySocketClient.script, to: "socket-client.py")
-        let agent = try startAgent(sandbox)
+        let agent = try AgentTests().startAgent(sandbox, unlock: [:])  // on the sandbox's key file
         defer {
             agent.kill(SIGTERM)
             _ = agent.wait()
