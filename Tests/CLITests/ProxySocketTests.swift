@@ -31,6 +31,8 @@ enum ProxySocketClient {
                 s.connect(SOCKET)
                 self.sock = s
 
+        \#(ProxyChild.untilTwoNewTokens)
+
         def call(c, path, token=None, method="GET", headers=None):
             h = {"Accept": "application/json", "X-Tallyfy-Client": "APIClient"}
             if token is not None:
@@ -82,24 +84,13 @@ enum ProxySocketClient {
                 ending = "timeout"
             print(json.dumps({"connect": "ok", "answered": len(answer), "ending": ending, "uid": os.getuid()}))
         elif mode == "expiry":
-            # Over the socket without the capability, until the proxy's token
-            # changed twice (the emulator says when a token expires).
+            # Over the socket without the capability.
             c = UnixConnection()
-            seen = []
-            deadline = time.time() + float(sys.argv[3])
-            while time.time() < deadline:
+            def ask():
                 c.request("GET", ME, headers={"Accept": "application/json"})
                 r = c.getresponse()
-                parsed = json.loads(r.read() or b"{}")
-                if r.status != 200:
-                    seen.append(r.status)
-                    break
-                if not seen or seen[-1] != parsed.get("expires_at"):
-                    seen.append(parsed.get("expires_at"))
-                if len(seen) >= 3:
-                    break
-                time.sleep(0.05)
-            print(json.dumps({"seen": seen}))
+                return r.status, json.loads(r.read() or b"{}")
+            print(json.dumps({"seen": until_two_new_tokens(ask, float(sys.argv[3]))}))
         """#
 }
 
