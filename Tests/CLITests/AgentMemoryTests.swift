@@ -11,27 +11,18 @@ import Testing
 @Suite struct AgentMemoryTests {
     @Test(.enabled(if: getuid() == 0))
     func afterRenewalsAndALockTheAgentHoldsNoSecretAndNoKey() async throws {
-        let secret = "cs-\(UUID().uuidString)"
+        let agents = AgentTests()
+        let secret = agents.secret
         let passphrase = "pp-\(UUID().uuidString)"
         // 5 s tokens: the agent renews each about every 4 s.
-        let emulator = try await Emulator.start(clients: [("client-test", secret)], appTokenTTL: 5)
+        let (sandbox, emulator, unlock, _) = try await agents.world(appTokenTTL: 5, unlock: ["TALLYFY_VAULT_PASSPHRASE": passphrase])
         defer { _ = emulator.stop() }
-        let sandbox = try Sandbox()
-        let unlock = ["TALLYFY_VAULT_PASSPHRASE": passphrase]
-        try sandbox.ok(["init"], env: unlock)
-        try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
-            "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: unlock)
-        try sandbox.ok(["login"], env: unlock)
-        let runtime = sandbox.root.appendingPathComponent("run")
-        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-        sandbox.environment["XDG_RUNTIME_DIR"] = runtime.path
         let dataKey = try Self.dataKey(vaultPath: sandbox.vaultPath, passphrase: passphrase)
 
         // A foreground agent given the passphrase in its environment, as the red team started it.
-        let agent = try sandbox.launch(["agent"], env: unlock)
+        let agent = try agents.startAgent(sandbox, unlock: unlock)
         defer { agent.kill(SIGTERM) }
-        let ready = ProcView.waitUntil(seconds: 30) { (try? sandbox.run(["agent", "status"]))?.status == 0 || !agent.isRunning }
-        try #require(ready && agent.isRunning, "the agent did not start: \(agent.isRunning ? "" : agent.wait().brief)")
+        try #require(agent.isRunning, "the agent did not start: \(agent.wait().brief)")
 
         // Six renewals by the agent, then a long token, so no renewal is in flight while memory is read.
         let before = try await emulator.counts()["token", default: 0]

@@ -9,13 +9,14 @@ import Testing
     let secret = "cs-\(UUID().uuidString)"
 
     /// A passphrase vault for a fresh emulator, logged in. The sandbox's
-    /// environment has no unlock source: `unlock` holds the passphrase file.
-    func world(appTokenTTL: Int? = nil, userTokenTTL: Int? = nil) async throws
+    /// environment has no unlock source: `unlock` holds the passphrase file,
+    /// or what the caller gives (AgentMemoryTests: the passphrase itself).
+    func world(appTokenTTL: Int? = nil, userTokenTTL: Int? = nil, unlock given: [String: String]? = nil) async throws
         -> (sandbox: Sandbox, emulator: Emulator, unlock: [String: String], socket: String)
     {
         let emulator = try await Emulator.start(clients: [("client-test", secret)], appTokenTTL: appTokenTTL, userTokenTTL: userTokenTTL)
         let sandbox = try Sandbox()
-        let unlock = ["TALLYFY_VAULT_PASSPHRASE_FILE": try sandbox.write("pp-\(UUID().uuidString)\n", to: "passphrase")]
+        let unlock = try given ?? ["TALLYFY_VAULT_PASSPHRASE_FILE": try sandbox.write("pp-\(UUID().uuidString)\n", to: "passphrase")]
         try sandbox.ok(["init"], env: unlock)
         try sandbox.ok(["credentials", "set", "--org", "org-test", "--client-id", "client-test", "--secret-stdin",
             "--token-url", emulator.tokenURL, "--api-url", emulator.apiURL], stdin: secret, env: unlock)

@@ -350,6 +350,7 @@ import Testing
             import os, sys, termios, signal
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             master, slave = os.openpty()
+            jobs, job_named = os.pipe()  # the shell names its job's process group here
             shell = os.fork()
             if shell == 0:
                 os.setsid()
@@ -365,6 +366,7 @@ import Testing
                         os.dup2(slave, f)
                     os.execv(sys.argv[1], sys.argv[1:])
                 os.setpgid(job, job)
+                os.write(job_named, b"%d" % job)
                 os.tcsetpgrp(slave, job)
                 _, status = os.waitpid(job, os.WUNTRACED)
                 os.tcsetpgrp(slave, os.getpgrp())
@@ -377,6 +379,14 @@ import Testing
                 os.write(slave, b"[exit=%d]\\n" % os.waitstatus_to_exitcode(status))
                 os._exit(0)
             def give_up(*_):
+                # The job (the vault and what it runs) is a process group of
+                # its own and may be stopped: SIGKILL it as well as the shell's,
+                # so a failed run leaves nothing stopped behind.
+                os.set_blocking(jobs, False)
+                try:
+                    os.killpg(int(os.read(jobs, 32)), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass  # no job was started
                 os.killpg(shell, signal.SIGKILL)
                 print("timeout after %r" % seen)
                 sys.exit(1)

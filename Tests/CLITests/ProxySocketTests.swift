@@ -31,6 +31,8 @@ enum ProxySocketClient {
                 s.connect(SOCKET)
                 self.sock = s
 
+        \#(ProxyChild.untilTwoNewTokens)
+
         def call(c, path, token=None, method="GET", headers=None):
             h = {"Accept": "application/json", "X-Tallyfy-Client": "APIClient"}
             if token is not None:
@@ -82,24 +84,13 @@ enum ProxySocketClient {
                 ending = "timeout"
             print(json.dumps({"connect": "ok", "answered": len(answer), "ending": ending, "uid": os.getuid()}))
         elif mode == "expiry":
-            # Over the socket without the capability, until the proxy's token
-            # changed twice (the emulator says when a token expires).
+            # Over the socket without the capability.
             c = UnixConnection()
-            seen = []
-            deadline = time.time() + float(sys.argv[3])
-            while time.time() < deadline:
+            def ask():
                 c.request("GET", ME, headers={"Accept": "application/json"})
                 r = c.getresponse()
-                parsed = json.loads(r.read() or b"{}")
-                if r.status != 200:
-                    seen.append(r.status)
-                    break
-                if not seen or seen[-1] != parsed.get("expires_at"):
-                    seen.append(parsed.get("expires_at"))
-                if len(seen) >= 3:
-                    break
-                time.sleep(0.05)
-            print(json.dumps({"seen": seen}))
+                return r.status, json.loads(r.read() or b"{}")
+            print(json.dumps({"seen": until_two_new_tokens(ask, float(sys.argv[3]))}))
         """#
 }
 
@@ -147,15 +138,6 @@ extension ProxyTests {
             return -1
         }
         return Int(match.1) ?? -1
-    }
-
-    /// Starts an agent in the foreground on the sandbox's key file and waits
-    /// until it answers.
-    func startAgent(_ sandbox: Sandbox) throws -> BackgroundCommand {
-        let agent = try sandbox.launch(["agent"])
-        let ready = ProcView.waitUntil(seconds: 30) { (try? sandbox.run(["agent", "status"]))?.status == 0 || !agent.isRunning }
-        #expect(ready && agent.isRunning, "the agent did not start: \(agent.isRunning ? "" : agent.wait().brief)")
-        return agent
     }
 
     @Test func theUnixSocketServesItsOwnUidWithoutTheCapability() async throws {
@@ -277,7 +259,7 @@ extension ProxyTests {
     @Test func execProxyRunsOnTheAgentWithNoUnlockSource() async throws {
         let (sandbox, emulator, script) = try await world(appTokenTTL: 6)
         defer { emulator.stop() }
-        let agent = try startAgent(sandbox)
+        let agent = try AgentTests().startAgent(sandbox, unlock: [:])  // on the sandbox's key file
         defer {
             agent.kill(SIGTERM)
             _ = agent.wait()
@@ -300,7 +282,7 @@ extension ProxyTests {
         let (sandbox, emulator, _) = try await world(appTokenTTL: 6)
         defer { emulator.stop() }
         let client = try sandbox.write(ProxySocketClient.script, to: "socket-client.py")
-        let agent = try startAgent(sandbox)
+        let agent = try AgentTests().startAgent(sandbox, unlock: [:])  // on the sandbox's key file
         defer {
             agent.kill(SIGTERM)
             _ = agent.wait()

@@ -10,6 +10,26 @@ import Testing
 /// It reports what it saw as JSON on standard output and never prints the
 /// capability or a token.
 enum ProxyChild {
+    /// Python, shared with `ProxySocketClient`: asks (`ask()` gives the
+    /// status and the parsed answer) until the proxy's token changed twice
+    /// (the emulator says when a token expires) or a request is refused.
+    static let untilTwoNewTokens = """
+        def until_two_new_tokens(ask, seconds):
+            seen = []
+            deadline = time.time() + seconds
+            while time.time() < deadline:
+                status, parsed = ask()
+                if status != 200:
+                    seen.append(status)
+                    break
+                if not seen or seen[-1] != parsed.get("expires_at"):
+                    seen.append(parsed.get("expires_at"))
+                if len(seen) >= 3:
+                    break
+                time.sleep(0.05)
+            return seen
+        """
+
     static let script = #"""
         import http.client, json, os, socket, sys, threading, time, urllib.parse
 
@@ -37,6 +57,8 @@ enum ProxyChild {
             except Exception:
                 parsed = {}
             return r.status, parsed
+
+        \#(ProxyChild.untilTwoNewTokens)
 
         def raw(data, timeout=60):
             s = socket.create_connection((HOST, PORT))
@@ -161,21 +183,8 @@ enum ProxyChild {
             for t in threads: t.join()
             print(json.dumps({"first": first, "statuses": sorted(results)}))
         elif mode == "expiry":
-            # Until the proxy's token changes (the emulator says when a token expires).
             c = connection()
-            seen = []
-            deadline = time.time() + float(sys.argv[2])
-            while time.time() < deadline:
-                status, parsed = call(c, me)
-                if status != 200:
-                    seen.append(status)
-                    break
-                if not seen or seen[-1] != parsed.get("expires_at"):
-                    seen.append(parsed.get("expires_at"))
-                if len(seen) >= 3:
-                    break
-                time.sleep(0.05)
-            print(json.dumps({"seen": seen}))
+            print(json.dumps({"seen": until_two_new_tokens(lambda: call(c, me), float(sys.argv[2]))}))
         elif mode == "badinput":
             out = {}
             big = b"X-Big: " + b"a" * 40000 + b"\r\n"

@@ -81,6 +81,13 @@ struct Reply: Sendable {
     }
 }
 
+/// Carries one attempt to Tallyfy in place of the HTTP client, and brings
+/// back its answer: how tests put a scripted Tallyfy in the process, as
+/// `EtcdTransport` does for etcd. Everything above it (the deadline of the
+/// attempt, retries, the mapping of answers to `VaultError`s) runs as with
+/// the network.
+typealias TallyfyTransport = @Sendable (_ request: HTTPClientRequest) async throws -> Reply
+
 /// What went wrong below HTTP, and whether the request can have reached the server.
 enum TransportFailure: Equatable {
     /// No byte of the request left this machine: always safe to retry.
@@ -168,9 +175,14 @@ extension TallyfyClient {
     /// task closes the connection, also while its body is being read.
     private func exchange(_ request: HTTPClientRequest, within limit: Duration) async throws -> Exchange {
         let http = self.http
+        let transport = self.transport
         let timeout = Self.timeAmount(limit)
         return try await withThrowingTaskGroup(of: Exchange.self) { group in
             group.addTask {
+                if let transport {
+                    let reply = try await transport(request)
+                    return .answered(status: reply.status, headers: reply.headers, body: reply.body)
+                }
                 let response = try await http.execute(request, timeout: timeout)
                 var body = Data()
                 do {

@@ -28,6 +28,8 @@ package final class TallyfyClient: Sendable {
     let retry: RetryPolicy
     /// How the client waits between attempts; tests substitute a recorder.
     let sleep: @Sendable (Duration) async throws -> Void
+    /// Carries each attempt instead of `http` (tests: a scripted Tallyfy).
+    let transport: TallyfyTransport?
 
     /// The environment variable that overrides `requestTimeout`, in seconds
     /// (e.g. `2` or `0.5`). It exists so tests against a deliberately slow
@@ -68,7 +70,8 @@ package final class TallyfyClient: Sendable {
         retry: RetryPolicy,
         totalTimeout: Duration? = nil,
         environment: [String: String],
-        sleep: @escaping @Sendable (Duration) async throws -> Void
+        sleep: @escaping @Sendable (Duration) async throws -> Void,
+        transport: TallyfyTransport? = nil
     ) {
         let request = Self.timeoutOverride(environment[Self.timeoutEnvironmentVariable]) ?? requestTimeout
         // A connect timeout longer than the whole attempt would never fire.
@@ -89,6 +92,7 @@ package final class TallyfyClient: Sendable {
         self.totalTimeout = totalTimeout ?? request * 3
         self.retry = retry
         self.sleep = sleep
+        self.transport = transport
     }
 
     deinit {

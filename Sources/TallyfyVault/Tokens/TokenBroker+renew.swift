@@ -119,8 +119,12 @@ extension TokenBroker {
     /// so renewing many tokens (the agent, `check --refresh`) reuses its
     /// connections; the program shuts it down once, at its end.
     package static func withClient<T>(_ body: (TallyfyClient) async throws -> T) async throws -> T {
-        try await body(TallyfyClient.shared)
+        try await body(client ?? TallyfyClient.shared)
     }
+
+    /// The client this task's renewals use instead of the shared one: unit
+    /// tests set one whose `TallyfyTransport` is a scripted Tallyfy.
+    @TaskLocal static var client: TallyfyClient?
 
     private func renew(_ request: TokenRequest, seen: SealedToken.Identity?, in vault: UnlockedVault, client: TallyfyClient) async throws -> TokenGrant {
         var profile = try Self.profile(request.profile, in: vault)

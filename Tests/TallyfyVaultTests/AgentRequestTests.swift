@@ -1,0 +1,100 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import TallyfyVault
+@testable import TallyfyVaultCore
+
+/// The agent's request handling without a socket: a whole request frame to
+/// the answer it gets (`AgentServer.reply(toFrame:from:)`), over a real file
+/// vault. The socket, the peer check and the threads are AgentTests' and
+/// AgentHostileClientTests' (end to end).
+@Suite struct AgentRequestTests {
+    let vault: BrokerVault
+    let server: AgentServer
+    let logged = Lines()
+
+    init() throws {
+        vault = try BrokerVault()
+        let now = vault.issuedAt.addingTimeInterval(600)  // the sealed token is fresh
+        server = AgentServer(
+            configuration: AgentServer.Configuration(socketPath: vault.folder + "/agent.sock", vaultPath: vault.path,
+                idleTimeout: nil, maxLifetime: nil, environment: vault.environment(now: now)),
+            unlocker: VaultUnlocker(secrets: [vault.key]), log: { [logged] line in logged.lines.withLock { $0.append(line) } })
+    }
+
+    /// The answer to `json`, sent as the body of one frame; `nil` when the
+    /// agent would renew first.
+    func ask(_ json: String) -> AgentProtocol.Answer? {
+        guard case .now(let answer) = server.reply(toFrame: Array(json.utf8), from: 4242).reply else { return nil }
+        return answer
+    }
+
+    func tokenRequest(profile: String = "default", renewal: String? = nil, vault path: String? = nil, minimumLifetime: Double = 1800) -> String {
+        let request = AgentProtocol.Request(op: .token, vault: path ?? vault.path, profile: profile, minimumLifetime: minimumLifetime,
+            renewal: renewal)
+        return String(decoding: try! JSONEncoder().encode(request), as: UTF8.self)
+    }
+
+    @Test func aFreshSealedTokenIsAnsweredAtOnce() throws {
+        defer { vault.remove() }
+        let answer = try #require(ask(tokenRequest()))
+        #expect(answer.ok && answer.grant?.token == BrokerVault.sealedToken && answer.grant?.renewalFailure == nil)
+        #expect(server.state.withLock { $0.served } == 1)
+    }
+
+    @Test func anUnknownOpIsABadRequest() throws {
+        defer { vault.remove() }
+        let answer = try #require(ask(#"{"version":\#(AgentProtocol.version),"op":"unseal-everything"}"#))
+        #expect(!answer.ok && answer.error == "bad-request")
+        #expect(answer.message == "unknown op; this agent answers token, status, lock, stop")
+        #expect(logged.lines.withLock { $0 } == ["answered bad-request to pid 4242: unknown op; this agent answers token, status, lock, stop"])
+    }
+
+    @Test func anUnknownRenewalModeIsABadRequestNotWhenStale() throws {
+        defer { vault.remove() }
+        let answer = try #require(ask(tokenRequest(renewal: "whenever")))
+        #expect(!answer.ok && answer.error == "bad-request")
+        #expect(answer.message == "unknown renewal; this agent knows whenStale, whenStaleStrictly and never")
+        let handedOut = answer.grant != nil  // a Bool: a failed expectation prints its operands, and a grant holds a token
+        #expect(!handedOut, "a token was handed out on an unknown renewal mode")
+    }
+
+    @Test func aMissingProfileFailsWithTheCLIsStatus() throws {
+        defer { vault.remove() }
+        let before = try vault.bytes()
+        let answer = try #require(ask(tokenRequest(profile: "missing")))
+        #expect(!answer.ok && answer.error == "failed" && answer.exitStatus == 78)
+        #expect(answer.message == #"profile "missing" has no credentials in this vault"#)
+        #expect(try vault.bytes() == before)
+    }
+
+    @Test func anotherVaultIsDeclined() throws {
+        defer { vault.remove() }
+        let answer = try #require(ask(tokenRequest(vault: vault.folder + "/other.tfv")))
+        #expect(!answer.ok && answer.error == "other-vault")
+    }
+
+    @Test func aStaleTokenIsRenewedNotAnsweredFromTheHeldVault() throws {
+        defer { vault.remove() }
+        // More than the sealed token's 50 minutes left asked for: not the held vault's to answer.
+        let request = tokenRequest(minimumLifetime: 3500)
+        guard case .afterRenewing(let wanted, _) = server.reply(toFrame: Array(request.utf8), from: 4242).reply else {
+            Issue.record("a stale token was answered without renewing")
+            return
+        }
+        #expect(wanted.profile == "default" && wanted.minimumLifetime == 3500 && wanted.renewal == .whenStale)
+    }
+
+    @Test func afterLockEveryTokenRequestIsLocked() throws {
+        defer { vault.remove() }
+        let locked = try #require(ask(#"{"version":\#(AgentProtocol.version),"op":"lock"}"#))
+        #expect(locked.ok && locked.status?.locked == true)
+        let answer = try #require(ask(tokenRequest()))
+        #expect(!answer.ok && answer.error == "locked")
+    }
+}
+
+/// What the agent logged.
+final class Lines: Sendable {
+    let lines = Mutex<[String]>([])
+}
