@@ -137,8 +137,14 @@ struct RemoteVault: Sendable {
         let connection = try self.connection()
         let lock = try connection.lock(timeout: timeout)
         defer { lock.release() }
-        guard let snapshot = try connection.read() else { throw notFound }
-        let vault = try store.opened(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker)
+        guard var snapshot = try connection.read() else { throw notFound }
+        // Read again from the cluster if this read looks rolled back (one
+        // overtaken on a lossy link): the write is conditioned on the read opened.
+        let vault = try store.opened(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker) {
+            guard let again = try connection.read() else { throw notFound }
+            snapshot = again
+            return try ParsedVault(parsing: again.bytes, readSummary: false)
+        }
         remember(snapshot)
         let before = vault.modificationCount
         let result = try await change(vault)
