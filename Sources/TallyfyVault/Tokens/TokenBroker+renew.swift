@@ -117,8 +117,9 @@ extension TokenBroker {
     }
 
     /// Runs `body` with the process's one Tallyfy client (`TallyfyClient.shared`),
-    /// so renewing many tokens (the agent, `check --refresh`) reuses its
-    /// connections; the program shuts it down once, at its end.
+    /// so renewing many tokens (the agent, `check --refresh`) shares its event
+    /// loop and settings (each request still has a connection of its own:
+    /// `TallyfyClient.init`); the program shuts it down once, at its end.
     package static func withClient<T>(_ body: (TallyfyClient) async throws -> T) async throws -> T {
         try await body(TallyfyClient.shared)
     }
