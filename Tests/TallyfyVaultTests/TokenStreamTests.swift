@@ -36,11 +36,71 @@ import TallyfyVaultCore
         #expect(schedule.retryDelay(afterFailure: 30, lifetime: week) == 300)
         #expect(schedule.retryDelay(afterFailure: 5, lifetime: 20) == 2)
         #expect(schedule.retryDelay(afterFailure: 3, lifetime: 4) == 1)
-        // Still valid for 0.5 s, backoff 8 s: try again right after expiry.
-        let expiry = now.addingTimeInterval(0.5)
+        // Still valid for 0.5 s, backoff 8 s: try again before expiry, halfway.
+        #expect(schedule.retryDate(afterFailure: 4, lifetime: week, expiresAt: now.addingTimeInterval(0.5), now: now)
+            == now.addingTimeInterval(0.25))
+        // Valid for 0.4 s only: too little to try before it; right after expiry.
+        let expiry = now.addingTimeInterval(0.4)
         #expect(schedule.retryDate(afterFailure: 4, lifetime: week, expiresAt: expiry, now: now) == expiry.addingTimeInterval(0.05))
         // Expired already: plain backoff.
         #expect(schedule.retryDate(afterFailure: 4, lifetime: week, expiresAt: now, now: now) == now.addingTimeInterval(8))
+    }
+
+    /// tools/partition-test: a keep-fresh child's renewal (through its agent)
+    /// failed 0.8 s before its 12-second token expired, while another machine
+    /// held the fleet lock; the 1 s backoff put the retry after the expiry,
+    /// and the child's file held an expired token although the fleet had a
+    /// fresh one. While there is life left, the retry comes before expiry.
+    @Test func aRetryComesBeforeExpiryWhileTheTokenHasLifeLeft() {
+        let expiry = now.addingTimeInterval(0.8)
+        let retry = schedule.retryDate(afterFailure: 1, lifetime: 12, expiresAt: expiry, now: now)
+        #expect(retry < expiry)
+        #expect(retry == now.addingTimeInterval(0.4))
+        // A backoff that ends before expiry is kept as it is.
+        #expect(schedule.retryDate(afterFailure: 1, lifetime: 12, expiresAt: now.addingTimeInterval(3), now: now)
+            == now.addingTimeInterval(1))
+        var late: [String] = []
+        for left in stride(from: 0.5, through: 600, by: 0.25) {
+            for attempt in 1...12 {
+                let at = schedule.retryDate(afterFailure: attempt, lifetime: 7 * 86400, expiresAt: now.addingTimeInterval(left), now: now)
+                if !(at < now.addingTimeInterval(left) && at > now) { late.append("\(left) s left, attempt \(attempt)") }
+            }
+        }
+        #expect(late.isEmpty, "\(late.count) retries not before expiry, e.g. \(late.prefix(3))")
+    }
+
+    /// tools/partition-test: a rotation sealed a token a second after the one
+    /// a keep-fresh child held (Tallyfy's expiries are whole seconds, so it
+    /// outlived that one by exactly 1 s); the child's renewal asked for a
+    /// token lasting a second longer than its own, refused the rotation's,
+    /// and the fleet asked Tallyfy again 6.7 s after the rotation. Any
+    /// token that expires later than the current one is taken.
+    @Test func aSealedTokenThatOutlivesTheCurrentOneIsTakenWithoutRenewing() async throws {
+        var fast = RenewalSchedule()
+        fast.minimumGap = 0.05
+        fast.jitter = 0
+        let current = TokenGrant(profile: "default", orgID: "org", apiURL: "http://127.0.0.1/api", token: "before-rotation",
+            expiresAt: Date().addingTimeInterval(0.6), user: nil)
+        let rotated = TokenGrant(profile: "default", orgID: "org", apiURL: "http://127.0.0.1/api", token: "rotation",
+            expiresAt: current.expiresAt.addingTimeInterval(0.5), user: nil)
+        let askedTallyfy = Mutex(0)
+        // The vault: the rotation's token when it is what the request asks
+        // for, else a new one from Tallyfy.
+        let source = TokenSource { request in
+            if rotated.expiresAt.timeIntervalSinceNow >= request.minimumLifetime { return rotated }
+            let n = askedTallyfy.withLock { $0 += 1; return $0 }
+            return TokenGrant(profile: "default", orgID: "org", apiURL: "http://127.0.0.1/api", token: "renewed-\(n)",
+                expiresAt: Date().addingTimeInterval(60), user: nil)
+        }
+        var tokens: [String] = []
+        for try await event in TokenStream(request: TokenRequest(profile: "default", minimumLifetime: 0), source: source, initial: current,
+            schedule: fast)
+        {
+            if case .token(let grant) = event { tokens.append(grant.token) }
+            if tokens.count == 2 { break }
+        }
+        #expect(tokens == ["before-rotation", "rotation"])
+        #expect(askedTallyfy.withLock { $0 } == 0)
     }
 
     /// A source that hands out short-lived tokens and fails as told.

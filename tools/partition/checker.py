@@ -11,8 +11,9 @@ Records (one JSON object a line, times in Unix seconds):
       op: exec, probe (after the last heal), rotate, user-token, keep-fresh-read
       (the token an `exec --keep-fresh` child found in its file; start = end),
       read (the harness reading which secret the vault holds)
-  {"type":"fault", "kind", "start", "end", "no_quorum":[clients], "no_tallyfy":[clients],
+  {"type":"fault", "kind", "start", "healing", "end", "no_quorum":[clients], "no_tallyfy":[clients],
    "degraded":[clients]}   who could not reach a quorum of etcd members, or Tallyfy, meanwhile
+      (in place from "start"; the heal began at "healing" and was done by "end")
   {"type":"request", "client", "at", "path": "token"|"user-token"}   seen leaving a client
   {"type":"issued", "jti", "kind", "holder", "iat", "exp", "at"}     the emulator's record
   {"type":"healed", "at"}   the last fault healed
@@ -71,9 +72,11 @@ class History:
         self.healed = max(healed) if healed else None
 
     def without_quorum(self, client, start, end):
-        """The faults that kept `client` from a quorum at some time in [start, end]."""
+        """The faults that certainly kept `client` from a quorum at some time
+        in [start, end]: from when the fault was in place until its heal
+        began ("healing"; the heal takes effect before "end" is stamped)."""
         return [f for f in self.faults
-                if client in f.get("no_quorum", []) and f["start"] <= end and f["end"] >= start]
+                if client in f.get("no_quorum", []) and f["start"] <= end and f.get("healing", f["end"]) >= start]
 
     def quorum_throughout(self, client, start, end):
         return not any(f["start"] <= end and f["end"] >= start and

@@ -162,6 +162,17 @@ class CheckerCatchesEachViolation(unittest.TestCase):
         found = violations(h)
         self.assertTrue(any(v["invariant"] == 3 and "renewed alone" in v["what"] for v in found), found)
 
+    def test_3_a_request_once_the_heal_began_is_not_renewing_alone(self):
+        # Seen: a request 9 ms before the heal was stamped done, the rules
+        # already removed. Only a request before the heal began is certain.
+        h = clean_history()
+        cut = next(r for r in h if r["type"] == "fault" and r["kind"] == "etcd-cut")
+        cut["healing"] = cut["end"] - 0.05
+        h.append({"type": "request", "client": "c3", "at": cut["end"] - 0.01, "path": "token"})
+        self.assertFalse([v for v in violations(h) if "renewed alone" in v["what"]])
+        h.append({"type": "request", "client": "c3", "at": cut["healing"] - 0.01, "path": "token"})
+        self.assertTrue([v for v in violations(h) if "renewed alone" in v["what"]])
+
     def test_4_expired_token_handed_out(self):
         h = clean_history()
         h.append({"type": "op", "client": "c1", "op": "exec", "start": T0 + 15, "end": T0 + 15.1, "status": 0,

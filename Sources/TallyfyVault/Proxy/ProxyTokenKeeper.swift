@@ -191,8 +191,10 @@ package actor ProxyTokenKeeper {
         var renewal = request
         if renewal.renewal == .never || renewal.renewal == .always { renewal.renewal = .whenStale }
         // Longer than the rejected token has left: the sealed token is taken
-        // only if another process sealed a newer one, else Tallyfy is asked.
-        renewal.minimumLifetime = max(0, current.expiresAt.timeIntervalSince(VaultClock.now(environment: environment))) + 1
+        // only if another process sealed a newer one (however little longer
+        // it lasts: `TokenStream.outlives`), else Tallyfy is asked.
+        renewal.minimumLifetime = max(0, current.expiresAt.timeIntervalSince(VaultClock.now(environment: environment)))
+            + TokenStream.outlives
         let source = self.source
         let task = Task<TokenGrant?, Never> {
             guard let grant = try? await source.grant(renewal), grant.renewalFailure == nil, grant.token != rejected else { return nil }

@@ -86,6 +86,17 @@ package final class TallyfyClient: Sendable {
         // connection until the request deadline; our policy decides instead.
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.decompression = .disabled
+        // One request per connection. A request written to a kept-alive
+        // connection while the network drops packets stays queued in this
+        // machine's kernel, and TCP still delivers it once the network is
+        // back, also after the caller gave up and closed the connection: a
+        // token issued for a request nobody waits for any longer is one
+        // nobody keeps, so the next process renews again (and a Tallyfy that
+        // revokes on reissue revokes the token the fleet is using). On a new
+        // connection, a request whose handshake never got through is gone
+        // with it. Found by tools/partition-test (a client cut from Tallyfy);
+        // token requests come days apart, so the handshake costs nothing.
+        configuration.maximumUsesPerConnection = 1
 
         self.http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
         self.requestTimeout = request

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TallyfyVaultCore
 
 /// Renewing tokens: the part of `TokenBroker` that talks to Tallyfy, kept out
@@ -116,8 +117,9 @@ extension TokenBroker {
     }
 
     /// Runs `body` with the process's one Tallyfy client (`TallyfyClient.shared`),
-    /// so renewing many tokens (the agent, `check --refresh`) reuses its
-    /// connections; the program shuts it down once, at its end.
+    /// so renewing many tokens (the agent, `check --refresh`) shares its event
+    /// loop and settings (each request still has a connection of its own:
+    /// `TallyfyClient.init`); the program shuts it down once, at its end.
     package static func withClient<T>(_ body: (TallyfyClient) async throws -> T) async throws -> T {
         try await body(client ?? TallyfyClient.shared)
     }
@@ -209,11 +211,27 @@ extension TokenBroker {
     /// sealed in `vault`: the lock is then free while another process or
     /// machine that can reach Tallyfy still has time to renew that token. The
     /// call is cancelled, not abandoned, so the lock is released when this returns.
+    /// When this process last gave up on Tallyfy under the lock of each
+    /// vault location, and until when it does not ask again
+    /// (`TokenPolicy.deferralAfterGivingUp`). Found by tools/partition-test:
+    /// an agent cut from Tallyfy gave up on a client's renewal, then took
+    /// the fleet lock again at once for its own and waited out its patience
+    /// a second time; the machine that could renew got the lock 0.47 s
+    /// before the token expired.
+    private static let lastGiveUp = Mutex<[String: (until: ContinuousClock.Instant, waited: TimeInterval)]>([:])
+
     package func patiently<T: Sendable>(
         in vault: UnlockedVault, profile: String, what: String, _ call: @escaping @Sendable () async throws -> T
     ) async throws -> T {
         let sealed = vault.content.profiles[profile]?.applicationToken
         guard let patience = TokenPolicy.patienceUnderLock(applicationToken: sealed, now: now) else { return try await call() }
+        let location = store.locationText
+        if let last = Self.lastGiveUp.withLock({ $0[location] }), ContinuousClock.now < last.until {
+            throw VaultError(.unavailable,
+                "Tallyfy did not answer this process's previous call within \(String(format: "%.1f", last.waited)) s either; "
+                    + "not asking again at once, so that another process or machine can renew the token before it expires",
+                hint: "check this machine's way to Tallyfy (`tallyfy-vault doctor`); the next attempt takes the token another one renewed")
+        }
         let answerBy = ContinuousClock.now + .milliseconds(Int64(patience * 1000))
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { try await TallyfyClient.$answerBy.withValue(answerBy) { try await call() } }
@@ -222,7 +240,12 @@ extension TokenBroker {
                 return nil
             }
             defer { group.cancelAll() }
-            if let first = try await group.next(), let answer = first { return answer }
+            if let first = try await group.next(), let answer = first {
+                Self.lastGiveUp.withLock { $0[location] = nil }
+                return answer
+            }
+            let until = ContinuousClock.now + .milliseconds(Int64(TokenPolicy.deferralAfterGivingUp(waited: patience) * 1000))
+            Self.lastGiveUp.withLock { $0[location] = (until, patience) }
             throw VaultError(.unavailable,
                 "Tallyfy did not answer \(what) within \(String(format: "%.1f", patience)) s, what the vault lock may be held for with the sealed application token's life left; "
                     + "gave up so that another process or machine can renew it before it expires",

@@ -51,9 +51,10 @@ public struct TokenSource: Sendable {
 /// Tallyfy's 7-day application tokens that is about 42 hours before expiry.
 ///
 /// A failed renewal is retried after `retryBase`, doubling up to the smaller
-/// of `retryCap` and a tenth of the lifetime (but at least `minimumGap`),
-/// and once more just after the token expires, so an expiry is noticed when
-/// it happens. Retries go on after expiry too: the caller decides whether an
+/// of `retryCap` and a tenth of the lifetime (but at least `minimumGap`);
+/// a retry that would come after the token expires comes halfway through
+/// the life it has left instead, and once more just after the token
+/// expires, so an expiry is noticed when it happens. Retries go on after expiry too: the caller decides whether an
 /// expired token ends anything.
 public struct RenewalSchedule: Sendable, Equatable {
     package var fractionLeft: Double = 0.25
@@ -62,6 +63,8 @@ public struct RenewalSchedule: Sendable, Equatable {
     package var minimumGap: TimeInterval = 1
     package var retryBase: TimeInterval = 1
     package var retryCap: TimeInterval = 300
+    /// The shortest pause before a retry brought forward to come before expiry.
+    package var leastRetryPause: TimeInterval = 0.25
 
     public init() {}
 
@@ -88,12 +91,22 @@ public struct RenewalSchedule: Sendable, Equatable {
         return max(minimumGap, min(step, cap))
     }
 
-    /// When to try again after a failure at `now`: after the backoff, but not
-    /// later than just past `expiresAt` while the token is still valid.
+    /// When to try again after a failure at `now`: after the backoff, but
+    /// while the token still has life left, before it expires: when the
+    /// backoff would end past the expiry, halfway through the life left, so
+    /// a renewal another process or machine made meanwhile is taken in time;
+    /// with too little left for that (`leastRetryPause`), just past the
+    /// expiry, so the expiry is noticed when it happens. Found by
+    /// tools/partition-test: a keep-fresh child whose renewal failed 0.8 s
+    /// before expiry (the fleet lock was held) retried only after it, and its
+    /// file held an expired token although the fleet had renewed 2 s before.
     package func retryDate(afterFailure attempt: Int, lifetime: TimeInterval, expiresAt: Date, now: Date) -> Date {
         let backoff = now.addingTimeInterval(retryDelay(afterFailure: attempt, lifetime: lifetime))
         guard now < expiresAt else { return backoff }
-        return min(backoff, expiresAt.addingTimeInterval(0.05))
+        if backoff < expiresAt { return backoff }
+        let halfway = expiresAt.timeIntervalSince(now) / 2
+        if halfway >= leastRetryPause { return now.addingTimeInterval(halfway) }
+        return expiresAt.addingTimeInterval(0.05)
     }
 }
 
@@ -140,6 +153,10 @@ public struct TokenStream: AsyncSequence, Sendable {
         /// Whether `current` had expired when this attempt failed.
         public var tokenHasExpired: Bool
     }
+
+    /// How much longer than the current token a renewed one must last
+    /// (a token expiring at the same moment is the same token, or as good).
+    static let outlives: TimeInterval = 0.001
 
     public let request: TokenRequest
     public let source: TokenSource
@@ -205,11 +222,15 @@ public struct TokenStream: AsyncSequence, Sendable {
 
         /// Asks for a token that outlives the current one: when another
         /// process renewed since, the sealed token already does, and Tallyfy
-        /// is not asked.
+        /// is not asked. Any token that expires later will do: Tallyfy
+        /// states expiries in whole seconds, so a rotation's token obtained a
+        /// second after the current one outlives it by exactly one second;
+        /// asking for a second more made the fleet renew again a few seconds
+        /// after the rotation (found by tools/partition-test).
         private mutating func renew(_ current: TokenGrant) async -> Event {
             var request = stream.request
             if request.renewal == .never || request.renewal == .always { request.renewal = .whenStale }
-            request.minimumLifetime = Swift.max(0, current.expiresAt.timeIntervalSince(now)) + 1
+            request.minimumLifetime = Swift.max(0, current.expiresAt.timeIntervalSince(now)) + TokenStream.outlives
             let reason: String
             do {
                 let grant = try await stream.source.grant(request)

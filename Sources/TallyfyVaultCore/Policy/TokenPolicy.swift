@@ -73,6 +73,19 @@ public enum TokenPolicy {
         return max(left / 2, lifetime / 12, minimumPatienceUnderLock)
     }
 
+    /// After a call under the lock gave up (`patienceUnderLock`), how long
+    /// the same process gives up on the next one at once instead of asking
+    /// Tallyfy again: as long as it has just waited in vain, at most
+    /// `longestDeferral`. Each call under the lock holds the fleet's lock;
+    /// a process that has just learned that Tallyfy does not answer it would
+    /// otherwise hold the lock for another whole patience while machines that
+    /// can reach Tallyfy wait for it.
+    package static func deferralAfterGivingUp(waited patience: TimeInterval) -> TimeInterval {
+        min(patience, longestDeferral)
+    }
+
+    package static let longestDeferral: TimeInterval = 30
+
     /// The least `patienceUnderLock` allows: a token about to expire is not
     /// worth giving up a call Tallyfy is about to answer.
     package static let minimumPatienceUnderLock: TimeInterval = 1

@@ -152,8 +152,16 @@ struct RemoteVault: Sendable {
     private func update<T>(_ connection: any RemoteSealedBytes, with unlocker: VaultUnlocker, store: VaultStore,
         _ change: (UnlockedVault) async throws -> T) async throws -> T
     {
-        guard let snapshot = try await offThePool({ try connection.read() }) else { throw notFound }
-        let vault = try store.opened(try ParsedVault(parsing: snapshot.bytes, readSummary: false), with: unlocker)
+        guard var read = try await offThePool({ try connection.read() }) else { throw notFound }
+        // Read again from the cluster if this read looks rolled back (one
+        // overtaken on a lossy link): the write is conditioned on the read
+        // opened. (That second read, rare, blocks on the pool.)
+        let vault = try store.opened(try ParsedVault(parsing: read.bytes, readSummary: false), with: unlocker) {
+            guard let again = try connection.read() else { throw notFound }
+            read = again
+            return try ParsedVault(parsing: again.bytes, readSummary: false)
+        }
+        let snapshot = read
         remember(snapshot)
         let before = vault.modificationCount
         let result = try await change(vault)

@@ -57,7 +57,29 @@ public struct VaultStore: Sendable {
     /// Every open of this store's vault: decrypt, then refuse a vault older
     /// than one this machine has seen (65, `SeenGenerations`).
     /// Records a wrong key and a refused or accepted rollback (`AuditTrail`).
-    func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
+    ///
+    /// A read can be overtaken: while one process read the vault (from an
+    /// etcd member whose answer a lossy link held up for seconds, from this
+    /// machine's cache, or simply on a busy machine), another one wrote or
+    /// saw a newer generation and remembered it. That read is older than the
+    /// remembered generation but was current when it was made, so before
+    /// refusing, the vault is read again (`readAgain`, by default the
+    /// store's own read: the cluster for etcd) and refused only if that read
+    /// is older too. Found by tools/partition-test: `users token` ended 65,
+    /// "generation 383 < 389", on a machine whose link from one member lost
+    /// 80 % of its packets.
+    func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker, readAgain: (() throws -> ParsedVault)? = nil) throws
+        -> UnlockedVault
+    {
+        do {
+            return try openedOnce(parsed, with: unlocker, lastTry: false)
+        } catch let error as VaultError where error.cause == .rolledBack {
+            let again = try readAgain?() ?? self.parsed(readSummary: false)
+            return try openedOnce(again, with: unlocker, lastTry: true)
+        }
+    }
+
+    private func openedOnce(_ parsed: ParsedVault, with unlocker: VaultUnlocker, lastTry: Bool) throws -> UnlockedVault {
         let vault: UnlockedVault
         do {
             vault = try UnlockedVault.open(parsed, with: unlocker)
@@ -73,7 +95,7 @@ public struct VaultStore: Sendable {
                     vaultID: vault.content.id)
             }
         } catch let error as VaultError where error.cause == .rolledBack {
-            if AuditTrail.recordsRefusals {
+            if lastTry && AuditTrail.recordsRefusals {
                 try? audit.record(AuditTrail.Entry(event: "rollback-refused", profile: audit.profile, result: AuditTrail.result(error)),
                     key: vault.auditKey, vaultID: vault.content.id)
             }

@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+@testable import TallyfyVault
+@testable import TallyfyVaultCore
+
+/// The rollback refusal (`SeenGenerations`) at the library level: a vault
+/// older than one this machine has seen is refused, but a read that another
+/// process's write merely overtook is not a rollback.
+@Suite struct SeenGenerationsTests {
+    let key = TestKeys.keyFile(3)
+
+    private func world() throws -> (folder: String, path: String, environment: [String: String]) {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-seen-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let environment = ["HOME": folder, "XDG_STATE_HOME": folder + "/state", "XDG_DATA_HOME": folder + "/data", "XDG_CACHE_HOME": folder + "/cache"]
+        return (folder, folder + "/vault", environment)
+    }
+
+    /// tools/partition-test: `users token` read generation 383, and by the
+    /// time it opened it this machine had seen 389 (written meanwhile by
+    /// others; the read's answer came late over a lossy link): 65, "rolled
+    /// back", for a vault nobody rolled back.
+    @Test func aReadOvertakenByAnotherWriteIsNotARollback() async throws {
+        let (folder, path, environment) = try world()
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let store = VaultStore(path: path, environment: environment)
+        try store.create(try UnlockedVault.create(secret: key, label: "k", kdf: .moderate))
+        let broker = TokenBroker(store: store, secrets: [key], environment: environment)
+
+        let overtaken = try store.read()  // generation 1
+        let first = try Data(contentsOf: URL(fileURLWithPath: path))
+        // Another process changes the vault meanwhile: this machine remembers generation 2.
+        try await VaultStore(path: path, environment: environment).update(with: [key]) {
+            $0.content.profiles["default"] = TestKeys.profile()
+        }
+        #expect(store.rememberedGeneration(of: try broker.open(store.read()).content.id!) == 2)
+
+        let opened = try broker.open(overtaken)
+        #expect(opened.content.generation == 2)
+        #expect(opened.content.profiles["default"] != nil)
+
+        // A vault really put back is still refused, read again or not.
+        try first.write(to: URL(fileURLWithPath: path))
+        let refused = try #require(throws: VaultError.self) { try broker.open(store.read()) }
+        #expect(refused.cause == .rolledBack)
+        #expect(refused.exitStatus == 65)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == first)
+    }
+}
