@@ -619,18 +619,24 @@ import Testing
         func watchedMembers() -> [String] { Self.watchedMembers(agent, location) }
         #expect(ProcView.waitUntil(seconds: 30) { !watchedMembers().isEmpty || !agent.isRunning }, "\(agent.stderrSoFar)")
 
+        func changes() -> Int { agent.stderrSoFar.components(separatedBy: "the vault changed in etcd").count - 1 }
         for round in 1...2 {
+            let (changesBefore, watchesBefore) = (changes(), watchedMembers().count)
             try a.ok(["rotate-secret", "--secret-stdin", "--no-verify"], stdin: "cs-rotated-\(UUID().uuidString)")
             let written = try Data(contentsOf: try #require(cacheFiles(a).first))
             let seen = ProcView.waitUntil(seconds: 30) {
                 (try? Data(contentsOf: cacheFiles(b).first ?? URL(fileURLWithPath: "/nonexistent"))) == written
             }
             #expect(seen, "round \(round): b's agent did not refresh its cache; agent: \(agent.stderrSoFar)")
-            // The agent logs the change after it has written the cache: wait for the line too.
+            // The agent logs the change after it has written the cache: wait
+            // for the line too. Or, if etcd ended the watch meanwhile (it does
+            // when the member loses its leader, as elections on a loaded
+            // machine make it), the agent caught up with one read when it
+            // watched again, and says so.
             let logged = ProcView.waitUntil(seconds: 10) {
-                agent.stderrSoFar.components(separatedBy: "the vault changed in etcd").count - 1 >= round
+                changes() == changesBefore + 1 || watchedMembers().count > watchesBefore
             }
-            #expect(logged && agent.stderrSoFar.components(separatedBy: "the vault changed in etcd").count - 1 == round, "\(agent.stderrSoFar)")
+            #expect(logged && changes() <= changesBefore + 1, "round \(round): \(agent.stderrSoFar)")
             guard round == 1, let member = watchedMembers().last else { continue }
             // The member the watch goes through dies: the agent watches through another.
             let index = try #require(cluster.endpoints.split(separator: ",").firstIndex { $0 == member })
