@@ -79,10 +79,13 @@ import TallyfyVaultCore
         var fast = RenewalSchedule()
         fast.minimumGap = 0.05
         fast.jitter = 0
+        // A 3 s token, not 0.6 s: a loaded machine (a clone-check's four
+        // test processes) woke the stream after the 0.6 s token and the
+        // rotation's, 0.5 s younger, had both expired.
         let current = TokenGrant(profile: "default", orgID: "org", apiURL: "http://127.0.0.1/api", token: "before-rotation",
-            expiresAt: Date().addingTimeInterval(0.6), user: nil)
+            expiresAt: Date().addingTimeInterval(3), user: nil)
         let rotated = TokenGrant(profile: "default", orgID: "org", apiURL: "http://127.0.0.1/api", token: "rotation",
-            expiresAt: current.expiresAt.addingTimeInterval(0.5), user: nil)
+            expiresAt: current.expiresAt.addingTimeInterval(0.5), user: nil)  // under the old rule's 1 s
         let askedTallyfy = Mutex(0)
         // The vault: the rotation's token when it is what the request asks
         // for, else a new one from Tallyfy.
