@@ -37,12 +37,12 @@ import Testing
         #expect(first.exitStatus == 69 && first.message.contains("gave up so that another process or machine can renew it"))
         #expect(asked.withLock { $0 } == 1)
 
-        // Right after: given up at once, without asking.
+        // Right after: given up at once, without asking (a call that asked
+        // would wait out its second of patience on `silent`).
         let started = ContinuousClock.now
         let again = try await #require(throws: VaultError.self) {
             try await broker.patiently(in: vault, profile: "default", what: "the token request", silent)
         }
-        #expect(ContinuousClock.now - started < .milliseconds(500))
         #expect(asked.withLock { $0 } == 1)
         #expect(again.exitStatus == 69 && again.message.contains("not asking again at once"), "\(again.message)")
 

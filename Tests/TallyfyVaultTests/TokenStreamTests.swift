@@ -76,16 +76,20 @@ import TallyfyVaultCore
     /// and the fleet asked Tallyfy again 6.7 s after the rotation. Any
     /// token that expires later than the current one is taken.
     @Test func aSealedTokenThatOutlivesTheCurrentOneIsTakenWithoutRenewing() async throws {
-        var fast = RenewalSchedule()
-        fast.minimumGap = 0.05
-        fast.jitter = 0
-        // A 3 s token, not 0.6 s: a loaded machine (a clone-check's four
-        // test processes) woke the stream after the 0.6 s token and the
-        // rotation's, 0.5 s younger, had both expired.
+        var early = RenewalSchedule()
+        early.minimumGap = 0.05
+        early.jitter = 0
+        // Renew with 99% of the life left (0.6 s in): minute-long tokens, so
+        // however late a loaded machine wakes the stream, neither has
+        // expired. Short tokens made this test wall-clock bound: CI woke it
+        // after both a 3 s token and the rotation's had expired.
+        early.fractionLeft = 0.99
         let current = TokenGrant(profile: "default", orgID: "org", apiURL: "http://127.0.0.1/api", token: "before-rotation",
-            expiresAt: Date().addingTimeInterval(3), user: nil)
+            expiresAt: Date().addingTimeInterval(60), user: nil)
+        // Under the old rule's 1 s, and more than the moment between the
+        // stream's asking and the vault's answering.
         let rotated = TokenGrant(profile: "default", orgID: "org", apiURL: "http://127.0.0.1/api", token: "rotation",
-            expiresAt: current.expiresAt.addingTimeInterval(0.5), user: nil)  // under the old rule's 1 s
+            expiresAt: current.expiresAt.addingTimeInterval(0.9), user: nil)
         let askedTallyfy = Mutex(0)
         // The vault: the rotation's token when it is what the request asks
         // for, else a new one from Tallyfy.
@@ -97,7 +101,7 @@ import TallyfyVaultCore
         }
         var tokens: [String] = []
         for try await event in TokenStream(request: TokenRequest(profile: "default", minimumLifetime: 0), source: source, initial: current,
-            schedule: fast)
+            schedule: early)
         {
             if case .token(let grant) = event { tokens.append(grant.token) }
             if tokens.count == 2 { break }

@@ -268,7 +268,7 @@ final class EtcdGateway: Sendable {
         if let existing = clients.withLock({ $0[name] }) { return existing }
         // A member that is down refuses the connection: go to the next one at
         // once, rather than AHC's default of retrying until the deadline.
-        var configuration = HTTPClient.Configuration()
+        var configuration = HTTPClient.Configuration.http1Only()
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout = HTTPClient.Configuration.Timeout(connect: .seconds(1), read: streaming ? nil : deadline)
         guard location.tls else { return remember(HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration), as: name) }

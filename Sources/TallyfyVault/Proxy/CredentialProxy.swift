@@ -208,7 +208,7 @@ package final class CredentialProxy: Sendable {
         // As `TallyfyClient`: the system's trust store, no redirect ever
         // followed (it would carry the token elsewhere), no decompression (the
         // child gets the bytes Tallyfy sent), our own timeouts.
-        var http = HTTPClient.Configuration()
+        var http = HTTPClient.Configuration.http1Only()
         http.timeout = .init(connect: Self.amount(min(.seconds(5), configuration.upstreamTimeout)), read: Self.amount(configuration.upstreamTimeout))
         http.redirectConfiguration = .disallow
         http.connectionPool.retryConnectionEstablishment = false

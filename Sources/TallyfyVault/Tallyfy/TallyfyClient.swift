@@ -77,7 +77,7 @@ package final class TallyfyClient: Sendable {
         // A connect timeout longer than the whole attempt would never fire.
         let connect = min(connectTimeout, request)
 
-        var configuration = HTTPClient.Configuration()
+        var configuration = HTTPClient.Configuration.http1Only()
         configuration.timeout = .init(connect: Self.timeAmount(connect), read: Self.timeAmount(request))
         // A redirect would replay the client secret or a bearer token to
         // wherever the Location points, possibly over plain HTTP: never.
