@@ -85,6 +85,49 @@ import Testing
         #expect(wanted.profile == "default" && wanted.minimumLifetime == 3500 && wanted.renewal == .whenStale)
     }
 
+    /// tools/partition-test: a keep-fresh child's renewal waited 4.8 s (an
+    /// etcd election) while its agent already held the fleet's new token.
+    /// Here the renewal waits for its turn behind a renewal that does not
+    /// end; another process seals a token meanwhile, and it answers the
+    /// client while the turn is still taken. The renewal, once its turn
+    /// comes, takes that token and asks Tallyfy nothing.
+    @Test func aWaitingRenewalIsAnsweredByATokenSealedMeanwhile() async throws {
+        defer { vault.remove() }
+        let now = vault.issuedAt.addingTimeInterval(600)
+        // More than the sealed token's 50 minutes left asked for.
+        let request = tokenRequest(minimumLifetime: 3500)
+        guard case .afterRenewing(let wanted, let decidedOn) = server.reply(toFrame: Array(request.utf8), from: 4242).reply else {
+            Issue.record("a stale token was answered without renewing")
+            return
+        }
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let turnTaken = Task { await server.renewalTurn.run { for await _ in gate {} } }
+        defer { open.finish() }
+
+        let tallyfy = ScriptedTallyfy(.token)
+        let answer = Mutex<AgentProtocol.Answer?>(nil)
+        let asked = Task { [server] in
+            _ = await tallyfy.serving {
+                let reply = await server.renewedAnswer(wanted, from: decidedOn, for: 4242)
+                answer.withLock { $0 = reply }
+            }
+        }
+        try await VaultStore(path: vault.path, environment: vault.environment(now: now)).update(with: [vault.key]) {
+            $0.content.profiles["default"]?.applicationToken = SealedToken(
+                value: "sealed-by-another-process", expiresAt: now.addingTimeInterval(7200), obtainedAt: now)
+        }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while answer.withLock({ $0 }) == nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        let answered = try #require(answer.withLock { $0 }, "no answer while the renewal waited for its turn")
+        #expect(answered.ok && answered.grant?.token == "sealed-by-another-process")
+
+        open.finish()
+        await turnTaken.value
+        await server.renewalTurn.run {}  // the client's renewal has had its turn
+        await asked.value
+        #expect(tallyfy.requests == 0)
+    }
+
     @Test func afterLockEveryTokenRequestIsLocked() throws {
         defer { vault.remove() }
         let locked = try #require(ask(#"{"version":\#(AgentProtocol.version),"op":"lock"}"#))

@@ -25,8 +25,8 @@ extension AgentServer {
             return (unlocker, vault, Set(near.keys))
         }) else { return }
         let profiles = held.content.profiles
-        var broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
-        broker.recording = .none  // nothing handed to anyone: the renewal's write is recorded as a change
+        // Nothing handed to anyone: the renewal's write is recorded as a change.
+        let broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment).recording(.none)
         for (name, profile) in profiles.sorted(by: { $0.key < $1.key }) {
             if let token = profile.applicationToken {
                 await renewIfDue(key: name, token: token, what: "the application token of profile \(name)", now: now, broker: broker, vault: held) {

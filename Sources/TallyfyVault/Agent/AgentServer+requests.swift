@@ -118,12 +118,24 @@ extension AgentServer {
     /// A token that had to be renewed: `TokenBroker.grant`, under the vault
     /// lock, exactly as the CLI does it (another process may have renewed
     /// meanwhile; then its token is taken).
-    private func renewedAnswer(_ request: TokenRequest, from vault: UnlockedVault, for pid: pid_t) async -> AgentProtocol.Answer {
+    ///
+    /// While the renewal waits (its turn, the lock, an etcd election), the
+    /// vault may change under it: another machine's renewal, brought to this
+    /// machine's cache by the watch, or another process's written file. The
+    /// first token that serves the request answers. A renewal that lost goes
+    /// on, takes that token under the lock and asks Tallyfy nothing. Found by
+    /// tools/partition-test: a keep-fresh child's renewal waited 4.8 s for the
+    /// fleet lock through an election while its agent already handed the
+    /// fleet's new token to `exec`, and its token file expired meanwhile.
+    func renewedAnswer(_ request: TokenRequest, from vault: UnlockedVault, for pid: pid_t) async -> AgentProtocol.Answer {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return .failure("locked", "the agent holds no key") }
+        let broker = clientBroker(unlocker, for: pid)
+        let unrecorded = broker.recording(.none)  // only the answer that is sent is recorded, once
         do {
-            let broker = clientBroker(unlocker, for: pid)
-            let grant = try await renewalTurn.run { try await broker.grant(request, from: vault) }
-            return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant))
+            let grant = try await FirstAnswer.of(
+                { try await self.renewalTurn.run { try await unrecorded.grant(request, from: vault) } },
+                orWhenReady: { self.withHeldVault { held, _ in try? unrecorded.decideSealed(request, in: held) } ?? nil })
+            return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(try broker.handedOut(grant)))
         } catch {
             // A key that stopped opening the vault meanwhile is noticed (and
             // forgotten) by the next request (`VaultError.Cause.keyOpensNoSlot`);
@@ -135,9 +147,8 @@ extension AgentServer {
     /// The broker of one client's request: its hand-out is recorded as the
     /// client's (`SO_PEERCRED` pid; the uid was checked to be ours).
     private func clientBroker(_ unlocker: VaultUnlocker, for pid: pid_t) -> TokenBroker {
-        var broker = TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
-        broker.recording = .peer(AuditRequester.peer(pid: pid, uid: UInt32(geteuid())))
-        return broker
+        TokenBroker(store: store, unlocker: unlocker, environment: configuration.environment)
+            .recording(.peer(AuditRequester.peer(pid: pid, uid: UInt32(geteuid()))))
     }
 
     private static func failed(_ error: Error) -> AgentProtocol.Answer {

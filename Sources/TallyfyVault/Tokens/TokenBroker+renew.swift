@@ -102,17 +102,10 @@ extension TokenBroker {
     /// flight leaves the old vault or the new one.
     private func withDeadline(_ deadline: Duration?, _ body: @escaping @Sendable () async throws -> TokenGrant) async throws -> TokenGrant {
         guard let deadline else { return try await body() }
-        let answer = FirstAnswer<TokenGrant>()
-        return try await withCheckedThrowingContinuation { continuation in
-            answer.set(continuation)
-            Task {
-                do { answer.give(.success(try await body())) } catch { answer.give(.failure(error)) }
-            }
-            Task {
-                try? await Task.sleep(for: deadline)
-                answer.give(.failure(VaultError(.unavailable, "Tallyfy did not answer within \(DurationText.format(deadline.seconds))",
-                    hint: "run `tallyfy-vault doctor` to see why, and `tallyfy-vault login` once Tallyfy answers")))
-            }
+        return try await FirstAnswer.of(body) { _ in
+            try? await Task.sleep(for: deadline)
+            throw VaultError(.unavailable, "Tallyfy did not answer within \(DurationText.format(deadline.seconds))",
+                hint: "run `tallyfy-vault doctor` to see why, and `tallyfy-vault login` once Tallyfy answers")
         }
     }
 
@@ -251,37 +244,6 @@ extension TokenBroker {
                     + "gave up so that another process or machine can renew it before it expires",
                 hint: "check this machine's way to Tallyfy (`tallyfy-vault doctor`); the next attempt takes the token another one renewed")
         }
-    }
-}
-
-/// Resumes a continuation with whichever answer comes first.
-private final class FirstAnswer<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var continuation: CheckedContinuation<T, Error>?
-    private var early: Result<T, Error>?
-
-    func set(_ continuation: CheckedContinuation<T, Error>) {
-        lock.lock()
-        if let early {
-            lock.unlock()
-            continuation.resume(with: early)
-            return
-        }
-        self.continuation = continuation
-        lock.unlock()
-    }
-
-    func give(_ result: Result<T, Error>) {
-        lock.lock()
-        guard let continuation else {
-            if early == nil { early = result }
-            lock.unlock()
-            return
-        }
-        self.continuation = nil
-        early = result  // later answers are dropped
-        lock.unlock()
-        continuation.resume(with: result)
     }
 }
 

@@ -70,6 +70,13 @@ public struct TokenBroker: Sendable {
         case none
     }
 
+    /// This broker, recording its hand-outs for `whom`.
+    package func recording(_ whom: HandOutRecord) -> TokenBroker {
+        var broker = self
+        broker.recording = whom
+        return broker
+    }
+
     package init(store: VaultStore, unlocker: VaultUnlocker, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.store = store
         self.unlocker = unlocker
