@@ -57,7 +57,7 @@ struct TallyfyShapesTests {
             try sandbox.run(["login"], env: ["TALLYFY_VAULT_HTTP_TIMEOUT": "2"])
         }
         // Wait until the slow login is inside the token request (it holds the lock).
-        try await waitUntil { try await world.counts()["token"] ?? 0 >= 1 }
+        #expect(await eventually(seconds: 20) { (try? await world.counts()["token"]) ?? 0 >= 1 })
         let writer = try world.sandbox.run(["credentials", "set", "--org", Self.org, "--client-id", Self.clientID,
                                             "--secret-stdin", "--token-url", world.emulator.tokenURL,
                                             "--api-url", world.emulator.apiURL],
@@ -267,14 +267,4 @@ struct TallyfyShapesTests {
         #expect(open.status == 2)
         #expect(open.stdout.contains("FAIL  vault file"), "\(open.stdout)")
     }
-}
-
-/// Polls `condition` until it holds (at most `timeout` seconds).
-func waitUntil(timeout: Double = 20, _ condition: () async throws -> Bool) async throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    Issue.record("condition not met within \(timeout) s")
 }
