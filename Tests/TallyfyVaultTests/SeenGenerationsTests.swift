@@ -46,4 +46,21 @@ import Testing
         #expect(refused.exitStatus == 65)
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == first)
     }
+
+    /// Without `HOME` (a service started with a bare environment) the
+    /// rollback memory and the audit log live in the passwd entry's home,
+    /// where the default vault is looked for: the memory used to need
+    /// `HOME` and was silently off, while the vault was found.
+    @Test func withoutHOMEEverythingIsKeptInThePasswdEntrysHome() throws {
+        let entry = try #require(getpwuid(getuid()), "this uid has a passwd entry")
+        let home = String(cString: entry.pointee.pw_dir)
+        for environment in [[:], ["HOME": "relative/home"]] {
+            #expect(HomeFolder.path(environment: environment) == home)
+            #expect(try #require(SeenGenerations(environment: environment)).folder == home + "/.local/state/tallyfy-vault/seen")
+            #expect(AuditTrail(environment: environment).logPath(vaultID: "0123456789abcdef0123456789abcdef")
+                == home + "/.local/state/tallyfy-vault/audit/0123456789abcdef0123456789abcdef.log")
+            #expect(VaultStore.defaultPath(environment: environment) == home + "/.local/share/tallyfy-vault/vault")
+        }
+        #expect(HomeFolder.path(environment: ["HOME": "/elsewhere"]) == "/elsewhere")
+    }
 }

@@ -70,7 +70,7 @@ package struct AuditTrail: Sendable {
         }
         if let state = environment["XDG_STATE_HOME"], state.hasPrefix("/") {
             folder = state + "/tallyfy-vault/audit"
-        } else if let home = environment["HOME"], home.hasPrefix("/") {
+        } else if let home = HomeFolder.path(environment: environment) {
             folder = home + "/.local/state/tallyfy-vault/audit"
         } else {
             folder = nil

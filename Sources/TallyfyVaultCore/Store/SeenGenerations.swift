@@ -30,7 +30,7 @@ package struct SeenGenerations: Sendable {
     package init?(environment: [String: String]) {
         if let state = environment["XDG_STATE_HOME"], state.hasPrefix("/") {
             folder = state + "/tallyfy-vault/seen"
-        } else if let home = environment["HOME"], home.hasPrefix("/") {
+        } else if let home = HomeFolder.path(environment: environment) {
             folder = home + "/.local/state/tallyfy-vault/seen"
         } else {
             return nil

@@ -232,8 +232,7 @@ struct RemoteCache {
         if let cache = environment["XDG_CACHE_HOME"], cache.hasPrefix("/") {
             base = cache
         } else {
-            let home = environment["HOME"] ?? String(cString: getpwuid(getuid()).pointee.pw_dir)
-            base = home + "/.cache"
+            base = (HomeFolder.path(environment: environment) ?? "") + "/.cache"
         }
         path = base + "/tallyfy-vault/etcd/" + Self.name(for: location.text)
     }

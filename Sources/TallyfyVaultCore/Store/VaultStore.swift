@@ -136,8 +136,8 @@ public struct VaultStore: Sendable {
         if let data = environment["XDG_DATA_HOME"], data.hasPrefix("/") {
             return data + "/tallyfy-vault/vault"
         }
-        let home = environment["HOME"] ?? String(cString: getpwuid(getuid()).pointee.pw_dir)
-        return home + "/.local/share/tallyfy-vault/vault"
+        // With no home at all, a path that names the problem when it is not found.
+        return (HomeFolder.path(environment: environment) ?? "") + "/.local/share/tallyfy-vault/vault"
     }
 
     var lockPath: String { path + ".lock" }
