@@ -57,10 +57,17 @@ let package = Package(
         // The `tallyfy-vault` command: a small launcher that serves a plain
         // `exec` with a fresh token itself and hands everything else to
         // `tallyfy-vault-cli`, installed beside it.
+        //
+        // Released as one static executable (glibc and libsodium built in):
+        // no dynamic loader, no shared library mapped or relocated at each
+        // start, which was half of what a fresh `exec` cost over starting
+        // the child (docs/speed.md). The price: a security update of glibc or
+        // libsodium reaches it when `tools/install` runs again (SECURITY.md).
         .executableTarget(
             name: "tallyfy-vault",
             dependencies: ["TallyfyVaultCore"],
-            swiftSettings: testHooks
+            swiftSettings: testHooks,
+            linkerSettings: [.unsafeFlags(["-static-executable"], .when(platforms: [.linux], configuration: .release))]
         ),
         // Every command, thin over the library; started by `tallyfy-vault`.
         .executableTarget(
