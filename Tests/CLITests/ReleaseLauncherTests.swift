@@ -1,0 +1,57 @@
+import Foundation
+import Testing
+
+/// The launcher as it is released: one static executable (Package.swift
+/// links it with `-static-executable` in release builds only, so every other
+/// suite runs a dynamically linked debug launcher). tools/test builds it
+/// first (`tools/release-launcher`); a missing one fails here, never skips.
+@Suite struct ReleaseLauncherTests {
+    static let launcher = LibraryExampleTests.packageRoot.appendingPathComponent(".build-release/release/tallyfy-vault")
+
+    @Test func theReleasedLauncherIsStaticAndServesAsTheDebugOneDoes() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.launcher.path),
+            "no release launcher at \(Self.launcher.path): run tools/release-launcher (tools/test does)")
+        #expect(try !Self.hasProgramInterpreter(Self.launcher.path), "the released launcher asks for a dynamic loader")
+
+        let world = try await LoggedIn.start()
+        defer { _ = world.emulator.stop() }
+        let sandbox = world.sandbox
+        let expected = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"]).stdout
+        // Installed as tools/install lays it out, beside this build's CLI
+        // (a handed-over command needs one).
+        let folder = sandbox.root.appendingPathComponent("released")
+        let released = try BuildProducts.copy(into: folder)
+        try FileManager.default.removeItem(at: released)
+        try FileManager.default.copyItem(at: Self.launcher, to: released)
+        let environment = sandbox.environment
+        func run(_ arguments: [String]) throws -> RunResult {
+            try runProcess(released, arguments, environment: environment)
+        }
+
+        // The fast path: read, unlock, decide, execve.
+        let fresh = try run(["exec", "--", "printenv", "TALLYFY_TOKEN"])
+        #expect(fresh.status == 0 && fresh.stdout == expected, "\(fresh.brief)")
+        // A refresh is handed over to the CLI beside it, which renews.
+        let renewed = try run(["exec", "--min-ttl", "30d", "--", "printenv", "TALLYFY_TOKEN"])
+        #expect(renewed.status == 0 && !renewed.stdout.isEmpty && renewed.stdout != expected, "\(renewed.brief)")
+        // A bad input still gets the CLI's message and status.
+        let bad = try run(["exec", "--min-ttl", "soon", "--", "true"])
+        #expect(bad.status == 64 && bad.stderr.contains("\"soon\" is not a duration"), "\(bad.brief)")
+    }
+
+    /// Whether the ELF file at `path` has a PT_INTERP program header (a
+    /// dynamically linked executable names its loader there).
+    static func hasProgramInterpreter(_ path: String) throws -> Bool {
+        let file = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+        defer { try? file.close() }
+        let header = try #require(try file.read(upToCount: 64))
+        #expect(header.count == 64 && header.prefix(4) == Data([0x7F, 0x45, 0x4C, 0x46]) && header[4] == 2, "a 64-bit ELF file")
+        func integer(_ data: Data, _ offset: Int, _ size: Int) -> UInt64 {
+            (0..<size).reduce(0) { $0 | UInt64(data[data.startIndex + offset + $1]) << (8 * UInt64($1)) }
+        }
+        let tableOffset = integer(header, 0x20, 8), entrySize = Int(integer(header, 0x36, 2)), count = Int(integer(header, 0x38, 2))
+        try file.seek(toOffset: tableOffset)
+        let table = try #require(try file.read(upToCount: entrySize * count))
+        return (0..<count).contains { integer(table, $0 * entrySize, 4) == 3 }  // PT_INTERP
+    }
+}
