@@ -50,6 +50,10 @@ enum ExecFastPath {
             // A proxied exec hands the command a capability, never a token:
             // the full CLI starts the proxy (and reports any error).
             if proxy { return .handOver(note: nil) }
+            // Without HOME, the full CLI serves: this launcher is released
+            // as a static executable, and looking the home up through NSS
+            // would load the system's modules into its own glibc (SECURITY.md).
+            guard HomeFolder.fromEnvironment(context.environment) != nil else { return .handOver(note: nil) }
             // The hand-out below is recorded as an `exec`; a refusal is met
             // again, and recorded once, by the CLI this hands over to.
             AuditTrail.operation = "exec"

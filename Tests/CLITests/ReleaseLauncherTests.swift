@@ -17,20 +17,30 @@ import Testing
         defer { _ = world.emulator.stop() }
         let sandbox = world.sandbox
         let expected = try sandbox.ok(["exec", "--", "printenv", "TALLYFY_TOKEN"]).stdout
-        // Installed as tools/install lays it out, beside this build's CLI
-        // (a handed-over command needs one).
-        let folder = sandbox.root.appendingPathComponent("released")
-        let released = try BuildProducts.copy(into: folder)
-        try FileManager.default.removeItem(at: released)
-        try FileManager.default.copyItem(at: Self.launcher, to: released)
         let environment = sandbox.environment
-        func run(_ arguments: [String]) throws -> RunResult {
-            try runProcess(released, arguments, environment: environment)
+        /// The released launcher in `folder`, with this build's CLI beside it or without one.
+        func released(in folder: String, withCLI: Bool) throws -> URL {
+            let launcher = try BuildProducts.copy(into: sandbox.root.appendingPathComponent(folder), withCLI: withCLI)
+            try FileManager.default.removeItem(at: launcher)
+            try FileManager.default.copyItem(at: Self.launcher, to: launcher)
+            return launcher
         }
 
-        // The fast path: read, unlock, decide, execve.
-        let fresh = try run(["exec", "--", "printenv", "TALLYFY_TOKEN"])
+        // The fast path, alone (no CLI to hand over to, so nothing else can
+        // have served it): read, unlock, decide, execve.
+        let alone = try released(in: "alone", withCLI: false)
+        let fresh = try runProcess(alone, ["exec", "--", "printenv", "TALLYFY_TOKEN"], environment: environment)
         #expect(fresh.status == 0 && fresh.stdout == expected, "\(fresh.brief)")
+        // Without HOME it looks nothing up through NSS: it hands over, and
+        // with no CLI beside it, fails closed.
+        let noHome = try runProcess(alone, ["exec", "--", "true"], environment: environment.filter { $0.key != "HOME" })
+        #expect(noHome.status != 0 && noHome.stderr.contains("tallyfy-vault-cli"), "\(noHome.brief)")
+
+        // Installed as tools/install lays it out, beside this build's CLI.
+        let installed = try released(in: "installed", withCLI: true)
+        func run(_ arguments: [String]) throws -> RunResult {
+            try runProcess(installed, arguments, environment: environment)
+        }
         // A refresh is handed over to the CLI beside it, which renews.
         let renewed = try run(["exec", "--min-ttl", "30d", "--", "printenv", "TALLYFY_TOKEN"])
         #expect(renewed.status == 0 && !renewed.stdout.isEmpty && renewed.stdout != expected, "\(renewed.brief)")

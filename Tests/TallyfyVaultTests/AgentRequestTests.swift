@@ -101,8 +101,15 @@ import Testing
             return
         }
         let (gate, open) = AsyncStream<Void>.makeStream()
-        let turnTaken = Task { await server.renewalTurn.run { for await _ in gate {} } }
+        let (entered, enter) = AsyncStream<Void>.makeStream()
+        let turnTaken = Task { [server] in
+            await server.renewalTurn.run {
+                enter.yield()
+                for await _ in gate {}
+            }
+        }
         defer { open.finish() }
+        for await _ in entered { break }  // the turn is taken before the client's renewal asks for it
 
         let tallyfy = ScriptedTallyfy(.token)
         let answer = Mutex<AgentProtocol.Answer?>(nil)
@@ -121,9 +128,12 @@ import Testing
         let answered = try #require(answer.withLock { $0 }, "no answer while the renewal waited for its turn")
         #expect(answered.ok && answered.grant?.token == "sealed-by-another-process")
 
+        // The client's renewal waits for its turn (then runs, before anything queued after it).
+        while await server.renewalTurn.queued < 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(await server.renewalTurn.queued == 1)
         open.finish()
         await turnTaken.value
-        await server.renewalTurn.run {}  // the client's renewal has had its turn
+        await server.renewalTurn.run {}
         await asked.value
         #expect(tallyfy.requests == 0)
     }

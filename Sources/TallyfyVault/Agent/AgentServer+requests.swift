@@ -127,6 +127,8 @@ extension AgentServer {
     /// tools/partition-test: a keep-fresh child's renewal waited 4.8 s for the
     /// fleet lock through an election while its agent already handed the
     /// fleet's new token to `exec`, and its token file expired meanwhile.
+    /// The look is off the shared pool: with the watch lost (an election)
+    /// the held vault of an etcd vault is read from the cluster, which blocks.
     func renewedAnswer(_ request: TokenRequest, from vault: UnlockedVault, for pid: pid_t) async -> AgentProtocol.Answer {
         guard let unlocker = state.withLock({ $0.unlocker }) else { return .failure("locked", "the agent holds no key") }
         let broker = clientBroker(unlocker, for: pid)
@@ -134,7 +136,11 @@ extension AgentServer {
         do {
             let grant = try await FirstAnswer.of(
                 { try await self.renewalTurn.run { try await unrecorded.grant(request, from: vault) } },
-                orWhenReady: { self.withHeldVault { held, _ in try? unrecorded.decideSealed(request, in: held) } ?? nil })
+                orWhenReady: {
+                    (try? await offThePool { self.withHeldVault { held, _ in try? unrecorded.decideSealed(request, in: held) } ?? nil }) ?? nil
+                })
+            // Locked while the renewal waited: nothing leaves an agent that holds no key.
+            guard state.withLock({ $0.unlocker != nil }) else { return .failure("locked", "the agent holds no key") }
             return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(try broker.handedOut(grant)))
         } catch {
             // A key that stopped opening the vault meanwhile is noticed (and

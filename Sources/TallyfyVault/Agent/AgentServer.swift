@@ -86,7 +86,8 @@ package final class AgentServer: Sendable {
 
     package init(configuration: Configuration, unlocker: VaultUnlocker, log: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
-        store = VaultStore(path: configuration.vaultPath, lockTimeout: VaultStore.lockTimeout(environment: configuration.environment))
+        store = VaultStore(path: configuration.vaultPath, lockTimeout: VaultStore.lockTimeout(environment: configuration.environment),
+            environment: configuration.environment)
         startedAt = VaultClock.now(environment: configuration.environment)
         state = Mutex(State(unlocker: unlocker, lastUsed: startedAt))
         self.log = log
@@ -143,6 +144,9 @@ package final class AgentServer: Sendable {
 actor TakingTurns {
     private var busy = false
     private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    /// How many wait for their turn (for tests).
+    var queued: Int { waiting.count }
 
     func run<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {
         if busy {

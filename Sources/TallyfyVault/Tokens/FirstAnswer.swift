@@ -42,11 +42,11 @@ enum FirstAnswer {
     /// `work` runs.
     static func of<T: Sendable>(
         _ work: @escaping @Sendable () async throws -> T,
-        orWhenReady ready: @escaping @Sendable () -> T?, pause: Duration = .milliseconds(100)
+        orWhenReady ready: @escaping @Sendable () async -> T?, pause: Duration = .milliseconds(100)
     ) async throws -> T {
         try await of(work) { workEnded in
             while !workEnded() {
-                if let value = ready() { return value }
+                if let value = await ready() { return value }
                 try await Task.sleep(for: pause)
             }
             throw CancellationError()  // dropped: `work` has answered

@@ -89,7 +89,7 @@ package struct AuditTrail: Sendable {
     package func describe(vaultID: String?) -> String {
         if let badMode { return "\(Self.modeVariable)=\(badMode) is not a known setting (off, required)" }
         guard mode != .off else { return "off (\(Self.modeVariable)=off)" }
-        let path = logPath(vaultID: vaultID) ?? (folder.map { "\($0)/<vault id>.log" } ?? "none (no HOME)")
+        let path = logPath(vaultID: vaultID) ?? (folder.map { "\($0)/<vault id>.log" } ?? "none (no home folder)")
         return path + (mode == .required ? " (required)" : "")
     }
 
@@ -161,7 +161,7 @@ package struct AuditTrail: Sendable {
         }
         guard mode != .off else { return }
         guard let path = logPath(vaultID: vaultID) else {
-            return try trouble(VaultError(.io, "no audit log can be named for this vault (no vault id yet, or no HOME)",
+            return try trouble(VaultError(.io, "no audit log can be named for this vault (no vault id yet, or no home folder)",
                 hint: "set TALLYFY_VAULT_AUDIT_FILE, or write the vault once with this release (e.g. `tallyfy-vault login`)"))
         }
         let who = entry.requester ?? AuditRequester.thisProcess()

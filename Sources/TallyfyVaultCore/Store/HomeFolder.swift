@@ -18,9 +18,30 @@
 /// without `HOME` found its vault and silently remembered no generation.
 package enum HomeFolder {
     package static func path(environment: [String: String]) -> String? {
-        if let home = environment["HOME"], home.hasPrefix("/") { return home }
-        guard let entry = getpwuid(getuid()), let folder = entry.pointee.pw_dir else { return nil }
-        let home = String(cString: folder)
-        return home.hasPrefix("/") ? home : nil
+        fromEnvironment(environment) ?? fromPasswd()
+    }
+
+    /// `HOME` when it is an absolute path. The launcher asks only this: it
+    /// hands a command over to the full CLI rather than look the home up
+    /// through NSS with the glibc built into it (SECURITY.md).
+    package static func fromEnvironment(_ environment: [String: String]) -> String? {
+        guard let home = environment["HOME"], home.hasPrefix("/") else { return nil }
+        return home
+    }
+
+    /// The home of this uid's passwd entry (`getpwuid_r`: a library caller
+    /// may open stores on many threads at once).
+    private static func fromPasswd() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let home = buffer.withUnsafeMutableBufferPointer { strings -> String? in
+            var entry = passwd()
+            var found: UnsafeMutablePointer<passwd>?
+            guard let base = strings.baseAddress, getpwuid_r(getuid(), &entry, base, strings.count, &found) == 0, found != nil,
+                let folder = entry.pw_dir
+            else { return nil }
+            return String(cString: folder)
+        }
+        guard let home, home.hasPrefix("/") else { return nil }
+        return home
     }
 }
