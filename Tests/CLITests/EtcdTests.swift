@@ -47,7 +47,11 @@ import Testing
 
     /// The members an agent's log says its watch went through, in order.
     private static func watchedMembers(_ agent: BackgroundCommand, _ location: String) -> [String] {
-        agent.stderrSoFar.split(separator: "\n").compactMap { line in
+        // Whole lines only: a line read half-written named a member cut short
+        // ("127.0.0.1:23"), which is no member (a clone-check).
+        let log = agent.stderrSoFar
+        let whole = log[..<(log.lastIndex(of: "\n") ?? log.startIndex)]
+        return whole.split(separator: "\n").compactMap { line in
             guard line.contains("watching \(location)"), let through = line.range(of: "(through ") else { return nil }
             return String(line[through.upperBound...].dropLast())
         }
