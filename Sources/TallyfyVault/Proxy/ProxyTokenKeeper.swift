@@ -188,13 +188,8 @@ package actor ProxyTokenKeeper {
         if rejected != current.token { return current }  // renewed meanwhile
         if let renewing { return await renewing.value }
         guard refusedAfterRenewal != rejected else { return nil }
-        var renewal = request
-        if renewal.renewal == .never || renewal.renewal == .always { renewal.renewal = .whenStale }
-        // Longer than the rejected token has left: the sealed token is taken
-        // only if another process sealed a newer one (however little longer
-        // it lasts: `TokenStream.outlives`), else Tallyfy is asked.
-        renewal.minimumLifetime = max(0, current.expiresAt.timeIntervalSince(VaultClock.now(environment: environment)))
-            + TokenStream.outlives
+        // Longer than the rejected token has left.
+        let renewal = request.outliving(current, now: VaultClock.now(environment: environment))
         let source = self.source
         let task = Task<TokenGrant?, Never> {
             guard let grant = try? await source.grant(renewal), grant.renewalFailure == nil, grant.token != rejected else { return nil }

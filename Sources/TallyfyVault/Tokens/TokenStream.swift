@@ -228,9 +228,7 @@ public struct TokenStream: AsyncSequence, Sendable {
         /// asking for a second more made the fleet renew again a few seconds
         /// after the rotation (found by tools/partition-test).
         private mutating func renew(_ current: TokenGrant) async -> Event {
-            var request = stream.request
-            if request.renewal == .never || request.renewal == .always { request.renewal = .whenStale }
-            request.minimumLifetime = Swift.max(0, current.expiresAt.timeIntervalSince(now)) + TokenStream.outlives
+            let request = stream.request.outliving(current, now: now)
             let reason: String
             do {
                 let grant = try await stream.source.grant(request)
@@ -254,5 +252,19 @@ public struct TokenStream: AsyncSequence, Sendable {
                 reason: reason, current: current, attempt: failures, retryAt: nextAttempt,
                 tokenHasExpired: current.expiresAt <= failedAt))
         }
+    }
+}
+
+extension TokenRequest {
+    /// This request, asking for a token that outlives `current` (at `now`),
+    /// however little longer (`TokenStream.outlives`): another process's
+    /// sealed renewal is taken, else Tallyfy is asked. `never` and `always`
+    /// become `whenStale`: a renewal must be allowed to renew, and must take
+    /// another process's token. The one rule for keep-fresh and the proxy.
+    func outliving(_ current: TokenGrant, now: Date) -> TokenRequest {
+        var request = self
+        if request.renewal == .never || request.renewal == .always { request.renewal = .whenStale }
+        request.minimumLifetime = max(0, current.expiresAt.timeIntervalSince(now)) + TokenStream.outlives
+        return request
     }
 }
