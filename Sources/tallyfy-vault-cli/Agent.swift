@@ -42,7 +42,7 @@ struct Agent: ParsableCommand {
             // A foreground agent keeps running for hours: glibc overwrites what
             // it frees from its first instruction on (AgentMemory).
             if !detach { AgentMemory.restartWithFreedMemoryOverwritten(log: { Output.note("agent: \($0)") }) }
-            var agent = try prepare()
+            var agent = try await prepare()
             // Unlocked: the passphrase variable goes, with every copy of the
             // command's environment (`prepare` kept none).
             AgentMemory.forgetPassphraseVariable()
@@ -84,7 +84,7 @@ struct Agent: ParsableCommand {
         /// Checks, unlocks and returns what the agent needs; the command's
         /// context (whose environment may hold the passphrase) ends here, so
         /// nothing the agent keeps refers to it.
-        private func prepare() throws -> Prepared {
+        private func prepare() async throws -> Prepared {
             let context = global.context
             let environment = context.environment
             let (socketPath, folderNote) = try AgentSocket.listeningPath(explicit: socketOption.socket, environment: environment)
@@ -92,7 +92,7 @@ struct Agent: ParsableCommand {
             let idle = try AgentOptions.duration(idleTimeout)
             let lifetime = try AgentOptions.duration(maxLifetime)
             ProcessHardening.protect()
-            try context.store.checkAccess()
+            try await context.store.checkAccess()
             guard let vaultPath = AgentClient.resolved(context.vaultPath) else {
                 throw VaultError(.notFound, "the vault \(context.vaultPath) does not exist")
             }
@@ -100,7 +100,7 @@ struct Agent: ParsableCommand {
                 throw VaultError(.usage, "an agent is already running on \(socketPath) (pid \(live.status?.pid ?? 0))",
                     hint: "use it, stop it with `tallyfy-vault agent stop`, or give another --socket")
             }
-            let unlocker = try AgentOptions.unlock(context: context, vaultPath: vaultPath, keyFD: keyFD)
+            let unlocker = try await AgentOptions.unlock(context: context, vaultPath: vaultPath, keyFD: keyFD)
             return Prepared(socketPath: socketPath, vaultPath: vaultPath, idle: idle, lifetime: lifetime, unlocker: unlocker,
                 environment: environment.filter { $0.key != UnlockSources.passphraseVariable })
         }
@@ -168,17 +168,17 @@ enum AgentOptions {
 
     /// The unlocker the agent keeps: only the data key, found with the usual
     /// unlock sources (prompt included) or handed over on `keyFD`.
-    static func unlock(context: CommandContext, vaultPath: String, keyFD: Int32?) throws -> VaultUnlocker {
-        let store = VaultStore(path: vaultPath)
+    static func unlock(context: CommandContext, vaultPath: String, keyFD: Int32?) async throws -> VaultUnlocker {
+        let store = VaultStore(path: vaultPath, environment: context.environment, remote: context.remote)
         if let keyFD {
             var key = SecretBytes(count: 32)
             let got = key.withUnsafeMutableBytes { read(keyFD, $0.baseAddress!, 32) }
             close(keyFD)
             guard got == 32 else { throw VaultError(.usage, "the agent's key descriptor carried no key") }
-            return try VaultUnlocker.withDataKey(key, for: store)
+            return try await VaultUnlocker.withDataKey(key, for: store)
         }
-        let full = VaultUnlocker(secrets: try context.secretsToOpen())
-        _ = try store.open(with: full)
+        let full = VaultUnlocker(secrets: try await context.secretsToOpen())
+        _ = try await store.open(with: full)
         guard let keyOnly = full.keepingOnlyTheDataKey() else { throw VaultError(.refused, "the vault could not be unlocked") }
         return keyOnly
     }

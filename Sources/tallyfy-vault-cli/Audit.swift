@@ -3,7 +3,7 @@ import Foundation
 import TallyfyVault
 
 /// `audit show|verify|find`: read this machine's audit log of the vault.
-struct Audit: ParsableCommand {
+struct Audit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Read this machine's audit log of the vault: every token handed out and every change, never a secret.",
         discussion: """
@@ -12,7 +12,7 @@ struct Audit: ParsableCommand {
             """,
         subcommands: [Show.self, Verify.self, Find.self])
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List the records, oldest first (needs no key when this machine has opened the vault before).")
         @OptionGroup var global: GlobalOptions
@@ -22,20 +22,20 @@ struct Audit: ParsableCommand {
         var op: String?
         @Option(help: "text (a table) or json (an array of records).") var format: FormatTextJSON = .text
 
-        func run() throws {
-            let records = try AuditQuery.reader(global.context, needsKey: false).reader.records(
+        func run() async throws {
+            let records = try await AuditQuery.reader(global.context, needsKey: false).reader.records(
                 since: try since.map(AuditQuery.cutoff), op: op)
             try AuditQuery.print(records, format: format)
         }
     }
 
-    struct Verify: ParsableCommand {
+    struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check every record's MAC, order and link, and that the log reaches the head sealed at the vault's last write (0 intact, 65 not).")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
-            let (reader, vault) = try AuditQuery.reader(global.context, needsKey: true)
+        func run() async throws {
+            let (reader, vault) = try await AuditQuery.reader(global.context, needsKey: true)
             let head = vault!.content.auditHeads?[AuditTrail.headName(logPath: reader.log.path)]
             let verdict = try reader.verify(key: vault!.auditKey, head: head)
             if let problem = verdict.problem {
@@ -47,7 +47,7 @@ struct Audit: ParsableCommand {
         }
     }
 
-    struct Find: ParsableCommand {
+    struct Find: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List the records of one token, read from standard input (its keyed fingerprint is compared, as the log holds no token).")
         @OptionGroup var global: GlobalOptions
@@ -55,7 +55,7 @@ struct Audit: ParsableCommand {
         var token = false
         @Option(help: "text or json.") var format: FormatTextJSON = .text
 
-        func run() throws {
+        func run() async throws {
             guard token else {
                 throw VaultError(.usage, "audit find needs --token, with the token on standard input",
                     hint: "printf '%s' \"$TOKEN\" | tallyfy-vault audit find --token")
@@ -64,7 +64,7 @@ struct Audit: ParsableCommand {
             guard !given.isEmpty else {
                 throw VaultError(.usage, "no token on standard input", hint: "printf '%s' \"$TOKEN\" | tallyfy-vault audit find --token")
             }
-            let (reader, vault) = try AuditQuery.reader(global.context, needsKey: true)
+            let (reader, vault) = try await AuditQuery.reader(global.context, needsKey: true)
             try AuditQuery.print(try reader.records(withToken: vault!.auditKey.fingerprint(of: given)), format: format)
         }
     }
@@ -74,12 +74,12 @@ struct Audit: ParsableCommand {
 enum AuditQuery {
     /// The log of the vault `context` names; unlocked (normal unlock
     /// sources) when the key is needed or the log can't be named without it.
-    static func reader(_ context: CommandContext, needsKey: Bool) throws -> (reader: AuditReader, vault: UnlockedVault?) {
+    static func reader(_ context: CommandContext, needsKey: Bool) async throws -> (reader: AuditReader, vault: UnlockedVault?) {
         let store = context.store
         if !needsKey, let path = store.audit.logPath(vaultID: store.audit.vaultID(forLocation: store.locationText)) {
             return (try existing(path), nil)
         }
-        let (_, vault) = try context.pass(secrets: context.secretsToOpen)
+        let (_, vault) = try await context.pass(secrets: context.secretsToOpen)
         guard let path = store.audit.logPath(vaultID: vault.content.id) else {
             throw VaultError(.configuration, "no audit log can be named for this vault",
                 hint: "set TALLYFY_VAULT_AUDIT_FILE, or HOME / XDG_STATE_HOME")

@@ -36,7 +36,7 @@ struct Credentials: ParsableCommand {
                 Output.note("\(found) answers as an OAuth token endpoint (asked without the secret); storing it as the token URL")
                 tokenUrl = found
             }
-            let secrets = try global.secretsToOpen()
+            let secrets = try await global.secretsToOpen()
             let clientSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "Client secret: ")
             let profile = global.profileName
             try await global.store.update(with: secrets) { vault in
@@ -54,12 +54,12 @@ struct Credentials: ParsableCommand {
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a profile's credentials, the secret masked.")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
-            let vault = try global.store.open(with: try global.secretsToOpen())
+        func run() async throws {
+            let vault = try await global.store.open(with: try await global.secretsToOpen())
             let profile = try TokenBroker.profile(global.profileName, in: vault)
             Output.line(Table.render([
                 ["profile", global.profileName],

@@ -58,7 +58,7 @@ extension Exec {
         #endif
         try ChildEnvironment.refuseNesting(context.environment)
         ProcessHardening.protect()  // for the supervisor's whole life: it never execs
-        let (request, source) = try selection.renewingSource(context, what: "exec --keep-fresh")
+        let (request, source) = try await selection.renewingSource(context, what: "exec --keep-fresh")
         let first = try await selection.firstGrant(request, from: source)
         let status = try Supervisor.run(
             arguments, parentEnvironment: context.environment, request: request, first: first, source: source, options: options,

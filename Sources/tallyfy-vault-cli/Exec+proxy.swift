@@ -68,7 +68,7 @@ enum ProxyLaunch {
     static func start(
         context: CommandContext, selection: TokenSelection, rules: [ProxyAllowRule], what: String, unixSocketPath: String? = nil
     ) async throws -> Running {
-        let (request, source) = try selection.renewingSource(context, what: what)
+        let (request, source) = try await selection.renewingSource(context, what: what)
         let grant = try await selection.firstGrant(request, from: source)
         let apiURL = try EndpointURL.validate(grant.apiURL, name: "API URL")
         let counters = ProxyCounters(unixSocket: unixSocketPath != nil)

@@ -31,6 +31,7 @@ struct GlobalOptions: ParsableArguments {
 
     var context: CommandContext {
         var context = CommandContext(vault: vault, profile: profile, keyFile: keyFile, passphraseFile: passphraseFile, pkcs11: pkcs11)
+        context.remote = EtcdClient.connector  // --vault etcd://…
         if acceptRollback { context.environment[SeenGenerations.acceptVariable] = "1" }
         return context
     }
@@ -38,6 +39,6 @@ struct GlobalOptions: ParsableArguments {
     var profileName: String { context.profileName }
     var store: VaultStore { context.store }
     var sources: UnlockSources { context.sources }
-    func secretsToOpen() throws -> [UnlockSecret] { try context.secretsToOpen() }
-    func broker() throws -> TokenBroker { try context.broker() }
+    func secretsToOpen() async throws -> [UnlockSecret] { try await context.secretsToOpen() }
+    func broker() async throws -> TokenBroker { try await context.broker() }
 }

@@ -4,7 +4,7 @@ import TallyfyVault
 extension KDFLevel: ExpressibleByArgument {}
 
 /// `init`: create an empty vault for the given key file or passphrase.
-struct Init: ParsableCommand {
+struct Init: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create an empty vault, unlocked by the given key file or passphrase.",
         discussion: "Refuses to overwrite an existing vault. With no key source, prompts for a new passphrase twice.")
@@ -17,15 +17,15 @@ struct Init: ParsableCommand {
     @Option(help: "A label for the first unlock slot.")
     var label: String?
 
-    func run() throws {
+    func run() async throws {
         ProcessHardening.protect()
         let store = global.store
-        try store.requireAbsent()  // before prompting for a passphrase that would be wasted
+        try await store.requireAbsent()  // before prompting for a passphrase that would be wasted
         if let label { try SlotLabel.check(label) }  // the rule `keys add --label` and the reader apply
         let secret = try global.sources.secretToCreate(what: "the new vault")
         let vault = try UnlockedVault.create(
             secret: secret, label: label ?? secret.kind.name, kdf: kdf)
-        try store.create(vault)
+        try await store.create(vault)
         Output.note("created an empty vault at \(store.path), unlocked by \(secret.origin)")
     }
 }

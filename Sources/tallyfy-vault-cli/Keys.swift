@@ -8,12 +8,12 @@ struct Keys: ParsableCommand {
         abstract: "List, add or remove the passphrases, key files and PKCS#11 token keys that open the vault.",
         subcommands: [List.self, Add.self, Remove.self])
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List the unlock slots (needs no key).")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
-            let slots = try global.store.slots()
+        func run() async throws {
+            let slots = try await global.store.slots()
             let rows = slots.map { slot in
                 [slot.label, slot.kind.name, Self.detail(slot)]
             }
@@ -70,7 +70,7 @@ struct Keys: ParsableCommand {
             // `--pkcs11` names the new slot's key here, not an unlock source.
             var context = global.context
             context.pkcs11 = nil
-            let secrets = try context.secretsToOpen()
+            let secrets = try await context.secretsToOpen()
             let newSecret: UnlockSecret =
                 if let newKeyFile { try UnlockSources.readKeyFile(newKeyFile) }
                 else if let newPassphraseFile { try UnlockSources.readPassphraseFile(newPassphraseFile) }

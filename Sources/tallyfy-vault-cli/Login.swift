@@ -9,7 +9,7 @@ struct Login: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {
-        let broker = try global.broker()
+        let broker = try await global.broker()
         let request = TokenRequest(profile: global.profileName, renewal: .always)
         let grant = try await broker.renewedGrant(request)
         Output.note("sealed a new application token for profile \"\(grant.profile)\", valid until \(ChildEnvironment.rfc3339(grant.expiresAt))")

@@ -2,7 +2,7 @@ import ArgumentParser
 import TallyfyVault
 
 /// `migrate --to LOCATION`: copy the sealed vault to a file or an etcd cluster.
-struct Migrate: ParsableCommand {
+struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Copy the vault, sealed as it is, to another location (a file path or etcd://HOST:PORT/PREFIX).",
         discussion: """
@@ -17,20 +17,20 @@ struct Migrate: ParsableCommand {
         valueName: "LOCATION"))
     var to: String
 
-    func run() throws {
+    func run() async throws {
         ProcessHardening.protect()
         let context = global.context
         let source = context.store
         let target = VaultStore(path: to, lockTimeout: VaultStore.lockTimeout(environment: context.environment),
-            environment: context.environment)
+            environment: context.environment, remote: context.remote)
         let from = try source.location()
         guard try target.location() != from else {
             throw VaultError(.usage, "--to names the vault's own location \(to)", hint: "name another file or etcd prefix")
         }
-        try target.requireAbsent()
-        let bytes = try source.sealedBytes()
-        try target.create(sealedBytes: bytes)
-        guard try target.sealedBytes() == bytes else {
+        try await target.requireAbsent()
+        let bytes = try await source.sealedBytes()
+        try await target.create(sealedBytes: bytes)
+        guard try await target.sealedBytes() == bytes else {
             throw VaultError(.io, "the copy at \(to) does not read back as written",
                 hint: "remove it and run `tallyfy-vault migrate` again; the vault at \(source.path) is unchanged")
         }

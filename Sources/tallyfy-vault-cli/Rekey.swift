@@ -19,11 +19,11 @@ struct Rekey: AsyncParsableCommand {
     var dropOtherSlots = false
 
     func run() async throws {
-        var secrets = try global.secretsToOpen()
+        var secrets = try await global.secretsToOpen()
         if !dropOtherSlots && !secrets.contains(where: { $0.kind == .passphrase }) && TerminalPrompt.isAvailable {
             // A key file opens its slot, but the passphrase slots need their
             // passphrase too: ask for it rather than refuse.
-            for slot in try global.store.slots() where slot.kind == .passphrase {
+            for slot in try await global.store.slots() where slot.kind == .passphrase {
                 secrets.append(try TerminalPrompt.passphrase(prompt: "Passphrase of slot \"\(slot.label)\": ", confirm: false))
             }
         }

@@ -22,7 +22,7 @@ struct RotateSecret: AsyncParsableCommand {
 
     func run() async throws {
         if secretStdin { try TallyfyVault.Credentials.refuseTerminalStandardInput() }
-        let broker = try global.broker()
+        let broker = try await global.broker()
         let newSecret = try TallyfyVault.Credentials.readSecret(fromStandardInput: secretStdin, prompt: "New client secret: ")
         if !secretStdin {
             let again = try TallyfyVault.Credentials.readSecret(fromStandardInput: false, prompt: "Repeat it: ")

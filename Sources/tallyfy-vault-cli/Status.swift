@@ -5,7 +5,7 @@ import TallyfyVault
 extension FormatTextJSON: ExpressibleByArgument {}
 
 /// `status`: profiles, tokens, expiry, secret age, slots. Needs no key.
-struct Status: ParsableCommand {
+struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show profiles, tokens and their expiry, secret age and unlock slots; never a secret.",
         discussion: "Reads only the vault's clear summary, so it needs no key.")
@@ -13,8 +13,8 @@ struct Status: ParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Option(help: "text or json.") var format: FormatTextJSON = .text
 
-    func run() throws {
-        let report = try VaultStatus.read(store: global.store, now: VaultClock.now())
+    func run() async throws {
+        let report = try await VaultStatus.read(store: global.store, now: VaultClock.now())
         switch format {
         case .json:
             Output.line(try Output.json(report))

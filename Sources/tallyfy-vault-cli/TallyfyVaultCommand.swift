@@ -30,7 +30,6 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
     /// README.md way: `tallyfy-vault: ` on standard error, a hint line, and
     /// the matching exit status.
     static func main() async {
-        EtcdClient.install()  // --vault etcd://…
         do {
             try TallyfyVaultVersion.requireMatchingLauncher(environment: ProcessInfo.processInfo.environment)
             // ArgumentParser's `version:` is a fixed string; ours names both binaries.
@@ -88,6 +87,7 @@ struct TallyfyVaultCommand: AsyncParsableCommand {
     /// The process's one HTTP client, if a command used it, is shut down
     /// before the process ends, as AsyncHTTPClient asks.
     private static func shutDownHTTP() async {
+        await EtcdClient.shutDown()
         guard TallyfyClient.hasShared else { return }
         await TallyfyClient.shutdownShared()
     }

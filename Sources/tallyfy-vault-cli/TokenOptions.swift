@@ -67,7 +67,7 @@ struct TokenSelection {
             return warnIfDegraded(grant, request)
         }
         let left = deadline.map { max(.zero, $0 - (ContinuousClock.now - start)) }
-        let (broker, vault) = try context.pass(secrets: unlockSecrets)
+        let (broker, vault) = try await context.pass(secrets: unlockSecrets)
         return warnIfDegraded(try await broker.grant(request, from: vault, deadline: left), request)
     }
 
@@ -78,11 +78,11 @@ struct TokenSelection {
     /// consumer needs a source it can read again without asking (a key file,
     /// a passphrase file or variable, a systemd credential) or an agent.
     /// `what` names it in messages (`exec --keep-fresh`).
-    func renewingSource(_ context: CommandContext, what: String) throws -> (TokenRequest, TokenSource) {
+    func renewingSource(_ context: CommandContext, what: String) async throws -> (TokenRequest, TokenSource) {
         guard !noRefresh else {
             throw ValidationError("\(what.split(separator: " ").last ?? "") renews the token, which --no-refresh forbids: use one or the other")
         }
-        try context.store.checkAccess()
+        try await context.store.checkAccess()
         let request = try context.tokenRequest(user: user, minimumLifetime: minTTL, noRefresh: false, strict: strict)
         let agent = AgentClient(environment: context.environment, disabled: noAgent)
         let agentServes = agent.flatMap { try? $0.grant(request, vaultPath: context.vaultPath) } != nil

@@ -22,7 +22,7 @@ struct Users: ParsableCommand {
         func run() async throws {
             let user = NewUser(email: email, firstName: firstName, lastName: lastName, role: role, timezone: timezone)
             try user.validate()  // before asking for any key
-            let broker = try global.broker()
+            let broker = try await global.broker()
             let profile = global.profileName
             try await broker.createUser(profile: profile, user: user)
             Output.note("created user \(email) in profile \"\(profile)\"; `tallyfy-vault users token \(email)` issues a token for them")
@@ -36,19 +36,19 @@ struct Users: ParsableCommand {
 
         func run() async throws {
             try NewUser.validateEmail(email)
-            let broker = try global.broker()
+            let broker = try await global.broker()
             let profile = global.profileName
             let grant = try await broker.issueUserToken(profile: profile, email: email)
             Output.note("sealed a new token for \(email), valid until \(ChildEnvironment.rfc3339(grant.expiresAt))")
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List the sealed user tokens (no secrets shown).")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
-            let vault = try global.store.open(with: try global.secretsToOpen())
+        func run() async throws {
+            let vault = try await global.store.open(with: try await global.secretsToOpen())
             _ = try TokenBroker.profile(global.profileName, in: vault)
             let now = VaultClock.now()
             let rows = try vault.userTokens(profile: global.profileName).map { record in

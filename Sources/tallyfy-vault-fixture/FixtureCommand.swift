@@ -31,7 +31,7 @@ struct FixtureCommand: AsyncParsableCommand {
         func run() async throws {
             let profile = target.profile
             let total = replace ? 1 : count
-            try await VaultStore(path: target.vault).update(with: try target.secrets()) { vault in
+            try await VaultStore(location: target.vault).update(with: try target.secrets()) { vault in
                 let now = Date()
                 try vault.setUserTokens((0..<total).map { index in
                     UserTokenRecord(
@@ -48,12 +48,12 @@ struct FixtureCommand: AsyncParsableCommand {
         }
     }
 
-    struct PlaintextSize: ParsableCommand {
+    struct PlaintextSize: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print the plaintext JSON size of everything sealed.")
         @OptionGroup var target: Target
 
-        func run() throws {
-            let vault = try VaultStore(path: target.vault).open(with: try target.secrets())
+        func run() async throws {
+            let vault = try await VaultStore(location: target.vault).open(with: try target.secrets())
             let encoder = JSONEncoder()
             var bytes = try encoder.encode(vault.content).count
             for profile in vault.content.profiles.keys {
@@ -72,8 +72,7 @@ struct FixtureCommand: AsyncParsableCommand {
         @OptionGroup var target: Target
 
         func run() async throws {
-            EtcdClient.install()
-            let vault = try VaultStore(path: target.vault).open(with: try target.secrets())
+            let vault = try await VaultStore(location: target.vault).open(with: try target.secrets())
             guard let profile = vault.content.profiles[target.profile] else {
                 throw ValidationError("no profile \(target.profile) in the vault")
             }

@@ -45,8 +45,27 @@ let targets: [String: @Sendable (Data) -> FuzzEntry.Outcome] = [
     "summary": { FuzzEntry.parseSummary($0) },
     "mask": { FuzzEntry.mask($0) },
     "agent": { FuzzEntry.agentRequest($0) },
-    "etcd": { FuzzEntry.etcdAnswers($0) },
+    "etcd": { input in blocking { await FuzzEntry.etcdAnswers(input) } },
 ]
+
+/// Runs an async target to its end on this thread's behalf: libFuzzer's
+/// thread (or the replay loop's) is not one of Swift's pool threads, so
+/// waiting here holds none of them.
+func blocking(_ body: @escaping @Sendable () async -> FuzzEntry.Outcome) -> FuzzEntry.Outcome {
+    let done = DispatchSemaphore(value: 0)
+    let outcome = OutcomeBox()
+    Task {
+        outcome.value = await body()
+        done.signal()
+    }
+    done.wait()
+    return outcome.value!
+}
+
+/// Carries the outcome from the task to the waiting thread (the semaphore orders the two).
+final class OutcomeBox: @unchecked Sendable {
+    var value: FuzzEntry.Outcome?
+}
 
 /// The target this process runs: set once, before the first input.
 nonisolated(unsafe) var targetName = ProcessInfo.processInfo.environment["TALLYFY_FUZZ_TARGET"] ?? "vault"

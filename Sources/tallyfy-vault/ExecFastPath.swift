@@ -81,10 +81,10 @@ enum ExecFastPath {
             // here and then again there would spend two of a real token's
             // few tries (and the module is loaded only where it is used).
             guard let available = try? context.sources.available().filter({ $0.kind != .pkcs11 }), !available.isEmpty,
-                let read = try? context.store.read(withSummary: available.contains { $0.kind != .keyFile }),
+                let read = try? context.store.readLocally(withSummary: available.contains { $0.kind != .keyFile }),
                 case let secrets = ExecFastPath.worthUnlocking(available, for: request, read: read, context: context), !secrets.isEmpty,
                 case let broker = TokenBroker(store: context.store, secrets: secrets, environment: context.environment),
-                let vault = try? broker.open(read),
+                let vault = try? broker.openLocally(read),
                 case let decided = Result(catching: { try broker.sealedGrant(request, in: vault) })
             else { return .handOver(note: nil) }
             switch decided {

@@ -17,7 +17,7 @@ import Testing
         // 5 s tokens: the agent renews each about every 4 s.
         let (sandbox, emulator, unlock, _) = try await agents.world(appTokenTTL: 5, unlock: ["TALLYFY_VAULT_PASSPHRASE": passphrase])
         defer { _ = emulator.stop() }
-        let dataKey = try Self.dataKey(vaultPath: sandbox.vaultPath, passphrase: passphrase)
+        let dataKey = try await Self.dataKey(vaultPath: sandbox.vaultPath, passphrase: passphrase)
 
         // A foreground agent given the passphrase in its environment, as the red team started it.
         let agent = try agents.startAgent(sandbox, unlock: unlock)
@@ -68,10 +68,10 @@ import Testing
     }
 
     /// The vault's data key, unwrapped here by the library from the passphrase.
-    static func dataKey(vaultPath: String, passphrase: String) throws -> [UInt8] {
+    static func dataKey(vaultPath: String, passphrase: String) async throws -> [UInt8] {
         let secret = UnlockSecret(kind: .passphrase, bytes: SecretBytes(copying: Array(passphrase.utf8)), origin: "the test")
         let unlocker = VaultUnlocker(secrets: [secret])
-        _ = try VaultStore(path: vaultPath).open(with: unlocker)
+        _ = try await VaultStore(path: vaultPath).open(with: unlocker)
         return try #require(unlocker.withDataKeyBytes { Array($0) })
     }
 }

@@ -13,13 +13,16 @@ import Testing
     let server: AgentServer
     let logged = Lines()
 
-    init() throws {
-        vault = try BrokerVault()
+    /// A running agent: it has opened the vault once (its first tick), so
+    /// requests are answered from the held vault on the serving thread.
+    init() async throws {
+        vault = try await BrokerVault()
         let now = vault.issuedAt.addingTimeInterval(600)  // the sealed token is fresh
         server = AgentServer(
             configuration: AgentServer.Configuration(socketPath: vault.folder + "/agent.sock", vaultPath: vault.path,
                 idleTimeout: nil, maxLifetime: nil, environment: vault.environment(now: now)),
             unlocker: VaultUnlocker(secrets: [vault.key]), log: { [logged] line in logged.lines.withLock { $0.append(line) } })
+        _ = await server.withHeldVault { _, _ in () }
     }
 
     /// The answer to `json`, sent as the body of one frame; `nil` when the
@@ -136,6 +139,27 @@ import Testing
         await server.renewalTurn.run {}
         await asked.value
         #expect(tallyfy.requests == 0)
+    }
+
+    /// A vault changed by another process is no longer the held one: the
+    /// serving thread leaves it to a task (`answerAfterOpening`), which opens
+    /// it again and answers from it; then it is held, and current again.
+    @Test func aChangedVaultIsOpenedAgainOffTheServingThread() async throws {
+        defer { vault.remove() }
+        let now = vault.issuedAt.addingTimeInterval(600)
+        try await VaultStore(path: vault.path, environment: vault.environment(now: now)).update(with: [vault.key]) {
+            $0.content.profiles["default"]?.applicationToken = SealedToken(
+                value: "sealed-by-another-process", expiresAt: now.addingTimeInterval(7200), obtainedAt: now)
+        }
+        guard case .afterOpening(let wanted) = server.reply(toFrame: Array(tokenRequest().utf8), from: 4242).reply else {
+            Issue.record("a vault that changed on disk was answered from the held copy")
+            return
+        }
+        let answer = await server.answerAfterOpening(wanted, for: 4242)
+        #expect(answer.ok && answer.grant?.token == "sealed-by-another-process")
+        let again = try #require(ask(tokenRequest()), "the vault opened again is not held")
+        #expect(again.ok && again.grant?.token == "sealed-by-another-process")
+        #expect(server.state.withLock { $0.served } == 2)
     }
 
     @Test func afterLockEveryTokenRequestIsLocked() throws {

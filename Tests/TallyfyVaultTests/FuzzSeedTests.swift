@@ -56,9 +56,9 @@ import Testing
     }
 
     @Test("each etcd seed has the outcome its name says", arguments: FuzzSeedTests.seeds("etcd"))
-    func etcdSeed(_ seed: Seed) throws {
+    func etcdSeed(_ seed: Seed) async throws {
         let data = try Data(contentsOf: Self.folder.appendingPathComponent(seed.target).appendingPathComponent(seed.file))
-        let outcome = FuzzEntry.etcdAnswers(data)
+        let outcome = await FuzzEntry.etcdAnswers(data)
         if let expect = seed.expect { #expect(outcome.expect == expect, "\(outcome.stage): \(outcome.message)") }
     }
 

@@ -24,24 +24,25 @@ import Testing
         let (folder, path, environment) = try world()
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let store = VaultStore(path: path, environment: environment)
-        try store.create(try UnlockedVault.create(secret: key, label: "k", kdf: .moderate))
+        try await store.create(try UnlockedVault.create(secret: key, label: "k", kdf: .moderate))
         let broker = TokenBroker(store: store, secrets: [key], environment: environment)
 
-        let overtaken = try store.read()  // generation 1
+        let overtaken = try await store.read()  // generation 1
         let first = try Data(contentsOf: URL(fileURLWithPath: path))
         // Another process changes the vault meanwhile: this machine remembers generation 2.
         try await VaultStore(path: path, environment: environment).update(with: [key]) {
             $0.content.profiles["default"] = TestKeys.profile()
         }
-        #expect(store.rememberedGeneration(of: try broker.open(store.read()).content.id!) == 2)
+        let reread = try await broker.open(store.read())
+        #expect(store.rememberedGeneration(of: reread.content.id!) == 2)
 
-        let opened = try broker.open(overtaken)
+        let opened = try await broker.open(overtaken)
         #expect(opened.content.generation == 2)
         #expect(opened.content.profiles["default"] != nil)
 
         // A vault really put back is still refused, read again or not.
         try first.write(to: URL(fileURLWithPath: path))
-        let refused = try #require(throws: VaultError.self) { try broker.open(store.read()) }
+        let refused = try await #require(throws: VaultError.self) { try await broker.open(store.read()) }
         #expect(refused.cause == .rolledBack)
         #expect(refused.exitStatus == 65)
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == first)

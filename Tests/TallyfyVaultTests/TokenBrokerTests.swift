@@ -98,7 +98,7 @@ import Testing
 
     @Test(arguments: table)
     func oneRule(_ row: Row) async throws {
-        let vault = try BrokerVault()
+        let vault = try await BrokerVault()
         defer { vault.remove() }
         let elapsed: TimeInterval =
             switch row.left {
@@ -125,7 +125,7 @@ import Testing
             #expect(grant.token == ScriptedTallyfy.renewedToken && grant.renewalFailure == nil)
             #expect(grant.expiresAt == now.addingTimeInterval(3600))
             #expect(tallyfy.requests == 1)
-            let sealed = try vault.open(now: now).content.profiles["default"]?.applicationToken
+            let sealed = try await vault.open(now: now).content.profiles["default"]?.applicationToken
             #expect(sealed?.value == ScriptedTallyfy.renewedToken, "the renewed token is sealed")
         case .rodeOut:
             let grant = try result.get()
@@ -133,7 +133,7 @@ import Testing
             let reason = try #require(grant.renewalFailure, "a ride-out carries its reason: the one warning line")
             #expect(reason.contains("Tallyfy"))
             #expect(tallyfy.requests == 1)
-            let recorded = try vault.open(now: now).content.profiles["default"]?.lastRenewalFailure
+            let recorded = try await vault.open(now: now).content.profiles["default"]?.lastRenewalFailure
             #expect(recorded?.at == now, "recorded for `check`")
         case .fails(let status):
             #expect(tallyfy.requests == 1)
@@ -159,14 +159,14 @@ struct BrokerVault {
     let key = TestKeys.keyFile(18)
     let issuedAt = Date(timeIntervalSince1970: 1_790_000_000)
 
-    init() throws {
+    init() async throws {
         folder = FileManager.default.temporaryDirectory.appendingPathComponent("tv-broker-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
         path = folder + "/vault.tfv"
         let vault = try UnlockedVault.create(secret: key, label: "key-file", kdf: .moderate)
         vault.content.profiles["default"] = TestKeys.profile(
             appToken: SealedToken(value: Self.sealedToken, expiresAt: issuedAt.addingTimeInterval(3600), obtainedAt: issuedAt))
-        try VaultStore(path: path, environment: environment(now: issuedAt)).create(vault)
+        try await VaultStore(path: path, environment: environment(now: issuedAt)).create(vault)
     }
 
     /// Everything the vault reads from the environment points into `folder`:
@@ -181,8 +181,8 @@ struct BrokerVault {
             environment: environment)
     }
 
-    func open(now: Date) throws -> UnlockedVault {
-        try VaultStore(path: path, environment: environment(now: now)).open(with: VaultUnlocker(secrets: [key]))
+    func open(now: Date) async throws -> UnlockedVault {
+        try await VaultStore(path: path, environment: environment(now: now)).open(with: VaultUnlocker(secrets: [key]))
     }
 
     func bytes() throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }

@@ -36,14 +36,14 @@ import Testing
         "etcd://10.0.0.5:2379/tallyfy",  // plain HTTP off this machine
         "etcd://127.0.0.1:2379/tally fy",
     ])
-    func refused(_ text: String) {
+    func refused(_ text: String) async {
         #expect(throws: VaultError.self) { try VaultLocation(parsing: text, environment: [:]) }
         let error = try? VaultLocation(parsing: text, environment: [:])
         #expect(error == nil)
         // The store keeps the refusal and throws it before touching anything.
         let store = VaultStore(path: text, environment: [:])
-        #expect(throws: VaultError.self) { try store.checkAccess() }
-        #expect(!store.exists)
+        await #expect(throws: VaultError.self) { try await store.checkAccess() }
+        #expect(await !store.exists())
     }
 
     @Test func settingsThatGoTogether() {

@@ -17,7 +17,7 @@ extension AgentServer {
             lock(reason: "running for \(DurationText.format(lifetime)) (--max-lifetime)")
         }
         // The held vault tells what is due; it is re-read only when its file changed.
-        guard let (unlocker, held, nearUsers) = withHeldVault({ vault, unlocker in
+        guard let (unlocker, held, nearUsers) = await withHeldVault({ vault, unlocker in
             let summary = vault.summary()
             let near = summary.profiles.filter { _, profile in
                 profile.earliestUserTokenExpiresAt.map { $0.timeIntervalSince(now) <= Self.longestUserMargin } ?? false
@@ -36,7 +36,7 @@ extension AgentServer {
             // User records are opened only when the earliest is near its
             // window, and in a copy of their own: opening thousands of them
             // under the state lock would hold up every client meanwhile.
-            guard nearUsers.contains(name), let vault = try? store.open(with: unlocker) else { continue }
+            guard nearUsers.contains(name), let vault = try? await store.open(with: unlocker) else { continue }
             for record in (try? vault.userTokens(profile: name)) ?? [] {
                 await renewIfDue(key: name + "\u{0}" + record.email, token: record.token, what: "the token of \(record.email)", now: now, broker: broker, vault: vault) {
                     TokenRequest(profile: name, user: record.email, minimumLifetime: $0, renewal: .whenStaleStrictly)

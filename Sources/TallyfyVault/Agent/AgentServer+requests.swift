@@ -14,6 +14,8 @@ extension AgentServer {
             if op == .stop { stop() }
         case .afterRenewing(let tokenRequest, let vault):
             Task { reply(await self.renewedAnswer(tokenRequest, from: vault, for: pid), on: connection, to: pid) }
+        case .afterOpening(let tokenRequest):
+            Task { reply(await self.answerAfterOpening(tokenRequest, for: pid), on: connection, to: pid) }
         }
     }
 
@@ -30,12 +32,17 @@ extension AgentServer {
         }
     }
 
-    /// An answer at once, or a token to renew first (`renewedAnswer`).
+    /// An answer at once, or a token to renew first (`renewedAnswer`), or
+    /// the vault to open again first (`answerAfterOpening`): neither on the
+    /// serving thread.
     enum Reply {
         case now(AgentProtocol.Answer)
         /// With the vault the request was decided on (held, or for etcd
         /// read from the cache): the renewal reads it again only under the lock.
         case afterRenewing(TokenRequest, UnlockedVault)
+        /// The held vault is not current: it changed, or for etcd the watch
+        /// is not live (then it is read from the cluster).
+        case afterOpening(TokenRequest)
     }
 
     private func answer(_ request: AgentProtocol.Request, from pid: pid_t) -> Reply {
@@ -96,24 +103,54 @@ extension AgentServer {
         case .success(let valid): request = valid
         case .failure(let refusal): return .now(refusal.answer)
         }
-        let outcome = withHeldVault { vault, unlocker -> Result<(TokenGrant?, UnlockedVault), Error> in
-            let broker = clientBroker(unlocker, for: pid)
-            return Result { (try broker.sealedGrant(request, in: vault), vault) }
-        }
-        if outcome != nil {
-            let now = self.now
-            state.withLock {
-                $0.lastUsed = now
-                $0.served += 1
+        switch withCurrentHeldVault({ sealedDecision(request, for: pid, in: $0, $1) }) {
+        case .noKey: return .now(Self.lockedAnswer)
+        case .stale: return .afterOpening(request)
+        case .done(let outcome):
+            switch served(outcome) {
+            case .answer(let answer): return .now(answer)
+            case .renew(let vault): return .afterRenewing(request, vault)
             }
         }
-        switch outcome {
-        case nil: return .now(.failure("locked", "the agent holds no key"))
-        case .success((let grant?, _))?: return .now(AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant)))
-        case .success((nil, let vault))?: return .afterRenewing(request, vault)
-        case .failure(let error)?: return .now(Self.failed(error))
+    }
+
+    /// `sealedAnswer` with the held vault opened again first.
+    func answerAfterOpening(_ request: TokenRequest, for pid: pid_t) async -> AgentProtocol.Answer {
+        guard let outcome = await withHeldVault({ sealedDecision(request, for: pid, in: $0, $1) }) else { return Self.lockedAnswer }
+        switch served(outcome) {
+        case .answer(let answer): return answer
+        case .renew(let vault): return await renewedAnswer(request, from: vault, for: pid)
         }
     }
+
+    private func sealedDecision(_ request: TokenRequest, for pid: pid_t, in vault: UnlockedVault, _ unlocker: VaultUnlocker)
+        -> Result<(TokenGrant?, UnlockedVault), Error>
+    {
+        let broker = clientBroker(unlocker, for: pid)
+        return Result { (try broker.sealedGrant(request, in: vault), vault) }
+    }
+
+    /// Counts a request decided on the held vault and says what it gets:
+    /// an answer, or a renewal (from the vault it was decided on).
+    private func served(_ outcome: Result<(TokenGrant?, UnlockedVault), Error>) -> Served {
+        let now = self.now
+        state.withLock {
+            $0.lastUsed = now
+            $0.served += 1
+        }
+        switch outcome {
+        case .success((let grant?, _)): return .answer(AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(grant)))
+        case .success((nil, let vault)): return .renew(vault)
+        case .failure(let error): return .answer(Self.failed(error))
+        }
+    }
+
+    private enum Served {
+        case answer(AgentProtocol.Answer)
+        case renew(UnlockedVault)
+    }
+
+    static let lockedAnswer = AgentProtocol.Answer.failure("locked", "the agent holds no key")
 
     /// A token that had to be renewed: `TokenBroker.grant`, under the vault
     /// lock, exactly as the CLI does it (another process may have renewed
@@ -127,20 +164,18 @@ extension AgentServer {
     /// tools/partition-test: a keep-fresh child's renewal waited 4.8 s for the
     /// fleet lock through an election while its agent already handed the
     /// fleet's new token to `exec`, and its token file expired meanwhile.
-    /// The look is off the shared pool: with the watch lost (an election)
-    /// the held vault of an etcd vault is read from the cluster, which blocks.
     func renewedAnswer(_ request: TokenRequest, from vault: UnlockedVault, for pid: pid_t) async -> AgentProtocol.Answer {
-        guard let unlocker = state.withLock({ $0.unlocker }) else { return .failure("locked", "the agent holds no key") }
+        guard let unlocker = state.withLock({ $0.unlocker }) else { return Self.lockedAnswer }
         let broker = clientBroker(unlocker, for: pid)
         let unrecorded = broker.recording(.none)  // only the answer that is sent is recorded, once
         do {
             let grant = try await FirstAnswer.of(
                 { try await self.renewalTurn.run { try await unrecorded.grant(request, from: vault) } },
                 orWhenReady: {
-                    (try? await offThePool { self.withHeldVault { held, _ in try? unrecorded.decideSealed(request, in: held) } ?? nil }) ?? nil
+                    await self.withHeldVault { held, _ in try? unrecorded.decideSealed(request, in: held) } ?? nil
                 })
             // Locked while the renewal waited: nothing leaves an agent that holds no key.
-            guard state.withLock({ $0.unlocker != nil }) else { return .failure("locked", "the agent holds no key") }
+            guard state.withLock({ $0.unlocker != nil }) else { return Self.lockedAnswer }
             return AgentProtocol.Answer(ok: true, grant: AgentProtocol.WireGrant(try broker.handedOut(grant)))
         } catch {
             // A key that stopped opening the vault meanwhile is noticed (and

@@ -87,7 +87,7 @@ package final class AgentServer: Sendable {
     package init(configuration: Configuration, unlocker: VaultUnlocker, log: @escaping @Sendable (String) -> Void) {
         self.configuration = configuration
         store = VaultStore(path: configuration.vaultPath, lockTimeout: VaultStore.lockTimeout(environment: configuration.environment),
-            environment: configuration.environment)
+            environment: configuration.environment, remote: EtcdClient.connector)
         startedAt = VaultClock.now(environment: configuration.environment)
         state = Mutex(State(unlocker: unlocker, lastUsed: startedAt))
         self.log = log
@@ -115,14 +115,15 @@ package final class AgentServer: Sendable {
         ready()
         // A vault on etcd: changes from other machines reach the cache at once (VaultWatch.swift).
         let watch = VaultWatch.start(store: store, log: log)
-        defer { watch?.stop() }
         while !state.withLock({ $0.stopping }) {
             await tick()
             try? await Task.sleep(for: .milliseconds(250))
         }
+        watch?.stop()
         unlink(configuration.socketPath)
         close(listener)
         await TallyfyClient.shutdownShared()
+        await EtcdClient.shutDown()
         log("stopped; the key is forgotten")
     }
 

@@ -5,39 +5,6 @@ import TallyfyVaultCore
     import Glibc
 #endif
 
-/// One line of `tallyfy-vault doctor`.
-package struct DoctorCheck: Sendable, Equatable, Encodable {
-    package enum Level: String, Sendable, Encodable, Comparable {
-        case ok = "OK", skip = "SKIP", warn = "WARN", fail = "FAIL"
-
-        private var rank: Int {
-            switch self {
-            case .ok: 0
-            case .skip: 1
-            case .warn: 2
-            case .fail: 3
-            }
-        }
-
-        package static func < (lhs: Level, rhs: Level) -> Bool { lhs.rank < rhs.rank }
-    }
-
-    /// What was checked: `vault file`, `token URL (default)`.
-    package var check: String
-    package var status: Level
-    /// What was found; never a secret or a token.
-    package var detail: String
-    /// What to do about it, for WARN and FAIL.
-    package var hint: String?
-
-    package init(_ check: String, _ status: Level, _ detail: String, hint: String? = nil) {
-        self.check = check
-        self.status = status
-        self.detail = detail
-        self.hint = hint
-    }
-}
-
 /// The report: every check, and the exit status `check` would use
 /// (0 all OK, 1 warnings, 2 failures).
 package struct DoctorReport: Sendable, Encodable {
@@ -91,10 +58,10 @@ package struct Doctor: Sendable {
     package func run() async -> DoctorReport {
         var checks: [DoctorCheck] = []
         checks += installChecks()
-        let (fileChecks, vaultReadable) = vaultFileChecks()
+        let (fileChecks, vaultReadable) = await vaultFileChecks()
         checks += fileChecks
         checks += pkcs11Check()
-        let (unlockChecks, vault) = vaultReadable ? unlock() : ([DoctorCheck("unlock", .skip, "not checked: no readable vault")], nil)
+        let (unlockChecks, vault) = vaultReadable ? await unlock() : ([DoctorCheck("unlock", .skip, "not checked: no readable vault")], nil)
         checks += unlockChecks
         if let vault {
             let client = TallyfyClient(
@@ -111,7 +78,7 @@ package struct Doctor: Sendable {
                                           hint: "store them with `tallyfy-vault --profile \(wanted) credentials set --org ORG_ID --client-id ID`"))
             }
             await client.shutdown()
-        } else if vaultReadable, let summary = try? context.store.summary() {
+        } else if vaultReadable, let summary = try? await context.store.summary() {
             // No key: the expiries are still in the clear summary.
             let now = VaultClock.now(environment: context.environment)
             for (name, profile) in summary.profiles.sorted(by: { $0.key < $1.key })
@@ -183,47 +150,22 @@ package struct Doctor: Sendable {
 
     // MARK: - Vault file
 
-    func vaultFileChecks() -> ([DoctorCheck], Bool) {
+    func vaultFileChecks() async -> ([DoctorCheck], Bool) {
         let store = context.store
-        var checks: [DoctorCheck] = []
-        if store.isRemote { return remoteVaultChecks(store) }
-        var info = stat()
-        guard stat(store.path, &info) == 0 else {
-            return ([DoctorCheck("vault file", .fail, "\(store.path) does not exist",
-                                 hint: "create one with `tallyfy-vault init`, or point --vault / TALLYFY_VAULT_FILE at yours")], false)
-        }
-        do {
-            try store.checkAccess()
-            let mode = info.st_mode & 0o777
-            checks.append(DoctorCheck("vault file", .ok, "\(store.path) (mode \(String(mode, radix: 8)), owned by you)"))
-        } catch let error as VaultError {
-            return ([DoctorCheck("vault file", .fail, error.message, hint: error.hint)], false)
-        } catch {
-            return ([DoctorCheck("vault file", .fail, "cannot open \(store.path)")], false)
-        }
-        let folder = (store.path as NSString).deletingLastPathComponent
-        var folderInfo = stat()
-        if stat(folder.isEmpty ? "." : folder, &folderInfo) == 0 {
-            let mode = folderInfo.st_mode & 0o777
-            if mode & 0o077 == 0 {
-                checks.append(DoctorCheck("vault folder", .ok, "\(folder) (mode \(String(mode, radix: 8)))"))
-            } else {
-                checks.append(DoctorCheck("vault folder", .warn, "\(folder) is mode \(String(mode, radix: 8)): others can list it",
-                                          hint: "chmod 700 \(folder)"))
-            }
-        }
-        if let slots = try? store.slots() {
+        var (checks, readable) = await store.storageChecks()
+        guard readable else { return (checks, false) }
+        if let slots = try? await store.slots() {
             let text = slots.map { "\($0.label) (\($0.kind.name))" }.joined(separator: ", ")
             checks.append(DoctorCheck("unlock slots", .ok, text))
         }
-        checks += generationCheck(store)
+        checks += await generationCheck(store)
         return (checks, true)
     }
 
     /// The vault's generation beside the newest this machine has seen: a
     /// lower one is what every command refuses as a rollback.
-    func generationCheck(_ store: VaultStore) -> [DoctorCheck] {
-        guard let summary = try? store.summary(), let generation = summary.generation, let id = summary.vaultID else {
+    func generationCheck(_ store: VaultStore) async -> [DoctorCheck] {
+        guard let summary = try? await store.summary(), let generation = summary.generation, let id = summary.vaultID else {
             return []
         }
         guard let seen = store.rememberedGeneration(of: id) else {
@@ -253,28 +195,11 @@ package struct Doctor: Sendable {
         }
     }
 
-    /// An etcd location: reachable, holding a vault; its slots.
-    private func remoteVaultChecks(_ store: VaultStore) -> ([DoctorCheck], Bool) {
-        do {
-            let bytes = try store.sealedBytes()
-            var checks = [DoctorCheck("vault location", .ok, "\(store.path) (\(bytes.count) bytes, sealed)")]
-            if let slots = try? store.slots() {
-                checks.append(DoctorCheck("unlock slots", .ok, slots.map { "\($0.label) (\($0.kind.name))" }.joined(separator: ", ")))
-            }
-            checks += generationCheck(store)
-            return (checks, true)
-        } catch let error as VaultError {
-            return ([DoctorCheck("vault location", .fail, error.message, hint: error.hint)], false)
-        } catch {
-            return ([DoctorCheck("vault location", .fail, "cannot read \(store.path)")], false)
-        }
-    }
-
     // MARK: - Unlocking
 
     /// Which unlock sources are present, and the first that opens the vault.
     /// Never prompts: with no source, the checks that need a key are skipped.
-    func unlock() -> ([DoctorCheck], UnlockedVault?) {
+    func unlock() async -> ([DoctorCheck], UnlockedVault?) {
         let secrets: [UnlockSecret]
         do {
             secrets = try context.sources.available()
@@ -291,7 +216,7 @@ package struct Doctor: Sendable {
         var lastError: VaultError?
         for secret in secrets {
             do {
-                let vault = try context.store.open(with: [secret])
+                let vault = try await context.store.open(with: [secret])
                 checks.append(DoctorCheck("unlock", .ok, "\(secret.origin) opens the vault"))
                 return (checks, vault)
             } catch let error as VaultError {

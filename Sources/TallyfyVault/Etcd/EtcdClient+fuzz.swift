@@ -22,8 +22,11 @@ extension FuzzEntry {
     /// from it) whose message and hint are one line each; a vault read must
     /// be within the 64 MiB a vault on etcd may hold; a watch line must give
     /// a one-line reason of at most 200 characters. Anything else traps.
+    ///
+    /// Async, as the client is: the fuzz harness, whose thread is libFuzzer's
+    /// own, waits for it (`blocking` in tallyfy-vault-fuzz).
     @discardableResult
-    package static func etcdAnswers(_ input: Data) -> Outcome {
+    package static func etcdAnswers(_ input: Data) async -> Outcome {
         let bytes = [UInt8](input)
         guard let first = bytes.first else { return Outcome(expect: "refused", stage: "input", message: "empty") }
         let rest = Array(bytes.dropFirst())
@@ -54,19 +57,19 @@ extension FuzzEntry {
         do {
             switch operation {
             case 0, 1:
-                switch try vault.read(ifChangedSince: operation == 1 ? 5 : nil) {
+                switch try await vault.read(ifChangedSince: operation == 1 ? 5 : nil) {
                 case .current(let snapshot):
                     precondition(snapshot.bytes.count <= EtcdVault.maxVaultBytes, "a vault of \(snapshot.bytes.count) bytes was read")
                 case .missing, .unchanged:
                     break
                 }
             case 2:
-                _ = try vault.create(payload)
+                _ = try await vault.create(payload)
             case 3:
-                _ = try vault.write(payload, replacing: RemoteSnapshot(bytes: payload, revision: 5))
+                _ = try await vault.write(payload, replacing: RemoteSnapshot(bytes: payload, revision: 5))
             default:
-                let lock = try vault.lock(timeout: .zero)
-                lock.release()
+                let lock = try await vault.lock(timeout: .zero)
+                await lock.release()
             }
             return Outcome(expect: "success", stage: names[operation], message: "")
         } catch let error as VaultError {

@@ -26,8 +26,8 @@ final class EtcdGateway: Sendable {
     private let token: Mutex<String?>
     /// Carries a request to a member, when not `http` (the fuzz target).
     private let transport: EtcdTransport?
-    /// Waits between rounds over the members (`nap`; nothing in the fuzz target).
-    private let pause: @Sendable (Duration) -> Void
+    /// Waits between rounds over the members (`Task.sleep`; nothing in the fuzz target).
+    private let pause: @Sendable (Duration) async throws -> Void
 
     /// A request that a member has not answered in this time is sent to the next.
     static let deadline = TimeAmount.seconds(3)
@@ -36,7 +36,9 @@ final class EtcdGateway: Sendable {
     /// never held in memory whole.
     static let maxAnswerBytes = 2 << 20
 
-    init(location: EtcdLocation, transport: EtcdTransport? = nil, pause: @escaping @Sendable (Duration) -> Void = nap) throws {
+    init(location: EtcdLocation, transport: EtcdTransport? = nil,
+        pause: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }) throws
+    {
         self.location = location
         http = try Self.client(for: location)
         token = Mutex(nil)
@@ -98,15 +100,15 @@ final class EtcdGateway: Sendable {
     /// (no leader: one was killed, an election is under way, 1–3 s measured).
     /// Patience only for requests that are safe to repeat; a cluster whose
     /// every member refuses connections fails at once.
-    func call(_ path: String, _ body: [String: Any], patience: Duration = .zero) throws -> [String: Any] {
+    func call(_ path: String, _ body: [String: Any], patience: Duration = .zero) async throws -> [String: Any] {
         let clock = ContinuousClock()
         let deadline = clock.now + patience
         var pause = Duration.milliseconds(50)
         while true {
             do {
-                return try callOnce(path, body)
+                return try await callOnce(path, body)
             } catch let problem as NoServingMember where problem.reachable && clock.now + pause < deadline {
-                self.pause(pause)  // between rounds over the members, while a leader is elected
+                try await self.pause(pause)  // between rounds over the members, while a leader is elected
                 pause = min(pause * 2, .milliseconds(500))
             } catch let problem as NoServingMember {
                 throw problem.error
@@ -114,13 +116,13 @@ final class EtcdGateway: Sendable {
         }
     }
 
-    private func callOnce(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
-        if location.user != nil, token.withLock({ $0 }) == nil { try authenticate() }
+    private func callOnce(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
+        if location.user != nil, token.withLock({ $0 }) == nil { try await authenticate() }
         do {
-            return try attempt(path, body)
+            return try await attempt(path, body)
         } catch let error as GatewayRefusal where error.code == 16 && location.user != nil {
-            try authenticate()  // the token expired (etcd's --auth-token-ttl)
-            return try attempt(path, body)
+            try await authenticate()  // the token expired (etcd's --auth-token-ttl)
+            return try await attempt(path, body)
         } catch let error as GatewayRefusal {
             throw error.vaultError(location)
         }
@@ -128,11 +130,11 @@ final class EtcdGateway: Sendable {
 
     /// The `Authorization` header's value for a request made outside
     /// `call` (a watch): etcd's token for the configured user, or `nil`.
-    func authorization() throws -> String? {
+    func authorization() async throws -> String? {
         guard location.user != nil else { return nil }
         if let token = token.withLock({ $0 }) { return token }
         do {
-            try authenticate()
+            try await authenticate()
         } catch let problem as NoServingMember {
             throw problem.error
         }
@@ -142,7 +144,7 @@ final class EtcdGateway: Sendable {
     /// Forgets etcd's token, so the next request authenticates again (a watch refused with 401).
     func forgetToken() { token.withLock { $0 = nil } }
 
-    private func authenticate() throws {
+    private func authenticate() async throws {
         guard let user = location.user, let file = location.passwordFile else { return }
         var info = stat()
         if stat(file, &info) == 0, info.st_mode & 0o077 != 0 {
@@ -157,7 +159,7 @@ final class EtcdGateway: Sendable {
         while password.hasSuffix("\n") || password.hasSuffix("\r") { password.removeLast() }
         token.withLock { $0 = nil }
         do {
-            let answer = try attempt("/v3/auth/authenticate", ["name": user, "password": password])
+            let answer = try await attempt("/v3/auth/authenticate", ["name": user, "password": password])
             guard let value = answer["token"] as? String else {
                 throw VaultError(.refused, "etcd at \(location.text) gave no token to user \(user)",
                     hint: "check that authentication is enabled on the cluster (`etcdctl auth enable`)", cause: .etcdRefusedAccess)
@@ -170,7 +172,7 @@ final class EtcdGateway: Sendable {
     }
 
     /// One request, to each member in turn until one answers.
-    private func attempt(_ path: String, _ body: [String: Any]) throws -> [String: Any] {
+    private func attempt(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
         let data = try JSONSerialization.data(withJSONObject: body)
         let count = location.endpoints.count
         let start = preferred
@@ -187,8 +189,9 @@ final class EtcdGateway: Sendable {
                     (status, buffer) = try transport(endpoint, path, data)
                 } else {
                     let request = try request(path, data, endpoint: endpoint)
-                    let response = try http.execute(request: request, delegate: ResponseAccumulator(request: request, maxBodySize: Self.maxAnswerBytes),
-                        deadline: .now() + Self.deadline).wait()
+                    let response = try await http.execute(request: request,
+                        delegate: ResponseAccumulator(request: request, maxBodySize: Self.maxAnswerBytes),
+                        deadline: .now() + Self.deadline).futureResult.get()
                     status = response.status.code
                     buffer = response.body.map { Data($0.readableBytesView) } ?? Data()
                 }
@@ -256,9 +259,21 @@ final class EtcdGateway: Sendable {
         String(text.split(whereSeparator: \.isNewline).first ?? "").prefix(200).description
     }
 
-    /// One client per TLS setting for the life of the process (never shut down:
-    /// the CLI exits, an agent keeps using it).
+    /// One client per TLS setting for the life of the process, shut down at
+    /// its end (`shutDownAll`).
     private static let clients = Mutex<[String: HTTPClient]>([:])
+
+    /// Shuts down this process's etcd clients, with the gateways that use
+    /// them: the CLI's last step, the agent's once stopped. A later
+    /// operation makes new ones.
+    static func shutDownAll() async {
+        let made = clients.withLock { clients in
+            defer { clients = [:] }
+            return Array(clients.values)
+        }
+        gateways.withLock { $0 = [:] }
+        for client in made { try? await client.shutdown() }
+    }
 
     /// `streaming`: for watches, whose answer is a stream that may be quiet
     /// for hours, so it has no read timeout.
@@ -313,14 +328,6 @@ typealias EtcdTransport = @Sendable (_ endpoint: String, _ path: String, _ body:
 struct NoServingMember: Error {
     let reachable: Bool
     let error: VaultError
-}
-
-/// Pauses this thread (the gateway's calls are blocking, like the file lock's wait).
-func nap(_ duration: Duration) {
-    let parts = max(duration, .zero).components
-    var left = timespec(tv_sec: Int(parts.seconds), tv_nsec: Int(parts.attoseconds / 1_000_000_000))
-    var asked = left
-    while nanosleep(&asked, &left) != 0 && errno == EINTR { asked = left }
 }
 
 /// etcd answered, and said no (not a member being unavailable).

@@ -25,16 +25,16 @@ final class EtcdLock: RemoteLock, @unchecked Sendable {
         }
     }
 
-    func release() {
+    func release() async {
         // Waits until the loop has dropped the task (and the gateway it
         // holds): a keep-alive can't run after release, and nothing of this
         // lock outlives it (LeakSanitizer found the task still held after
         // a plain cancel, with the gateway, in the etcd fuzz target).
         let cancelled = loop.makePromise(of: Void.self)
         keepAlive?.cancel(promise: cancelled)
-        try? cancelled.futureResult.wait()
+        try? await cancelled.futureResult.get()
         let gateway = vault.gateway
-        _ = try? gateway.call("/v3/kv/txn", [
+        _ = try? await gateway.call("/v3/kv/txn", [
             "compare": [["key": b64(vault.lockKey), "target": "VALUE", "result": "EQUAL", "value": b64(owner)]],
             "success": [["request_delete_range": ["key": b64(vault.lockKey)]]],
             "failure": [] as [Any],

@@ -72,13 +72,13 @@ struct EtcdVault: RemoteSealedBytes {
         var size: Int
     }
 
-    func read(ifChangedSince known: Int64?) throws -> RemoteRead {
+    func read(ifChangedSince known: Int64?) async throws -> RemoteRead {
         var attempts = 0
         let clock = ContinuousClock()
         let deadline = clock.now + Self.wholeDeadline
         while true {
             attempts += 1
-            let answer = try gateway.call("/v3/kv/range", ["key": b64(manifestKey)])
+            let answer = try await gateway.call("/v3/kv/range", ["key": b64(manifestKey)])
             guard let kv = (answer["kvs"] as? [[String: Any]])?.first else { return .missing }
             let modRevision = int64(kv["mod_revision"])
             if let known, known == modRevision { return .unchanged }
@@ -95,7 +95,7 @@ struct EtcdVault: RemoteSealedBytes {
             var missing = false
             for index in 0..<manifest.chunks {
                 try checkDeadline(deadline, clock, "reading")
-                let chunk = try gateway.call("/v3/kv/range", ["key": b64(chunkKey(manifest.generation, index)), "revision": String(revision)])
+                let chunk = try await gateway.call("/v3/kv/range", ["key": b64(chunkKey(manifest.generation, index)), "revision": String(revision)])
                 guard let value = (chunk["kvs"] as? [[String: Any]])?.first?["value"] else {
                     missing = true
                     break
@@ -118,9 +118,9 @@ struct EtcdVault: RemoteSealedBytes {
         }
     }
 
-    func create(_ bytes: Data) throws -> Int64 {
+    func create(_ bytes: Data) async throws -> Int64 {
         let generation = Self.newIdentifier()
-        guard let revision = try commit(bytes, generation: generation, condition: [
+        guard let revision = try await commit(bytes, generation: generation, condition: [
             "key": b64(manifestKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0",
         ]) else {
             throw VaultError(.usage, "a vault exists already at \(location.text); refusing to overwrite it",
@@ -129,9 +129,9 @@ struct EtcdVault: RemoteSealedBytes {
         return revision
     }
 
-    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) throws -> Int64 {
+    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) async throws -> Int64 {
         let generation = Self.newIdentifier()
-        if let revision = try commit(bytes, generation: generation, condition: [
+        if let revision = try await commit(bytes, generation: generation, condition: [
             "key": b64(manifestKey), "target": "MOD", "result": "EQUAL", "mod_revision": String(snapshot.revision),
         ]) {
             return revision
@@ -155,7 +155,7 @@ struct EtcdVault: RemoteSealedBytes {
     /// failed condition is not taken at its word: when the manifest names this
     /// generation, it was this write that committed, and the chunks it names
     /// must stay.
-    private func commit(_ bytes: Data, generation: String, condition: [String: Any]) throws -> Int64? {
+    private func commit(_ bytes: Data, generation: String, condition: [String: Any]) async throws -> Int64? {
         guard bytes.count <= Self.maxVaultBytes else {
             throw VaultError(.usage, "the vault is \(bytes.count) bytes, more than the \(Self.maxVaultBytes >> 20) MiB a vault in etcd may hold",
                 hint: "forget user tokens no longer needed (`tallyfy-vault users forget`), or keep this vault in a file")
@@ -168,13 +168,13 @@ struct EtcdVault: RemoteSealedBytes {
         if chunks.isEmpty { chunks = [Data()] }
         for index in 0..<(chunks.count - 1) {
             try checkDeadline(deadline, clock, "writing")
-            _ = try gateway.call("/v3/kv/put", ["key": b64(chunkKey(generation, index)), "value": chunks[index].base64EncodedString()],
+            _ = try await gateway.call("/v3/kv/put", ["key": b64(chunkKey(generation, index)), "value": chunks[index].base64EncodedString()],
                 patience: Self.writePatience)
         }
         let manifest = Manifest(format: Self.manifestFormat, generation: generation, chunks: chunks.count, size: bytes.count)
         let folder = chunkFolder(generation)
         TestHooks.beforeCommit(location.prefix)
-        let answer = try gateway.call("/v3/kv/txn", [
+        let answer = try await gateway.call("/v3/kv/txn", [
             "compare": [condition],
             "success": [
                 ["request_put": ["key": b64(chunkKey(generation, chunks.count - 1)), "value": chunks[chunks.count - 1].base64EncodedString()]],
@@ -192,19 +192,19 @@ struct EtcdVault: RemoteSealedBytes {
         if let current, let named = try? JSONDecoder().decode(Manifest.self, from: unb64(current["value"])), named.generation == generation {
             return int64(current["mod_revision"])  // an earlier attempt of this very transaction committed
         }
-        _ = try? gateway.call("/v3/kv/deleterange", ["key": b64(folder), "range_end": b64(Self.prefixEnd(folder))])
+        _ = try? await gateway.call("/v3/kv/deleterange", ["key": b64(folder), "range_end": b64(Self.prefixEnd(folder))])
         return nil
     }
 
-    func lock(timeout: Duration) throws -> any RemoteLock {
-        func grantLease() throws -> String {
-            let grant = try gateway.call("/v3/lease/grant", ["TTL": String(Self.lockTTL)])
+    func lock(timeout: Duration) async throws -> any RemoteLock {
+        func grantLease() async throws -> String {
+            let grant = try await gateway.call("/v3/lease/grant", ["TTL": String(Self.lockTTL)])
             guard let lease = grant["ID"] as? String else {
                 throw VaultError(.unavailable, "etcd at \(location.text) granted no lease for the vault lock")
             }
             return lease
         }
-        var lease = try grantLease()
+        var lease = try await grantLease()
         let owner = Self.newIdentifier()
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
@@ -213,14 +213,14 @@ struct EtcdVault: RemoteSealedBytes {
         while true {
             // The lease must outlive a long wait for another holder.
             if clock.now - leaseRenewed > .seconds(Self.lockTTL / 3) {
-                let answer = try? gateway.call("/v3/lease/keepalive", ["ID": lease])
+                let answer = try? await gateway.call("/v3/lease/keepalive", ["ID": lease])
                 let left = int64((answer?["result"] as? [String: Any])?["TTL"])
-                if left <= 0 { lease = try grantLease() }
+                if left <= 0 { lease = try await grantLease() }
                 leaseRenewed = clock.now
             }
             let answer: [String: Any]
             do {
-                answer = try gateway.call("/v3/kv/txn", [
+                answer = try await gateway.call("/v3/kv/txn", [
                     "compare": [["key": b64(lockKey), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]],
                     "success": [["request_put": ["key": b64(lockKey), "value": b64(owner), "lease": lease]]],
                     "failure": [["request_range": ["key": b64(lockKey)]]],
@@ -228,9 +228,9 @@ struct EtcdVault: RemoteSealedBytes {
             } catch let error as VaultError where error.kind == .unavailable && clock.now < deadline {
                 // A transaction that outlasted the short lease (a long
                 // election) is refused for it: a new lease, and again.
-                let answer = try? gateway.call("/v3/lease/keepalive", ["ID": lease])
+                let answer = try? await gateway.call("/v3/lease/keepalive", ["ID": lease])
                 guard int64((answer?["result"] as? [String: Any])?["TTL"]) <= 0 else { throw error }
-                lease = try grantLease()
+                lease = try await grantLease()
                 leaseRenewed = clock.now
                 continue
             }
@@ -243,12 +243,12 @@ struct EtcdVault: RemoteSealedBytes {
                 return EtcdLock(vault: self, lease: lease, owner: owner)
             }
             if clock.now >= deadline {
-                _ = try? gateway.call("/v3/lease/revoke", ["ID": lease])
+                _ = try? await gateway.call("/v3/lease/revoke", ["ID": lease])
                 throw VaultError(.tryLater, "another process is changing the vault at \(location.text) (its lock is held)",
                     hint: "try again; a lock whose holder died expires within \(Self.lockTTL) s (TALLYFY_VAULT_LOCK_TIMEOUT waits longer)")
             }
             // A little jitter keeps many waiting machines from polling in step.
-            nap(min(pause + .microseconds(Int.random(in: 0...5000)), deadline - clock.now))
+            try await Task.sleep(for: min(pause + .microseconds(Int.random(in: 0...5000)), deadline - clock.now))
             pause = min(pause * 2, .milliseconds(100))
         }
     }

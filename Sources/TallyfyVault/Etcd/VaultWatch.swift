@@ -15,14 +15,14 @@ import TallyfyVaultCore
 /// which answers with a stream of JSON objects, one per line; the HTTP client
 /// we already have reads it as a streamed response body. On every event it
 /// re-reads the vault (`VaultStore.refreshCache`). While the watch is live the
-/// process's reads take the cache without asking etcd
-/// (`RemoteLocations.setWatched`); when the stream breaks (the member died,
+/// store's reads (and its copies') take the cache without asking etcd
+/// (`VaultStore.setWatchLive`); when the stream breaks (the member died,
 /// lost its leader) reads ask etcd again, and the watch is opened anew on the
 /// next member, catching up with one read once it is back.
 ///
 /// A watch can also die without a word: a member whose host hangs, or a
 /// connection a firewall forgot, leaves the stream open and silent. So a
-/// thread of its own also asks etcd every `checkInterval` while the watch
+/// task of its own also asks etcd every `checkInterval` while the watch
 /// is live, which bounds how stale the cache can be to that interval, and
 /// also repairs a cache that a slower reader in another process overwrote
 /// with an older revision.
@@ -30,43 +30,37 @@ package final class VaultWatch: Sendable {
     /// The longest line of the watch stream read before the watch is
     /// dropped (and re-established): etcd's events are a few hundred bytes.
     static let maxLineBytes = 1 << 20
-    private let task: Mutex<Task<Void, Never>?>
-    private let stopped = Mutex(false)
+    private let tasks: Mutex<[Task<Void, Never>]>
     package static let checkInterval = Duration.seconds(2)
 
     /// Starts watching when `store` is a vault on etcd; `nil` for a file
     /// (whose readers re-read it: a rename is atomic and cheap to notice).
     package static func start(store: VaultStore, log: @escaping @Sendable (String) -> Void) -> VaultWatch? {
-        guard store.isRemote, case .etcd(let location)? = try? store.location(), let vault = try? EtcdVault(location: location),
+        guard case .etcd(let location)? = try? store.location(), let vault = try? EtcdVault(location: location),
             let client = try? EtcdGateway.client(for: location, streaming: true)
         else { return nil }
         let watch = VaultWatch()
         let stream = WatchStream(store: store, vault: vault, client: client, log: log)
-        watch.task.withLock { $0 = Task { await stream.run() } }
-        let checker = Thread { [watch] in watch.check(store: store, location: location, log: log) }
-        checker.stackSize = 1 << 20
-        checker.start()
+        watch.tasks.withLock { $0 = [Task { await stream.run() }, Task { await Self.check(store: store, log: log) }] }
         return watch
     }
 
-    /// The periodic check: a thread, since reading etcd blocks, and the
-    /// agent's few pool threads must stay free for its tasks.
-    private func check(store: VaultStore, location: EtcdLocation, log: @Sendable (String) -> Void) {
-        while !stopped.withLock({ $0 }) {
-            nap(Self.checkInterval)
-            guard RemoteLocations.isWatched(location) else { continue }
-            if (try? store.refreshCache()) == true {
+    /// The periodic check. Its requests suspend rather than block, so it
+    /// holds none of the agent's few pool threads while etcd is slow.
+    private static func check(store: VaultStore, log: @Sendable (String) -> Void) async {
+        while (try? await Task.sleep(for: checkInterval)) != nil {
+            guard store.isWatchLive else { continue }
+            if (try? await store.refreshCache()) == true {
                 log("the vault in etcd was newer than this machine's cache (found by the periodic check); the cache is up to date")
             }
         }
     }
 
-    private init() { task = Mutex(nil) }
+    private init() { tasks = Mutex([]) }
 
     /// Ends the watch; reads ask etcd again.
     package func stop() {
-        stopped.withLock { $0 = true }
-        task.withLock { $0 }?.cancel()
+        for task in tasks.withLock({ $0 }) { task.cancel() }
     }
 }
 
@@ -99,7 +93,7 @@ private struct WatchStream: Sendable {
                 if problem != lastProblem { log("lost the watch on \(location.text) at \(endpoint): \(problem); reading from etcd until it is back") }
                 lastProblem = problem
             }
-            RemoteLocations.setWatched(location, false)
+            store.setWatchLive(false)
             if Task.isCancelled { break }
             // Back to a short pause only after a watch that lasted: a member
             // that accepts watches and ends them at once gets no tight loop.
@@ -108,7 +102,7 @@ private struct WatchStream: Sendable {
             try? await Task.sleep(for: pause)  // a back-off between reconnections, not a wait for a change
             pause = min(pause * 2, .seconds(5))
         }
-        RemoteLocations.setWatched(location, false)
+        store.setWatchLive(false)
     }
 
     /// Opens the watch at `endpoint` and follows it until it ends.
@@ -120,7 +114,7 @@ private struct WatchStream: Sendable {
         // cut off from the others is never trusted to report changes.
         request.headers.add(name: "Grpc-Metadata-hasleader", value: "true")
         let gateway = vault.gateway
-        if let token = try await offThePool({ try gateway.authorization() }) { request.headers.add(name: "Authorization", value: token) }
+        if let token = try await gateway.authorization() { request.headers.add(name: "Authorization", value: token) }
         let body = ["create_request": ["key": b64(vault.manifestKey)]]
         request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
         let response = try await client.execute(request, deadline: .distantFuture)
@@ -139,27 +133,24 @@ private struct WatchStream: Sendable {
         throw WatchEnded(reason: "the stream ended")
     }
 
-    /// Reads the cluster off the shared pool (`offThePool`): the agent's renewals need its threads.
     private func handle(_ line: Data, endpoint: String, established: () -> Void) async throws {
         let event = WatchEvent(line: line)
         if let reason = event.ended { throw WatchEnded(reason: reason) }
         if event.created {
             // Anything that changed before the watch began is read now.
-            let store = self.store
-            _ = try await offThePool { try store.refreshCache() }
-            RemoteLocations.setWatched(location, true)
+            _ = try await store.refreshCache()
+            store.setWatchLive(true)
             established()
             log("watching \(location.text) for changes (through \(endpoint))")
         }
         if let revision = event.changedAt {
             do {
                 // Logged even when the periodic check got there first.
-                let store = self.store
-                _ = try await offThePool { try store.refreshCache() }
+                _ = try await store.refreshCache()
                 log("the vault changed in etcd (revision \(revision)); this machine's cache is up to date")
             } catch {
                 // Not current: reads must ask etcd until a read succeeds.
-                RemoteLocations.setWatched(location, false)
+                store.setWatchLive(false)
                 throw error
             }
         }

@@ -12,7 +12,7 @@ extension TokenBroker {
         // started (before waiting for the lock). Under the lock it must still
         // be the same: two rotations at once must not both succeed with the
         // last one silently winning.
-        let startedAgainst = try Self.profile(name, in: try store.open(with: unlocker)).clientSecret
+        let startedAgainst = try Self.profile(name, in: try await store.open(with: unlocker)).clientSecret
         return try await Self.withClient { client in try await store.update(with: unlocker) { vault in
             var profile = try Self.profile(name, in: vault)
             let unchanged = Array(profile.clientSecret.utf8).withUnsafeBytes { current in
@@ -55,7 +55,7 @@ extension TokenBroker {
     package func renewExpiring(profiles: [String]?, thresholds: HealthCheck.Thresholds) async -> [HealthCheck.Problem] {
         var failures: [HealthCheck.Problem] = []
         let vault: UnlockedVault
-        do { vault = try store.open(with: unlocker) } catch let error as VaultError {
+        do { vault = try await store.open(with: unlocker) } catch let error as VaultError {
             return [HealthCheck.Problem(status: .unknown, profile: nil, kind: "vault", message: "could not open the vault to refresh: \(error.message)")]
         } catch {
             return [HealthCheck.Problem(status: .unknown, profile: nil, kind: "vault", message: "could not open the vault to refresh")]

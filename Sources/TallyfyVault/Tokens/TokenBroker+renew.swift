@@ -36,18 +36,18 @@ extension TokenBroker {
     /// (`Handover.seen`), so this goes straight to the renewal under the
     /// lock. Only a failure that may be ridden out reads the vault before that.
     package func grant(_ request: TokenRequest, handedOver seen: SealedToken.Identity?, deadline: Duration? = nil) async throws -> TokenGrant {
-        try handedOut(await renewOrRideOut(request, seen: seen, deadline: deadline) { try open(store.read()) })
+        try handedOut(await renewOrRideOut(request, seen: seen, deadline: deadline) { try await open(store.read()) })
     }
 
     private func renewOrRideOut(
-        _ request: TokenRequest, seen: SealedToken.Identity?, deadline: Duration?, readBefore: () throws -> UnlockedVault
+        _ request: TokenRequest, seen: SealedToken.Identity?, deadline: Duration?, readBefore: () async throws -> UnlockedVault
     ) async throws -> TokenGrant {
         do {
             return try await withDeadline(deadline) { try await renewedGrant(request, seen: seen) }
         } catch let error as VaultError {
             // The lock, the location or the deadline failed before the vault
             // could be read again: ride out on the token the pass read before.
-            guard request.renewal == .whenStale, TokenPolicy.isPassing(error), let vault = try? readBefore(),
+            guard request.renewal == .whenStale, TokenPolicy.isPassing(error), let vault = try? await readBefore(),
                 let token = try sealedToken(request, in: vault), TokenPolicy.canFallBack(token, after: error, request: request, now: now)
             else { throw error }
             return Self.degraded(token, profile: try Self.profile(request.profile, in: vault), request: request, reason: error.message)

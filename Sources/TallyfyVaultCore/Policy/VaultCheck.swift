@@ -24,7 +24,7 @@ package enum VaultCheck {
             var refreshProblems: [HealthCheck.Problem] = []
             let unlocker: VaultUnlocker
             if refresh {
-                try store.checkAccess()  // a missing vault is reported before anyone is prompted
+                try await store.checkAccess()  // a missing vault is reported before anyone is prompted
                 ProcessHardening.protect()
                 let secrets = try sources.available()
                 guard !secrets.isEmpty else {
@@ -37,7 +37,7 @@ package enum VaultCheck {
                 unlocker = VaultUnlocker(secrets: try sources.available())
             }
             // One read (after any renewals): evaluated, and verified when a key is at hand.
-            let read = try store.read(withSummary: true, cached: false)
+            let read = try await store.read(withSummary: true, cached: false)
             try verifySummary(read, store: store, unlocker: unlocker)
             var report = HealthCheck.evaluate(read.summary, profiles: profiles, thresholds: thresholds, now: now)
             report.problems = refreshProblems + report.problems

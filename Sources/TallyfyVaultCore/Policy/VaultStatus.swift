@@ -33,8 +33,8 @@ package struct VaultStatus: Sendable, Encodable {
     /// `off` (`TALLYFY_VAULT_AUDIT=off`), with ` (required)` in that mode.
     package var audit: String?
 
-    package static func read(store: VaultStore, now: Date) throws -> VaultStatus {
-        let read = try store.read(withSummary: true, cached: false)
+    package static func read(store: VaultStore, now: Date) async throws -> VaultStatus {
+        let read = try await store.read(withSummary: true, cached: false)
         var status = make(summary: read.summary, slots: read.slots, vault: store.path, now: now)
         status.generation = read.summary.generation
         status.rememberedGeneration = read.summary.vaultID.flatMap { store.rememberedGeneration(of: $0) }

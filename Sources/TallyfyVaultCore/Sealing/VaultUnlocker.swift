@@ -53,8 +53,8 @@ package final class VaultUnlocker: Sendable {
     /// An unlocker for `store` from a bare data key (the detached agent gets
     /// its key this way from the process that unlocked); refused unless the
     /// key opens the vault as it is now.
-    package static func withDataKey(_ key: consuming SecretBytes, for store: VaultStore) throws -> VaultUnlocker {
-        let parsed = try store.parsed(readSummary: false)
+    package static func withDataKey(_ key: consuming SecretBytes, for store: VaultStore) async throws -> VaultUnlocker {
+        let parsed = try await store.parsed(readSummary: false)
         let unlocker = VaultUnlocker(secrets: [])
         unlocker.remember(slots: parsed.slots, key: SecretBox(key))
         _ = try UnlockedVault.open(parsed, with: unlocker)

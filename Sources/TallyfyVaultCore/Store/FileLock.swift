@@ -16,27 +16,15 @@
 final class FileLock {
     private let descriptor: Int32
 
-    /// Waits up to `timeout` for the lock, polling, so a hung holder gives
-    /// `.tryLater` (exit 75) instead of hanging the caller. For callers that
-    /// are not async (`create`, which never waits long for a new file's lock).
-    init(path: String, timeout: Duration) throws {
-        let fd = try Self.openLockFile(path)
-        let deadline = ContinuousClock.now + timeout
-        var pause = Duration.milliseconds(2)
-        while try !Self.tryLock(fd, path: path, deadline: deadline, timeout: timeout) {
-            usleep(UInt32(pause.components.attoseconds / 1_000_000_000_000))
-            pause = min(pause * 2, .milliseconds(50))
-        }
-        descriptor = fd
-    }
-
     private init(descriptor: Int32) {
         self.descriptor = descriptor
     }
 
-    /// As `init`, but the wait suspends instead of blocking a thread, so a
-    /// renewal waiting for another process's lock holds none of the
-    /// cooperative pool's few threads (a helper's deadline timer needs one).
+    /// Waits up to `timeout` for the lock, polling, so a hung holder gives
+    /// `.tryLater` (exit 75) instead of hanging the caller. The wait suspends
+    /// instead of blocking a thread, so a renewal waiting for another
+    /// process's lock holds none of the cooperative pool's few threads (a
+    /// helper's deadline timer needs one).
     static func acquire(path: String, timeout: Duration) async throws -> FileLock {
         let fd = try openLockFile(path)
         let deadline = ContinuousClock.now + timeout

@@ -143,7 +143,7 @@ package enum RemoteRead: Sendable {
 /// A held fleet-wide write lock; `release()` gives it back early (its lease
 /// frees it anyway when the holder dies).
 package protocol RemoteLock: Sendable {
-    func release()
+    func release() async
 }
 
 /// Where the sealed bytes live when it is not a file: the small protocol an
@@ -152,57 +152,46 @@ package protocol RemoteLock: Sendable {
 package protocol RemoteSealedBytes: Sendable {
     /// The current bytes; `.unchanged` (one small request) when they are
     /// still at `revision`, which a caller holding a copy passes.
-    func read(ifChangedSince revision: Int64?) throws -> RemoteRead
+    func read(ifChangedSince revision: Int64?) async throws -> RemoteRead
     /// Stores a new vault; refuses (64) when one is there already. Returns its revision.
-    func create(_ bytes: Data) throws -> Int64
+    func create(_ bytes: Data) async throws -> Int64
     /// Takes the fleet-wide write lock, waiting up to `timeout` (then 75).
-    func lock(timeout: Duration) throws -> any RemoteLock
+    func lock(timeout: Duration) async throws -> any RemoteLock
     /// Replaces the bytes if nothing changed since `snapshot` was read, else
     /// 75. Returns the new revision.
-    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) throws -> Int64
+    func write(_ bytes: Data, replacing snapshot: RemoteSnapshot) async throws -> Int64
 }
 
 extension RemoteSealedBytes {
     /// The current bytes, or `nil` when no vault is there.
-    package func read() throws -> RemoteSnapshot? {
-        if case .current(let snapshot) = try read(ifChangedSince: nil) { return snapshot }
+    package func read() async throws -> RemoteSnapshot? {
+        if case .current(let snapshot) = try await read(ifChangedSince: nil) { return snapshot }
         return nil
     }
 }
 
-/// How a process reaches remote locations. `TallyfyVault` installs the etcd
-/// client (`EtcdClient.install()`); the `tallyfy-vault` launcher, which has no
-/// HTTP stack, installs nothing and serves only from this machine's cache,
-/// handing everything else to the full CLI.
-package enum RemoteLocations {
-    private static let factory = Mutex<(@Sendable (EtcdLocation) throws -> any RemoteSealedBytes)?>(nil)
+/// Makes the client for an etcd location. A program that has one gives it
+/// to its stores (`VaultStore(path:lockTimeout:environment:remote:)`): the
+/// CLI and the agent give `EtcdClient.connector` from `TallyfyVault`. The
+/// `tallyfy-vault` launcher, which has no HTTP stack, gives none: its stores
+/// serve only from this machine's cache and it hands everything else to the
+/// full CLI.
+package typealias RemoteConnector = @Sendable (EtcdLocation) throws -> any RemoteSealedBytes
 
-    package static func install(_ make: @escaping @Sendable (EtcdLocation) throws -> any RemoteSealedBytes) {
-        factory.withLock { $0 = make }
-    }
+/// Whether a watch keeps this machine's cache of a remote vault current (the
+/// agent's `VaultWatch`): while it does, reads take the cache, which the
+/// watch refreshes on every change, instead of asking etcd each time. One
+/// per store, shared by its copies; nothing else in the process sees it.
+final class WatchState: Sendable {
+    private let live = Mutex(false)
 
-    static func connect(_ location: EtcdLocation) throws -> any RemoteSealedBytes {
-        guard let make = factory.withLock({ $0 }) else {
-            throw VaultError(.unavailable, "this program cannot reach etcd at \(location.text): it has no etcd client",
-                hint: "use the full `tallyfy-vault` command, or call EtcdClient.install() in a program that imports TallyfyVault")
-        }
-        return try make(location)
-    }
+    var isLive: Bool { live.withLock { $0 } }
 
-    /// Locations this process watches (the agent): while a watch is live,
-    /// reads take this machine's cache, which the watch refreshes on every
-    /// change, instead of asking etcd each time.
-    private static let watched = Mutex<Set<EtcdLocation>>([])
+    func set(_ value: Bool) { live.withLock { $0 = value } }
+}
 
-    /// Called by a watch when it is established (`true`: the cache has just
-    /// been brought up to date) and when it is lost (`false`: reads ask etcd
-    /// again until it is back).
-    package static func setWatched(_ location: EtcdLocation, _ live: Bool) {
-        _ = watched.withLock { live ? $0.insert(location).inserted : $0.remove(location) != nil }
-    }
-
-    package static func isWatched(_ location: EtcdLocation) -> Bool { watched.withLock { $0.contains(location) } }
-
+/// How a remote location tells the user it stands in for a cluster.
+enum RemoteLocations {
     /// One warning per process when the cache stands in for an unreachable cluster.
     private static let warned = Mutex(false)
     static func warnOnce(_ text: String) {
@@ -259,7 +248,11 @@ struct RemoteCache {
 
     func read() throws -> RemoteSnapshot {
         try FileSafety.requireSafeDirectory(directory)
-        let data = try FileSafety.readPrivate(path, what: "the cached copy of the vault")
+        return try decode(try FileSafety.readPrivate(path, what: "the cached copy of the vault"))
+    }
+
+    /// The revision and sealed bytes in the cache file's `data`.
+    func decode(_ data: Data) throws -> RemoteSnapshot {
         guard data.count >= 12, data.prefix(4) == Self.magic else {
             throw VaultError(.corrupt, "the cached copy of the vault \(path) is damaged", hint: "remove it; the next read fetches it again")
         }

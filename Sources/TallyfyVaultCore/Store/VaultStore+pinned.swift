@@ -41,30 +41,36 @@ package struct FileIdentity: Equatable, Sendable {
 package final class PinnedVault: @unchecked Sendable {
     /// Not safe to use from two threads at once: the holder serialises.
     package let vault: UnlockedVault
-    /// The file `vault` was read from.
-    package let identity: FileIdentity
+    /// The file `vault` was read from; `nil` when it was read from an etcd
+    /// cluster, which has no file to pin: then it is never current.
+    let identity: FileIdentity?
     private let descriptor: Int32
 
-    init(vault: UnlockedVault, identity: FileIdentity, descriptor: Int32) {
+    init(vault: UnlockedVault, identity: FileIdentity?, descriptor: Int32) {
         self.vault = vault
         self.identity = identity
         self.descriptor = descriptor
     }
 
-    deinit { close(descriptor) }
+    deinit { if descriptor >= 0 { close(descriptor) } }
 }
 
 extension VaultStore {
-    /// Opens the vault and keeps its file pinned (see `PinnedVault`), with
-    /// the same checks as `open`. A vault in etcd has no file: `.usage`.
-    package func openPinned(with unlocker: VaultUnlocker) throws -> PinnedVault {
-        guard remote == nil else { throw VaultError(.usage, "a vault in etcd has no file to pin") }
-        try FileSafety.requireSafeDirectory(directory)
-        let (descriptor, _) = try FileSafety.openPrivate(path, what: "the vault")
+    /// Opens the vault and keeps the file it was read from pinned (see
+    /// `PinnedVault`), with the same checks as `open`.
+    ///
+    /// For a vault in etcd that file is this machine's cache, while a watch
+    /// keeps it current (the agent's `VaultWatch`); without a live watch the
+    /// vault is read as `open` reads it and pinned to nothing, so the next
+    /// call reads it again.
+    package func openPinned(with unlocker: VaultUnlocker) async throws -> PinnedVault {
+        guard let file = pinnableFile else { return PinnedVault(vault: try await open(with: unlocker), identity: nil, descriptor: -1) }
+        try FileSafety.requireSafeDirectory(file.directory)
+        let (descriptor, _) = try FileSafety.openPrivate(file.path, what: file.what)
         do {
             var info = stat()
-            guard fstat(descriptor, &info) == 0 else { throw FileSafety.missingOrUnreadable(path, what: "the vault") }
-            let bytes = try FileSafety.readAll(descriptor, size: Int(info.st_size), path: path, what: "the vault")
+            guard fstat(descriptor, &info) == 0 else { throw FileSafety.missingOrUnreadable(file.path, what: file.what) }
+            let bytes = try file.sealedBytes(try FileSafety.readAll(descriptor, size: Int(info.st_size), path: file.path, what: file.what))
             let vault = try opened(try ParsedVault(parsing: bytes, readSummary: false), with: unlocker)
             return PinnedVault(vault: vault, identity: FileIdentity(info), descriptor: descriptor)
         } catch {
@@ -73,12 +79,33 @@ extension VaultStore {
         }
     }
 
-    /// Whether the file at `path` is still the one `pinned` was read from,
-    /// in a folder that is still safe: one `stat` each, nothing read. When
-    /// not, the caller opens the vault again (and hears any refusal then).
+    /// Whether the file `pinned` was read from is still there, unchanged, in
+    /// a folder that is still safe (and, for etcd, still kept current by a
+    /// watch): one `stat` each, nothing read. When not, the caller opens the
+    /// vault again (and hears any refusal then).
     package func isCurrent(_ pinned: PinnedVault) -> Bool {
-        guard remote == nil, (try? FileSafety.requireSafeDirectory(directory)) != nil else { return false }
+        guard let identity = pinned.identity, let file = pinnableFile, (try? FileSafety.requireSafeDirectory(file.directory)) != nil
+        else { return false }
         var info = stat()
-        return stat(path, &info) == 0 && FileIdentity(info) == pinned.identity
+        return stat(file.path, &info) == 0 && FileIdentity(info) == identity
     }
+
+    /// The file whose bytes are the vault now: the vault file, or the cache
+    /// of an etcd vault while a watch keeps it current; `nil` otherwise.
+    private var pinnableFile: PinnableFile? {
+        guard let remote else { return PinnableFile(path: path, directory: directory, what: "the vault") { $0 } }
+        guard let remote = try? remote.get(), remote.watch.isLive, remote.cache.exists else { return nil }
+        let cache = remote.cache
+        return PinnableFile(path: cache.path, directory: cache.directory, what: "the cached copy of the vault") {
+            try cache.decode($0).bytes
+        }
+    }
+}
+
+private struct PinnableFile {
+    let path: String
+    let directory: String
+    let what: String
+    /// The sealed vault in the file's bytes.
+    let sealedBytes: (Data) throws -> Data
 }

@@ -36,11 +36,15 @@ public struct VaultStore: Sendable {
 
     /// `environment` supplies `TALLYFY_VAULT_ETCD_*` and the cache folder
     /// when `path` is an etcd location, and where this machine remembers the
-    /// generations it has seen (`XDG_STATE_HOME`, `HOME`).
-    package init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout, environment: [String: String]) {
+    /// generations it has seen (`XDG_STATE_HOME`, `HOME`). `remote` reaches
+    /// an etcd location (`EtcdClient.connector`); without it an etcd vault is
+    /// served from this machine's cache only.
+    package init(path: String, lockTimeout: Duration = VaultStore.defaultLockTimeout, environment: [String: String],
+        remote connector: RemoteConnector? = nil)
+    {
         self.path = path
         self.lockTimeout = lockTimeout
-        remote = RemoteVault.parse(path, environment: environment)
+        remote = RemoteVault.parse(path, environment: environment, connector: connector)
         generations = SeenGenerations(environment: environment)
         audit = AuditTrail(environment: environment)
     }
@@ -63,23 +67,29 @@ public struct VaultStore: Sendable {
     /// machine's cache, or simply on a busy machine), another one wrote or
     /// saw a newer generation and remembered it. That read is older than the
     /// remembered generation but was current when it was made, so before
-    /// refusing, the vault is read again (`readAgain`, by default the
-    /// store's own read: the cluster for etcd) and refused only if that read
-    /// is older too. Found by tools/partition-test: `users token` ended 65,
+    /// refusing, the vault is read again (`readAgain`: the store's own read,
+    /// the cluster for etcd) and refused only if that read is older too. Found by tools/partition-test: `users token` ended 65,
     /// "generation 383 < 389", on a machine whose link from one member lost
     /// 80 % of its packets.
-    func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker, readAgain: (() throws -> ParsedVault)? = nil) throws
+    func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker, readAgain: () async throws -> ParsedVault) async throws
         -> UnlockedVault
     {
-        do {
-            return try openedOnce(parsed, with: unlocker, lastTry: false)
-        } catch let error as VaultError where error.cause == .rolledBack {
-            let again = try readAgain?() ?? self.parsed(readSummary: false)
-            return try openedOnce(again, with: unlocker, lastTry: true)
-        }
+        if let vault = try openedOnce(parsed, with: unlocker, lastTry: false) { return vault }
+        return try openedOnce(try await readAgain(), with: unlocker, lastTry: true)!
     }
 
-    private func openedOnce(_ parsed: ParsedVault, with unlocker: VaultUnlocker, lastTry: Bool) throws -> UnlockedVault {
+    /// `opened(_:with:readAgain:)` for a caller that is not async (the
+    /// launcher): the read again is of the file, or of this machine's cache
+    /// of an etcd vault (every process of this machine that saw a newer
+    /// generation stored it there first).
+    func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
+        if let vault = try openedOnce(parsed, with: unlocker, lastTry: false) { return vault }
+        return try openedOnce(try parsedLocally(readSummary: false), with: unlocker, lastTry: true)!
+    }
+
+    /// The vault opened and admitted; `nil` when it looks rolled back and
+    /// this is not the `lastTry` (then it is read again and tried once more).
+    private func openedOnce(_ parsed: ParsedVault, with unlocker: VaultUnlocker, lastTry: Bool) throws -> UnlockedVault? {
         let vault: UnlockedVault
         do {
             vault = try UnlockedVault.open(parsed, with: unlocker)
@@ -95,7 +105,8 @@ public struct VaultStore: Sendable {
                     vaultID: vault.content.id)
             }
         } catch let error as VaultError where error.cause == .rolledBack {
-            if lastTry && AuditTrail.recordsRefusals {
+            guard lastTry else { return nil }
+            if AuditTrail.recordsRefusals {
                 try? audit.record(AuditTrail.Entry(event: "rollback-refused", profile: audit.profile, result: AuditTrail.result(error)),
                     key: vault.auditKey, vaultID: vault.content.id)
             }
@@ -143,23 +154,23 @@ public struct VaultStore: Sendable {
     var lockPath: String { path + ".lock" }
     var directory: String { URL(fileURLWithPath: path).deletingLastPathComponent().path }
 
-    package var exists: Bool {
-        if let remote { return (try? remote.get().exists()) ?? false }
+    package func exists() async -> Bool {
+        if let remote { return (try? await remote.get().exists()) ?? false }
         return FileManager.default.fileExists(atPath: path)
     }
 
     /// Creates a new vault file; refuses to replace an existing one.
-    package func create(_ vault: UnlockedVault) throws {
+    package func create(_ vault: UnlockedVault) async throws {
         if let remote {
             try sealing(vault)
-            try remote.get().create(try vault.sealed())
+            try await remote.get().create(try vault.sealed())
             audit.remember(location: locationText, id: vault.content.id, replacing: true)
             return try written(vault)
         }
-        try requireAbsent()
+        try await requireAbsent()
         try FileSafety.makeDirectory(directory)
         try FileSafety.requireSafeDirectory(directory)
-        let lock = try FileLock(path: lockPath, timeout: lockTimeout)
+        let lock = try await FileLock.acquire(path: lockPath, timeout: lockTimeout)
         try sealing(vault)
         try FileSafety.atomicReplace(path, with: try vault.sealed(), exclusive: true)
         withExtendedLifetime(lock) {}
@@ -168,9 +179,9 @@ public struct VaultStore: Sendable {
     }
 
     /// Refuses when a vault is already at `path`: `init` never overwrites.
-    package func requireAbsent() throws {
-        if let remote { return try remote.get().requireAbsent() }
-        if exists {
+    package func requireAbsent() async throws {
+        if let remote { return try await remote.get().requireAbsent() }
+        if await exists() {
             throw VaultError(.usage, "a vault exists already at \(path); refusing to overwrite it",
                 hint: "use it as it is, choose another --vault path, or move the old file away first")
         }
@@ -178,8 +189,16 @@ public struct VaultStore: Sendable {
 
     /// The file split into its parts, nothing decrypted; refuses a vault that
     /// other users can read.
-    func parsed(readSummary: Bool = true) throws -> ParsedVault {
-        if let remote { return try ParsedVault(parsing: try remote.get().bytes(), readSummary: readSummary) }
+    func parsed(readSummary: Bool = true) async throws -> ParsedVault {
+        if let remote { return try ParsedVault(parsing: try await remote.get().bytes(), readSummary: readSummary) }
+        return try parsedLocally(readSummary: readSummary)
+    }
+
+    /// `parsed` without the network: the file, or this machine's cached copy
+    /// of an etcd vault (the only copy a program without an etcd client, the
+    /// launcher, can read).
+    func parsedLocally(readSummary: Bool = true) throws -> ParsedVault {
+        if let remote { return try ParsedVault(parsing: try remote.get().cachedBytes(), readSummary: readSummary) }
         try FileSafety.requireSafeDirectory(directory)
         return try ParsedVault(parsing: try FileSafety.readPrivate(path, what: "the vault"), readSummary: readSummary)
     }
@@ -187,15 +206,15 @@ public struct VaultStore: Sendable {
     /// Fails as opening would (missing, unreadable, other users' access)
     /// without reading the file, so no one is prompted for a passphrase to
     /// open a vault that isn't there.
-    package func checkAccess() throws {
-        if let remote { return try remote.get().checkAccess() }
+    package func checkAccess() async throws {
+        if let remote { return try await remote.get().checkAccess() }
         try FileSafety.requireSafeDirectory(directory)
         close(try FileSafety.openPrivate(path, what: "the vault").descriptor)
     }
 
     /// The unlock slots as the clear header lists them, readable with no key.
-    package func slots() throws -> [SlotInfo] {
-        try parsed().slots.map(SlotInfo.init)
+    package func slots() async throws -> [SlotInfo] {
+        try await parsed().slots.map(SlotInfo.init)
     }
 
     /// The generation this machine remembers for the vault named `id`
@@ -205,8 +224,8 @@ public struct VaultStore: Sendable {
     }
 
     /// The clear-text summary, readable with no key (for `check`).
-    package func summary() throws -> VaultSummary {
-        try parsed().summary
+    package func summary() async throws -> VaultSummary {
+        try await parsed().summary
     }
 
     /// The vault as stored, read once and not yet unlocked: what one command
@@ -217,23 +236,30 @@ public struct VaultStore: Sendable {
     /// passphrase, with one `open` of the file.
     /// `cached: false` asks an etcd vault's cluster first (its cache only
     /// when the cluster is unreachable), for reports on the fleet's state.
-    package func read(withSummary: Bool = false, cached: Bool = true) throws -> VaultRead {
+    package func read(withSummary: Bool = false, cached: Bool = true) async throws -> VaultRead {
         if let remote {
             let location = try remote.get()
-            let bytes = cached ? try location.bytesPreferringCache() : try location.bytes()
+            let bytes = cached ? try await location.bytesPreferringCache() : try await location.bytes()
             return VaultRead(parsed: try ParsedVault(parsing: bytes, readSummary: withSummary))
         }
-        return VaultRead(parsed: try parsed(readSummary: withSummary))
+        return VaultRead(parsed: try parsedLocally(readSummary: withSummary))
+    }
+
+    /// `read` without the network, for a program that is not async and has
+    /// no etcd client (the launcher): the file, or this machine's cached
+    /// copy of an etcd vault (none: 66, and the launcher hands over).
+    package func readLocally(withSummary: Bool = false) throws -> VaultRead {
+        VaultRead(parsed: try parsedLocally(readSummary: withSummary))
     }
 
     /// Opens the vault for reading, without a lock.
-    package func open(with unlocker: VaultUnlocker) throws -> UnlockedVault {
-        try opened(try parsed(readSummary: false), with: unlocker)
+    package func open(with unlocker: VaultUnlocker) async throws -> UnlockedVault {
+        try await opened(try parsed(readSummary: false), with: unlocker) { try await parsed(readSummary: false) }
     }
 
     /// Opens the vault for reading with `secrets`, remembering nothing.
-    package func open(with secrets: [UnlockSecret]) throws -> UnlockedVault {
-        try open(with: VaultUnlocker(secrets: secrets))
+    package func open(with secrets: [UnlockSecret]) async throws -> UnlockedVault {
+        try await open(with: VaultUnlocker(secrets: secrets))
     }
 
     /// Changes the vault under the lock: re-reads and opens it, runs `change`,
@@ -251,7 +277,7 @@ public struct VaultStore: Sendable {
         let (store, mode) = try writeTarget()
         let lock = try await FileLock.acquire(path: store.lockPath, timeout: lockTimeout)
         defer { withExtendedLifetime(lock) {} }
-        let vault = try store.open(with: unlocker)
+        let vault = try await store.open(with: unlocker)
         let before = vault.modificationCount
         let result = try await change(vault)
         if vault.modificationCount != before { try store.write(vault, mode: mode, unlocker: unlocker) }

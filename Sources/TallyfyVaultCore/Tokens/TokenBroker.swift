@@ -95,13 +95,20 @@ public struct TokenBroker: Sendable {
     /// an expired or missing one is an error (78). One read of the vault (for
     /// an etcd vault, of this machine's cache: a renewal re-reads from the
     /// cluster under the fleet-wide lock and takes another machine's token).
-    public func sealedGrant(_ request: TokenRequest) throws -> TokenGrant? {
+    public func sealedGrant(_ request: TokenRequest) async throws -> TokenGrant? {
         guard request.renewal != .always else { return nil }
-        return try sealedGrant(request, in: open(store.read()))
+        return try sealedGrant(request, in: await open(store.read()))
     }
 
-    /// Unlocks what `VaultStore.read` read: the one decryption of a command's pass.
-    package func open(_ read: VaultRead) throws -> UnlockedVault {
+    /// Unlocks what `VaultStore.read` read: the one decryption of a command's
+    /// pass (a vault that looks rolled back is read once more, as the store reads).
+    package func open(_ read: VaultRead) async throws -> UnlockedVault {
+        try await store.opened(read.parsed, with: unlocker) { try await store.parsed(readSummary: false) }
+    }
+
+    /// `open` for the launcher, which is not async and reads only what is on
+    /// this machine (`VaultStore.readLocally`).
+    package func openLocally(_ read: VaultRead) throws -> UnlockedVault {
         try store.opened(read.parsed, with: unlocker)
     }
 

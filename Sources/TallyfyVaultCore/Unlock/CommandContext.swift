@@ -18,6 +18,8 @@ package struct CommandContext: Sendable {
     /// `--pkcs11 URI`: unlock with a key on a PKCS#11 token.
     package var pkcs11: String?
     package var environment: [String: String]
+    /// How this program reaches a vault in etcd; `nil` in the launcher.
+    package var remote: RemoteConnector?
 
     package var vaultPath: String {
         vault ?? nonEmpty("TALLYFY_VAULT_FILE") ?? VaultStore.defaultPath(environment: environment)
@@ -31,7 +33,8 @@ package struct CommandContext: Sendable {
 
     /// The vault, with its audit trail naming this command's profile.
     package var store: VaultStore {
-        var store = VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment), environment: environment)
+        var store = VaultStore(path: vaultPath, lockTimeout: VaultStore.lockTimeout(environment: environment), environment: environment,
+            remote: remote)
         store.audit.profile = profileName
         return store
     }
@@ -47,12 +50,12 @@ package struct CommandContext: Sendable {
 
     /// The secrets to open the vault, after turning off core dumps. Missing
     /// vaults are reported before anyone is prompted for a passphrase.
-    package func secretsToOpen() throws -> [UnlockSecret] {
+    package func secretsToOpen() async throws -> [UnlockSecret] {
         ProcessHardening.protect()
-        try store.checkAccess()
+        try await store.checkAccess()
         let available = try sources.available(promptForPIN: true)
         if !available.isEmpty { return available }
-        return [try typedPassphrase()]
+        return [try await typedPassphrase()]
     }
 
     /// The passphrase typed at the terminal, with three tries as sudo and
@@ -61,8 +64,8 @@ package struct CommandContext: Sendable {
     /// derived stays with the secret (`UnlockSecret.derivedKey`), so opening
     /// the vault with it derives nothing more. After the last wrong try the
     /// command goes on and fails as before (77, "wrong passphrase or key").
-    func typedPassphrase(tries: Int = 3) throws -> UnlockSecret {
-        let slots = try store.parsed(readSummary: false).slots.filter { $0.kind == .passphrase }
+    func typedPassphrase(tries: Int = 3) async throws -> UnlockSecret {
+        let slots = try await store.parsed(readSummary: false).slots.filter { $0.kind == .passphrase }
         var attempt = 1
         while true {
             let secret = try TerminalPrompt.passphrase(prompt: "Vault passphrase: ", confirm: false)
@@ -88,15 +91,15 @@ package struct CommandContext: Sendable {
     /// open it (after the read, so a missing or unsafe vault is reported
     /// before anyone is prompted), then opened once. The broker decides on
     /// this vault and reads it again only under the lock, to renew.
-    package func pass(secrets: () throws -> [UnlockSecret]) throws -> (TokenBroker, UnlockedVault) {
+    package func pass(secrets: () async throws -> [UnlockSecret]) async throws -> (TokenBroker, UnlockedVault) {
         ProcessHardening.protect()
-        let read = try store.read()
-        let broker = TokenBroker(store: store, secrets: try secrets(), environment: environment)
-        return (broker, try broker.open(read))
+        let read = try await store.read()
+        let broker = TokenBroker(store: store, secrets: try await secrets(), environment: environment)
+        return (broker, try await broker.open(read))
     }
 
-    package func broker() throws -> TokenBroker {
-        TokenBroker(store: store, secrets: try secretsToOpen(), environment: environment)
+    package func broker() async throws -> TokenBroker {
+        TokenBroker(store: store, secrets: try await secretsToOpen(), environment: environment)
     }
 
     package init(
