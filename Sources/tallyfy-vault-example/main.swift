@@ -13,7 +13,7 @@ let source = TokenSource.agentFirst(
     else: .reopening {
         let sources = UnlockSources(
             keyFile: environment["TALLYFY_VAULT_KEY_FILE"], passphraseFile: nil, environment: environment)
-        return TokenBroker(store: VaultStore(path: vaultPath), secrets: try sources.secretsToOpen())
+        return TokenBroker(store: VaultStore(location: vaultPath), secrets: try sources.secretsToOpen())
     })
 
 do {

@@ -26,7 +26,7 @@ import Testing
     }
 
     /// The answer to `json`, sent as the body of one frame; `nil` when the
-    /// agent would renew first.
+    /// agent would renew, or open the vault again, first.
     func ask(_ json: String) -> AgentProtocol.Answer? {
         guard case .now(let answer) = server.reply(toFrame: Array(json.utf8), from: 4242).reply else { return nil }
         return answer

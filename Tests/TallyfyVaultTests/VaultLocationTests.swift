@@ -90,18 +90,49 @@ import Testing
     /// revision: a process whose read was overtaken stores what it read after
     /// the agent stored the newer one (tools/partition-test saw the older copy
     /// put back, then refused as rolled back, 65).
-    @Test func theCacheNeverGoesBackToAnOlderRevision() throws {
+    @Test func theCacheNeverGoesBackToAnOlderRevision() async throws {
         let home = FileManager.default.temporaryDirectory.appendingPathComponent("tv-cache-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: home) }
         let location = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/tallyfy/cache", environment: [:])
         let cache = RemoteCache(location: location, environment: ["XDG_CACHE_HOME": home])
-        cache.store(RemoteSnapshot(bytes: Data("generation 7".utf8), revision: 70))
-        cache.store(RemoteSnapshot(bytes: Data("generation 6".utf8), revision: 60))
+        await cache.store(RemoteSnapshot(bytes: Data("generation 7".utf8), revision: 70))
+        await cache.store(RemoteSnapshot(bytes: Data("generation 6".utf8), revision: 60))
         #expect(try cache.read().revision == 70 && cache.read().bytes == Data("generation 7".utf8))
-        cache.store(RemoteSnapshot(bytes: Data("generation 8".utf8), revision: 80))
+        await cache.store(RemoteSnapshot(bytes: Data("generation 8".utf8), revision: 80))
         #expect(try cache.read().revision == 80 && cache.read().bytes == Data("generation 8".utf8))
         // Nothing but the cache itself is left in its folder (no lock file, no temporary).
         let folder = URL(fileURLWithPath: cache.path).deletingLastPathComponent().path
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder) == [URL(fileURLWithPath: cache.path).lastPathComponent])
+    }
+
+    /// A process that stopped while it held the cache folder's lock (SIGSTOP,
+    /// a debugger) holds up nobody for long: a store gives up after
+    /// `lockPatience` and leaves the cache as it was.
+    @Test func aStoreGivesUpOnAFolderLockThatIsNotLetGo() async throws {
+        let home = FileManager.default.temporaryDirectory.appendingPathComponent("tv-cache-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        let location = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/tallyfy/cache", environment: [:])
+        let cache = RemoteCache(location: location, environment: ["XDG_CACHE_HOME": home])
+        await cache.store(RemoteSnapshot(bytes: Data("generation 1".utf8), revision: 10))
+        let folder = open(cache.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        #expect(folder >= 0 && flock(folder, LOCK_EX) == 0)
+        await cache.store(RemoteSnapshot(bytes: Data("generation 2".utf8), revision: 20))
+        #expect(try cache.read().revision == 10)
+        close(folder)
+        await cache.store(RemoteSnapshot(bytes: Data("generation 2".utf8), revision: 20))
+        #expect(try cache.read().revision == 20)
+    }
+
+    /// Whether a watch keeps the cache current belongs to one store and its
+    /// copies (the agent's), never to another store of the same location
+    /// in the process.
+    @Test func aLiveWatchIsTheStoresOwn() {
+        let watched = VaultStore(path: "etcd://127.0.0.1:2379/tallyfy/watch", environment: [:])
+        let copy = watched
+        let other = VaultStore(path: "etcd://127.0.0.1:2379/tallyfy/watch", environment: [:])
+        watched.setWatchLive(true)
+        #expect(watched.isWatchLive && copy.isWatchLive && !other.isWatchLive)
+        copy.setWatchLive(false)
+        #expect(!watched.isWatchLive)
     }
 }

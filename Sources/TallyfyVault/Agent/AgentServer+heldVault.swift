@@ -16,11 +16,11 @@ extension AgentServer {
         if wasUnlocked { log("forgot the key: \(reason)") }
     }
 
-    /// Drops the held vault (and the data key in it) unless a request is
-    /// reading it right now; that request, or the next tick, drops it once
-    /// it finds no key.
+    /// Drops the held vault (and the data key in it), once the request
+    /// deciding on it, if any, is done: that is quick, since the vault is
+    /// opened outside this lock (`openHeldVault`).
     func dropHeldVault() {
-        _ = held.withLockIfAvailable { $0 = nil }
+        held.withLock { $0 = nil }
     }
 
     /// Runs `body` on the held vault while it is current (one `stat` of its
@@ -45,43 +45,56 @@ extension AgentServer {
 
     /// Runs `body` on the vault as it is stored now: the held one while it
     /// is current, else the vault opened again with the held key
-    /// (`VaultStore.openPinned`: for etcd, this machine's cache while the
-    /// watch keeps it current, else the cluster). `nil` when no key is held
-    /// or the vault cannot be opened now (being replaced, say: the client
-    /// falls back); the key is forgotten only when it no longer opens the vault.
-    ///
-    /// The vault is opened outside the lock on the held one, since a read
-    /// from the cluster may be a network away: requests that come while it
-    /// is read are not queued behind it.
+    /// (`openHeldVault`). `nil` when no key is held or the vault cannot be
+    /// opened now (being replaced, say: the client falls back).
     func withHeldVault<T>(_ body: (UnlockedVault, VaultUnlocker) -> T) async -> T? {
         switch withCurrentHeldVault(body) {
         case .done(let value): return value
         case .noKey: return nil
         case .stale: break
         }
-        guard let unlocker = state.withLock({ $0.unlocker }) else { return nil }
-        let opened: PinnedVault
-        do {
-            opened = try await store.openPinned(with: unlocker)
-        } catch let error as VaultError where error.cause == .keyOpensNoSlot {
-            // Only this: etcd refusing a certificate or a user (77 too) is the
-            // cluster's business, and the key still opens the vault.
-            lock(reason: "the vault's key slots changed")
-            return nil
-        } catch {
-            return nil
-        }
-        // Answers need tokens, never the client secret (a renewal opens the
-        // vault afresh), so the held copy keeps none.
-        opened.vault.forgetClientSecrets()
-        return held.withLock { pinned -> T? in
-            // Locked meanwhile: nothing is held, nothing handed out.
-            guard state.withLock({ $0.unlocker }) != nil else {
-                pinned = nil
-                return nil
-            }
-            pinned = opened
+        guard let opened = await openHeldVault() else { return nil }
+        return held.withLock { _ -> T? in
+            // Locked meanwhile: nothing handed out.
+            guard let unlocker = state.withLock({ $0.unlocker }) else { return nil }
             return body(opened.vault, unlocker)
         }
+    }
+
+    /// Opens the vault with the held key (`VaultStore.openPinned`: for etcd,
+    /// this machine's cache while the watch keeps it current, else the
+    /// cluster) and holds it, unless the agent was locked meanwhile. One
+    /// opening at a time, shared by every request that waits for it; outside
+    /// the lock on the held vault, so the requests it can answer are not
+    /// held up. The key is forgotten only when it no longer opens the vault.
+    private func openHeldVault() async -> PinnedVault? {
+        let task = opening.withLock { opening -> Task<PinnedVault?, Never>? in
+            if let opening { return opening }
+            guard let unlocker = state.withLock({ $0.unlocker }) else { return nil }
+            let started = Task { [self] () -> PinnedVault? in
+                defer { self.opening.withLock { $0 = nil } }
+                do {
+                    let opened = try await store.openPinned(with: unlocker)
+                    // Answers need tokens, never the client secret (a renewal
+                    // opens the vault afresh), so the held copy keeps none.
+                    opened.vault.forgetClientSecrets()
+                    return held.withLock { pinned -> PinnedVault? in
+                        guard state.withLock({ $0.unlocker }) != nil else { return nil }
+                        pinned = opened
+                        return opened
+                    }
+                } catch let error as VaultError where error.cause == .keyOpensNoSlot {
+                    // Only this: etcd refusing a certificate or a user (77 too)
+                    // is the cluster's business, and the key still opens the vault.
+                    lock(reason: "the vault's key slots changed")
+                    return nil
+                } catch {
+                    return nil
+                }
+            }
+            opening = started
+            return started
+        }
+        return await task?.value
     }
 }

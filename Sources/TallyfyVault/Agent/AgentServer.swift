@@ -78,6 +78,10 @@ package final class AgentServer: Sendable {
     /// its own, so reading a file (which may hang on a network file system)
     /// never holds up `lock`, `stop` or `status`; dropped with the key.
     let held = Mutex<PinnedVault?>(nil)
+    /// The opening of the vault under way (`withHeldVault`): requests that
+    /// find the held vault stale meanwhile wait for it rather than each
+    /// reading (for etcd without its watch, downloading) the vault again.
+    let opening = Mutex<Task<PinnedVault?, Never>?>(nil)
     /// Renewals run one at a time: they all take the same vault lock anyway,
     /// and waiting here is asynchronous, where waiting for the lock blocks a
     /// thread of the small shared pool that every task of the agent needs.

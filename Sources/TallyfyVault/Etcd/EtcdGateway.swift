@@ -314,7 +314,9 @@ final class EtcdGateway: Sendable {
             clients[name] = client
             return client
         }
-        if kept !== client { try? client.syncShutdown() }
+        // The one not kept never made a request: shut down in the background,
+        // since this may be called from async code, where `syncShutdown` must not be.
+        if kept !== client { Task { try? await client.shutdown() } }
         return kept
     }
 }

@@ -118,7 +118,7 @@ public struct RenewalSchedule: Sendable, Equatable {
 /// a program that cannot get a token at all should not start.
 ///
 /// ```swift
-/// let broker = TokenBroker(store: VaultStore(path: path), secrets: secrets)
+/// let broker = TokenBroker(store: VaultStore(location: path), secrets: secrets)
 /// for try await event in TokenStream(request: TokenRequest(profile: "default"), source: .broker(broker)) {
 ///     switch event {
 ///     case .token(let grant): client.bearer = grant.token

@@ -38,7 +38,7 @@ package enum VaultCheck {
             }
             // One read (after any renewals): evaluated, and verified when a key is at hand.
             let read = try await store.read(withSummary: true, cached: false)
-            try verifySummary(read, store: store, unlocker: unlocker)
+            try await verifySummary(read, store: store, unlocker: unlocker)
             var report = HealthCheck.evaluate(read.summary, profiles: profiles, thresholds: thresholds, now: now)
             report.problems = refreshProblems + report.problems
             report.status = report.problems.map(\.status).max() ?? .ok
@@ -53,9 +53,9 @@ package enum VaultCheck {
     /// With a key, proves the clear summary matches the sealed content: it is
     /// authenticated as associated data already, and this also catches a
     /// writer that sealed a wrong summary. Without a key, does nothing.
-    package static func verifySummary(_ read: VaultRead, store: VaultStore, unlocker: VaultUnlocker) throws {
+    package static func verifySummary(_ read: VaultRead, store: VaultStore, unlocker: VaultUnlocker) async throws {
         guard !unlocker.secrets.isEmpty else { return }
-        let vault = try store.opened(read.parsed, with: unlocker)
+        let vault = try await store.opened(read.parsed, with: unlocker) { try await store.parsed(readSummary: false) }
         guard vault.summary() == read.summary else {
             throw VaultError(.corrupt, "the vault's clear summary does not match its sealed content")
         }

@@ -269,8 +269,10 @@ struct RemoteCache {
     /// refused as rolled back (65). Found by tools/partition-test. The
     /// compare and the replace happen under an exclusive `flock` of the
     /// cache's folder, so two processes storing at once can't interleave
-    /// (nor remove each other's temporary file).
-    func store(_ snapshot: RemoteSnapshot) {
+    /// (nor remove each other's temporary file). The wait for that lock
+    /// suspends rather than blocks, and gives up after `lockPatience` (a
+    /// holder that stopped): the cache is then left as it is.
+    func store(_ snapshot: RemoteSnapshot) async {
         var data = Self.magic
         data.append(contentsOf: (0..<8).reversed().map { UInt8(truncatingIfNeeded: snapshot.revision >> ($0 * 8)) })
         data.append(snapshot.bytes)
@@ -280,12 +282,19 @@ struct RemoteCache {
             let folder = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             guard folder >= 0 else { return }
             defer { close(folder) }
-            guard flock(folder, LOCK_EX) == 0 else { return }
+            let deadline = ContinuousClock.now + Self.lockPatience
+            while flock(folder, LOCK_EX | LOCK_NB) != 0 {
+                guard errno == EWOULDBLOCK || errno == EINTR, ContinuousClock.now < deadline else { return }
+                try await Task.sleep(for: .milliseconds(2))
+            }
             if exists, let current = try? read(), current.revision > snapshot.revision { return }
             FileSafety.removeTemporaries(of: path)
             try FileSafety.atomicReplace(path, with: data)
         } catch {}
     }
+
+    /// How long `store` waits for another process's store to finish.
+    static let lockPatience = Duration.seconds(2)
 
     func modified() -> Date? {
         (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date

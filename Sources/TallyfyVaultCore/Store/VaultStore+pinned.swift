@@ -71,7 +71,9 @@ extension VaultStore {
             var info = stat()
             guard fstat(descriptor, &info) == 0 else { throw FileSafety.missingOrUnreadable(file.path, what: file.what) }
             let bytes = try file.sealedBytes(try FileSafety.readAll(descriptor, size: Int(info.st_size), path: file.path, what: file.what))
-            let vault = try opened(try ParsedVault(parsing: bytes, readSummary: false), with: unlocker)
+            let vault = try await opened(try ParsedVault(parsing: bytes, readSummary: false), with: unlocker) {
+                try await parsed(readSummary: false)
+            }
             return PinnedVault(vault: vault, identity: FileIdentity(info), descriptor: descriptor)
         } catch {
             close(descriptor)

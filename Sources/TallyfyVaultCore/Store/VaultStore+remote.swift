@@ -63,7 +63,7 @@ struct RemoteVault: Sendable {
 
     func create(_ bytes: Data) async throws {
         let revision = try await connection().create(bytes)
-        remember(RemoteSnapshot(bytes: bytes, revision: revision))
+        await remember(RemoteSnapshot(bytes: bytes, revision: revision))
     }
 
     /// The current bytes: from the cluster, else (unreachable) from the cache.
@@ -86,7 +86,7 @@ struct RemoteVault: Sendable {
             case .unchanged where cached != nil: return cached!.bytes
             case .unchanged: throw notFound  // not reached: unchanged needs a known revision
             case .current(let snapshot):
-                remember(snapshot)
+                await remember(snapshot)
                 return snapshot.bytes
             }
         } catch let error as VaultError where error.kind == .unavailable && cache.exists {
@@ -104,7 +104,7 @@ struct RemoteVault: Sendable {
         case .missing: throw notFound
         case .unchanged: return false
         case .current(let snapshot):
-            remember(snapshot)
+            await remember(snapshot)
             return true
         }
     }
@@ -114,7 +114,7 @@ struct RemoteVault: Sendable {
     /// a removed key slot).
     func bytesFromCluster() async throws -> Data {
         guard let snapshot = try await connection().read() else { throw notFound }
-        remember(snapshot)
+        await remember(snapshot)
         return snapshot.bytes
     }
 
@@ -145,9 +145,9 @@ struct RemoteVault: Sendable {
     /// garbage chunk written under the prefix) never replace the cached copy:
     /// the read that found them still fails (65), and the good copy is still
     /// there for this machine's fresh tokens and for when the cluster is mended.
-    func remember(_ snapshot: RemoteSnapshot) {
+    func remember(_ snapshot: RemoteSnapshot) async {
         guard (try? ParsedVault(parsing: snapshot.bytes, readSummary: false)) != nil else { return }
-        if (try? cache.read())?.revision != snapshot.revision { cache.store(snapshot) }
+        if (try? cache.read())?.revision != snapshot.revision { await cache.store(snapshot) }
     }
 
     /// `store` opens what is read (refusing a rolled-back vault) and remembers
@@ -182,14 +182,14 @@ struct RemoteVault: Sendable {
             return try ParsedVault(parsing: again.bytes, readSummary: false)
         }
         let snapshot = read
-        remember(snapshot)
+        await remember(snapshot)
         let before = vault.modificationCount
         let result = try await change(vault)
         if vault.modificationCount != before {
             try store.sealing(vault)
             let bytes = try vault.sealed()
             let revision = try await connection.write(bytes, replacing: snapshot)
-            remember(RemoteSnapshot(bytes: bytes, revision: revision))
+            await remember(RemoteSnapshot(bytes: bytes, revision: revision))
             vault.rememberKey(in: unlocker)
             try store.written(vault)
         }

@@ -82,7 +82,7 @@ public struct VaultStore: Sendable {
     /// launcher): the read again is of the file, or of this machine's cache
     /// of an etcd vault (every process of this machine that saw a newer
     /// generation stored it there first).
-    func opened(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
+    func openedLocally(_ parsed: ParsedVault, with unlocker: VaultUnlocker) throws -> UnlockedVault {
         if let vault = try openedOnce(parsed, with: unlocker, lastTry: false) { return vault }
         return try openedOnce(try parsedLocally(readSummary: false), with: unlocker, lastTry: true)!
     }

@@ -109,7 +109,7 @@ public struct TokenBroker: Sendable {
     /// `open` for the launcher, which is not async and reads only what is on
     /// this machine (`VaultStore.readLocally`).
     package func openLocally(_ read: VaultRead) throws -> UnlockedVault {
-        try store.opened(read.parsed, with: unlocker)
+        try store.openedLocally(read.parsed, with: unlocker)
     }
 
     /// `sealedGrant(_:)` on a vault already open: the agent keeps the vault

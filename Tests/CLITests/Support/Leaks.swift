@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -13,6 +14,8 @@ final class BackgroundCommand: @unchecked Sendable {
     let arguments: [String]
     private let outURL: URL
     private let errURL: URL
+    /// Set by `wait`: the pid is no longer this child's.
+    private let reaped = Mutex(false)
 
     var pid: Int32 { process.processIdentifier }
     /// Asked of /proc, not of Foundation: under load Foundation can miss a
@@ -20,6 +23,8 @@ final class BackgroundCommand: @unchecked Sendable {
     /// once to call a live agent stopped (the test then waited for it for
     /// ever, in `wait`).
     var isRunning: Bool {
+        // Once reaped, its pid may be another process's.
+        guard !reaped.withLock({ $0 }) else { return false }
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let close = stat.lastIndex(of: ")"), stat.index(close, offsetBy: 2) < stat.endIndex
         else { return false }
@@ -81,6 +86,7 @@ final class BackgroundCommand: @unchecked Sendable {
     }
 
     private func finished(status: Int32) -> RunResult {
+        reaped.withLock { $0 = true }
         let stdout = (try? Data(contentsOf: outURL)) ?? Data()
         let stderr = (try? Data(contentsOf: errURL)) ?? Data()
         try? FileManager.default.removeItem(at: outURL)
