@@ -135,4 +135,37 @@ import Testing
         copy.setWatchLive(false)
         #expect(!watched.isWatchLive)
     }
+
+    /// The agent holds an etcd vault as it holds a file: pinned, through
+    /// this machine's cache, while a watch keeps that cache current. A
+    /// replaced cache, or a lost watch, makes it stale; without a live watch
+    /// nothing is pinned.
+    @Test func anEtcdVaultIsHeldThroughItsCacheWhileTheWatchIsLive() async throws {
+        let home = FileManager.default.temporaryDirectory.appendingPathComponent("tv-pin-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        let environment = ["XDG_CACHE_HOME": home, "XDG_STATE_HOME": home + "/state", "HOME": home]
+        let text = "etcd://127.0.0.1:2379/tallyfy/pinned"
+        let key = TestKeys.keyFile(21)
+        let vault = try UnlockedVault.create(secret: key, label: "k", kdf: .moderate)
+        let cache = RemoteCache(location: try EtcdLocation(parsing: text, environment: [:]), environment: environment)
+        await cache.store(RemoteSnapshot(bytes: try vault.sealed(), revision: 1))
+        // No watch: opened (here from the cache, as this store has no etcd
+        // client), but pinned to nothing, so never current.
+        let store = VaultStore(path: text, environment: environment)
+        let unlocker = VaultUnlocker(secrets: [key])
+        #expect(!store.isCurrent(try await store.openPinned(with: unlocker)))
+
+        store.setWatchLive(true)
+        let pinned = try await store.openPinned(with: unlocker)
+        #expect(store.isCurrent(pinned))
+        store.setWatchLive(false)
+        #expect(!store.isCurrent(pinned))
+        store.setWatchLive(true)
+        #expect(store.isCurrent(pinned))
+        vault.content.profiles["default"] = TestKeys.profile()
+        await cache.store(RemoteSnapshot(bytes: try vault.sealed(), revision: 2))
+        #expect(!store.isCurrent(pinned))
+        let again = try await store.openPinned(with: unlocker)
+        #expect(store.isCurrent(again) && again.vault.content.profiles["default"] != nil)
+    }
 }
