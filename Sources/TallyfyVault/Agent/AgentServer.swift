@@ -123,7 +123,7 @@ package final class AgentServer: Sendable {
             await tick()
             try? await Task.sleep(for: .milliseconds(250))
         }
-        watch?.stop()
+        await watch?.stopAndWait()
         unlink(configuration.socketPath)
         close(listener)
         await TallyfyClient.shutdownShared()

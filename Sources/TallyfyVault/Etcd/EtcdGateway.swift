@@ -74,7 +74,7 @@ final class EtcdGateway: Sendable {
         let endpoint = location.endpoints[preferred % location.endpoints.count]
         if let transport { _ = try? transport(endpoint, path, data); return }
         guard let request = try? request(path, data, endpoint: endpoint) else { return }
-        _ = http.execute(request: request, deadline: .now() + Self.deadline)
+        Self.unanswered(http.execute(request: request, deadline: .now() + Self.deadline))
     }
 
     /// Sends and forgets, to every member at once (the lock's keep-alives).
@@ -83,8 +83,25 @@ final class EtcdGateway: Sendable {
         for endpoint in location.endpoints {
             if let transport { _ = try? transport(endpoint, path, data); continue }
             guard let request = try? request(path, data, endpoint: endpoint) else { continue }
-            _ = http.execute(request: request, deadline: .now() + Self.deadline)
+            Self.unanswered(http.execute(request: request, deadline: .now() + Self.deadline))
         }
+    }
+
+    /// Requests sent and not awaited, until they end (each within `deadline`):
+    /// `shutDownAll` lets them end first. Found by a clone-check:
+    /// AsyncHTTPClient trapped ("A connection that we don't know was
+    /// released") when the CLI shut its client down under a lease revoke
+    /// still in flight, and `login` ended with status 4 after sealing its token.
+    private static let inFlight = Mutex<[UInt64: EventLoopFuture<HTTPClient.Response>]>([:])
+    private static let nextRequest = Mutex<UInt64>(0)
+
+    private static func unanswered(_ future: EventLoopFuture<HTTPClient.Response>) {
+        let id = nextRequest.withLock { next in
+            defer { next += 1 }
+            return next
+        }
+        inFlight.withLock { $0[id] = future }
+        future.whenComplete { _ in _ = inFlight.withLock { $0.removeValue(forKey: id) } }
     }
 
     private func request(_ path: String, _ body: Data, endpoint: String) throws -> HTTPClient.Request {
@@ -267,6 +284,7 @@ final class EtcdGateway: Sendable {
     /// them: the CLI's last step, the agent's once stopped. A later
     /// operation makes new ones.
     static func shutDownAll() async {
+        for request in inFlight.withLock({ Array($0.values) }) { _ = try? await request.get() }
         let made = clients.withLock { clients in
             defer { clients = [:] }
             return Array(clients.values)

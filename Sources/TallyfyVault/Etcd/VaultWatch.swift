@@ -62,6 +62,13 @@ package final class VaultWatch: Sendable {
     package func stop() {
         for task in tasks.withLock({ $0 }) { task.cancel() }
     }
+
+    /// Ends the watch and waits until its requests have ended (before the
+    /// process shuts its etcd clients down).
+    package func stopAndWait() async {
+        stop()
+        for task in tasks.withLock({ $0 }) { await task.value }
+    }
 }
 
 /// One watch and its reconnections.

@@ -18,18 +18,17 @@ final class BackgroundCommand: @unchecked Sendable {
     private let reaped = Mutex(false)
 
     var pid: Int32 { process.processIdentifier }
-    /// Asked of /proc, not of Foundation: under load Foundation can miss a
-    /// child's SIGCHLD and call a zombie running for minutes, and it was seen
-    /// once to call a live agent stopped (the test then waited for it for
-    /// ever, in `wait`).
+    /// Asked of the kernel, not of Foundation: under load Foundation can
+    /// miss a child's SIGCHLD and call a zombie running for minutes. Nor of
+    /// /proc: reading `/proc/PID/stat` was seen twice to call a live agent
+    /// stopped, and the test then waited for it for ever. `waitid` with
+    /// `WNOWAIT` says whether the child has exited without reaping it.
     var isRunning: Bool {
         // Once reaped, its pid may be another process's.
         guard !reaped.withLock({ $0 }) else { return false }
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")"), stat.index(close, offsetBy: 2) < stat.endIndex
-        else { return false }
-        let state = stat[stat.index(close, offsetBy: 2)]
-        return state != "Z" && state != "X"
+        var info = siginfo_t()
+        guard waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 else { return false }  // reaped by Foundation
+        return info._sifields._sigchld.si_pid == 0  // nothing to report: still running
     }
 
     init(_ executable: URL, _ arguments: [String], environment: [String: String], stdin: String? = nil, in folder: URL) throws {
