@@ -91,7 +91,9 @@ final class EtcdGateway: Sendable {
     /// `shutDownAll` lets them end first. Found by a clone-check:
     /// AsyncHTTPClient trapped ("A connection that we don't know was
     /// released") when the CLI shut its client down under a lease revoke
-    /// still in flight, and `login` ended with status 4 after sealing its token.
+    /// still in flight, and `login` ended with status 4 after sealing its
+    /// token. (Shutting down cancels a lent connection; the request then
+    /// completing gives back a connection the pool has already dropped.)
     private static let inFlight = Mutex<[UInt64: EventLoopFuture<HTTPClient.Response>]>([:])
     private static let nextRequest = Mutex<UInt64>(0)
 
@@ -284,12 +286,17 @@ final class EtcdGateway: Sendable {
     /// them: the CLI's last step, the agent's once stopped. A later
     /// operation makes new ones.
     static func shutDownAll() async {
-        for request in inFlight.withLock({ Array($0.values) }) { _ = try? await request.get() }
         let made = clients.withLock { clients in
             defer { clients = [:] }
             return Array(clients.values)
         }
         gateways.withLock { $0 = [:] }
+        guard !made.isEmpty else { return }  // no etcd vault used: nothing to wait for
+        for request in inFlight.withLock({ Array($0.values) }) { _ = try? await request.get() }
+        // An answered request gives its connection back to the pool on its
+        // event loop just after its answer: a task queued on every loop now
+        // runs after that, so no connection is still lent out below.
+        for loop in HTTPClient.defaultEventLoopGroup.makeIterator() { try? await loop.submit {}.get() }
         for client in made { try? await client.shutdown() }
     }
 
