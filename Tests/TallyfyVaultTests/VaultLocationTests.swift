@@ -86,15 +86,20 @@ import Testing
         #expect(EtcdVault.prefixEnd("/t/chunks/") == "/t/chunks0")
     }
 
+    /// This machine's cache of an etcd location, under a fresh `XDG_CACHE_HOME` (`home`).
+    static func cacheInAFolderOfItsOwn() throws -> (RemoteCache, home: String) {
+        let home = FileManager.default.temporaryDirectory.appendingPathComponent("tv-cache-\(UUID().uuidString)").path
+        let location = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/tallyfy/cache", environment: [:])
+        return (RemoteCache(location: location, environment: ["XDG_CACHE_HOME": home]), home)
+    }
+
     /// The machine's cache of an etcd vault never goes back to an older
     /// revision: a process whose read was overtaken stores what it read after
     /// the agent stored the newer one (tools/partition-test saw the older copy
     /// put back, then refused as rolled back, 65).
     @Test func theCacheNeverGoesBackToAnOlderRevision() async throws {
-        let home = FileManager.default.temporaryDirectory.appendingPathComponent("tv-cache-\(UUID().uuidString)").path
+        let (cache, home) = try Self.cacheInAFolderOfItsOwn()
         defer { try? FileManager.default.removeItem(atPath: home) }
-        let location = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/tallyfy/cache", environment: [:])
-        let cache = RemoteCache(location: location, environment: ["XDG_CACHE_HOME": home])
         await cache.store(RemoteSnapshot(bytes: Data("generation 7".utf8), revision: 70))
         await cache.store(RemoteSnapshot(bytes: Data("generation 6".utf8), revision: 60))
         #expect(try cache.read().revision == 70 && cache.read().bytes == Data("generation 7".utf8))
@@ -109,10 +114,8 @@ import Testing
     /// a debugger) holds up nobody for long: a store gives up after
     /// `lockPatience` and leaves the cache as it was.
     @Test func aStoreGivesUpOnAFolderLockThatIsNotLetGo() async throws {
-        let home = FileManager.default.temporaryDirectory.appendingPathComponent("tv-cache-\(UUID().uuidString)").path
+        let (cache, home) = try Self.cacheInAFolderOfItsOwn()
         defer { try? FileManager.default.removeItem(atPath: home) }
-        let location = try EtcdLocation(parsing: "etcd://127.0.0.1:2379/tallyfy/cache", environment: [:])
-        let cache = RemoteCache(location: location, environment: ["XDG_CACHE_HOME": home])
         await cache.store(RemoteSnapshot(bytes: Data("generation 1".utf8), revision: 10))
         let folder = open(cache.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         #expect(folder >= 0 && flock(folder, LOCK_EX) == 0)

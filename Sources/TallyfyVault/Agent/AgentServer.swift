@@ -123,7 +123,7 @@ package final class AgentServer: Sendable {
             await tick()
             try? await Task.sleep(for: .milliseconds(250))
         }
-        await watch?.stopAndWait()
+        await watch?.stop()
         unlink(configuration.socketPath)
         close(listener)
         await TallyfyClient.shutdownShared()

@@ -58,16 +58,12 @@ package final class VaultWatch: Sendable {
 
     private init() { tasks = Mutex([]) }
 
-    /// Ends the watch; reads ask etcd again.
-    package func stop() {
-        for task in tasks.withLock({ $0 }) { task.cancel() }
-    }
-
-    /// Ends the watch and waits until its requests have ended (before the
-    /// process shuts its etcd clients down).
-    package func stopAndWait() async {
-        stop()
-        for task in tasks.withLock({ $0 }) { await task.value }
+    /// Ends the watch (reads ask etcd again) and waits until its requests
+    /// have ended, before the process shuts its etcd clients down.
+    package func stop() async {
+        let running = tasks.withLock { $0 }
+        for task in running { task.cancel() }
+        for task in running { await task.value }
     }
 }
 
